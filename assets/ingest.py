@@ -1,0 +1,141 @@
+"""Ingestion assets: one per source kind, each a thin call into warehouse.sources, with its
+asset checks beside it."""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    asset,
+    asset_check,
+)
+
+from assets.metadata import ingest_metadata, sql_literal
+from assets.partitions import disfa_subjects, scraped_batches
+from assets.resources import SourcesResource, WarehouseResource
+from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS, TABLES
+from warehouse.sources.disfa import ingest_disfa
+from warehouse.sources.fer2013 import ingest_fer2013
+from warehouse.sources.scraped import ingest_scraped
+
+GROUP = "ingest"
+
+
+@asset(group_name=GROUP, kinds={"parquet", "duckdb"})
+def fer2013_images(
+    context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
+) -> MaterializeResult:
+    """FER-2013 (Kaggle fer2013.csv): 48x48 gray faces as PNG, gold emotion labels, split from
+    Usage. Malformed rows go to `rejects`."""
+    wh = warehouse.get()
+    csv = sources.fer2013()
+    if not csv.is_file():
+        raise FileNotFoundError(
+            f"FER-2013 CSV not found at {csv}: set sources.fer2013_csv or $FERLAB_FER2013_CSV"
+        )
+    report = ingest_fer2013(wh, csv, show_progress=False)
+    context.log.info(report.summary())
+    return MaterializeResult(metadata=ingest_metadata(wh, report, "source = 'fer2013'"))
+
+
+@asset(group_name=GROUP, partitions_def=disfa_subjects, kinds={"parquet", "opencv"})
+def disfa_frames(
+    context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
+) -> MaterializeResult:
+    """One DISFA subject: video frames (JPEG, every `stride`-th) with their 12 AU intensities;
+    present = intensity >= 2. Unreadable videos, missing or bad label files go to `rejects`."""
+    wh = warehouse.get()
+    subject = context.partition_key
+    report = ingest_disfa(
+        wh, sources.disfa(), subjects=[subject], stride=sources.disfa_stride, show_progress=False
+    )
+    context.log.info(report.summary())
+    return MaterializeResult(
+        metadata=ingest_metadata(wh, report, f"source = 'disfa' AND subject = {sql_literal(subject)}")
+    )
+
+
+@asset(group_name=GROUP, partitions_def=scraped_batches, kinds={"parquet", "pillow"})
+def scraped_images(
+    context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
+) -> MaterializeResult:
+    """One drop batch of scraped images; a sub-folder named after an emotion gives a weak label.
+    Exact duplicates are stored once, near-duplicates reported, broken files rejected."""
+    wh = warehouse.get()
+    batch = context.partition_key
+    report = ingest_scraped(wh, sources.scraped() / batch, batch=batch, show_progress=False)
+    context.log.info(report.summary())
+    return MaterializeResult(
+        metadata=ingest_metadata(wh, report, f"source = 'scraped' AND batch = {sql_literal(batch)}")
+    )
+
+
+# ---- checks -------------------------------------------------------------------------------
+def _source_checks(asset_def: AssetsDefinition, source: str) -> list:
+    """The checks every ingestion asset gets, over its source's rows."""
+    key: AssetKey = asset_def.key
+    where = f"source = {sql_literal(source)}"
+
+    @asset_check(asset=key, name="schema_matches_contract", blocking=True)
+    def schema_matches_contract(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        wh = warehouse.get()
+        problems = []
+        with wh.connect() as con:
+            for name, spec in TABLES.items():
+                stored = {r[0]: r[1] for r in con.sql(f"DESCRIBE {name}").fetchall()}
+                missing = [f.name for f in spec.schema if f.name not in stored]
+                if missing:
+                    problems.append(f"{name}: missing {missing}")
+        return AssetCheckResult(passed=not problems, metadata={"problems": problems or "none"})
+
+    @asset_check(asset=key, name="has_images", blocking=True)
+    def has_images(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+        n = warehouse.get().sql(f"SELECT count(*) AS n FROM images WHERE {where}").column("n")[0].as_py()
+        return AssetCheckResult(passed=n > 0, metadata={"images": n})
+
+    @asset_check(asset=key, name="no_duplicate_ids", blocking=True)
+    def no_duplicate_ids(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        dup = warehouse.get().sql(
+            "SELECT 'images' AS t, count(*) - count(DISTINCT image_id) AS n FROM images UNION ALL "
+            "SELECT 'emotion_labels', count(*) - count(DISTINCT (image_id, label_source, annotator)) "
+            "FROM emotion_labels UNION ALL "
+            "SELECT 'au_labels', count(*) - count(DISTINCT (image_id, au, label_source, annotator)) "
+            "FROM au_labels UNION ALL SELECT 'rejects', count(*) - count(DISTINCT reject_id) FROM rejects"
+        )
+        counts = dict(zip(dup.column("t").to_pylist(), dup.column("n").to_pylist(), strict=True))
+        return AssetCheckResult(passed=not any(counts.values()), metadata={"duplicates": counts})
+
+    @asset_check(asset=key, name="labels_in_range", blocking=True)
+    def labels_in_range(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        emotions = ", ".join(sql_literal(e) for e in EMOTIONS)
+        aus = ", ".join(str(a) for a in DISFA_AUS)
+        bad = (
+            warehouse.get()
+            .sql(
+                f"SELECT (SELECT count(*) FROM emotion_labels e JOIN images i USING (image_id) "
+                f"  WHERE {where} AND e.emotion NOT IN ({emotions})) AS bad_emotion, "
+                f"(SELECT count(*) FROM au_labels a JOIN images i USING (image_id) WHERE {where} AND "
+                f"  a.label_source = 'gold' AND (a.au NOT IN ({aus}) OR a.intensity < 0 OR a.intensity > 5 "
+                f"  OR a.present <> (a.intensity >= {AU_PRESENT_THRESHOLD}))) AS bad_au"
+            )
+            .to_pylist()[0]
+        )
+        return AssetCheckResult(passed=not any(bad.values()), metadata=bad)
+
+    return [schema_matches_contract, has_images, no_duplicate_ids, labels_in_range]
+
+
+ingest_assets = [fer2013_images, disfa_frames, scraped_images]
+ingest_checks = [
+    *_source_checks(fer2013_images, "fer2013"),
+    *_source_checks(disfa_frames, "disfa"),
+    *_source_checks(scraped_images, "scraped"),
+]

@@ -1,0 +1,96 @@
+"""Dagster metadata built from warehouse queries: counts, a preview table, distributions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from warehouse import Warehouse
+from warehouse.sources.common import IngestReport
+
+PREVIEW_COLUMNS = (
+    "image_id",
+    "source_uri",
+    "subject",
+    "frame_index",
+    "split",
+    "width",
+    "height",
+    "media_path",
+)
+
+
+def sql_literal(text: str) -> str:
+    """A SQL string literal (partition keys come from folder names)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def table_metadata(table: pa.Table, max_rows: int = 10) -> MetadataValue:
+    """A pyarrow table as a Dagster table (shown as a grid in the UI)."""
+    head = table.slice(0, max_rows)
+    columns = [TableColumn(name, _column_type(head.schema.field(name).type)) for name in head.column_names]
+    records = [TableRecord({k: _plain(v) for k, v in row.items()}) for row in head.to_pylist()]
+    return MetadataValue.table(records, schema=TableSchema(columns=columns))
+
+
+def _column_type(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return "string"
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def ingest_metadata(wh: Warehouse, report: IngestReport, where: str) -> dict[str, Any]:
+    """Metadata for an ingestion asset: `where` selects this source's (or partition's) images."""
+    with wh.connect() as con:
+        total = con.execute(f"SELECT count(*) FROM images WHERE {where}").fetchall()[0][0]
+        preview = con.sql(
+            f"SELECT {', '.join(PREVIEW_COLUMNS)} FROM images WHERE {where} ORDER BY source_uri LIMIT 10"
+        ).to_arrow_table()
+        emotions = con.sql(
+            f"SELECT e.emotion, count(*) AS images FROM emotion_labels e JOIN images i USING (image_id) "
+            f"WHERE {where} GROUP BY 1 ORDER BY 1"
+        ).to_arrow_table()
+        aus = con.sql(
+            f"SELECT a.au, count(*) AS frames, sum(a.present::INT) AS present, round(avg(a.intensity), 3) "
+            f"AS mean_intensity FROM au_labels a JOIN images i USING (image_id) WHERE {where} GROUP BY 1 ORDER BY 1"
+        ).to_arrow_table()
+    reasons: dict[str, int] = {}
+    for r in report.rejects:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    metadata: dict[str, Any] = {
+        "dagster/row_count": MetadataValue.int(total),
+        "images_found": MetadataValue.int(report.images_found),
+        "rows_added": MetadataValue.json(report.added),
+        "rejects": MetadataValue.int(len(report.rejects)),
+        "rejects_by_reason": MetadataValue.json(reasons),
+        "preview": table_metadata(preview),
+        "data_root": MetadataValue.path(str(wh.home)),
+    }
+    if emotions.num_rows:
+        metadata["emotion_distribution"] = table_metadata(emotions, max_rows=20)
+    if aus.num_rows:
+        metadata["au_distribution"] = table_metadata(aus, max_rows=20)
+    if report.rejects:
+        metadata["rejects_preview"] = table_metadata(
+            pa.table(
+                {
+                    "reason": [r.reason for r in report.rejects],
+                    "source_uri": [r.source_uri for r in report.rejects],
+                    "line": [r.line for r in report.rejects],
+                    "detail": [r.detail for r in report.rejects],
+                }
+            )
+        )
+    return metadata

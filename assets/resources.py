@@ -1,0 +1,46 @@
+"""Resources: where the data root and the sources are. Defaults resolve from the environment
+at run time, so the same definitions serve `make dev`, tests and a user's own deployment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from warehouse import Warehouse
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FERLAB_HOME") or "var")
+
+
+class WarehouseResource(ConfigurableResource):
+    """The data root (media, Parquet tables, DuckDB catalog). Empty: $FERLAB_HOME, then ./var."""
+
+    home: str = ""
+
+    def get(self) -> Warehouse:
+        return Warehouse(self.home or default_home())
+
+
+class SourcesResource(ConfigurableResource):
+    """Where raw sources are dropped. Empty fields fall back to $FERLAB_DISFA_ROOT,
+    $FERLAB_FER2013_CSV, $FERLAB_SCRAPED_ROOT, then to <data root>/sources/{disfa,fer2013.csv,scraped}."""
+
+    disfa_root: str = ""
+    fer2013_csv: str = ""
+    scraped_root: str = ""
+    disfa_stride: int = 1  # keep every n-th video frame (DISFA has 4,845 frames per video)
+
+    def _resolve(self, value: str, env: str, default: str) -> Path:
+        return Path(value or os.environ.get(env) or default_home() / "sources" / default)
+
+    def disfa(self) -> Path:
+        return self._resolve(self.disfa_root, "FERLAB_DISFA_ROOT", "disfa")
+
+    def fer2013(self) -> Path:
+        return self._resolve(self.fer2013_csv, "FERLAB_FER2013_CSV", "fer2013.csv")
+
+    def scraped(self) -> Path:
+        return self._resolve(self.scraped_root, "FERLAB_SCRAPED_ROOT", "scraped")

@@ -1,0 +1,16 @@
+"""Wiring only: every definition lives in its own module."""
+
+from dagster import Definitions
+
+from assets.ingest import ingest_assets, ingest_checks
+from assets.resources import SourcesResource, WarehouseResource
+from dagster_project.jobs import ingest_jobs
+from dagster_project.sensors import ingest_sensors
+
+defs = Definitions(
+    assets=ingest_assets,
+    asset_checks=ingest_checks,
+    jobs=ingest_jobs,
+    sensors=ingest_sensors,
+    resources={"warehouse": WarehouseResource(), "sources": SourcesResource()},
+)

@@ -1,0 +1,3 @@
+from ferlab.cli import main
+
+raise SystemExit(main())

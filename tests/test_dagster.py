@@ -1,0 +1,141 @@
+"""End to end with the real Dagster: in-process, and through `dagster dev` (webserver +
+daemon) started from workspace.yaml, driven over its GraphQL API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ferlab.demo import run_demo, write_demo_sources
+from warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_materializes_every_ingest_asset_in_process(tmp_path, capsys):
+    home = tmp_path / "var"
+    assert run_demo(home) == 0
+    out = capsys.readouterr().out
+    assert out.count("checks 4/4 passed") == 4, out
+    wh = Warehouse(home)
+    by_source = {
+        r["source"]: r["n"] for r in wh.sql("SELECT source, count(*) AS n FROM images GROUP BY 1").to_pylist()
+    }
+    assert (
+        by_source == {"fer2013": 200, "disfa": 120, "scraped": by_source["scraped"]}
+        and by_source["scraped"] > 0
+    )
+    assert wh.count("au_labels") == 120 * 12
+    before = {t: wh.count(t) for t in ("images", "emotion_labels", "au_labels", "rejects", "near_duplicates")}
+    assert run_demo(home) == 0  # materializing again adds nothing
+    assert {t: wh.count(t) for t in before} == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        payload = json.load(resp)
+    assert "errors" not in payload, payload
+    return payload["data"]
+
+
+RUNS = """query Runs($job: String!) { runsOrError(filter: {pipelineName: $job}) {
+  ... on Runs { results { runId status tags { key value } } } } }"""
+
+
+def _runs(port: int, job: str) -> list[dict]:
+    return _graphql(port, RUNS, {"job": job})["runsOrError"]["results"]
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
+    from dagster_graphql import DagsterGraphQLClient
+
+    home = tmp_path / "var"
+    write_demo_sources(home / "sources")
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    env = {**os.environ, "FERLAB_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "dagster.log", "wb")  # noqa: SIM115 - open for the server's lifetime, closed in finally
+    dagster = str(Path(sys.executable).parent / "dagster")
+    proc = subprocess.Popen(
+        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, stopped by pid below
+    )
+    try:
+
+        def server_up() -> bool:
+            assert proc.poll() is None, (tmp_path / "dagster.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        _wait(server_up, 120, "the webserver")
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        run_id = client.submit_job_execution("fer2013_ingest_job")
+
+        def finished(run: str) -> str | None:
+            status = client.get_run_status(run).value
+            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+        assert _wait(lambda: finished(run_id), 180, "the fer2013 run") == "SUCCESS"
+
+        # The daemon ticks the DISFA sensor: both subjects become partitions and get a run each.
+        def disfa_runs_done():
+            runs = _runs(port, "disfa_ingest_job")
+            done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+            return runs if len(runs) == 2 and len(done) == 2 else None
+
+        runs = _wait(disfa_runs_done, 240, "the sensor's DISFA runs")
+        assert {r["status"] for r in runs} == {"SUCCESS"}
+        partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
+        assert partitions == {"SN001", "SN002"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    wh = Warehouse(home)
+    counts = {
+        r["source"]: r["n"] for r in wh.sql("SELECT source, count(*) AS n FROM images GROUP BY 1").to_pylist()
+    }
+    assert counts["fer2013"] == 200 and counts["disfa"] == 120

@@ -1,0 +1,310 @@
+"""Scraped-image ingestion: the sample batch lands row for row, bad files become rejects,
+EXIF orientation is applied, duplicates are stored once and near-duplicates reported."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, ImageOps
+
+import warehouse.sources.scraped as scraped
+from ferlab.samples.scraped import BROKEN_FILES, DUPLICATE, NEAR_DUPLICATE, ROTATED, write_scraped_sample
+from warehouse.hashing import sha256_bytes, sha256_file
+from warehouse.sources.scraped import find_scraped_batches, hamming_pairs, ingest_scraped
+from warehouse.store import Warehouse
+
+TABLES = ("images", "emotion_labels", "rejects", "near_duplicates")
+GOOD = [f"{folder}/{folder}_{n:02d}.{'jpg' if n % 2 == 0 else 'png'}" for folder in
+        ("happy", "sad", "neutral", "unlabeled") for n in range(3)] + [NEAR_DUPLICATE[0]]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory):
+    """The default sample (seed 0), ingested once; tests that change the warehouse copy it."""
+    tmp = tmp_path_factory.mktemp("scraped")
+    folder = write_scraped_sample(tmp / "drop")
+    wh = Warehouse(tmp / "wh")
+    report = ingest_scraped(wh, folder, show_progress=False)
+    return folder, wh, report
+
+
+def _rel(folder: Path, uri: str) -> str:
+    return Path(uri).relative_to(folder.resolve()).as_posix()
+
+
+def _tuples(wh: Warehouse, query: str) -> list[tuple]:
+    table = wh.sql(query)
+    return list(zip(*(table.column(c).to_pylist() for c in table.column_names)))
+
+
+def _count(wh: Warehouse, table: str) -> int:
+    return wh.count(table)
+
+
+def _counts(wh: Warehouse) -> dict[str, int]:
+    return {t: _count(wh, t) for t in TABLES}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose IHDR claims width x height (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_sample_lands_row_for_row(ingested) -> None:
+    folder, wh, report = ingested
+    images = wh.read("images").to_pylist()
+    assert sorted(_rel(folder, r["source_uri"]) for r in images) == sorted(GOOD)
+    for r in images:
+        path = folder / _rel(folder, r["source_uri"])
+        assert r["image_id"] == sha256_file(path)
+        assert (r["source"], r["batch"]) == ("scraped", "batch-001")
+        assert (r["subject"], r["video_id"], r["frame_index"], r["split"]) == (None, None, None, None)
+        assert r["phash"] is not None and wh.path(r["media_path"]).exists()
+        if _rel(folder, r["source_uri"]) != ROTATED:  # stored as is: the media is the file
+            assert sha256_file(wh.path(r["media_path"])) == r["image_id"]
+            assert r["media_path"].endswith(Path(path).suffix)
+            assert Image.open(path).size == (r["width"], r["height"])
+
+    by_id = {r["image_id"]: _rel(folder, r["source_uri"]) for r in images}
+    labels = wh.read("emotion_labels").to_pylist()
+    assert sorted((by_id[r["image_id"]], r["emotion"], r["annotator"]) for r in labels) == sorted(
+        (name, name.split("/")[0], "folder:" + name.split("/")[0])
+        for name in GOOD
+        if not name.startswith("unlabeled/")
+    )
+    assert {(r["label_source"], r["confidence"]) for r in labels} == {("weak", None)}
+
+    rejects = {
+        (_rel(folder, r["source_uri"]), r["reason"], r["stage"]) for r in wh.read("rejects").to_pylist()
+    }
+    assert rejects == {(name, reason, "decode") for name, reason in BROKEN_FILES} | {
+        (DUPLICATE[0], "exact_duplicate", "dedup")
+    }
+
+    near = wh.read("near_duplicates").to_pylist()
+    assert [(by_id[r["image_id"]], by_id[r["duplicate_of"]]) for r in near] == [NEAR_DUPLICATE]
+    assert 0 <= near[0]["distance"] <= 6
+
+    assert report.images_found == len(GOOD) == len(report.image_ids) == len(set(report.image_ids))
+    assert report.added == {"images": 13, "emotion_labels": 10, "rejects": 5, "near_duplicates": 1}
+    assert len(report.rejects) == 5
+
+
+def test_exif_orientation_applied(ingested) -> None:
+    folder, wh, _ = ingested
+    raw = Image.open(folder / ROTATED)
+    assert raw.getexif()[0x0112] == 6
+    row = wh.sql(f"SELECT * FROM images WHERE image_id = '{sha256_file(folder / ROTATED)}'").to_pylist()[0]
+    assert (row["width"], row["height"]) == (raw.height, raw.width) and raw.width != raw.height
+    media = Image.open(wh.path(row["media_path"]))
+    assert media.format == "PNG" and media.size == (row["width"], row["height"])
+    upright = np.asarray(ImageOps.exif_transpose(raw).convert("RGB"))
+    assert np.array_equal(np.asarray(media.convert("RGB")), upright)
+
+
+def test_reingest_adds_nothing(ingested, tmp_path: Path) -> None:
+    folder, wh, first = ingested
+    before = _counts(wh)
+    again = ingest_scraped(wh, folder, show_progress=False)
+    assert again.added == dict.fromkeys(TABLES, 0)
+    assert _counts(wh) == before
+    assert again.image_ids == first.image_ids and len(again.rejects) == len(first.rejects)
+
+
+def test_second_batch_repeating_an_image(ingested, tmp_path: Path) -> None:
+    folder, wh0, _ = ingested
+    wh = Warehouse(tmp_path / "wh")
+    shutil.copytree(wh0.home, wh.home, dirs_exist_ok=True)
+    before = _counts(wh)
+    second = write_scraped_sample(tmp_path / "drop", batch="batch-002", per_label=1, seed=7, broken=False)
+    shutil.copy(folder / "happy/happy_02.jpg", second / "sad/repeat.jpg")  # same bytes, other label
+    original = np.asarray(Image.open(folder / "sad/sad_01.png"), np.int16)
+    Image.fromarray(np.clip(original + 10, 0, 255).astype(np.uint8)).save(second / "brighter.png")
+
+    report = ingest_scraped(wh, second, show_progress=False)
+    repeat_id = sha256_file(folder / "happy/happy_02.jpg")
+    assert repeat_id in report.image_ids
+    rows = wh.sql(f"SELECT batch, source_uri FROM images WHERE image_id = '{repeat_id}'").to_pylist()
+    assert rows == [{"batch": "batch-001", "source_uri": str((folder / "happy/happy_02.jpg").resolve())}]
+    # per_label=1: 4 scenes + their near copy, and brighter.png; not the repeat
+    assert report.added["images"] == _count(wh, "images") - before["images"] == 5 + 1
+    labels = _tuples(wh, f"SELECT emotion, annotator FROM emotion_labels WHERE image_id = '{repeat_id}'")
+    assert sorted(labels) == [("happy", "folder:happy"), ("sad", "folder:sad")]
+    dup = [r for r in report.rejects if r.reason == "exact_duplicate" and r.source_uri.endswith("repeat.jpg")]
+    assert len(dup) == 1 and dup[0].detail == f"same bytes as {(folder / 'happy/happy_02.jpg').resolve()}"
+    near = _tuples(
+        wh,
+        f"SELECT duplicate_of FROM near_duplicates WHERE image_id = '{sha256_file(second / 'brighter.png')}'",
+    )
+    assert near == [(sha256_file(folder / "sad/sad_01.png"),)]
+    again = ingest_scraped(wh, second, show_progress=False)
+    assert again.added == dict.fromkeys(TABLES, 0)
+    assert ingest_scraped(wh, folder, show_progress=False).added == dict.fromkeys(TABLES, 0)
+
+
+def test_decompression_bomb_rejected_from_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = tmp_path / "bombs"
+    batch.mkdir()
+    (batch / "huge.png").write_bytes(_png_header(100_000, 100_000))  # Pillow itself refuses it
+    (batch / "big.png").write_bytes(_png_header(9_000, 9_000))  # 81 Mpx: only our max_pixels
+    (batch / "ok.jpg").write_bytes(_jpeg(1))
+    loaded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile):  # records every pixel decode
+        loaded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    reasons = {Path(r.source_uri).name: r.reason for r in report.rejects}
+    assert reasons == {"huge.png": "decompression_bomb", "big.png": "decompression_bomb"}
+    assert set(loaded) == {(64, 48)}  # only the good image was decoded
+    assert _count(wh, "images") == 1
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_folders_labels_hidden_and_broken_duplicates(tmp_path: Path) -> None:
+    batch = tmp_path / "oahega"
+    files = {
+        "Happiness/a.jpg": _jpeg(1),
+        "ANGRY/deep/er/b.jpg": _jpeg(2),
+        "Ahegao/c.jpg": _jpeg(3),
+        "unlabeled/d.jpg": _jpeg(4),
+        "e.jpg": _jpeg(5),
+        "calm/copy_of_a.jpg": _jpeg(1),  # same bytes in another label folder: a second label
+        ".hidden/f.jpg": _jpeg(6),
+        "sad/.DS_Store": b"junk",
+        "sad/empty1.jpg": b"",
+        "sad/empty2.jpg": b"",
+        "sad/cut1.jpg": _jpeg(7)[:300],
+        "sad/cut2.jpg": _jpeg(7)[:300],
+        "sad/corrupt.png": _png_header(40, 40),  # IDAT does not hold 40 rows of pixels
+        "sad/fake.jpg": b"\xff\xd8\xff" + b"garbage" * 9,
+    }
+    for name, data in files.items():
+        (batch / name).parent.mkdir(parents=True, exist_ok=True)
+        (batch / name).write_bytes(data)
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+
+    assert _tuples(wh, "SELECT DISTINCT batch FROM images") == [("oahega",)]
+    assert report.images_found == _count(wh, "images") == 5
+    labels = _tuples(wh, "SELECT image_id, emotion, annotator FROM emotion_labels")
+    assert sorted(labels) == sorted(
+        [
+            (sha256_bytes(_jpeg(1)), "happy", "folder:Happiness"),
+            (sha256_bytes(_jpeg(1)), "neutral", "folder:calm"),
+            (sha256_bytes(_jpeg(2)), "angry", "folder:ANGRY"),
+        ]
+    )
+    reasons = sorted((_rel(batch, r.source_uri), r.reason) for r in report.rejects)
+    assert reasons == [
+        ("calm/copy_of_a.jpg", "exact_duplicate"),
+        ("sad/corrupt.png", "truncated_image"),
+        ("sad/cut1.jpg", "truncated_image"),
+        ("sad/cut2.jpg", "truncated_image"),
+        ("sad/empty1.jpg", "empty_file"),
+        ("sad/empty2.jpg", "empty_file"),
+        ("sad/fake.jpg", "corrupt_image"),
+    ]
+
+
+def test_corrupt_pixel_data(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    start = data.index(b"IDAT") + 4
+    data[start : start + 40] = b"\x13" * 40  # garbage where the zlib stream starts
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/broken.png").write_bytes(bytes(data))
+    report = ingest_scraped(Warehouse(tmp_path / "wh"), tmp_path / "b", show_progress=False)
+    assert [r.reason for r in report.rejects] == ["corrupt_image"]
+
+
+def test_find_scraped_batches(tmp_path: Path) -> None:
+    root = tmp_path / "drop"
+    for name in ("batch-b/x.jpg", "batch-a/happy/y.jpg", ".partial/z.jpg", "empty/.keep", "loose.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "nothing").mkdir()
+    assert find_scraped_batches(root) == ["batch-a", "batch-b"]
+    assert find_scraped_batches(tmp_path / "missing") == []
+
+
+def test_hamming_pairs_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scraped, "_PAIR_BLOCK", 37)  # many small blocks
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, 40).astype(np.uint64)
+    a = np.concatenate([base, base ^ flips])  # each base hash and a 1-bit neighbour
+    b = rng.integers(0, 2**63, 25, dtype=np.uint64)
+    b[:5] = a[:5] ^ np.uint64(0b111)
+    for other, upper in ((a, True), (b, False)):
+        i, j, d = hamming_pairs(a, other, 3, upper=upper)
+        expected = {
+            (x, y, bin(int(a[x]) ^ int(other[y])).count("1"))
+            for x in range(len(a))
+            for y in range(len(other))
+            if bin(int(a[x]) ^ int(other[y])).count("1") <= 3 and (not upper or y < x)
+        }
+        assert set(zip(i.tolist(), j.tolist(), d.tolist())) == expected and len(i) == len(expected)
+        assert expected  # the test data has pairs to find
+
+
+def test_killed_run_resumes(ingested, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, full, _ = ingested
+    monkeypatch.setattr(scraped, "_WRITE_EVERY", 4)  # several bounded writes per run
+    wh = Warehouse(tmp_path / "wh")
+    real_append = wh.append
+    calls = {"emotion_labels": 0}
+
+    def dying_append(name: str, rows):  # the run dies between two writes, after some landed
+        if name == "emotion_labels":
+            calls[name] += 1
+            if calls[name] == 3:
+                raise KeyboardInterrupt
+        return real_append(name, rows)
+
+    monkeypatch.setattr(wh, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_scraped(wh, folder, show_progress=False)
+    partial = _counts(wh)
+    assert 0 < partial["images"] < _count(full, "images")
+    monkeypatch.setattr(wh, "append", real_append)
+    ingest_scraped(wh, folder, show_progress=False)
+
+    queries = {
+        "images": "SELECT * FROM images",
+        "emotion_labels": "SELECT * FROM emotion_labels",
+        "rejects": "SELECT reject_id FROM rejects",
+        "near_duplicates": "SELECT * FROM near_duplicates",
+    }
+    for table, query in queries.items():
+        assert sorted(_tuples(wh, query)) == sorted(_tuples(full, query)), table
+    assert len(list(wh.table_dir("images").glob("part-*.parquet"))) > 2  # written in bounded parts

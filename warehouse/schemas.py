@@ -1,0 +1,106 @@
+"""The storage contract: one explicit pyarrow schema per table, and the columns that make a
+row's identity (re-appending a row with the same key adds nothing).
+
+Tables
+- images: one row per stored image or video frame. image_id is the sha256 of the file's bytes
+  (scraped, FER-2013) or of the video's sha256 + frame index (DISFA). media_path is relative
+  to the data root.
+- emotion_labels: image_id, emotion (EMOTIONS), label_source (LABEL_SOURCES), confidence,
+  annotator (who or what gave the label: "fer2013", "folder:happy", a model id, a user).
+- au_labels: image_id, au (FACS number), intensity 0..5 (null when unknown), present
+  (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator.
+- rejects: bad input, with where it was (source_uri, line) and why (reason code + detail).
+- near_duplicates: pairs of images whose perceptual hashes differ in few bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+LABEL_SOURCES: tuple[str, ...] = ("human", "gold", "pseudo", "weak")
+SOURCES: tuple[str, ...] = ("disfa", "fer2013", "scraped")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
+AU_PRESENT_THRESHOLD = 2  # SEEDS.md A: an AU is present when its intensity is >= 2
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("subject", pa.string()),
+        pa.field("video_id", pa.string()),
+        pa.field("frame_index", pa.int32()),
+        pa.field("split", pa.string()),
+        pa.field("batch", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("media_path", pa.string(), nullable=False),
+        pa.field("phash", pa.uint64()),
+    ]
+)
+
+EMOTION_LABELS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("emotion", pa.string(), nullable=False),
+        pa.field("label_source", pa.string(), nullable=False),
+        pa.field("confidence", pa.float32()),
+        pa.field("annotator", pa.string(), nullable=False),
+    ]
+)
+
+AU_LABELS = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("au", pa.int16(), nullable=False),
+        pa.field("intensity", pa.float32()),
+        pa.field("present", pa.bool_(), nullable=False),
+        pa.field("label_source", pa.string(), nullable=False),
+        pa.field("probability", pa.float32()),
+        pa.field("annotator", pa.string(), nullable=False),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("reject_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("seen_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+NEAR_DUPLICATES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("duplicate_of", pa.string(), nullable=False),
+        pa.field("distance", pa.int16(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec("images", IMAGES, ("image_id",)),
+        TableSpec("emotion_labels", EMOTION_LABELS, ("image_id", "label_source", "annotator")),
+        TableSpec("au_labels", AU_LABELS, ("image_id", "au", "label_source", "annotator")),
+        TableSpec("rejects", REJECTS, ("reject_id",)),
+        TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
+    )
+}

@@ -1,0 +1,568 @@
+"""DISFA ingestion: video frames to `images`, per-frame AU intensities to `au_labels`.
+
+Layout (SEEDS.md A), names matched case-insensitively:
+    ROOT/Videos_LeftCamera/LeftVideoSN001_comp.avi
+    ROOT/Videos_RightCamera/RightVideoSN001_Comp.avi
+    ROOT/ActionUnit_Labels/SN001/SN001_au1.txt   one "frame,intensity" line per frame, 1-based
+
+A frame's image_id hashes the video's bytes and the frame number, so moving the data root or
+re-running adds nothing. Rows are written in bounded batches (media, then images, then
+au_labels), so memory stays flat and a killed run leaves whole rows that a re-run completes.
+Bad input becomes `rejects` rows and never stops the run.
+
+Reject reasons: missing_video, duplicate_video, missing_label_dir, unreadable_video,
+truncated_video, lost_frames, encode_failed, missing_label_file, unreadable_label_file,
+frame_count_mismatch, and per label line: empty_line, bad_field_count, non_numeric,
+non_integer, intensity_out_of_range, frame_out_of_range, duplicate_frame.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from warehouse.hashing import sha256_file, stable_id
+from warehouse.rejects import Reject
+from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS
+from warehouse.sources.common import IngestReport, progress
+from warehouse.store import Warehouse
+
+SOURCE = "disfa"
+ANNOTATOR = "disfa"
+BATCH_FRAMES = 500
+MAX_INTENSITY = 5
+CAMERAS: tuple[str, ...] = ("left", "right")
+_CAMERA_DIRS = {"videos_leftcamera": "left", "videos_rightcamera": "right"}
+_LABELS_DIR = "actionunit_labels"
+_VIDEO_RE = re.compile(r"^(left|right)video(sn\d+)_comp\.(avi|mp4|mkv|mov)$", re.IGNORECASE)
+_SUBJECT_RE = re.compile(r"^sn\d+$", re.IGNORECASE)
+_MAX_FRAME = np.iinfo(np.int32).max
+_NUMBER_RE = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+
+
+# ---- layout ------------------------------------------------------------------------------
+@dataclass
+class _Layout:
+    videos: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # subject -> camera -> files
+    label_dirs: dict[str, Path] = field(default_factory=dict)
+
+
+def _children(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def _scan(root: Path) -> _Layout:
+    layout = _Layout()
+    for top in _children(root):
+        name = top.name.lower()
+        if name in _CAMERA_DIRS and top.is_dir():
+            for video in _children(top):
+                m = _VIDEO_RE.match(video.name)
+                # The file's own prefix must agree with its folder (a LeftVideo in the right folder
+                # would otherwise be stored twice under two cameras).
+                if m and video.is_file() and m.group(1).lower() == _CAMERA_DIRS[name]:
+                    cams = layout.videos.setdefault(m.group(2).upper(), {})
+                    cams.setdefault(_CAMERA_DIRS[name], []).append(video)
+        elif name == _LABELS_DIR and top.is_dir():
+            for sub in _children(top):
+                if sub.is_dir() and _SUBJECT_RE.match(sub.name):
+                    layout.label_dirs[sub.name.upper()] = sub
+    return layout
+
+
+def find_disfa_subjects(root: str | Path) -> list[str]:
+    """Sorted subject ids ("SN001", ...) with a video in either camera folder or a label folder."""
+    layout = _scan(Path(root))
+    return sorted(set(layout.videos) | set(layout.label_dirs))
+
+
+def _expected_video(root: Path, subject: str) -> Path:
+    return root / "Videos_LeftCamera" / f"LeftVideo{subject}_comp.avi"
+
+
+# ---- labels --------------------------------------------------------------------------------
+@dataclass
+class _Labels:
+    """One AU's usable labels from one file, sorted by frame (one row per frame)."""
+
+    path: Path
+    frames: np.ndarray  # int64
+    intensity: np.ndarray  # float32
+    lines: np.ndarray  # int64, 1-based line of each label
+    n_lines: int  # data lines in the file: the frame count it claims
+
+
+def _line_reject(path: Path, line_no: int, text: str, reason: str, why: str) -> Reject:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    line_no = int(line_no)  # numpy ints in, plain ints in the reject
+    return Reject(SOURCE, str(path), "parse", reason, f"line {line_no} {shown!r}: {why}", line_no)
+
+
+def _parse_labels(path: Path) -> tuple[_Labels, list[Reject]]:
+    """Parse a `frame,intensity` file column-wise; each bad line becomes one reject."""
+    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    while lines and not lines[-1].strip():  # blank lines at the end are harmless
+        lines.pop()
+    n = len(lines)
+    trimmed = pc.utf8_trim_whitespace(pa.array(lines, pa.string()))
+    fields = pc.extract_regex(trimmed, r"^(?P<frame>[^,]*),(?P<value>[^,]*)$")
+    two = fields.is_valid().to_numpy(zero_copy_only=False)
+    empty = pc.equal(trimmed, "").to_numpy(zero_copy_only=False)
+    frame_s = pc.utf8_trim_whitespace(pc.struct_field(fields, "frame").fill_null(""))
+    value_s = pc.utf8_trim_whitespace(pc.struct_field(fields, "value").fill_null(""))
+    frame_num = pc.match_substring_regex(frame_s, _NUMBER_RE).to_numpy(zero_copy_only=False)
+    value_num = pc.match_substring_regex(value_s, _NUMBER_RE).to_numpy(zero_copy_only=False)
+    # Cast only strings known to be numbers (a cast fails the whole column on one bad value).
+    frame = pc.cast(pc.if_else(frame_num, frame_s, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+    value = pc.cast(pc.if_else(value_num, value_s, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        frame_int = np.isfinite(frame) & (frame == np.floor(frame))
+        value_int = np.isfinite(value) & (value == np.floor(value))
+
+    # Each line gets the first problem that applies, in this order.
+    checks = [
+        (empty, "empty_line", "empty line inside the file"),
+        (~two, "bad_field_count", "expected 2 comma-separated fields: frame,intensity"),
+        (~(frame_num & value_num), "non_numeric", "frame and intensity must be numbers"),
+        (~(frame_int & value_int), "non_integer", "frame and intensity must be whole numbers"),
+        ((value < 0) | (value > MAX_INTENSITY), "intensity_out_of_range", "intensity must be 0..5"),
+        # frame_index is int32; the upper end past the video's last frame is checked later.
+        ((frame < 1) | (frame > _MAX_FRAME), "frame_out_of_range", "frames are numbered from 1"),
+    ]
+    bad = np.zeros(n, dtype=bool)
+    rejects: list[Reject] = []
+    for mask, reason, why in checks:
+        hit = mask & ~bad
+        rejects += [_line_reject(path, i + 1, lines[i], reason, why) for i in np.flatnonzero(hit)]
+        bad |= hit
+    good = np.flatnonzero(~bad)
+    frames = frame[good].astype(np.int64)
+    # np.unique keeps each frame's first line; later lines with that frame are duplicates.
+    uniq, first = np.unique(frames, return_index=True)
+    dup = np.setdiff1d(np.arange(len(good)), first)
+    rejects += [
+        _line_reject(path, good[i] + 1, lines[good[i]], "duplicate_frame", f"frame {frames[i]} seen before")
+        for i in dup
+    ]
+    keep = good[first]
+    labels = _Labels(path, uniq, value[keep].astype(np.float32), keep.astype(np.int64) + 1, n)
+    return labels, sorted(rejects, key=lambda r: r.line or 0)
+
+
+def _load_labels(label_dir: Path | None, subject: str) -> tuple[dict[int, _Labels], list[Reject]]:
+    if label_dir is None:
+        return {}, []
+    files = {p.name.lower(): p for p in _children(label_dir) if p.is_file()}
+    labels: dict[int, _Labels] = {}
+    rejects: list[Reject] = []
+    for au in DISFA_AUS:
+        name = f"{subject}_au{au}.txt"
+        path = files.get(name.lower())
+        if path is None:
+            missing = label_dir / name
+            rejects.append(
+                Reject(
+                    SOURCE, str(missing), "labels", "missing_label_file", f"no labels for AU{au}: {missing}"
+                )
+            )
+            continue
+        try:
+            labels[au], bad = _parse_labels(path)
+        except OSError as exc:
+            rejects.append(Reject(SOURCE, str(path), "labels", "unreadable_label_file", str(exc)))
+            continue
+        rejects += bad
+    return labels, rejects
+
+
+def _au_rows(image_ids: list[str], frames: np.ndarray, labels: dict[int, _Labels]) -> pa.Table:
+    """au_labels rows for the given frames, one per AU that has a label for the frame."""
+    ids = np.asarray(image_ids, dtype=object)
+    cols: dict[str, list[np.ndarray]] = {"image_id": [], "au": [], "intensity": []}
+    for au, lab in labels.items():
+        pos = np.searchsorted(lab.frames, frames)
+        hit = pos < len(lab.frames)
+        hit[hit] = lab.frames[pos[hit]] == frames[hit]
+        cols["image_id"].append(ids[hit])
+        cols["au"].append(np.full(int(hit.sum()), au, dtype=np.int16))
+        cols["intensity"].append(lab.intensity[pos[hit]])
+    image_id = np.concatenate(cols["image_id"]) if labels else np.array([], dtype=object)
+    intensity = np.concatenate(cols["intensity"]) if labels else np.array([], dtype=np.float32)
+    au = np.concatenate(cols["au"]) if labels else np.array([], dtype=np.int16)
+    n = len(image_id)
+    return pa.table(
+        {
+            "image_id": pa.array(image_id, pa.string()),
+            "au": pa.array(au, pa.int16()),
+            "intensity": pa.array(intensity, pa.float32()),
+            "present": pa.array(intensity >= AU_PRESENT_THRESHOLD, pa.bool_()),
+            "label_source": pa.array(["gold"] * n, pa.string()),
+            "probability": pa.nulls(n, pa.float32()),
+            "annotator": pa.array([ANNOTATOR] * n, pa.string()),
+        }
+    )
+
+
+# ---- video ---------------------------------------------------------------------------------
+def _avi_cut(path: Path) -> tuple[bool, str | None]:
+    """(is it an AVI, the chunk the file ends inside when its RIFF chunks run past its end:
+    "movi" for frame data, "idx1" for only the index; None when whole).
+
+    OpenCV decodes a cut AVI without complaint and hands back a half-grey last frame, and when
+    the cut falls in the last frame even the frame count agrees, so the container is the only
+    reliable witness."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+
+        def chunk(pos: int) -> tuple[bytes, int, bytes]:
+            f.seek(pos)
+            head = f.read(12)
+            return head[:4], int.from_bytes(head[4:8], "little"), head[8:12]
+
+        tag, _, form = chunk(0)
+        if tag != b"RIFF" or form != b"AVI ":
+            return False, None
+        pos = 0
+        while pos + 8 <= size:
+            tag, n, form = chunk(pos)
+            if tag != b"RIFF":  # trailing bytes after the last RIFF: not ours to judge
+                break
+            if pos + 8 + n > size:
+                sub = pos + 12
+                while sub + 8 <= size:
+                    stag, sn, sform = chunk(sub)
+                    if sub + 8 + sn > size:
+                        name = sform if stag == b"LIST" else stag
+                        return True, name.decode("latin-1").strip() or "?"
+                    sub += 8 + sn + (sn & 1)
+                return True, form.decode("latin-1").strip() or "RIFF"
+            pos += 8 + n + (n & 1)
+    return True, None
+
+
+@dataclass
+class _Decode:
+    header_frames: int  # what the container says (CAP_PROP_FRAME_COUNT); 0 when unknown
+    is_avi: bool
+    avi_cut: str | None  # see _avi_cut
+    decoded: int = 0  # frames grabbed
+    failed_at: int | None = None  # frame that was grabbed but could not be retrieved
+    dropped: int | None = None  # last frame, not stored because the cut may run through it
+
+    @property
+    def short(self) -> bool:
+        return self.failed_at is not None or self.decoded < self.header_frames or self.avi_cut is not None
+
+    @property
+    def lost_inside(self) -> bool:
+        """Fewer frames than declared from an AVI that is whole: FFmpeg skipped a damaged
+        packet somewhere inside, silently, so later frames are numbered one early."""
+        return self.short and self.is_avi and self.avi_cut is None and self.failed_at is None
+
+    @property
+    def last_suspect(self) -> bool:
+        # A cut through frame data (or a short non-AVI, where we cannot tell) may leave the
+        # last frame half decoded; a cut in the index only leaves every frame whole.
+        return self.short and not self.lost_inside and self.failed_at is None and self.avi_cut != "idx1"
+
+    @property
+    def expected(self) -> int:
+        """The video's frame count for checking labels: a truncated video still had all of them."""
+        return max(self.decoded, self.header_frames)
+
+
+def _frames(
+    cap: cv2.VideoCapture, state: _Decode, stride: int, stored: set[int]
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Kept frames as (frame number, BGR image, or None when already stored).
+
+    Each kept frame is held back until the next grab succeeds: only then is it known not to be
+    the last frame of a file that may be cut through it."""
+    held: tuple[int, np.ndarray | None] | None = None
+    n = 0
+    while True:
+        try:
+            ok = cap.grab()
+        except cv2.error:
+            ok = False
+        if not ok:
+            break
+        n += 1
+        state.decoded = n
+        if held is not None:
+            yield held
+            held = None
+        if (n - 1) % stride:
+            continue
+        if n in stored:  # retrieving converts the frame; skip that work on a re-run
+            held = (n, None)
+            continue
+        try:
+            ok, img = cap.retrieve()
+        except cv2.error:
+            ok, img = False, None
+        if not ok or img is None:
+            state.failed_at = n
+            break
+        held = (n, img)
+    if held is not None:
+        if state.last_suspect:
+            state.dropped = held[0]
+        else:
+            yield held
+
+
+def _stored_frames(wh: Warehouse, video_id: str, id_of: dict[str, int]) -> set[int]:
+    with wh.connect() as con:
+        rows = con.execute("SELECT image_id FROM images WHERE video_id = ?", [video_id]).fetchall()
+    return {id_of[r[0]] for r in rows if r[0] in id_of}
+
+
+def _truncation_detail(state: _Decode) -> str:
+    parts = [f"decoded {state.decoded} frames"]
+    if state.header_frames:
+        parts[0] += f" of {state.header_frames} the container declares"
+    if state.failed_at is not None:
+        parts.append(f"frame {state.failed_at} could not be decoded")
+    if state.avi_cut is not None:
+        parts.append(f"the file ends inside its AVI '{state.avi_cut}' chunk")
+    if state.dropped is not None:
+        parts.append(f"frame {state.dropped} not stored: the cut may run through it")
+    return "; ".join(parts)
+
+
+def _ingest_video(
+    wh: Warehouse,
+    report: IngestReport,
+    video: Path,
+    subject: str,
+    camera: str,
+    labels: dict[int, _Labels],
+    stride: int,
+    jpeg_quality: int,
+    show_progress: bool,
+    rejects: list[Reject],
+) -> _Decode | None:
+    """Store one camera's kept frames and their AU labels; None when the video is unreadable."""
+    uri = str(video.resolve())
+    video_id = f"{subject}_{camera}"
+
+    def unreadable(why: str) -> None:
+        rejects.append(Reject(SOURCE, uri, "decode", "unreadable_video", why))
+
+    try:
+        size = video.stat().st_size
+        digest = sha256_file(video) if size else ""
+        is_avi, cut = _avi_cut(video) if size else (False, None)
+    except OSError as exc:
+        unreadable(f"cannot read file: {exc}")
+        return None
+    if size == 0:
+        unreadable("empty file (0 bytes)")
+        return None
+    cap = cv2.VideoCapture(str(video))
+    try:
+        if not cap.isOpened():
+            unreadable(f"OpenCV cannot open it ({size} bytes)")
+            return None
+        header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        state = _Decode(header_frames=max(header, 0), is_avi=is_avi, avi_cut=cut)
+        # Ids of every frame the container declares, to skip re-encoding stored ones.
+        id_of = {stable_id(digest, n): n for n in range(1, state.header_frames + 1)}
+        stored = _stored_frames(wh, video_id, id_of)
+
+        rows: list[dict] = []
+        batch_ids: list[str] = []
+        batch_frames: list[int] = []
+
+        def flush() -> None:
+            if rows:
+                report.add("images", wh.append("images", pa.Table.from_pylist(rows)))
+            else:
+                report.add("images", 0)
+            au = _au_rows(batch_ids, np.asarray(batch_frames, dtype=np.int64), labels)
+            report.add("au_labels", wh.append("au_labels", au))
+            rows.clear()
+            batch_ids.clear()
+            batch_frames.clear()
+
+        total = -(-state.header_frames // stride) if state.header_frames else None
+        frames = progress(_frames(cap, state, stride, stored), total, f"disfa {video_id}", show_progress)
+        for n, img in frames:
+            image_id = stable_id(digest, n)
+            if img is not None:
+                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+                if not ok:
+                    rejects.append(Reject(SOURCE, uri, "decode", "encode_failed", f"frame {n}", n))
+                    continue
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "source": SOURCE,
+                        "source_uri": f"{uri}#frame={n}",
+                        "subject": subject,
+                        "video_id": video_id,
+                        "frame_index": n,
+                        "split": None,
+                        "batch": subject,
+                        "width": img.shape[1],
+                        "height": img.shape[0],
+                        "media_path": wh.put_media(buf.tobytes(), "jpg"),  # media before its row
+                        "phash": None,
+                    }
+                )
+            batch_ids.append(image_id)
+            batch_frames.append(n)
+            report.images_found += 1
+            report.image_ids.append(image_id)
+            if len(batch_frames) >= BATCH_FRAMES:
+                flush()
+        flush()
+    finally:
+        cap.release()
+
+    if state.decoded == 0:
+        unreadable(f"OpenCV opened it but decoded no frame ({size} bytes)")
+        return None
+    if state.lost_inside:
+        rejects.append(
+            Reject(
+                SOURCE,
+                uri,
+                "decode",
+                "lost_frames",
+                f"decoded {state.decoded} of the {state.header_frames} frames the container declares, "
+                "though the file is whole: OpenCV skipped damaged frames inside it, so the frames "
+                "after them are stored (and labelled) up to "
+                f"{state.header_frames - state.decoded} frame(s) early",
+            )
+        )
+    elif state.short:
+        first_lost = state.dropped or state.failed_at or (state.decoded + 1)
+        if first_lost > state.expected:
+            first_lost = None  # only the index was cut: every frame landed
+        rejects.append(
+            Reject(SOURCE, uri, "decode", "truncated_video", _truncation_detail(state), first_lost)
+        )
+    for lab in labels.values():
+        if lab.n_lines != state.expected:
+            rejects.append(
+                Reject(
+                    SOURCE,
+                    str(lab.path),
+                    "labels",
+                    "frame_count_mismatch",
+                    f"{lab.n_lines} label lines but {video.name} has {state.expected} frames",
+                )
+            )
+    return state
+
+
+# ---- entry point ---------------------------------------------------------------------------
+def _ingest_subject(
+    wh: Warehouse,
+    report: IngestReport,
+    root: Path,
+    layout: _Layout,
+    subject: str,
+    stride: int,
+    jpeg_quality: int,
+    show_progress: bool,
+) -> list[Reject]:
+    rejects: list[Reject] = []
+    cams = layout.videos.get(subject, {})
+    label_dir = layout.label_dirs.get(subject)
+    if not cams:
+        expected = _expected_video(root, subject)
+        rejects.append(
+            Reject(
+                SOURCE,
+                str(expected),
+                "discover",
+                "missing_video",
+                f"no video for {subject} in Videos_LeftCamera or Videos_RightCamera (expected {expected})",
+            )
+        )
+        return rejects
+    if label_dir is None:
+        missing = root / "ActionUnit_Labels" / subject
+        rejects.append(
+            Reject(SOURCE, str(missing), "discover", "missing_label_dir", f"no AU labels folder {missing}")
+        )
+    labels, label_rejects = _load_labels(label_dir, subject)
+    rejects += label_rejects
+
+    expected: list[int] = []
+    for camera in CAMERAS:
+        videos = cams.get(camera, [])
+        for extra in videos[1:]:
+            rejects.append(
+                Reject(
+                    SOURCE,
+                    str(extra),
+                    "discover",
+                    "duplicate_video",
+                    f"{subject} has more than one {camera} video; used {videos[0].name}",
+                )
+            )
+        if videos:
+            state = _ingest_video(
+                wh, report, videos[0], subject, camera, labels, stride, jpeg_quality, show_progress, rejects
+            )
+            if state is not None:
+                expected.append(state.expected)
+
+    # Frames past the end of both the file and the video: a typo, not a longer label file
+    # (that one is a frame_count_mismatch).
+    for lab in labels.values():
+        limit = max([lab.n_lines, *expected])
+        for i in np.flatnonzero(lab.frames > limit):
+            rejects.append(
+                Reject(
+                    SOURCE,
+                    str(lab.path),
+                    "parse",
+                    "frame_out_of_range",
+                    f"line {lab.lines[i]}: frame {lab.frames[i]} is past the last frame ({limit})",
+                    int(lab.lines[i]),
+                )
+            )
+    return rejects
+
+
+def ingest_disfa(
+    wh: Warehouse,
+    root: str | Path,
+    subjects: list[str] | None = None,
+    stride: int = 1,
+    jpeg_quality: int = 95,
+    show_progress: bool = True,
+) -> IngestReport:
+    """Ingest DISFA under `root` (all subjects found, or the given ones), keeping every
+    `stride`-th frame (frames 1, 1+stride, ...). Re-running adds nothing."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, not {stride}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DISFA root {root} is not a folder")
+    layout = _scan(root)
+    wanted = (
+        sorted(set(layout.videos) | set(layout.label_dirs))
+        if subjects is None
+        else [s.upper() for s in subjects]
+    )
+    report = IngestReport(SOURCE)
+    for table in ("images", "au_labels", "rejects"):
+        report.add(table, 0)
+    for subject in progress(wanted, len(wanted), "disfa subjects", show_progress):
+        rejects = _ingest_subject(wh, report, root, layout, subject, stride, jpeg_quality, show_progress)
+        report.rejects += rejects
+        report.add("rejects", wh.add_rejects(rejects))  # per subject, so a killed run keeps them
+    return report
