@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ferlab.demo import run_demo, write_demo_sources
+from ferlab.demo import run_demo, write_sample_sources
 from warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_materializes_every_ingest_asset_in_process(tmp_path, capsys):
     home = tmp_path / "var"
+    write_sample_sources(home / "sources")  # quick samples; the rendered demo data has its own tests
     assert run_demo(home) == 0
     out = capsys.readouterr().out
     assert out.count("checks 4/4 passed") == 4, out
@@ -80,7 +81,7 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     from dagster_graphql import DagsterGraphQLClient
 
     home = tmp_path / "var"
-    write_demo_sources(home / "sources")
+    write_sample_sources(home / "sources")
     dagster_home = tmp_path / "dagster"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

@@ -10,6 +10,7 @@ brightened a little per frame so consecutive frames differ like a real recording
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -84,21 +85,38 @@ def write_disfa_sample(
     """Write a small DISFA-layout tree under `root` (size is width, height); return root."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
     for subject in subjects:
         for camera in cameras:
-            path = disfa_video_path(root, subject, camera)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(path), fourcc, FPS, size)
-            if not writer.isOpened():
-                raise RuntimeError(f"OpenCV cannot write MJPG video {path}")
-            for frame in _frames(frames, size, rng, mirror=camera == "right"):
-                writer.write(frame)
-            writer.release()
-        frame_numbers = np.arange(1, frames + 1)
+            write_avi(
+                disfa_video_path(root, subject, camera), _frames(frames, size, rng, mirror=camera == "right")
+            )
         for au in DISFA_AUS:
-            label = disfa_label_path(root, subject, au)
-            label.parent.mkdir(parents=True, exist_ok=True)
-            values = _intensities(frames, rng)
-            label.write_text("".join(f"{f},{v}\n" for f, v in zip(frame_numbers, values)))
+            write_label_file(disfa_label_path(root, subject, au), _intensities(frames, rng))
     return root
+
+
+def write_avi(path: str | Path, frames: Iterable[np.ndarray], fps: float = FPS) -> Path:
+    """BGR frames (all one size) -> an MJPG AVI, as DISFA ships them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for frame in frames:
+            if writer is None:
+                height, width = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write MJPG video {path}")
+            writer.write(frame)
+    finally:
+        if writer is not None:
+            writer.release()
+    return path
+
+
+def write_label_file(path: str | Path, intensities: np.ndarray) -> Path:
+    """One `frame,intensity` line per frame, frames 1-based (DISFA's label format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{f},{int(v)}\n" for f, v in enumerate(intensities, start=1)))
+    return path

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -54,10 +55,21 @@ def write_fer2013_sample(
     n_train = int(rows * 0.8)
     n_val = (rows - n_train) // 2
     usages = [USAGES[0]] * n_train + [USAGES[1]] * n_val + [USAGES[2]] * (rows - n_train - n_val)
+    return write_fer2013_csv(path, pixels, emotions, usages, broken_rows=BROKEN_ROWS if broken else ())
+
+
+def write_fer2013_csv(
+    path: str | Path,
+    pixels: np.ndarray,
+    emotions: Sequence[int],
+    usages: Sequence[str],
+    broken_rows: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Kaggle's format: header `emotion,pixels,Usage`, one row per (48, 48) uint8 image;
+    `broken_rows` texts are spread among the good rows (every third line from line 3)."""
     lines = [f"{e},{' '.join(map(str, p.ravel().tolist()))},{u}" for e, p, u in zip(emotions, pixels, usages)]
-    if broken:
-        for k, (_, text) in enumerate(BROKEN_ROWS):
-            lines.insert(min(len(lines), 1 + k * 3), text)
+    for k, (_, text) in enumerate(broken_rows):
+        lines.insert(min(len(lines), 1 + k * 3), text)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text("emotion,pixels,Usage\n" + "\n".join(lines) + "\n")

@@ -35,7 +35,7 @@ def _face() -> Image.Image:
     return Image.fromarray(astronaut()[20:220, 140:340])  # the astronaut's face, roughly square
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     kind = rng.integers(4)
     if kind == 0:  # a gradient between two colours, at a random angle
         a, b = rng.integers(0, 256, (2, 3))
@@ -60,7 +60,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 def _scene(rng: np.random.Generator, face: Image.Image) -> Image.Image:
     """The face at a random size and place on a random background, sometimes mirrored."""
     w, h = int(rng.integers(160, 321)), int(rng.integers(140, 281))
-    canvas = Image.fromarray(_background(rng, w, h).astype(np.uint8))
+    canvas = Image.fromarray(background(rng, w, h).astype(np.uint8))
     side = int(rng.integers(int(0.3 * min(w, h)), int(0.75 * min(w, h))))
     f = face.resize((side, side), Image.Resampling.LANCZOS)
     if rng.random() < 0.5:
