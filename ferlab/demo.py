@@ -22,8 +22,8 @@ def prepare_dagster_home(home: Path) -> Path:
     return dagster_home
 
 
-def write_demo_sources(sources: Path, seed: int = 0) -> None:
-    """Sample data for each source kind, in the real formats, with some broken input."""
+def write_sample_sources(sources: Path, seed: int = 0) -> None:
+    """Quick samples of each source kind in the real formats, with broken input (tests)."""
     from ferlab.samples.disfa import write_disfa_sample
     from ferlab.samples.fer2013 import write_fer2013_sample
     from ferlab.samples.scraped import write_scraped_sample
@@ -36,7 +36,8 @@ def write_demo_sources(sources: Path, seed: int = 0) -> None:
         write_scraped_sample(sources / "scraped", batch="batch-001", seed=seed)
 
 
-def run_demo(home: Path) -> int:
+def run_demo(home: Path, seed: int = 0, size: str = "small") -> int:
+    """Demo data into <home>/sources (unless sources are already there), then every job."""
     from dagster import DagsterInstance
 
     from dagster_project.definitions import defs
@@ -48,8 +49,12 @@ def run_demo(home: Path) -> int:
     os.environ["FERLAB_HOME"] = str(home)
     sources = home / "sources"
     started = time.perf_counter()
-    write_demo_sources(sources)
-    print(f"sample sources in {sources}")
+    if not sources.exists():
+        from ferlab.demodata import generate_demo_data
+
+        print(f"rendering demo data ({size}, seed {seed}) into {sources} ...")
+        generate_demo_data(sources, seed=seed, size=size)
+    print(f"sources in {sources} (ground truth and contact sheet in {sources / 'truth'})")
     prepare_dagster_home(home)
     instance = DagsterInstance.get()
     runs = [("fer2013_ingest_job", None)]

@@ -140,3 +140,24 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
         r["source"]: r["n"] for r in wh.sql("SELECT source, count(*) AS n FROM images GROUP BY 1").to_pylist()
     }
     assert counts["fer2013"] == 200 and counts["disfa"] == 120
+
+
+def test_sensors_add_new_partitions_once(tmp_path, monkeypatch):
+    from dagster import DagsterInstance, SkipReason, build_sensor_context
+
+    from assets.resources import SourcesResource
+    from dagster_project.definitions import defs
+
+    write_sample_sources(tmp_path / "sources")
+    monkeypatch.setenv("FERLAB_HOME", str(tmp_path))
+    instance = DagsterInstance.ephemeral()
+    for name, partitions, expected in (
+        ("disfa_subject_sensor", "disfa_subjects", ["SN001", "SN002"]),
+        ("scraped_batch_sensor", "scraped_batches", ["batch-001"]),
+    ):
+        sensor = defs.resolve_sensor_def(name)
+        result = sensor(build_sensor_context(instance=instance, resources={"sources": SourcesResource()}))
+        assert [r.partition_key for r in result.run_requests] == expected
+        instance.add_dynamic_partitions(partitions, result.dynamic_partitions_requests[0].partition_keys)
+        again = sensor(build_sensor_context(instance=instance, resources={"sources": SourcesResource()}))
+        assert isinstance(again, SkipReason) or not again.run_requests
