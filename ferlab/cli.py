@@ -64,6 +64,15 @@ def cmd_ingest_images(args: argparse.Namespace) -> int:
     return _print_report(ingest_scraped(_warehouse(args), args.dir, batch=args.batch))
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from labeling.yolo_env import prepare_ultralytics_offline
+
+    prepare_ultralytics_offline(_home(args) / "ultralytics")
+    from labeling.detect import run_detect_cli
+
+    return run_detect_cli(args.paths, args.detector, args.out, args.stride, args.batch_size, args.device)
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -143,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("dir", type=Path, help="the batch folder")
     images.add_argument("--batch", help="batch name (default: the folder's name)")
     images.set_defaults(func=cmd_ingest_images)
+
+    detect = sub.add_parser(
+        "detect",
+        help="detect faces and persons in images and videos; one row per detection",
+        description="Rows: source_uri, frame_index, label, x1, y1, x2, y2, score, detector (+ ids and the "
+        "weights' sha256). Frames with no detection are counted in the summary line.",
+    )
+    detect.add_argument("paths", nargs="+", type=Path, help="image files, videos or folders")
+    detect.add_argument(
+        "--detector",
+        default="teachers",
+        help="yunet (faces), yolo (packaged YOLO11n, persons), teachers (both; default) or a YOLO .pt/.onnx file",
+    )
+    detect.add_argument("--out", type=Path, help="write a Parquet file (default: CSV on stdout)")
+    detect.add_argument("--stride", type=int, default=1, help="every N-th video frame (default 1)")
+    detect.add_argument("--batch-size", type=int, default=16)
+    detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    detect.set_defaults(func=cmd_detect)
 
     sql = sub.add_parser("sql", help="run DuckDB SQL over the warehouse views; prints CSV with a header")
     sql.add_argument("query", help='e.g. "SELECT source, count(*) FROM images GROUP BY 1"')

@@ -308,3 +308,17 @@ def test_killed_run_resumes(ingested, tmp_path: Path, monkeypatch: pytest.Monkey
     for table, query in queries.items():
         assert sorted(_tuples(wh, query)) == sorted(_tuples(full, query)), table
     assert len(list(wh.table_dir("images").glob("part-*.parquet"))) > 2  # written in bounded parts
+
+
+def test_rejects_hold_after_ultralytics_patches_pillow(tmp_path: Path) -> None:
+    """ultralytics replaces PIL.Image.open process-wide; a text file is still not_an_image."""
+    from labeling.yolo_env import prepare_ultralytics_offline
+
+    prepare_ultralytics_offline(tmp_path / "ultralytics")
+    import ultralytics  # noqa: F401  (the import applies the patch)
+
+    batch = tmp_path / "drop" / "b1"
+    batch.mkdir(parents=True)
+    (batch / "notes.jpg").write_bytes(b"not a photo\n")
+    report = ingest_scraped(Warehouse(tmp_path / "home"), batch, show_progress=False)
+    assert [r.reason for r in report.rejects] == ["not_an_image"]

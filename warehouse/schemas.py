@@ -11,6 +11,16 @@ Tables
   (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator.
 - rejects: bad input, with where it was (source_uri, line) and why (reason code + detail).
 - near_duplicates: pairs of images whose perceptual hashes differ in few bits.
+- detections: one row per box a detector found. image_id follows the images table (sha256 of
+  an image file's bytes; stable_id(video sha256, frame) for a video frame), so detections join
+  ingested images. detection_id hashes image, detector, weights and box: re-running the same
+  detector on the same input yields the same ids. frame_index is 1-based, null for images.
+  Boxes are in the image's pixels (x2, y2 exclusive); width/height are the image's size.
+- crops: one row per face crop. crop_id hashes the detection and the crop parameters.
+  media_path is the 224 px RGB crop, gray_media_path the 48 px gray one (data-root relative);
+  face_px is the short side of the clipped box, blur the variance of the Laplacian of the
+  224 px gray crop, brightness its mean gray level; angle the degrees it was turned to level
+  the eyes.
 """
 
 from __future__ import annotations
@@ -87,6 +97,45 @@ NEAR_DUPLICATES = pa.schema(
 )
 
 
+DETECTIONS = pa.schema(
+    [
+        pa.field("detection_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("x1", pa.float32(), nullable=False),
+        pa.field("y1", pa.float32(), nullable=False),
+        pa.field("x2", pa.float32(), nullable=False),
+        pa.field("y2", pa.float32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("weights_sha256", pa.string(), nullable=False),
+    ]
+)
+
+CROPS = pa.schema(
+    [
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("detection_id", pa.string(), nullable=False),
+        pa.field("media_path", pa.string(), nullable=False),
+        pa.field("gray_media_path", pa.string(), nullable=False),
+        pa.field("size", pa.int16(), nullable=False),
+        pa.field("gray_size", pa.int16(), nullable=False),
+        pa.field("margin", pa.float32(), nullable=False),
+        pa.field("angle", pa.float32(), nullable=False),
+        pa.field("face_px", pa.float32(), nullable=False),
+        pa.field("blur", pa.float32(), nullable=False),
+        pa.field("brightness", pa.float32(), nullable=False),
+        pa.field("too_small", pa.bool_(), nullable=False),
+        pa.field("too_blurry", pa.bool_(), nullable=False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -102,5 +151,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("au_labels", AU_LABELS, ("image_id", "au", "label_source", "annotator")),
         TableSpec("rejects", REJECTS, ("reject_id",)),
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
+        TableSpec("detections", DETECTIONS, ("detection_id",)),
+        TableSpec("crops", CROPS, ("crop_id",)),
     )
 }

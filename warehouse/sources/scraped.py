@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +51,10 @@ _EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "JPEG2000": "j
 # Magic numbers of common image formats: an unidentifiable file that starts like an image is
 # a broken image (corrupt_image), not a file of another kind (not_an_image).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+# The formats a scrape holds. Naming them keeps exotic plugins that other libraries register
+# (and that accept almost any header) from claiming a text file is a broken image.
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG2000", "ICO")  # JPEG covers MPO
+Image.init()  # register every plugin now: open(formats=...) fails on one not yet imported
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _ORIENTATION = 0x0112
 _WRITE_EVERY = 256  # files per write: bounds memory and what a killed run must redo
@@ -243,6 +249,15 @@ def _list_files(folder: Path) -> list[_File]:
 
 
 # ---- decoding ---------------------------------------------------------------------------
+def _pillow_open(fh: BinaryIO) -> Image.Image:
+    """Pillow's own Image.open. Importing ultralytics replaces it process-wide with a wrapper
+    that, on an unidentified file, tries to install pi-heif from the network: here that turns
+    "not an image" into an install error, so the original is used when it was replaced."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    opener = getattr(patches, "_image_open", Image.open)
+    return opener(fh, formats=_FORMATS)
+
+
 def _decode(path: Path, digest: str, min_side: int, max_pixels: int) -> _Decoded:
     """Validate and decode one file (sha256 `digest`, "" when empty); raise
     _DecodeError(reason, detail) when it is bad."""
@@ -254,7 +269,7 @@ def _decode(path: Path, digest: str, min_side: int, max_pixels: int) -> _Decoded
         head = fh.read(16)
         fh.seek(0)
         try:
-            im = Image.open(fh)  # reads the header only
+            im = _pillow_open(fh)  # reads the header only
         except Image.DecompressionBombError as exc:
             raise _DecodeError("decompression_bomb", str(exc)) from None
         except UnidentifiedImageError:
