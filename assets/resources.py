@@ -44,3 +44,28 @@ class SourcesResource(ConfigurableResource):
 
     def scraped(self) -> Path:
         return self._resolve(self.scraped_root, "FERLAB_SCRAPED_ROOT", "scraped")
+
+
+class DetectorResource(ConfigurableResource):
+    """The production detector. `spec` "auto": the trained YOLO student of this data root when
+    there is one (models/face_detector/student.pt), else the teachers (YuNet faces + packaged
+    YOLO11n persons); or "yunet", "yolo", "teachers", or a path to a YOLO .pt/.onnx file."""
+
+    spec: str = "auto"
+    device: str = "auto"  # cuda when present, else cpu
+    batch_size: int = 16
+    margin: float = 0.25  # crop margin, each side, as a share of the box's longer side
+
+    def resolve_spec(self, home: Path) -> str:
+        if self.spec != "auto":
+            return self.spec
+        student = home / "models" / "face_detector" / "student.pt"
+        return str(student) if student.is_file() else "teachers"
+
+    def load(self, home: Path):
+        from labeling.yolo_env import prepare_ultralytics_offline
+
+        prepare_ultralytics_offline(home / "ultralytics")
+        from labeling.detectors import load_detector
+
+        return load_detector(self.resolve_spec(home), device=self.device)

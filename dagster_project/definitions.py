@@ -2,15 +2,20 @@
 
 from dagster import Definitions
 
+from assets.autolabel import autolabel_assets, autolabel_checks
 from assets.ingest import ingest_assets, ingest_checks
-from assets.resources import SourcesResource, WarehouseResource
+from assets.resources import DetectorResource, SourcesResource, WarehouseResource
 from dagster_project.jobs import ingest_jobs
 from dagster_project.sensors import ingest_sensors
 
 defs = Definitions(
-    assets=ingest_assets,
-    asset_checks=ingest_checks,
+    assets=[*ingest_assets, *autolabel_assets],
+    asset_checks=[*ingest_checks, *autolabel_checks],
     jobs=ingest_jobs,
     sensors=ingest_sensors,
-    resources={"warehouse": WarehouseResource(), "sources": SourcesResource()},
+    resources={
+        "warehouse": WarehouseResource(),
+        "sources": SourcesResource(),
+        "detector": DetectorResource(),
+    },
 )

@@ -226,6 +226,17 @@ def prefetch(items: Iterator[T], depth: int = 32) -> Iterator[T]:
 
 
 # ---- detection rows ---------------------------------------------------------------------------
+def _rounded_box(d: Detection) -> tuple[float, float, float, float]:
+    return (round(d.x1, 2), round(d.y1, 2), round(d.x2, 2), round(d.y2, 2))
+
+
+def detection_id(image_id: str, d: Detection, detector_name: str, weights_sha256: str) -> str:
+    """Image, detector (the detection's own, for merged teachers), weights and box: the same
+    detector on the same input gives the same id."""
+    name, sha = d.detector or detector_name, d.weights_sha256 or weights_sha256
+    return stable_id(image_id, name, sha, d.label, *_rounded_box(d))
+
+
 class _Rows:
     """Column lists for the detections table (one append per box, one Table at the end)."""
 
@@ -238,8 +249,8 @@ class _Rows:
         c = self.cols
         for d in detections:
             name, sha = d.detector or self.name, d.weights_sha256 or self.sha
-            box = (round(d.x1, 2), round(d.y1, 2), round(d.x2, 2), round(d.y2, 2))
-            c["detection_id"].append(stable_id(frame.image_id, name, sha, d.label, *box))
+            box = _rounded_box(d)
+            c["detection_id"].append(detection_id(frame.image_id, d, self.name, self.sha))
             c["image_id"].append(frame.image_id)
             c["source_uri"].append(frame.source_uri)
             c["frame_index"].append(frame.frame_index)
@@ -259,26 +270,25 @@ class _Rows:
 FrameCallback = Callable[[Frame, list[Detection]], None]
 
 
-def detect_files(
+def detect_frames(
     detector: Detector,
-    paths: Iterable[str | Path],
-    stride: int = 1,
+    items: Iterator[Frame | Reject],
     batch_size: int = 16,
     on_frame: FrameCallback | None = None,
     show_progress: bool = False,
 ) -> tuple[pa.Table, int, int, list[Reject]]:
-    """Detect on every image and every `stride`-th video frame under `paths`.
+    """Detect on decoded frames, fed to the detector in batches while the next are decoded.
 
     Returns (detections table, frames run through the detector, frames with no detection,
-    rejects). `on_frame(frame, detections)` is called for every frame, in order, for work
-    that needs the pixels (cropping) without decoding twice."""
+    rejects passed through). `on_frame(frame, detections)` is called for every frame, in
+    order, for work that needs the pixels (cropping) without decoding twice."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     rows = _Rows(detector)
     rejects: list[Reject] = []
     frames_total = frames_empty = 0
     batch: list[Frame] = []
-    bar = progress(desc=f"detect {detector.name}", enabled=show_progress)
+    bar = progress(desc=f"detect {detector.name}", unit="frame", enabled=show_progress)
 
     def flush() -> None:
         nonlocal frames_total, frames_empty
@@ -294,7 +304,7 @@ def detect_files(
 
     try:
         # One batch decoded ahead keeps the detector fed; more only holds frames in memory.
-        for item in prefetch(iter_frames(paths, stride), depth=batch_size):
+        for item in prefetch(items, depth=batch_size):
             if isinstance(item, Reject):
                 rejects.append(item)
                 continue
@@ -306,6 +316,18 @@ def detect_files(
     finally:
         bar.close()
     return rows.table(), frames_total, frames_empty, rejects
+
+
+def detect_files(
+    detector: Detector,
+    paths: Iterable[str | Path],
+    stride: int = 1,
+    batch_size: int = 16,
+    on_frame: FrameCallback | None = None,
+    show_progress: bool = False,
+) -> tuple[pa.Table, int, int, list[Reject]]:
+    """Detect on every image and every `stride`-th video frame under `paths` (see detect_frames)."""
+    return detect_frames(detector, iter_frames(paths, stride), batch_size, on_frame, show_progress)
 
 
 # ---- command line -----------------------------------------------------------------------------

@@ -32,8 +32,12 @@ class IngestReport:
 
 
 def progress(
-    items: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True
+    items: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool = True,
+    unit: str = "it",
 ) -> tqdm:
     """A progress bar on stderr for long work: iterate it, or call .update(n) on it; silent when
     disabled (tests, Dagster runs, which log instead)."""
-    return tqdm(items, total=total, desc=desc, disable=not enabled, leave=False)
+    return tqdm(items, total=total, desc=desc, disable=not enabled, leave=False, unit=unit)
