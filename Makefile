@@ -33,6 +33,7 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.fer2013_ingest
+	$(PY) -m benchmarks.detect_video
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev

@@ -10,6 +10,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
+    asset,
     asset_check,
     multi_asset,
 )
@@ -22,6 +23,7 @@ from labeling.autolabel import autolabel
 from warehouse import Warehouse
 
 GROUP = "autolabel"
+FIFTYONE_DATASET = "ferlab"
 IMAGE_COLUMNS = "image_id, source, source_uri, frame_index, media_path"
 
 
@@ -153,3 +155,30 @@ def _crop_checks(source: str) -> list:
 
 autolabel_assets = [fer2013_faces, disfa_faces, scraped_faces]
 autolabel_checks = [check for source in ("fer2013", "disfa", "scraped") for check in _crop_checks(source)]
+
+
+@asset(
+    group_name="review",
+    deps=["fer2013_crops", "disfa_crops", "scraped_crops"],
+    kinds={"fiftyone"},
+    description="The persistent FiftyOne dataset curators review: images with detections, face crops as "
+    "patches (to_patches('face_crops')), emotion and AU labels. Re-syncing is idempotent.",
+)
+def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    from labeling.fiftyone_sync import sync_fiftyone
+
+    report = sync_fiftyone(warehouse.get(), name=FIFTYONE_DATASET)
+    context.log.info(str(report))
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": MetadataValue.int(report.total),
+            "added": MetadataValue.int(report.added),
+            "updated": MetadataValue.int(report.updated),
+            "removed": MetadataValue.int(report.removed),
+            "dataset": MetadataValue.text(FIFTYONE_DATASET),
+            "open_with": MetadataValue.text("ferlab review  (FiftyOne App on 127.0.0.1:5151)"),
+        }
+    )
+
+
+review_assets = [fiftyone_dataset]

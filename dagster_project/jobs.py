@@ -3,7 +3,7 @@ ingests its source and auto-labels what it ingested: detections and face crops."
 
 from dagster import AssetSelection, define_asset_job
 
-from assets.autolabel import disfa_faces, fer2013_faces, scraped_faces
+from assets.autolabel import disfa_faces, fer2013_faces, fiftyone_dataset, scraped_faces
 from assets.ingest import disfa_frames, fer2013_images, scraped_images
 
 fer2013_ingest_job = define_asset_job(
@@ -23,3 +23,6 @@ scraped_ingest_job = define_asset_job(
 )
 
 ingest_jobs = [fer2013_ingest_job, disfa_ingest_job, scraped_ingest_job]
+review_job = define_asset_job(
+    "review_job", selection=AssetSelection.assets(fiftyone_dataset), description="Sync the FiftyOne dataset."
+)

@@ -73,6 +73,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return run_detect_cli(args.paths, args.detector, args.out, args.stride, args.batch_size, args.device)
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from ferlab.demo import prepare_dagster_home
+
+    prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
+    from labeling.fiftyone_sync import launch_review, sync_fiftyone
+
+    if not args.no_sync:
+        print(sync_fiftyone(_warehouse(args), name=args.dataset))
+    print(f"FiftyOne App on http://{args.address}:{args.port} (Ctrl-C to stop)")
+    launch_review(args.dataset, port=args.port, address=args.address)
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -170,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=int, default=16)
     detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     detect.set_defaults(func=cmd_detect)
+
+    review = sub.add_parser(
+        "review", help="sync the warehouse into a FiftyOne dataset and open the App for curators"
+    )
+    review.add_argument("--dataset", default="ferlab", help="FiftyOne dataset name (default ferlab)")
+    review.add_argument("--port", type=int, default=5151)
+    review.add_argument("--address", default="127.0.0.1")
+    review.add_argument("--no-sync", action="store_true", help="open the dataset as it is")
+    review.set_defaults(func=cmd_review)
 
     sql = sub.add_parser("sql", help="run DuckDB SQL over the warehouse views; prints CSV with a header")
     sql.add_argument("query", help='e.g. "SELECT source, count(*) FROM images GROUP BY 1"')

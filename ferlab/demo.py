@@ -12,7 +12,12 @@ DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
 
 def prepare_dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME: the environment's, else <data root>/dagster (telemetry off)."""
+    """DAGSTER_HOME: the environment's, else <data root>/dagster (telemetry off). FiftyOne's
+    database and Ultralytics' settings also default to folders of the data root, so nothing
+    is written under $HOME."""
+    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str((home / "fiftyone").resolve()))
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str((home / "ultralytics").resolve()))
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
@@ -57,7 +62,7 @@ def run_demo(home: Path, seed: int = 0, size: str = "small") -> int:
     print(f"sources in {sources} (ground truth and contact sheet in {sources / 'truth'})")
     prepare_dagster_home(home)
     instance = DagsterInstance.get()
-    runs = [("fer2013_ingest_job", None)]
+    runs: list[tuple[str, str | None]] = [("fer2013_ingest_job", None)]
     for name, keys in (
         ("disfa_subjects", find_disfa_subjects(sources / "disfa")),
         ("scraped_batches", find_scraped_batches(sources / "scraped")),
@@ -65,6 +70,7 @@ def run_demo(home: Path, seed: int = 0, size: str = "small") -> int:
         instance.add_dynamic_partitions(name, keys)
         job = "disfa_ingest_job" if name == "disfa_subjects" else "scraped_ingest_job"
         runs += [(job, key) for key in keys]
+    runs.append(("review_job", None))
     failed = 0
     for job_name, key in runs:
         result = defs.resolve_job_def(job_name).execute_in_process(

@@ -26,7 +26,7 @@ def test_demo_materializes_every_ingest_asset_in_process(tmp_path, capsys):
     write_sample_sources(home / "sources")  # quick samples; the rendered demo data has its own tests
     assert run_demo(home) == 0
     out = capsys.readouterr().out
-    assert out.count("ok     ") == 4 and "FAILED" not in out, out
+    assert out.count("ok     ") == 5 and "FAILED" not in out, out
     wh = Warehouse(home)
     by_source = {
         r["source"]: r["n"] for r in wh.sql("SELECT source, count(*) AS n FROM images GROUP BY 1").to_pylist()

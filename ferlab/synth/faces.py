@@ -12,8 +12,15 @@ Pipeline per source photo (`load_source_faces`):
      geometric warp cannot undo stays in `base_aus`: residual AU12/AU25 are re-measured with dlib
      on the neutralized crop, and a Duchenne smile's cheek bunching/crow's feet (skin texture)
      is booked as AU6 <= 1.5, in proportion to the original smile. Labels must add `base_aus`.
-     No default face is skipped: the widest laugh (t1_3) neutralizes to closed lips with residual
-     cheek raise, which `base_aus` reports.
+     The widest laugh (t1_3) is kept: it neutralizes only partly, which `base_aus` reports.
+
+  4. Near-frontal faces only (`head_yaw`, MAX_SOURCE_YAW): default faces turned nearly to
+     profile are not loaded. Outside the face (hair, background, neighbours) each source is
+     softly blurred, so the face is the subject.
+
+Demo data: every AU is exaggerated (MOVE_GAIN, SHADE_GAIN, `_level`: 70% of the effect at
+intensity 2) so that a present AU (>= 2) is unmistakable on every face; eyelids and lips keep
+their order (`_keep_order`).
 
 `render` moves control points (landmarks + virtual forehead/cheek/chin points, jaw and image
 border pinned unless an AU moves them) with a thin-plate spline (warp.py), shades furrows,
@@ -43,6 +50,7 @@ from ferlab.synth.landmarks import (
     detect_landmarks,
     face_frame,
     predict_landmarks,
+    virtual_points,
 )
 from ferlab.synth.shading import Shader
 from ferlab.synth.warp import warp_image
@@ -64,153 +72,176 @@ EMOTION_AUS: dict[str, dict[int, float]] = {
     "fear": {1: 0.9, 2: 0.7, 4: 0.6, 5: 1.0, 20: 0.9, 25: 0.7, 26: 0.5},
 }
 
+# Demo data exaggerates every AU: the moves below (about natural size) are scaled by MOVE_GAIN,
+# the shading amounts in `_shade` by SHADE_GAIN, and `_level` gives 70% of the effect at
+# intensity 2 already, so that a present AU is unmistakable on every face.
+MOVE_GAIN = 1.25
+SHADE_GAIN = 1.35
+
 # Control-point moves at intensity 5, for image-left/midline points (mirrored to the right):
 # (outward, upward) in units of the inter-ocular distance.
 _MOVES_LEFT: dict[int, dict[int, tuple[float, float]]] = {
     1: {
-        21: (-0.03, 0.22),
-        20: (-0.01, 0.17),
-        19: (0.0, 0.09),
-        18: (0.0, 0.03),
-        V["forehead_mid"]: (0.0, 0.08),
-        V["forehead_in_l"]: (0.0, 0.06),
-        V["glabella"]: (0.0, 0.07),
+        21: (-0.04, 0.32),
+        20: (-0.015, 0.25),
+        19: (0.0, 0.13),
+        18: (0.0, 0.04),
+        V["forehead_mid"]: (0.0, 0.11),
+        V["forehead_in_l"]: (0.0, 0.09),
+        V["glabella"]: (0.0, 0.1),
     },
     2: {
-        17: (0.03, 0.2),
-        18: (0.02, 0.22),
-        19: (0.0, 0.15),
-        20: (0.0, 0.06),
-        V["forehead_out_l"]: (0.0, 0.07),
-        V["temple_l"]: (0.0, 0.03),
+        17: (0.04, 0.3),
+        18: (0.03, 0.32),
+        19: (0.0, 0.22),
+        20: (0.0, 0.08),
+        V["forehead_out_l"]: (0.0, 0.1),
+        V["temple_l"]: (0.0, 0.04),
     },
     4: {
-        17: (-0.02, -0.07),
-        18: (-0.04, -0.11),
-        19: (-0.06, -0.14),
-        20: (-0.08, -0.16),
-        21: (-0.11, -0.17),
-        37: (0.0, -0.03),
-        38: (0.0, -0.035),
-        V["glabella"]: (0.0, -0.06),
-        V["forehead_in_l"]: (-0.03, -0.03),
-        V["forehead_mid"]: (0.0, -0.02),
+        17: (-0.03, -0.1),
+        18: (-0.05, -0.15),
+        19: (-0.08, -0.19),
+        20: (-0.1, -0.22),
+        21: (-0.13, -0.23),
+        37: (0.0, -0.05),
+        38: (0.0, -0.06),
+        V["glabella"]: (0.0, -0.08),
+        V["forehead_in_l"]: (-0.04, -0.04),
+        V["forehead_mid"]: (0.0, -0.03),
     },
     5: {
-        37: (0.0, 0.12),
-        38: (0.0, 0.12),
-        18: (0.0, 0.02),
-        19: (0.0, 0.03),
-        20: (0.0, 0.03),
+        37: (0.0, 0.2),
+        38: (0.0, 0.2),
+        36: (0.0, 0.02),
+        39: (0.0, 0.01),
+        17: (0.0, 0.03),
+        18: (0.0, 0.05),
+        19: (0.0, 0.07),
+        20: (0.0, 0.07),
+        21: (0.0, 0.04),
     },
     6: {
-        40: (0.0, 0.07),
-        41: (0.0, 0.07),
-        36: (0.01, 0.03),
-        39: (0.0, 0.01),
-        V["cheek_l"]: (0.02, 0.13),
-        V["mouthside_l"]: (0.01, 0.04),
+        40: (0.0, 0.11),
+        41: (0.0, 0.11),
+        36: (0.015, 0.04),
+        39: (0.0, 0.015),
+        37: (0.0, -0.02),
+        38: (0.0, -0.02),
+        V["cheek_l"]: (0.03, 0.2),
+        V["mouthside_l"]: (0.015, 0.06),
+        1: (0.01, 0.03),
+        2: (0.01, 0.03),
     },
     9: {
-        31: (0.0, 0.07),
-        32: (0.0, 0.06),
-        33: (0.0, 0.05),
-        30: (0.0, 0.03),
-        29: (0.0, 0.015),
-        49: (0.0, 0.07),
-        50: (0.0, 0.09),
-        51: (0.0, 0.1),
-        48: (0.0, 0.03),
-        60: (0.0, 0.04),
-        61: (0.0, 0.08),
-        62: (0.0, 0.085),
-        59: (0.0, 0.02),
-        21: (-0.04, -0.07),
-        20: (-0.02, -0.05),
-        19: (0.0, -0.03),
-        40: (0.0, 0.03),
-        41: (0.0, 0.03),
-        V["glabella"]: (0.0, -0.05),
-        V["cheek_l"]: (0.0, 0.05),
+        31: (0.0, 0.1),
+        32: (0.0, 0.085),
+        33: (0.0, 0.07),
+        30: (0.0, 0.04),
+        29: (0.0, 0.02),
+        49: (0.0, 0.1),
+        50: (0.0, 0.13),
+        51: (0.0, 0.14),
+        48: (0.0, 0.04),
+        60: (0.0, 0.05),
+        61: (0.0, 0.1),
+        62: (0.0, 0.11),
+        67: (0.0, 0.09),
+        66: (0.0, 0.1),
+        59: (0.0, 0.05),
+        58: (0.0, 0.05),
+        57: (0.0, 0.04),
+        21: (-0.02, -0.05),
+        20: (-0.01, -0.03),
+        37: (0.0, -0.02),
+        38: (0.0, -0.02),
+        40: (0.0, 0.04),
+        41: (0.0, 0.04),
+        V["glabella"]: (0.0, -0.04),
+        V["cheek_l"]: (0.0, 0.07),
     },
     12: {
-        48: (0.1, 0.16),
-        60: (0.09, 0.15),
-        49: (0.04, 0.07),
-        59: (0.04, 0.09),
-        61: (0.02, 0.04),
-        67: (0.02, 0.05),
-        50: (0.01, 0.02),
-        58: (0.01, 0.03),
-        V["mouthside_l"]: (0.08, 0.1),
-        V["cheek_l"]: (0.02, 0.05),
+        48: (0.14, 0.22),
+        60: (0.12, 0.2),
+        49: (0.06, 0.1),
+        59: (0.06, 0.12),
+        61: (0.03, 0.05),
+        67: (0.03, 0.07),
+        50: (0.015, 0.03),
+        58: (0.015, 0.04),
+        V["mouthside_l"]: (0.11, 0.14),
+        V["cheek_l"]: (0.03, 0.07),
     },
     15: {
-        48: (0.02, -0.14),
-        60: (0.02, -0.12),
-        49: (0.0, -0.05),
-        59: (0.0, -0.07),
-        61: (0.0, -0.02),
-        67: (0.0, -0.03),
-        58: (0.0, -0.02),
-        V["mouthside_l"]: (0.01, -0.07),
+        48: (0.03, -0.2),
+        60: (0.03, -0.17),
+        49: (0.0, -0.07),
+        59: (0.0, -0.1),
+        61: (0.0, -0.03),
+        67: (0.0, -0.04),
+        58: (0.0, -0.03),
+        V["mouthside_l"]: (0.015, -0.1),
+        V["chin"]: (0.0, 0.03),
     },
     20: {
-        48: (0.15, -0.03),
-        60: (0.13, -0.02),
-        49: (0.07, -0.01),
-        59: (0.07, -0.02),
-        61: (0.03, 0.0),
-        67: (0.03, 0.0),
-        50: (0.02, -0.02),
-        58: (0.02, 0.02),
-        51: (0.0, -0.02),
-        57: (0.0, 0.02),
-        V["mouthside_l"]: (0.09, -0.02),
+        48: (0.22, -0.015),
+        60: (0.19, -0.01),
+        49: (0.1, -0.005),
+        59: (0.1, -0.015),
+        61: (0.045, 0.0),
+        67: (0.045, 0.0),
+        50: (0.03, -0.045),
+        58: (0.03, 0.05),
+        51: (0.0, -0.045),
+        57: (0.0, 0.05),
+        V["mouthside_l"]: (0.13, -0.01),
     },
-    23: {
-        49: (-0.01, -0.08),
-        50: (0.0, -0.09),
+    23: {  # lips pressed thin and narrow (clamped to the face's own lips, see _keep_order)
+        49: (-0.04, -0.08),
+        50: (-0.01, -0.09),
         51: (0.0, -0.09),
-        59: (-0.01, 0.085),
-        58: (0.0, 0.1),
-        57: (0.0, 0.1),
-        48: (-0.05, 0.0),
-        60: (-0.04, 0.0),
-        61: (-0.02, 0.0),
-        67: (-0.02, 0.0),
+        59: (-0.04, 0.1),
+        58: (-0.01, 0.12),
+        57: (0.0, 0.12),
+        48: (-0.11, 0.0),
+        60: (-0.1, 0.0),
+        61: (-0.05, -0.01),
+        62: (0.0, -0.015),
+        67: (-0.05, 0.01),
+        66: (0.0, 0.015),
+        V["mouthside_l"]: (-0.04, 0.0),
     },
-    25: {
-        61: (0.0, 0.04),
-        62: (0.0, 0.045),
-        67: (0.0, -0.08),
-        66: (0.0, -0.09),
-        49: (0.0, 0.02),
-        50: (0.0, 0.025),
-        51: (0.0, 0.025),
-        59: (0.0, -0.06),
-        58: (0.0, -0.07),
-        57: (0.0, -0.07),
+    25: {  # lips part: teeth show in a moderate opening, the jaw stays (that is AU26)
+        61: (0.0, 0.06),
+        62: (0.0, 0.07),
+        67: (0.0, -0.13),
+        66: (0.0, -0.14),
+        49: (0.0, 0.035),
+        50: (0.0, 0.04),
+        51: (0.0, 0.04),
+        59: (0.0, -0.1),
+        58: (0.0, -0.11),
+        57: (0.0, -0.11),
         V["chin"]: (0.0, -0.02),
     },
-    26: {
-        66: (0.0, -0.32),
-        67: (0.0, -0.29),
-        57: (0.0, -0.33),
-        58: (0.0, -0.31),
-        59: (0.0, -0.24),
-        48: (-0.02, -0.09),
-        60: (-0.02, -0.08),
-        61: (0.0, 0.02),
-        62: (0.0, 0.02),
-        V["chin"]: (0.0, -0.33),
-        8: (0.0, -0.3),
-        7: (0.0, -0.28),
-        6: (0.0, -0.22),
-        5: (0.0, -0.14),
-        4: (0.0, -0.07),
-        3: (0.0, -0.02),
-        V["mouthside_l"]: (-0.01, -0.12),
+    26: {  # jaw drop: chin and lower lip far down, a long face, the mouth an oval
+        66: (0.0, -0.5),
+        67: (0.0, -0.45),
+        57: (0.0, -0.51),
+        58: (0.0, -0.48),
+        59: (0.0, -0.37),
+        48: (-0.04, -0.14),
+        60: (-0.04, -0.13),
+        61: (0.0, 0.025),
+        62: (0.0, 0.025),
+        V["chin"]: (0.0, -0.5),
+        8: (0.0, -0.47),
+        7: (0.0, -0.43),
+        6: (0.0, -0.34),
+        5: (0.0, -0.22),
+        4: (0.0, -0.11),
+        3: (0.0, -0.04),
+        V["mouthside_l"]: (-0.02, -0.19),
     },
 }
 
@@ -224,7 +255,10 @@ def _expand_moves(left: dict[int, tuple[float, float]]) -> np.ndarray:
     return out
 
 
-MOVES: dict[int, np.ndarray] = {au: _expand_moves(m) for au, m in _MOVES_LEFT.items()}
+# AU4/AU9 stay at natural size: pulled further, dlib's face detector loses some faces
+MOVES: dict[int, np.ndarray] = {
+    au: (1.0 if au in (4, 9) else MOVE_GAIN) * _expand_moves(m) for au, m in _MOVES_LEFT.items()
+}
 
 
 @dataclass
@@ -240,9 +274,11 @@ class SourceFace:
 
 
 def _level(intensity: float) -> float:
-    """Intensity 0..5 -> 0..1 move scale; slightly concave so intensity 2 is already clear."""
-    x = float(np.clip(intensity, 0.0, 5.0)) / 5.0
-    return x**0.85
+    """Intensity 0..5 -> 0..1 effect strength. Demo data: an AU must be unmistakable as soon as
+    it counts as present (intensity 2), and clearly weaker below: the strength rises steeply
+    (cubic) to 0.7 at 2 (0.09 at 1, 0.3 at 1.5), then linearly to 1 at 5."""
+    i = float(np.clip(intensity, 0.0, 5.0))
+    return 0.7 * (i / 2.0) ** 3 if i < 2.0 else 0.7 + 0.3 * (i - 2.0) / 3.0
 
 
 def _moved_points(
@@ -258,10 +294,54 @@ def _moved_points(
     return src, dst
 
 
-def _shade(sh: Shader, lm: np.ndarray, levels: Mapping[int, float]) -> None:
-    """Furrows, wrinkles, highlights per AU, drawn from the warped landmarks."""
+# (upper point, lower point, least fraction of the source's gap kept): eyelids never cross,
+# lips never fold over (strong AU6 on narrow eyes, AU23 on thin lips)
+_ORDER = [(t, b, 0.3) for t, b in ((37, 41), (38, 40), (43, 47), (44, 46))]
+_ORDER += [(t, b, 0.3) for t, b in ((50, 61), (51, 62), (52, 63), (67, 58), (66, 57), (65, 56))]
+
+
+def _keep_order(src: np.ndarray, dst: np.ndarray, ey: np.ndarray) -> None:
+    """Push apart (in place, along the face's down vector `ey`) point pairs whose vertical gap
+    shrank below its floor."""
+    for top, bot, keep in _ORDER:
+        gap0 = float((src[bot] - src[top]) @ ey)
+        gap1 = float((dst[bot] - dst[top]) @ ey)
+        floor = keep * max(gap0, 0.0)
+        if gap1 < floor:
+            half = 0.5 * (floor - gap1)
+            dst[top] -= half * ey
+            dst[bot] += half * ey
+
+
+def _skin_colors(image: np.ndarray, lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median RGB of small skin patches: the cheeks (for painted sclera) and the skin just
+    above the upper lip (for rolled-in lips)."""
+    vp = virtual_points(lm)
+    ex, ey, u = face_frame(lm)
+    h, w = image.shape[:2]
+    r = max(2, int(0.06 * u))
+
+    def median(centres: list[np.ndarray]) -> np.ndarray:
+        pix = []
+        for c in centres:
+            x, y = int(round(c[0])), int(round(c[1]))
+            pix.append(
+                image[max(0, y - r) : min(h, y + r + 1), max(0, x - r) : min(w, x + r + 1)].reshape(-1, 3)
+            )
+        return np.median(np.concatenate(pix), axis=0).astype(np.float32)
+
+    above = [lm[i] - 0.1 * u * ey for i in (49, 53)]
+    return median([vp[V["cheek_l"] - 68], vp[V["cheek_r"] - 68]]), median(above)
+
+
+def _shade(
+    sh: Shader, lm: np.ndarray, levels: Mapping[int, float], skin: np.ndarray, lip_skin: np.ndarray
+) -> None:
+    """Furrows, wrinkles, highlights per AU, drawn from the warped landmarks. Dark and wide
+    enough to show in a 128 px face crop."""
     ex, ey, u = face_frame(lm)
     up = -ey
+    roll = float(np.degrees(np.arctan2(ex[1], ex[0])))
 
     def p(base: np.ndarray, out: float, upw: float, side: float) -> np.ndarray:
         return base + side * out * u * ex + upw * u * up
@@ -273,110 +353,149 @@ def _shade(sh: Shader, lm: np.ndarray, levels: Mapping[int, float]) -> None:
 
     brow_mid = 0.5 * (lm[21] + lm[22])
     k = levels.get(1, 0.0)
-    if k > 0:  # central forehead wrinkles, curved up in the middle
-        for i, h in enumerate((0.3, 0.45, 0.6)):
+    if k > 0:  # central forehead wrinkles, curved up in the middle; oblique inner brows
+        for i, h in enumerate((0.28, 0.43, 0.58)):
             a = p(lm[20], 0.0, h, -1)
             b = p(lm[23], 0.0, h, 1)
-            sh.stroke(arc(a, b, 0.06), 0.26 * k * (1 - 0.15 * i), 0.03)
-            sh.stroke(arc(a, b, 0.06) + 0.035 * u * up, 0.1 * k, 0.03, dark=False)
+            sh.stroke(arc(a, b, 0.07), 0.5 * k * (1 - 0.12 * i), 0.04)
+            sh.stroke(arc(a, b, 0.07) + 0.045 * u * up, 0.18 * k, 0.035, dark=False)
+        sh.stroke(arc(p(lm[20], 0.0, 0.2, -1), p(lm[23], 0.0, 0.2, 1), 0.08), 0.18 * k, 0.12, fine=False)
     k = levels.get(2, 0.0)
-    if k > 0:  # lateral forehead wrinkles above each outer brow
+    if k > 0:  # lateral forehead wrinkles above each outer brow, arched brows
         for side, (o, i_) in ((-1, (17, 20)), (1, (26, 23))):
-            for j, h in enumerate((0.28, 0.42)):
-                a = p(lm[o], 0.02, h - 0.05, side)
-                b = p(lm[i_], 0.0, h + 0.02, side)
-                sh.stroke(arc(a, b, 0.05), 0.25 * k * (1 - 0.2 * j), 0.03)
-                sh.stroke(arc(a, b, 0.05) + 0.035 * u * up, 0.09 * k, 0.03, dark=False)
+            for j, h in enumerate((0.24, 0.38, 0.52)):
+                a = p(lm[o], 0.02, h - 0.06, side)
+                b = p(lm[i_], -0.02, h + 0.02, side)
+                sh.stroke(arc(a, b, 0.06), 0.48 * k * (1 - 0.12 * j), 0.04)
+                sh.stroke(arc(a, b, 0.06) + 0.045 * u * up, 0.16 * k, 0.035, dark=False)
+            # the stretched upper eyelid catches light under the raised outer brow
+            eye = lm[36:42].mean(0) if side < 0 else lm[42:48].mean(0)
+            sh.blob(p(eye, 0.08, 0.17, side), (0.16, 0.06), roll, 0.16 * k, dark=False)
     k = levels.get(4, 0.0)
-    if k > 0:  # glabella: short vertical furrows with ridges, bunched brows, shadow under them
+    if k > 0:  # glabella: deep vertical furrows with ridges, bunched brows, shadow under them
         for side in (-1, 1):
-            top = p(brow_mid, 0.075, 0.1, side)
-            bot = p(brow_mid, 0.045, -0.14, side)
-            line = np.array([top, 0.5 * (top + bot) + side * 0.012 * u * ex, bot])
-            sh.stroke(line, 0.42 * k, 0.022)
-            sh.stroke(line, 0.12 * k, 0.07, fine=False)
-            sh.stroke(line + side * 0.04 * u * ex, 0.1 * k, 0.025, dark=False)
+            top = p(brow_mid, 0.07, 0.14, side)
+            bot = p(brow_mid, 0.04, -0.16, side)
+            line = np.array([top, 0.5 * (top + bot) + side * 0.015 * u * ex, bot])
+            sh.stroke(line, 0.55 * k, 0.04)
+            sh.stroke(line, 0.3 * k, 0.1, fine=False)
+            sh.stroke(line + side * 0.05 * u * ex, 0.18 * k, 0.035, dark=False)
         sh.stroke(
-            np.array([p(lm[27], 0.07, 0.03, -1), lm[27] + 0.05 * u * up, p(lm[27], 0.07, 0.03, 1)]),
-            0.18 * k,
-            0.025,
+            np.array([p(lm[27], 0.08, 0.04, -1), lm[27] + 0.06 * u * up, p(lm[27], 0.08, 0.04, 1)]),
+            0.25 * k,
+            0.035,
         )
         for brow, eye in ((slice(17, 22), slice(36, 42)), (slice(22, 27), slice(42, 48))):
             c = 0.5 * (lm[brow].mean(0) + lm[eye].mean(0))
-            sh.blob(c, (0.28, 0.09), np.degrees(np.arctan2(ex[1], ex[0])), 0.2 * k, dark=True)
+            sh.blob(c, (0.3, 0.1), roll, 0.3 * k, dark=True)
+            sh.stroke(lm[brow], 0.35 * k, 0.06)  # thicker, darker lowered brows
     k = levels.get(5, 0.0)
-    if k > 0:  # more sclera: a slight brightening of the widened eyes
-        for eye in (slice(36, 42), slice(42, 48)):
-            sh.blob(lm[eye].mean(0), (0.16, 0.07), np.degrees(np.arctan2(ex[1], ex[0])), 0.06 * k, dark=False)
+    if k > 0:  # widened eyes: white sclera above the iris under a dark upper-lid margin
+        sclera = np.clip(np.float32(1.25) * skin.mean() + 25.0, 110.0, 245.0) * np.float32([1.0, 0.98, 0.96])
+        for eye in ((36, 37, 38, 39), (42, 43, 44, 45)):
+            lid = lm[list(eye)]
+            lo = lm[[eye[0], 41 if eye[0] == 36 else 47, 40 if eye[0] == 36 else 46, eye[3]]]
+            height = np.clip((lo[1:3, 1].mean() - lid[1:3, 1].mean()) * 0.55, 0.0, 0.09 * u)
+            inner = lid[1:3] + height * ey
+            band = np.array([0.8 * lid[0] + 0.2 * lid[1], lid[1], lid[2], 0.8 * lid[3] + 0.2 * lid[2]])
+            band = np.concatenate([band, inner[::-1]])
+            sh.paint(band, min(1.0, 1.5 * k), sclera)
+            sh.stroke(lid, 0.6 * k, 0.035)
+            sh.stroke(lid + 0.09 * u * up, 0.2 * k, 0.06, dark=False)  # stretched lid skin
     k6 = levels.get(6, 0.0)
     k12 = levels.get(12, 0.0)
-    if k6 > 0:  # crow's feet, lower-lid furrow, raised cheek highlight
+    if k6 > 0:  # crow's feet, lower-lid bulge and furrow, raised cheek highlight and its shadow
         for side, corner, low in ((-1, 36, (41, 40)), (1, 45, (46, 47))):
-            start = p(lm[corner], 0.07, 0.0, side)
-            for ang in (-0.45, -0.1, 0.25):
+            start = p(lm[corner], 0.06, 0.0, side)
+            for ang in (-0.5, -0.15, 0.2):
                 d = side * np.cos(ang) * ex + np.sin(ang) * up
-                sh.stroke(np.array([start, start + 0.24 * u * d]), 0.34 * k6, 0.03)
-            a = p(lm[low[0]], 0.05, -0.12, side)
-            b = p(lm[low[1]], -0.02, -0.1, side)
-            sh.stroke(arc(a, b, -0.04), 0.3 * k6, 0.035)
+                sh.stroke(np.array([start, start + 0.3 * u * d]), 0.75 * k6, 0.045)
+            sh.blob(p(lm[corner], 0.16, 0.0, side), (0.14, 0.12), roll, 0.3 * k6, dark=True)
+            a = p(lm[low[0]], 0.06, -0.06, side)
+            b = p(lm[low[1]], -0.03, -0.05, side)
+            sh.stroke(arc(a, b, -0.03), 0.25 * k6, 0.06, dark=False)  # lower-lid bulge
+            eye = [36, 41, 40, 39] if side < 0 else [42, 47, 46, 45]
+            sh.stroke(lm[eye], 0.45 * k6, 0.03)  # the raised lower-lid margin
+            a = p(lm[low[0]], 0.08, -0.19, side)
+            b = p(lm[low[1]], -0.03, -0.17, side)
+            sh.stroke(arc(a, b, -0.05), 0.75 * k6, 0.05)  # infraorbital furrow
+            sh.stroke(arc(a, b, -0.05), 0.3 * k6, 0.12, fine=False)
             cheek = 0.45 * lm[1 if side < 0 else 15] + 0.35 * lm[31 if side < 0 else 35] + 0.2 * lm[low[1]]
-            sh.blob(cheek, (0.22, 0.14), 0.0, 0.14 * k6, dark=False)
-    kn = max(0.6 * k6, k12, 0.8 * levels.get(9, 0.0))
+            sh.blob(cheek, (0.22, 0.14), 0.0, 0.35 * k6, dark=False)
+            sh.blob(cheek - 0.22 * u * up, (0.24, 0.08), 0.0, 0.3 * k6, dark=True)
+    kn = max(0.8 * k6, k12, levels.get(9, 0.0))
     if kn > 0:  # nasolabial folds
         for side, nose, corner in ((-1, 31, 48), (1, 35, 54)):
             a = p(lm[nose], 0.1, 0.05, side)
             b = p(lm[corner], 0.1, -0.08, side)
-            curve = arc(a, b, 0.0) + side * 0.04 * u * ex * np.sin(np.linspace(0, np.pi, 7))[:, None]
-            sh.stroke(curve, 0.3 * kn, 0.04)
-            sh.stroke(curve, 0.15 * kn, 0.1, fine=False)
-            sh.stroke(curve + side * 0.06 * u * ex, 0.1 * kn, 0.05, dark=False)
+            curve = arc(a, b, 0.0) + side * 0.05 * u * ex * np.sin(np.linspace(0, np.pi, 7))[:, None]
+            sh.stroke(curve, 0.55 * kn, 0.05)
+            sh.stroke(curve, 0.25 * kn, 0.12, fine=False)
+            sh.stroke(curve + side * 0.07 * u * ex, 0.18 * kn, 0.06, dark=False)
     if k12 > 0:  # dimple shadows just outside the corners, cheek highlight
         for side, corner in ((-1, 48), (1, 54)):
-            sh.blob(p(lm[corner], 0.06, 0.0, side), (0.05, 0.08), 0.0, 0.22 * k12, dark=True, fine=True)
+            sh.blob(p(lm[corner], 0.05, 0.01, side), (0.05, 0.09), 0.0, 0.4 * k12, dark=True, fine=True)
             cheek = (
                 0.45 * lm[1 if side < 0 else 15]
                 + 0.35 * lm[31 if side < 0 else 35]
                 + 0.2 * lm[40 if side < 0 else 47]
             )
-            sh.blob(cheek, (0.2, 0.13), 0.0, 0.08 * k12, dark=False)
+            sh.blob(cheek, (0.2, 0.13), 0.0, 0.16 * k12, dark=False)
     k = levels.get(9, 0.0)
     if k > 0:  # wrinkles across the nose bridge ("bunny lines") and along its sides
-        for j, t in enumerate((0.35, 0.55, 0.75)):
+        for j, t in enumerate((0.3, 0.5, 0.7)):
             c = (1 - t) * lm[27] + t * lm[29]
-            half = 0.07 + 0.02 * j
+            half = 0.08 + 0.02 * j
             a = c - half * u * ex - 0.02 * u * up
             b = c + half * u * ex - 0.02 * u * up
-            sh.stroke(arc(a, b, 0.035), 0.32 * k * (1 - 0.15 * j), 0.02)
-            sh.stroke(arc(a, b, 0.035) - 0.03 * u * up, 0.07 * k, 0.02, dark=False)
+            sh.stroke(arc(a, b, 0.04), 0.45 * k * (1 - 0.1 * j), 0.035)
+            sh.stroke(arc(a, b, 0.04) - 0.04 * u * up, 0.14 * k, 0.03, dark=False)
         for side, eye in ((-1, 39), (1, 42)):
-            for off in (0.0, 0.05):
-                a = p(lm[eye], -0.04 + off, -0.1 - off, side)
-                b = p(lm[eye], 0.0 + off, -0.3 - off, side)
-                sh.stroke(np.array([a, b]), 0.3 * k, 0.022)
-        sh.blob(
-            0.5 * (lm[27] + lm[30]), (0.12, 0.2), np.degrees(np.arctan2(ex[1], ex[0])), 0.1 * k, dark=True
-        )
+            for off in (0.0, 0.06):
+                a = p(lm[eye], -0.04 + off, -0.08 - off, side)
+                b = p(lm[eye], 0.0 + off, -0.32 - off, side)
+                sh.stroke(np.array([a, b]), 0.4 * k, 0.035)
+        sh.blob(0.5 * (lm[27] + lm[30]), (0.12, 0.2), roll, 0.1 * k, dark=True)
+        sh.stroke(lm[[31, 32, 33, 34, 35]] + 0.02 * u * up, 0.3 * k, 0.05)  # flared nostrils
     k = levels.get(15, 0.0)
-    if k > 0:  # marionette shadows below the corners
+    if k > 0:  # marionette shadows below the corners, chin boss and the furrow above it
         for side, corner in ((-1, 48), (1, 54)):
-            a = p(lm[corner], 0.02, -0.03, side)
-            b = p(lm[corner], 0.06, -0.22, side)
-            sh.stroke(np.array([a, b]), 0.3 * k, 0.035)
-            sh.stroke(np.array([a, b]), 0.12 * k, 0.08, fine=False)
+            a = p(lm[corner], 0.01, -0.02, side)
+            b = p(lm[corner], 0.06, -0.26, side)
+            sh.stroke(np.array([a, b]), 0.6 * k, 0.045)
+            sh.stroke(np.array([a, b]), 0.25 * k, 0.1, fine=False)
+        chin = 0.5 * (lm[57] + lm[8])
+        sh.stroke(arc(p(lm[57], 0.16, -0.06, -1), p(lm[57], 0.16, -0.06, 1), -0.05), 0.5 * k, 0.045)
+        sh.blob(chin - 0.03 * u * up, (0.2, 0.12), roll, 0.22 * k, dark=False)
+        sh.blob(chin - 0.05 * u * up, (0.06, 0.05), roll, 0.2 * k, dark=True, fine=True)  # dimpling
     k = levels.get(20, 0.0)
-    if k > 0:  # tension folds beyond the stretched corners, flattened lips
+    if k > 0:  # tension folds beyond the stretched corners, flattened lips, taut neck
         for side, corner in ((-1, 48), (1, 54)):
-            a = p(lm[corner], 0.04, 0.0, side)
-            b = p(lm[corner], 0.18, -0.06, side)
-            sh.stroke(np.array([a, b]), 0.3 * k, 0.03)
-            sh.stroke(np.array([a, b]) + 0.04 * u * up, 0.1 * k, 0.03, dark=False)
+            a = p(lm[corner], 0.03, 0.0, side)
+            b = p(lm[corner], 0.22, -0.08, side)
+            sh.stroke(np.array([a, b]), 0.55 * k, 0.04)
+            sh.stroke(np.array([a, b]) + 0.045 * u * up, 0.18 * k, 0.035, dark=False)
+            jaw = p(lm[corner], 0.14, -0.3, side)
+            sh.stroke(np.array([jaw, jaw + 0.08 * side * u * ex - 0.12 * u * up]), 0.45 * k, 0.04)
     k = levels.get(23, 0.0)
-    if k > 0:  # pressed lip line, bulging lip borders, small wrinkles above the upper lip
-        sh.stroke(lm[[60, 61, 62, 63, 64]], 0.4 * k, 0.03)
-        sh.stroke(lm[[48, 49, 50, 51, 52, 53, 54]] + 0.02 * u * up, 0.12 * k, 0.04, dark=False)
-        for t in (0.3, 0.45, 0.55, 0.7):
-            base = (1 - t) * lm[49] + t * lm[53]
-            sh.stroke(np.array([base + 0.03 * u * up, base + 0.1 * u * up]), 0.18 * k, 0.02)
+    if k > 0:  # pressed lips: tight dark line, lips rolled in (paler), bulges and wrinkles around
+        sh.paint(lm[48:60], 0.9 * k, lip_skin)  # the red of the lips rolls in: skin shows
+        sh.stroke(lm[[48, 60, 61, 62, 63, 64, 54]], 0.9 * k, 0.05)
+        sh.stroke(lm[[48, 49, 50, 51, 52, 53, 54]] + 0.03 * u * up, 0.3 * k, 0.07, dark=False)
+        sh.stroke(lm[[54, 55, 56, 57, 58, 59, 48]] - 0.03 * u * up, 0.3 * k, 0.07, dark=False)
+        sh.stroke(lm[[54, 55, 56, 57, 58, 59, 48]] - 0.12 * u * up, 0.35 * k, 0.06)  # chin bulge edge
+        for side, corner in ((-1, 48), (1, 54)):
+            sh.blob(p(lm[corner], 0.03, 0.0, side), (0.04, 0.06), 0.0, 0.35 * k, dark=True, fine=True)
+
+
+def _shade_jaw(sh: Shader, lm: np.ndarray, k: float) -> None:
+    """AU26: the dropped jaw stretches the cheeks (shadowed hollows beside the mouth)."""
+    ex, ey, u = face_frame(lm)
+    for side, corner in ((-1, 48), (1, 54)):
+        top = lm[corner] + side * 0.12 * u * ex - 0.15 * u * ey
+        bot = lm[corner] + side * 0.1 * u * ex + 0.3 * u * ey
+        sh.stroke(np.array([top, bot]), 0.35 * k, 0.14, fine=False)
+        sh.stroke(np.array([top, bot]), 0.35 * k, 0.04)
 
 
 def render(face: SourceFace, aus: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -393,11 +512,15 @@ def render(face: SourceFace, aus: Mapping[int, float]) -> tuple[np.ndarray, np.n
     h, w = face.image.shape[:2]
     local = sum((MOVES[au] * lv for au, lv in levels.items()), np.zeros((N_FACE_POINTS, 2)))
     src, dst = _moved_points(lm0, local, w, h)
+    _keep_order(src, dst, face_frame(lm0)[1])
     out = warp_image(face.image, src, dst).astype(np.float32)
     lm = dst[:68]
     _, _, u = face_frame(lm)
-    sh = Shader(h, w, u)
-    _shade(sh, lm, levels)
+    sh = Shader(h, w, u, SHADE_GAIN)
+    skin, lip_skin = _skin_colors(face.image, lm0)
+    _shade(sh, lm, levels, skin, lip_skin)
+    if 26 in levels:
+        _shade_jaw(sh, lm, levels[26])
     out = sh.apply(out)
     opened = mouth.inner_gap(lm) - max(mouth.inner_gap(lm0), 0.0)
     if opened > 0.5:
@@ -578,11 +701,32 @@ def _default_photos() -> list[tuple[str, np.ndarray]]:
     return [("astronaut", data.astronaut()), ("t1", _read_rgb(weight_path("insightface_t1.jpg")))]
 
 
+def head_yaw(lm: np.ndarray) -> float:
+    """Signed head turn from landmarks: how far the nose tip (30) sits off the middle of the face
+    outline (jaw points 0 and 16), along the eye line, relative to half the face width. 0 frontal,
+    about +-0.4 a three-quarter view, beyond +-0.8 a head turned nearly to profile."""
+    lm = np.asarray(lm, np.float64)
+    ex, _, _ = face_frame(lm)
+    left, right, nose = lm[0] @ ex, lm[16] @ ex, lm[30] @ ex
+    return float((nose - 0.5 * (left + right)) / max(0.5 * (right - left), 1e-6))
+
+
+# AU rendering assumes near-frontal faces: default sources turned further are left out
+MAX_SOURCE_YAW = 0.6
+
+
 def load_source_faces(photos: Sequence[str | Path] | None = None) -> list[SourceFace]:
-    """Neutralized source faces: by default the astronaut + the 6 faces of insightface's t1.jpg
-    (identities "astronaut", "t1_0".."t1_5", left to right); else every face found in `photos`
-    (identities "<file stem>" or "<file stem>_<i>"). The mouth patch comes from the face with
-    the largest inner-lip opening (falls back to t1.jpg's laughing face, or None)."""
+    """Neutralized source faces: by default the astronaut + the near-frontal faces of
+    insightface's t1.jpg (identities "astronaut", "t1_0", "t1_2", "t1_3", "t1_5": t1.jpg's faces
+    are numbered left to right); else every face found in `photos` (identities "<file stem>" or
+    "<file stem>_<i>"). The mouth patch comes from the face with the largest inner-lip opening
+    (falls back to t1.jpg's laughing face, or None).
+
+    AU rendering assumes near-frontal faces: the landmark moves are symmetric in the face plane,
+    and on a turned head the far half is foreshortened and dlib's points on it are unreliable,
+    so the AUs barely show there. Default faces whose `head_yaw` exceeds MAX_SOURCE_YAW (t1_1 and
+    t1_4, both in near-profile) are therefore not loaded. The laughing t1_3 is kept: its smile
+    cannot be fully neutralized, which its `base_aus` (AU6/12/25) report, and labels add."""
     named = _default_photos() if photos is None else [(Path(p).stem, _read_rgb(p)) for p in photos]
     raw: list[tuple[str, np.ndarray, np.ndarray]] = []
     for stem, img in named:
@@ -592,11 +736,26 @@ def load_source_faces(photos: Sequence[str | Path] | None = None) -> list[Source
     patch = _best_mouth_patch(raw)
     if patch is None and photos is not None:
         patch = _best_mouth_patch([(s, c, lm) for s, img in _default_photos() for c, lm in _faces_in(img)])
+    if photos is None:
+        raw = [r for r in raw if abs(head_yaw(r[2])) <= MAX_SOURCE_YAW]
     out = []
     for identity, crop, lm in raw:
         neutral, nlm, base = _neutralize(crop, lm)
+        neutral = _soften_surroundings(neutral, nlm)
         out.append(SourceFace(identity, neutral, nlm, base, patch))
     return out
+
+
+def _soften_surroundings(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Blur what lies outside the face (hair, background, neighbours), feathered."""
+    lm = np.asarray(lm, np.float64)
+    hull = np.concatenate([lm[:17], virtual_points(lm)[[10, 0, 2, 4, 3, 1, 11]]])
+    mask = np.zeros(image.shape[:2], np.float32)
+    cv2.fillConvexPoly(mask, np.round(cv2.convexHull(hull.astype(np.float32))[:, 0]).astype(np.int32), 1.0)
+    u = face_frame(lm)[2]
+    mask = cv2.GaussianBlur(mask, (0, 0), 0.08 * u)[..., None]
+    soft = cv2.GaussianBlur(image, (0, 0), 0.12 * u).astype(np.float32)
+    return np.clip(image * mask + soft * (1 - mask) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _best_mouth_patch(raw: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> np.ndarray | None:

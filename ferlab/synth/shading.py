@@ -1,5 +1,7 @@
 """Multiplicative shading: furrows, wrinkles, highlights and shadows drawn as strokes/blobs on
-float canvases aligned to landmarks, blurred, and multiplied into the image (skin texture stays)."""
+float canvases aligned to landmarks, blurred, and multiplied into the image (skin texture stays).
+A few things are painted (blended towards a colour) before the shading: the whites of widened
+eyes, rolled-in lips."""
 
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ def _fixed(points: np.ndarray) -> np.ndarray:
 class Shader:
     """Accumulates darkening/lightening at three softness levels, then applies them at once."""
 
-    def __init__(self, height: int, width: int, unit: float) -> None:
+    def __init__(self, height: int, width: int, unit: float, strength: float = 1.0) -> None:
         self.shape = (height, width)
         self.unit = unit  # face scale in pixels (inter-ocular distance)
+        self.strength = strength  # multiplies every stroke/blob/polygon amount (not paints)
         self.fine_dark = np.zeros(self.shape, np.float32)
         self.soft_dark = np.zeros(self.shape, np.float32)
         self.soft_light = np.zeros(self.shape, np.float32)
         self.fine_light = np.zeros(self.shape, np.float32)
+        self.paints: list[tuple[np.ndarray, np.ndarray]] = []  # (alpha layer, RGB colour)
         self.used = False
 
     def _canvas(self, dark: bool, fine: bool) -> np.ndarray:
@@ -41,7 +45,7 @@ class Shader:
         canvas = self._canvas(dark, fine)
         layer = np.zeros(self.shape, np.float32)
         cv2.polylines(layer, [_fixed(points)], False, 1.0, thickness, cv2.LINE_AA, _SHIFT)
-        np.maximum(canvas, layer * amount, out=canvas)
+        np.maximum(canvas, layer * amount * self.strength, out=canvas)
         self.used = True
 
     def blob(
@@ -62,7 +66,7 @@ class Shader:
         ax = (max(1, int(axes[0] * self.unit * _ONE)), max(1, int(axes[1] * self.unit * _ONE)))
         c = tuple(int(v) for v in np.round(np.asarray(center) * _ONE))
         cv2.ellipse(layer, c, ax, angle, 0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
-        np.maximum(canvas, layer * amount, out=canvas)
+        np.maximum(canvas, layer * amount * self.strength, out=canvas)
         self.used = True
 
     def polygon(self, points: np.ndarray, amount: float, *, dark: bool, fine: bool = False) -> None:
@@ -71,7 +75,18 @@ class Shader:
         canvas = self._canvas(dark, fine)
         layer = np.zeros(self.shape, np.float32)
         cv2.fillPoly(layer, [_fixed(points)], 1.0, cv2.LINE_AA, _SHIFT)
-        np.maximum(canvas, layer * amount, out=canvas)
+        np.maximum(canvas, layer * amount * self.strength, out=canvas)
+        self.used = True
+
+    def paint(self, points: np.ndarray, amount: float, color: np.ndarray) -> None:
+        """A filled polygon blended towards `color` (RGB 0..255) by `amount` (0..1), soft-edged;
+        painted before the shading, in call order."""
+        if amount <= 0:
+            return
+        layer = np.zeros(self.shape, np.float32)
+        cv2.fillPoly(layer, [_fixed(points)], 1.0, cv2.LINE_AA, _SHIFT)
+        layer = cv2.GaussianBlur(layer, (0, 0), max(0.6, 0.02 * self.unit))
+        self.paints.append((layer * float(min(1.0, amount)), np.asarray(color, np.float32)))
         self.used = True
 
     def gain(self) -> np.ndarray:
@@ -93,4 +108,8 @@ class Shader:
         """image float32 (h, w, 3) in 0..255 -> shaded float32."""
         if not self.used:
             return image
-        return image * self.gain()[..., None]
+        out = image
+        for alpha, color in self.paints:  # painted first: furrows and shadows fall on them
+            a = alpha[..., None]
+            out = out * (1.0 - a) + color * a
+        return out * self.gain()[..., None]
