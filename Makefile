@@ -7,6 +7,7 @@ export FERLAB_HOME ?= $(CURDIR)/var
 export DAGSTER_HOME ?= $(FERLAB_HOME)/dagster
 export DAGSTER_DISABLE_TELEMETRY := 1
 export FIFTYONE_DO_NOT_TRACK := true
+export FIFTYONE_DATABASE_VALIDATION := false
 export YOLO_OFFLINE := 1
 
 .PHONY: setup demo test bench dev lint format clean

@@ -17,6 +17,7 @@ def prepare_dagster_home(home: Path) -> Path:
     is written under $HOME."""
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str((home / "fiftyone").resolve()))
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # the packaged mongod is 6.0
     os.environ.setdefault("YOLO_CONFIG_DIR", str((home / "ultralytics").resolve()))
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -88,6 +89,7 @@ def run_demo(home: Path, seed: int = 0, size: str = "small") -> int:
         "labels:",
         f"emotion {wh.count('emotion_labels')}, AU {wh.count('au_labels')}, rejects {wh.count('rejects')}",
     )
+    print(f"auto-labeling: {wh.count('detections')} detections, {wh.count('crops')} face crops")
     print(f"demo done in {time.perf_counter() - started:.1f} s; data root {home}")
     print(f'query it: .venv/bin/ferlab --home {home} sql "SELECT reason, count(*) FROM rejects GROUP BY 1"')
     print("browse it: make dev  (Dagster UI on http://127.0.0.1:3000)")
