@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from labeling.crops import CROP_SIZE, GRAY_SIZE, MARGIN, FaceCrop, crop_faces
-from labeling.detect import Frame, detect_frames, detection_id
+from labeling.detect import DetectionRows, Frame, detect_frames, detection_id
 from labeling.detectors import Detection, Detector
 from labeling.landmarks import EyeLocator
 from warehouse.hashing import stable_id
 from warehouse.rejects import Reject
-from warehouse.schemas import CROPS, DETECTIONS
+from warehouse.schemas import CROPS
 from warehouse.store import Warehouse
 
 FULL_IMAGE_DETECTOR = "source:{source}"  # the "detector" of images that are face crops already
@@ -146,7 +146,7 @@ def _full_image_faces(
     wh: Warehouse, images: pa.Table, writer: _CropWriter, report: AutolabelReport
 ) -> tuple[int, pa.Table]:
     """Images that are face crops already: one full-image face detection each, then the crop."""
-    cols: dict[str, list] = {f.name: [] for f in DETECTIONS}
+    rows = DetectionRows("", "")  # each face names its own detector (source:<name>)
     source_of = dict(
         zip(images.column("image_id").to_pylist(), images.column("source").to_pylist(), strict=True)
     )
@@ -159,25 +159,9 @@ def _full_image_faces(
         h, w = item.image.shape[:2]
         name = FULL_IMAGE_DETECTOR.format(source=source_of[item.image_id])
         face = Detection("face", 0.0, 0.0, float(w), float(h), 1.0, detector=name, weights_sha256="")
-        det_id = detection_id(item.image_id, face, name, "")
-        row = {
-            "detection_id": det_id,
-            "image_id": item.image_id,
-            "source_uri": item.source_uri,
-            "frame_index": item.frame_index,
-            "width": w,
-            "height": h,
-            "label": "face",
-            "x1": 0.0,
-            "y1": 0.0,
-            "x2": float(w),
-            "y2": float(h),
-            "score": 1.0,
-            "detector": name,
-            "weights_sha256": "",
-        }
-        for key, value in row.items():
-            cols[key].append(value)
+        rows.add(item, [face])
         crops, _ = crop_faces(item.image, [face], margin=0.0, align=False)
-        writer.add(item.image_id, det_id, crops[0], margin=0.0, align=False)
-    return n, pa.table(cols, schema=DETECTIONS)
+        writer.add(
+            item.image_id, detection_id(item.image_id, face, name, ""), crops[0], margin=0.0, align=False
+        )
+    return n, rows.table()

@@ -237,11 +237,12 @@ def detection_id(image_id: str, d: Detection, detector_name: str, weights_sha256
     return stable_id(image_id, name, sha, d.label, *_rounded_box(d))
 
 
-class _Rows:
-    """Column lists for the detections table (one append per box, one Table at the end)."""
+class DetectionRows:
+    """Column lists for the detections table (one append per box, one Table at the end).
+    A Detection's own detector name and weights hash win over the ones given here."""
 
-    def __init__(self, detector: Detector):
-        self.name, self.sha = detector.name, detector.weights_sha256
+    def __init__(self, name: str, weights_sha256: str):
+        self.name, self.sha = name, weights_sha256
         self.cols: dict[str, list] = {f.name: [] for f in DETECTIONS}
 
     def add(self, frame: Frame, detections: Sequence[Detection]) -> None:
@@ -284,7 +285,7 @@ def detect_frames(
     order, for work that needs the pixels (cropping) without decoding twice."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    rows = _Rows(detector)
+    rows = DetectionRows(detector.name, detector.weights_sha256)
     rejects: list[Reject] = []
     frames_total = frames_empty = 0
     batch: list[Frame] = []
