@@ -1,9 +1,12 @@
 """Detection speed on a 640x360 video: end to end (decode -> detect -> crop -> rows, with
 `detect_files`) against the detector's bare forward pass over the same frames, decoded
 beforehand. The ratio of the two is what the pipeline adds around the model. Prints one
-JSON object.
+JSON object. Detectors: YuNet, the packaged YOLO11n (persons) and the YOLO student (faces +
+persons, at the size it was trained at): a given weights file, else one trained first on the
+small demo data the way the `face_detector` asset does (about 2 minutes on 2 CPU cores).
 
     .venv/bin/python -m benchmarks.detect_video [--frames 400] [--yolo-frames 120] [--device auto]
+        [--student student.pt]
 
 The video is the demo data's DISFA clip, padded to 640x360 with a slow pan and played back
 and forth to the length asked for, written as MJPG AVI (DISFA's own format).
@@ -132,6 +135,37 @@ def measure(detector: Detector, video: Path, n: int, batch_size: int, repeat: in
     }
 
 
+def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: int = 0) -> Path:
+    """A student from the small demo data, through the `face_detector` asset's code: every 8th
+    DISFA frame and the scraped scenes, labeled by the teachers, 8 images a step."""
+    from ferlab.demodata import generate_demo_data
+    from labeling.detectors import load_detector
+    from labeling.face_detector import train_face_detector
+    from warehouse import Warehouse
+    from warehouse.sources.disfa import ingest_disfa
+    from warehouse.sources.scraped import ingest_scraped
+
+    demo = generate_demo_data(out / "sources", seed=seed, size="small")
+    wh = Warehouse(out)
+    ingest_disfa(wh, demo / "disfa", stride=8, show_progress=False)
+    ingest_scraped(wh, demo / "scraped" / "batch-001", show_progress=False)
+    trained = train_face_detector(
+        wh,
+        load_detector("teachers", device=device),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=8,
+        disfa_stride=1,
+        device=device,
+    )
+    r = trained.report
+    log(
+        f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, {r.map50_vs_truth:.3f} vs truth, "
+        f"{r.epochs} epochs at {imgsz} px in {r.seconds:.0f} s"
+    )
+    return trained.weights
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -153,9 +187,13 @@ def main() -> None:
         "--repeat", type=int, default=5, help="runs per measurement, alternated; the fastest counts"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (YOLO; YuNet runs on OpenCV)")
+    parser.add_argument("--student", type=Path, help="the YOLO student's weights; default: train one first")
+    parser.add_argument("--student-epochs", type=int, default=20, help="when training one")
+    parser.add_argument("--student-imgsz", type=int, default=160, help="when training one")
+    parser.add_argument("--student-repeat", type=int, default=3, help="runs per student measurement")
     args = parser.parse_args()
 
-    from labeling.detectors import YuNetDetector, packaged_person_detector
+    from labeling.detectors import YuNetDetector, load_detector, packaged_person_detector
     from labeling.landmarks import DlibEyes
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,10 +215,25 @@ def main() -> None:
         result["device"] = yolo.device
         result["yolo11n_person"] = measure(yolo, short, args.yolo_frames, args.batch_size, 1)
         log(f"yolo: {result['yolo11n_person']}")
+        if args.student:
+            weights = args.student
+        else:
+            started = time.perf_counter()
+            weights = train_quick_student(
+                Path(tmp) / "train", args.device, args.student_epochs, args.student_imgsz
+            )
+            result["student_training_s"] = round(time.perf_counter() - started, 1)
+        student = load_detector(str(weights), device=args.device)
+        result["yolo_student"] = {
+            "imgsz": student.imgsz,
+            **measure(student, video, args.frames, args.batch_size, args.student_repeat),
+        }
+        log(f"student: {result['yolo_student']}")
         result["yunet_after_ultralytics_import"] = measure(
             yunet, video, args.frames, args.batch_size, args.repeat
         )
         result["yunet_overhead_within_1_15"] = result["yunet"]["overhead_ratio"] <= 1.15
+        result["student_overhead_within_1_15"] = result["yolo_student"]["overhead_ratio"] <= 1.15
         print(json.dumps(result, indent=2))
 
 

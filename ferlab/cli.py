@@ -4,6 +4,9 @@ ferlab --home DIR ingest fer2013 CSV
 ferlab --home DIR ingest disfa ROOT [--stride N] [--subject SN001 ...]
 ferlab --home DIR ingest images DIR [--batch NAME]
 ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"
+ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
+ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--epochs N] [--image-size N]
+ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR demo            # demo data + every ingestion asset through Dagster
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
 """
@@ -138,6 +141,82 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    from warehouse.versions import list_versions, snapshot_dataset_version
+
+    wh = _warehouse(args)
+    if not args.list:
+        v = snapshot_dataset_version(wh, include_flagged=args.include_flagged)
+        print(f"dataset version {v.version}: {v.n_crops} crops ({'new' if v.created else 'unchanged'})")
+    _write_csv(list_versions(wh))
+    return 0
+
+
+def _write_csv(table) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(table.column_names)
+    for row in table.to_pylist():
+        writer.writerow(row.values())
+
+
+def _version_or_snapshot(wh, version: str | None) -> str:
+    from warehouse.versions import snapshot_dataset_version
+
+    if version:
+        return version
+    v = snapshot_dataset_version(wh)
+    print(f"dataset version {v.version}: {v.n_crops} crops ({'new' if v.created else 'unchanged'})")
+    return v.version
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.pipeline import compare_losses, evaluate_model, make_configs, train_model
+
+    wh = _warehouse(args)
+    version = _version_or_snapshot(wh, args.version)
+    mc, tc = make_configs(
+        args.task,
+        args.architecture,
+        args.loss if args.loss != "all" else "bce",
+        args.image_size,
+        args.weights,
+        args.alpha,
+        args.epochs,
+        args.head_epochs,
+        args.finetune_blocks,
+        args.batch_size,
+        args.device,
+        args.seed,
+    )
+    folds = args.folds if args.folds is not None else (3 if args.task == "au" else 0)
+    if args.loss == "all":
+        if args.task != "au":
+            raise ValueError("--loss all compares the AU losses; emotion models use cross-entropy")
+        result = compare_losses(wh, version, mc, tc, folds=folds)
+        print(f"Avg.F1 by loss: {result.avg_f1}; report {result.report['markdown']}")
+        return 0
+    run = train_model(wh, version, mc, tc, folds=folds, refit=args.refit)
+    print(f"model {run.model_id}: checkpoint {run.checkpoint}, onnx {run.onnx}")
+    if not args.no_eval:
+        evaluate_model(wh, run.model_id)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.pipeline import evaluate_model, latest_model_id
+
+    wh = _warehouse(args)
+    target = args.target
+    if target in ("au", "emotion"):
+        if not args.version:
+            raise ValueError(f"`evaluate {target}` needs --version (see `ferlab version --list`)")
+        target = latest_model_id(wh, target, args.version)
+    ev = evaluate_model(wh, target)
+    print(f"{ev.headline_metric} {ev.headline:.4f}")
+    print(f"report: {ev.report['markdown']}  (HTML: {ev.report['html']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferlab",
@@ -206,6 +285,73 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=cmd_dev)
 
+    version = sub.add_parser(
+        "version",
+        help="snapshot the usable face crops, their labels and splits as a dataset version",
+        description="The version id is a content hash of the manifest: the same data gives the same id "
+        "and adds nothing. Labels: human > gold > pseudo > weak. Prints every version as CSV.",
+    )
+    version.add_argument("--list", action="store_true", help="only list the versions")
+    version.add_argument(
+        "--include-flagged", action="store_true", help="keep crops flagged too small / blurry"
+    )
+    version.set_defaults(func=cmd_version)
+
+    train = sub.add_parser(
+        "train",
+        help="train (and evaluate) an AU or emotion model on a dataset version",
+        description="AU: backbone -> GAP -> BN -> ReLU -> Dropout(0.2) -> Linear -> sigmoid over the 8 DISFA "
+        "AUs of the seeds, head-only training then fine-tuning, subject-exclusive k-fold. Emotion: the "
+        "same transfer recipe with a softmax head (or the seed-003 CNN on 48 px gray faces), class-weighted. "
+        "Writes models/<task>/<model id>/ (model.pt, model.onnx, fold checkpoints, predictions) and, "
+        "unless --no-eval, the report in reports/<version>/<model id>/.",
+    )
+    train.add_argument("task", choices=["au", "emotion"])
+    train.add_argument("--version", help="dataset version (default: snapshot the current data)")
+    train.add_argument(
+        "--architecture",
+        "--backbone",
+        default="",
+        choices=["", "mobilenet_v2", "mobilenet_v1", "densenet121", "densenet201", "fer2013_cnn"],
+        help="default mobilenet_v2 (ImageNet weights); fer2013_cnn = the seed-003 emotion baseline",
+    )
+    train.add_argument(
+        "--loss", default="pr", choices=["bce", "lsep", "pr", "all"], help="AU loss (all: compare the three)"
+    )
+    train.add_argument(
+        "--epochs", type=int, help="fine-tuning epochs (transfer) or epochs (CNN); default 5 / 20"
+    )
+    train.add_argument(
+        "--head-epochs", type=int, default=50, help="head-only epochs, early-stopped (default 50)"
+    )
+    train.add_argument(
+        "--finetune-blocks", type=int, default=-1, help="-1: whole backbone; N: its last N blocks"
+    )
+    train.add_argument(
+        "--image-size", type=int, default=224, help="input size of the backbones (default 224)"
+    )
+    train.add_argument(
+        "--weights", default="packaged", help='"packaged" ImageNet MobileNetV2, "" random init, or a file'
+    )
+    train.add_argument("--alpha", type=float, default=1.0, help="MobileNet-v1 width multiplier")
+    train.add_argument(
+        "--folds", type=int, help="subject-exclusive folds (default 3 for au; 0 = version split for emotion)"
+    )
+    train.add_argument("--refit", action="store_true", help="refit the production model on all data after CV")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-eval", action="store_true", help="do not write the evaluation report")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="write the evaluation report (Markdown + HTML + plots) and eval_metrics of a trained model",
+    )
+    evaluate.add_argument("target", help="a model id, or au|emotion with --version for its latest model")
+    evaluate.add_argument("--version", help="dataset version (with au|emotion)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     demo = sub.add_parser(
         "demo",
         help="render demo data into <home>/sources (if absent) and materialize every asset with Dagster",
@@ -223,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_data.add_argument("out", type=Path, help="output folder")
     demo_data.add_argument("--seed", type=int, default=0)
-    demo_data.add_argument("--size", choices=["tiny", "small", "medium"], default="small")
+    demo_data.add_argument("--size", choices=["tiny", "small", "medium", "many-subjects"], default="small")
     demo_data.add_argument(
         "--photos", type=Path, nargs="*", help="your own face photos (default: packaged ones)"
     )

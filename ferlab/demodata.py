@@ -69,6 +69,7 @@ SIZES = {
     "tiny": Size(0, 1, 30, 1, 1, 2),  # for tests of the writers themselves
     "small": Size(1, 4, 240, 3, 3, 8),
     "medium": Size(2, 8, 900, 8, 12, 40),
+    "many-subjects": Size(2, 15, 64, 6, 1, 2),  # model tests: many short DISFA subjects, more FER rows
 }
 
 
@@ -332,6 +333,20 @@ def write_truth(out: Path, truth: list[TruthRow]) -> Path:
                 ]
             )
     return path
+
+
+def read_face_boxes(
+    path: str | Path,
+) -> dict[tuple[str, int | None], list[tuple[float, float, float, float]]]:
+    """truth/faces.csv back as (path, frame or None) -> the true face boxes (x1, y1, x2, y2).
+    Paths are relative to the demo's root; frames count from 1, as DISFA's do. A demo image
+    with no key holds no face."""
+    boxes: dict[tuple[str, int | None], list[tuple[float, float, float, float]]] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["path"], int(r["frame"]) if r["frame"] else None)
+            boxes.setdefault(key, []).append((float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"])))
+    return boxes
 
 
 def generate_demo_data(

@@ -21,6 +21,27 @@ Tables
   face_px is the short side of the clipped box, blur the variance of the Laplacian of the
   224 px gray crop, brightness its mean gray level; angle the degrees it was turned to level
   the eyes.
+- dataset_versions: one row per dataset version (warehouse/versions.py). version is "v-" + the
+  first 16 hex digits of the sha256 of the manifest's content (its sorted rows' values, not
+  Parquet bytes), so the same crops + labels + splits always give the same id; parent the version
+  it was derived from (null for none); n_crops / n_au_labeled / n_emotion_labeled count manifest
+  rows (with any AU label / with an emotion); counts is JSON (sorted keys): crops, labeled rows
+  per source and split, label sources, emotions per split, AUs present per split, groups.
+  The manifest lives in `dataset_manifest`, so there is no manifest path. The row is written
+  after its manifest rows: a version that is listed is complete.
+- dataset_manifest: one row per (version, usable face crop). group is the unit that must not
+  straddle splits or folds ("disfa:<subject>", "fer2013:<image_id>" since FER-2013 has no
+  identities, "scraped:<batch>"); split train | val | test; media paths as in crops; emotion
+  and emotion_source (the label_source that won) null when unlabeled; au1..au26 (DISFA_AUS)
+  null when that AU is not labeled; au_source the weakest label_source among the row's AU
+  labels (every AU in the row is at least that good), null when none is labeled.
+- model_runs: one row per trained model. model_id is unique per run; config the model's
+  configuration as JSON; weights_source says where the initial weights came from ("ImageNet
+  (packaged)", "random init", a file); checkpoint, onnx and report are paths relative to the
+  data root (null when not written); headline_metric/value the one number a list shows
+  (e.g. "avg_f1" for AUs, "accuracy" for emotions).
+- eval_metrics: every number of an evaluation. fold is null for the mean over folds; label is
+  the AU ("AU12") or emotion the metric is about, "" for an overall figure.
 """
 
 from __future__ import annotations
@@ -136,6 +157,68 @@ CROPS = pa.schema(
 )
 
 
+DATASET_VERSIONS = pa.schema(
+    [
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("parent", pa.string()),
+        pa.field("n_crops", pa.int64(), nullable=False),
+        pa.field("n_au_labeled", pa.int64(), nullable=False),
+        pa.field("n_emotion_labeled", pa.int64(), nullable=False),
+        pa.field("counts", pa.string(), nullable=False),
+    ]
+)
+
+AU_COLUMNS: tuple[str, ...] = tuple(f"au{n}" for n in DISFA_AUS)  # dataset_manifest's AU columns
+
+DATASET_MANIFEST = pa.schema(
+    [
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("media_path", pa.string(), nullable=False),
+        pa.field("gray_media_path", pa.string(), nullable=False),
+        pa.field("emotion", pa.string()),
+        pa.field("emotion_source", pa.string()),
+        *(pa.field(name, pa.bool_()) for name in AU_COLUMNS),
+        pa.field("au_source", pa.string()),
+    ]
+)
+
+MODEL_RUNS = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("architecture", pa.string(), nullable=False),
+        pa.field("loss", pa.string()),
+        pa.field("dataset_version", pa.string(), nullable=False),
+        pa.field("config", pa.string(), nullable=False),
+        pa.field("weights_source", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("checkpoint", pa.string()),
+        pa.field("onnx", pa.string()),
+        pa.field("report", pa.string()),
+        pa.field("headline_metric", pa.string()),
+        pa.field("headline_value", pa.float64()),
+    ]
+)
+
+EVAL_METRICS = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("dataset_version", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("fold", pa.int32()),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -153,5 +236,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
         TableSpec("detections", DETECTIONS, ("detection_id",)),
         TableSpec("crops", CROPS, ("crop_id",)),
+        TableSpec("dataset_versions", DATASET_VERSIONS, ("version",)),
+        TableSpec("dataset_manifest", DATASET_MANIFEST, ("version", "crop_id")),
+        TableSpec("model_runs", MODEL_RUNS, ("model_id",)),
+        TableSpec("eval_metrics", EVAL_METRICS, ("model_id", "fold", "metric", "label")),
     )
 }

@@ -1,0 +1,169 @@
+"""The production face detector: a YOLO student trained on the teachers' labels of the ingested
+images, installed where DetectorResource(spec="auto") finds it. A thin call into
+labeling.face_detector, with its checks beside it."""
+
+import math
+
+import numpy as np
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from assets.ingest import disfa_frames, scraped_images
+from assets.resources import WarehouseResource
+
+GROUP = "auto_labeling"
+
+
+class FaceDetectorConfig(Config):
+    epochs: int = Field(default=30, description="training epochs")
+    imgsz: int = Field(default=320, description="training (and inference) image size, px")
+    batch: int = Field(default=16, description="images per training step (8 trains a small set faster)")
+    max_images: int = Field(default=1000, description="at most this many images, evenly spaced")
+    disfa_stride: int = Field(default=8, description="every n-th stored frame of each DISFA video")
+    device: str = Field(default="auto", description="auto (cuda when present, else cpu) | cpu | cuda[:n]")
+    model_yaml: str = Field(default="yolo11n.yaml", description="the student's ultralytics architecture")
+    init: str = Field(
+        default="yolo11n-seg",
+        description="what it starts from: yolo11n-seg (the packaged COCO person teacher: backbone, neck and "
+        "box head carry over, the classes are learned), scratch, or a .pt file",
+    )
+
+
+@asset(
+    group_name=GROUP,
+    deps=[disfa_frames, scraped_images],
+    kinds={"pytorch", "onnx"},
+    description="The YOLO student (faces + persons): the teachers (YuNet + YOLO11n) label the ingested "
+    "DISFA frames and scraped images, a YOLO11n started from the packaged COCO model learns their labels "
+    "offline, and the weights "
+    "(student.pt + student.onnx) replace <home>/models/face_detector/ atomically; the `auto` detector "
+    "then uses it. Scored by mAP50 on held-out subjects / scraped folders against the teachers and, "
+    "for demo data, against the ground truth.",
+)
+def face_detector(
+    context: AssetExecutionContext, config: FaceDetectorConfig, warehouse: WarehouseResource
+) -> MaterializeResult:
+    from labeling.detectors import load_detector
+    from labeling.face_detector import train_face_detector
+    from labeling.yolo_env import prepare_ultralytics_offline
+
+    wh = warehouse.get()
+    prepare_ultralytics_offline(wh.home / "ultralytics")
+    teacher = load_detector("teachers", device=config.device)
+    trained = train_face_detector(
+        wh,
+        teacher,
+        epochs=config.epochs,
+        imgsz=config.imgsz,
+        batch=config.batch,
+        max_images=config.max_images,
+        disfa_stride=config.disfa_stride,
+        device=config.device,
+        model_yaml=config.model_yaml,
+        init=config.init,
+    )
+    r = trained.report
+    context.log.info(
+        f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, "
+        f"{'n/a' if r.map50_vs_truth is None else f'{r.map50_vs_truth:.3f}'} vs truth; "
+        f"{r.train_images} train / {r.val_images} val images, {r.epochs} epochs in {r.seconds:.0f} s on {r.device}"
+    )
+    metadata = {
+        "map50_vs_teacher": MetadataValue.float(round(r.map50_vs_teacher, 4)),
+        "train_images": MetadataValue.int(r.train_images),
+        "val_images": MetadataValue.int(r.val_images),
+        "val_groups": MetadataValue.json(trained.val_groups),
+        "images_by_source": MetadataValue.json(trained.images_by_source),
+        "epochs": MetadataValue.int(r.epochs),
+        "imgsz": MetadataValue.int(config.imgsz),
+        "model": MetadataValue.text(f"{config.model_yaml} from {config.init}"),
+        "training_seconds": MetadataValue.float(
+            round(r.seconds, 1)
+        ),  # labeling + training + export + scoring
+        "device": MetadataValue.text(r.device),
+        "teacher": MetadataValue.text(teacher.name),
+        "weights_sha256": MetadataValue.text(trained.weights_sha256),
+        "path": MetadataValue.path(str(trained.weights)),
+        "onnx_path": MetadataValue.path(str(trained.onnx)),
+    }
+    if r.map50_vs_truth is not None:  # demo data: its generator's ground truth is there
+        metadata["map50_vs_truth"] = MetadataValue.float(round(r.map50_vs_truth, 4))
+    return MaterializeResult(metadata=metadata)
+
+
+# ---- checks -------------------------------------------------------------------------------
+def _latest_metadata(context: AssetCheckExecutionContext) -> dict:
+    event = context.instance.get_latest_materialization_event(AssetKey("face_detector"))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@asset_check(asset=face_detector, name="weights_load", blocking=True)
+def weights_load(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    """student.pt and student.onnx are there, are the files the last run wrote (sha256), and
+    load and run as detectors."""
+    from labeling.detectors import load_detector
+    from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, student_dir
+    from labeling.yolo_env import prepare_ultralytics_offline
+    from warehouse.hashing import sha256_file
+
+    home = warehouse.get().home
+    folder = student_dir(home)
+    pt, onnx = folder / STUDENT_PT, folder / STUDENT_ONNX
+    missing = [p.name for p in (pt, onnx) if not p.is_file()]
+    if missing:
+        return AssetCheckResult(passed=False, metadata={"missing": missing, "folder": str(folder)})
+    expected = _latest_metadata(context).get("weights_sha256")
+    sha = sha256_file(pt)
+    problems = [] if expected in (None, sha) else [f"student.pt sha256 {sha[:12]} is not the last run's"]
+    prepare_ultralytics_offline(home / "ultralytics")
+    blank = np.full((240, 320, 3), 127, np.uint8)
+    for path in (pt, onnx):
+        try:
+            load_detector(str(path), device="cpu").detect([blank])
+        except Exception as exc:  # any failure to load or run is what this check reports
+            problems.append(f"{path.name}: {type(exc).__name__}: {exc}")
+    return AssetCheckResult(
+        passed=not problems,
+        metadata={"problems": problems or "none", "weights_sha256": sha, "path": MetadataValue.path(str(pt))},
+    )
+
+
+class Map50FloorConfig(Config):
+    floor: float = Field(default=0.7, description="least mAP50 vs the teachers' labels on held-out groups")
+
+
+# Not blocking: the student is installed by the time checks run, so failing here cannot undo
+# that, and no asset downstream of face_detector runs in its job to be held back. The score
+# comes from a few held-out groups (tens of images on demo data): a warning to look at, which
+# a re-run with more epochs or images fixes, not a reason to fail the run.
+@asset_check(asset=face_detector, name="map50_vs_teacher_above_floor", blocking=False)
+def map50_vs_teacher_above_floor(
+    context: AssetCheckExecutionContext, config: Map50FloorConfig
+) -> AssetCheckResult:
+    meta = _latest_metadata(context)
+    score = meta.get("map50_vs_teacher")
+    passed = score is not None and not math.isnan(score) and score >= config.floor
+    return AssetCheckResult(
+        passed=passed,
+        metadata={
+            "map50_vs_teacher": MetadataValue.float(float("nan") if score is None else score),
+            "floor": MetadataValue.float(config.floor),
+            "val_images": MetadataValue.int(int(meta.get("val_images", 0))),
+        },
+    )
+
+
+face_detector_assets = [face_detector]
+face_detector_checks = [weights_load, map50_vs_teacher_above_floor]

@@ -1,0 +1,282 @@
+"""Dataset versions, AU and emotion models, their evaluation reports and the loss comparison.
+Training and evaluation assets are partitioned by dataset version; each is a thin call into
+models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
+
+from pathlib import Path
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from assets.metadata import table_metadata
+from assets.partitions import dataset_versions
+from assets.resources import WarehouseResource
+from models.networks import ModelConfig
+from models.pipeline import (
+    ModelRun,
+    check_exports,
+    compare_losses,
+    evaluate_model,
+    latest_model_id,
+    load_run,
+    make_configs,
+    train_model,
+    trivial_baseline,
+)
+from models.train import TrainConfig
+from warehouse.versions import snapshot_dataset_version
+
+GROUP = "models"
+CROP_ASSETS = ["fer2013_crops", "disfa_crops", "scraped_crops"]
+
+
+@asset(group_name=GROUP, deps=CROP_ASSETS, kinds={"parquet", "duckdb"})
+def dataset_version(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    """A snapshot of the usable face crops with their labels (human > gold > pseudo > weak) and
+    splits; its content hash is the version id, registered as a `dataset_versions` partition."""
+    wh = warehouse.get()
+    version = snapshot_dataset_version(wh)
+    context.instance.add_dynamic_partitions(dataset_versions.name, [version.version])
+    context.log.info(f"dataset version {version.version} ({'new' if version.created else 'unchanged'})")
+    counts = wh.sql(
+        "SELECT source, split, count(*) AS crops, count(emotion) AS emotion_labelled, "
+        f"count(au12) AS au_labelled FROM dataset_manifest WHERE version = '{version.version}' "
+        "GROUP BY ALL ORDER BY ALL"
+    )
+    return MaterializeResult(
+        metadata={
+            "version": MetadataValue.text(version.version),
+            "new_version": MetadataValue.bool(version.created),
+            "dagster/row_count": MetadataValue.int(version.n_crops),
+            "by_source_and_split": table_metadata(counts, max_rows=50),
+            "counts": MetadataValue.json(version.counts),
+        }
+    )
+
+
+class ModelTrainingConfig(Config):
+    """What to train; defaults follow the seeds (MobileNetV2 with ImageNet weights at 224 px and
+    subject-exclusive 3-fold for AUs; the version's train/val/test split for emotions)."""
+
+    architecture: str = Field(
+        "",
+        description='mobilenet_v2 | mobilenet_v1 | densenet121 | densenet201 | fer2013_cnn; "" = the task\'s default',
+    )
+    loss: str = Field(
+        "pr", description="AU loss: bce | lsep | pr (emotion models use weighted cross-entropy)"
+    )
+    image_size: int = 224
+    weights: str = Field("packaged", description='"packaged" ImageNet MobileNetV2, "" random init, or a file')
+    alpha: float = Field(1.0, description="MobileNet-v1 width multiplier")
+    folds: int = Field(3, description="subject-exclusive folds; 0 = the version's train/val/test split")
+    epochs: int | None = Field(None, description="fine-tuning epochs (transfer) or epochs (CNN from scratch)")
+    head_epochs: int = 50
+    finetune_blocks: int = Field(-1, description="-1: fine-tune the whole backbone; N: its last N blocks")
+    batch_size: int = 64
+    refit: bool = Field(False, description="train the production model on all data after cross-validation")
+    device: str = "auto"
+
+    def configs(self, task: str) -> tuple[ModelConfig, TrainConfig]:
+        return make_configs(
+            task,
+            self.architecture,
+            self.loss,
+            self.image_size,
+            self.weights,
+            self.alpha,
+            self.epochs,
+            self.head_epochs,
+            self.finetune_blocks,
+            self.batch_size,
+            self.device,
+        )
+
+
+class EmotionTrainingConfig(ModelTrainingConfig):
+    folds: int = Field(0, description="0 = the version's train/val/test split (FER-2013's Usage); k = k-fold")
+
+
+def _train(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: ModelTrainingConfig, task: str
+):
+    wh = warehouse.get()
+    mc, tc = config.configs(task)
+    run = train_model(
+        wh, context.partition_key, mc, tc, folds=config.folds, refit=config.refit, log=context.log.info
+    )
+    return MaterializeResult(metadata=_model_metadata(run))
+
+
+def _model_metadata(run: ModelRun) -> dict:
+    info = run.info
+    return {
+        "model_id": MetadataValue.text(run.model_id),
+        "architecture": MetadataValue.text(info["model_config"]["architecture"]),
+        "backbone_weights": MetadataValue.text(info["weights_source"]),
+        "protocol": MetadataValue.text(info["protocol"]),
+        "faces": MetadataValue.int(info["n_faces"]),
+        "training_seconds": MetadataValue.float(round(info["seconds"], 1)),
+        "train_images_per_s": MetadataValue.float(round(info["train_images_per_s"], 1)),
+        "best_val_loss_per_fold": MetadataValue.json(
+            {str(f["fold"]): round(f["best_val_loss"], 4) for f in info["folds"]}
+        ),
+        "checkpoint": MetadataValue.path(str(run.checkpoint)),
+        "onnx": MetadataValue.path(str(run.onnx)),
+    }
+
+
+@asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
+def au_model(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: ModelTrainingConfig
+) -> MaterializeResult:
+    """Action Unit detector (seeds 000/002): backbone -> GAP -> BN -> ReLU -> Dropout -> Linear ->
+    sigmoid over the 8 DISFA AUs, two-stage transfer learning, subject-exclusive k-fold."""
+    return _train(context, warehouse, config, "au")
+
+
+@asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
+def emotion_model(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: EmotionTrainingConfig
+) -> MaterializeResult:
+    """7-class emotion classifier: the MobileNetV2 transfer recipe with a softmax head (default)
+    or the seed-003 CNN on 48 px gray faces (architecture fer2013_cnn); seed 004's class weights."""
+    return _train(context, warehouse, config, "emotion")
+
+
+def _report_asset(task: str, upstream):
+    @asset(
+        name=f"{task}_eval_report",
+        group_name=GROUP,
+        deps=[upstream],
+        partitions_def=dataset_versions,
+        kinds={"markdown", "html"},
+        description=f"Evaluation report of the latest {task} model of the dataset version: Markdown + HTML "
+        "with plots; every number also in `eval_metrics`.",
+    )
+    def _report(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        wh = warehouse.get()
+        model_id = latest_model_id(wh, task, context.partition_key)
+        ev = evaluate_model(wh, model_id, log=context.log.info)
+        markdown = Path(ev.report["markdown"])
+        per_label = [
+            r for r in ev.metrics if r["fold"] is None and r["label"] and r["metric"] in ("f1", "precision")
+        ]
+        return MaterializeResult(
+            metadata={
+                "model_id": MetadataValue.text(model_id),
+                ev.headline_metric: MetadataValue.float(round(ev.headline, 4)),
+                "per_label": MetadataValue.json(
+                    {f"{r['metric']} {r['label']}": round(r["value"], 3) for r in per_label}
+                ),
+                "report": MetadataValue.path(str(markdown)),
+                "report_html": MetadataValue.url(Path(ev.report["html"]).resolve().as_uri()),
+                "summary": MetadataValue.md(markdown.read_text()[:20000]),
+                "dagster/row_count": MetadataValue.int(len(ev.metrics)),
+            }
+        )
+
+    return _report
+
+
+au_eval_report = _report_asset("au", au_model)
+emotion_eval_report = _report_asset("emotion", emotion_model)
+
+
+class LossComparisonConfig(ModelTrainingConfig):
+    losses: list[str] = ["bce", "lsep", "pr"]
+
+
+@asset(
+    group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "markdown"}
+)
+def au_loss_comparison(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: LossComparisonConfig
+) -> MaterializeResult:
+    """Seed 000's experiment, repeatable on any dataset version: BCE, LSEP and the
+    precision-recall loss trained on the same subject-exclusive folds, side by side."""
+    wh = warehouse.get()
+    mc, tc = config.configs("au")
+    result = compare_losses(
+        wh, context.partition_key, mc, tc, losses=config.losses, folds=config.folds, log=context.log.info
+    )
+    return MaterializeResult(
+        metadata={
+            "avg_f1_by_loss": MetadataValue.json({k: round(v, 4) for k, v in result.avg_f1.items()}),
+            "model_ids": MetadataValue.json(result.model_ids),
+            "report": MetadataValue.path(str(result.report["markdown"])),
+            "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
+        }
+    )
+
+
+# ---- checks beside the assets they guard ----------------------------------------------------
+def _export_check(task: str, asset_def):
+    @asset_check(asset=asset_def, name=f"{task}_model_finite_and_exports_agree", blocking=True)
+    def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+        import torch
+
+        from models.checkpoint import load_checkpoint
+
+        wh = warehouse.get()
+        partition = _check_partition(context)
+        run = load_run(wh, latest_model_id(wh, task, partition))
+        model, _, _ = load_checkpoint(run.checkpoint)
+        finite = all(
+            bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+        )
+        diff = check_exports(run)["onnx_max_abs_diff"]
+        return AssetCheckResult(
+            passed=finite and diff <= 1e-4,
+            metadata={"weights_finite": finite, "onnx_max_abs_diff": diff, "model_id": run.model_id},
+        )
+
+    return _check
+
+
+def _floor_check(task: str, asset_def):
+    # Not blocking: a weak model is still worth its report; the check flags it in the UI.
+    @asset_check(asset=asset_def, name=f"{task}_beats_trivial_baseline")
+    def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+        wh = warehouse.get()
+        run = load_run(wh, latest_model_id(wh, task, _check_partition(context)))
+        ev_rows = wh.sql(
+            f"SELECT value FROM eval_metrics WHERE model_id = '{run.model_id}' AND fold IS NULL AND label = '' "
+            f"AND metric = '{'avg_f1' if task == 'au' else 'accuracy'}'"
+        ).to_pylist()
+        if not ev_rows:
+            return AssetCheckResult(passed=False, metadata={"reason": "no evaluation yet"})
+        value, floor = ev_rows[0]["value"], trivial_baseline(task, run.folds)
+        return AssetCheckResult(passed=value > floor, metadata={"value": value, "trivial_baseline": floor})
+
+    return _check
+
+
+def _check_partition(context: AssetCheckExecutionContext) -> str:
+    key = context.run.tags.get("dagster/partition") if context.run else None
+    if not key:
+        raise ValueError("run this check with a dataset version partition")
+    return key
+
+
+model_assets = [
+    dataset_version,
+    au_model,
+    emotion_model,
+    au_eval_report,
+    emotion_eval_report,
+    au_loss_comparison,
+]
+model_checks = [
+    _export_check("au", au_model),
+    _export_check("emotion", emotion_model),
+    _floor_check("au", au_eval_report),
+    _floor_check("emotion", emotion_eval_report),
+]
