@@ -35,6 +35,7 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.fer2013_ingest
 	$(PY) -m benchmarks.detect_video
+	$(PY) -m benchmarks.train_throughput
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev

@@ -79,6 +79,7 @@ class ModelTrainingConfig(Config):
     folds: int = Field(3, description="subject-exclusive folds; 0 = the version's train/val/test split")
     epochs: int | None = Field(None, description="fine-tuning epochs (transfer) or epochs (CNN from scratch)")
     head_epochs: int = 50
+    finetune_lr: float = Field(1e-5, description="fine-tuning learning rate (the seeds': Adam 1e-5)")
     finetune_blocks: int = Field(-1, description="-1: fine-tune the whole backbone; N: its last N blocks")
     batch_size: int = 64
     refit: bool = Field(False, description="train the production model on all data after cross-validation")
@@ -97,6 +98,7 @@ class ModelTrainingConfig(Config):
             self.finetune_blocks,
             self.batch_size,
             self.device,
+            finetune_lr=self.finetune_lr,
         )
 
 

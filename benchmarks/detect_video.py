@@ -6,7 +6,7 @@ persons, at the size it was trained at): a given weights file, else one trained 
 small demo data the way the `face_detector` asset does (about 2 minutes on 2 CPU cores).
 
     .venv/bin/python -m benchmarks.detect_video [--frames 400] [--yolo-frames 120] [--device auto]
-        [--student student.pt]
+        [--student student.pt]   # used when there, else trained and saved there
 
 The video is the demo data's DISFA clip, padded to 640x360 with a slow pan and played back
 and forth to the length asked for, written as MJPG AVI (DISFA's own format).
@@ -15,9 +15,12 @@ and forth to the length asked for, written as MJPG AVI (DISFA's own format).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -135,6 +138,21 @@ def measure(detector: Detector, video: Path, n: int, batch_size: int, repeat: in
     }
 
 
+@contextlib.contextmanager
+def quiet_ultralytics():
+    """Ultralytics logs training and draws its progress bars on stdout, where this benchmark
+    prints its JSON: its log is cut to warnings and anything else printed goes to stderr."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        LOGGER.setLevel(level)
+
+
 def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: int = 0) -> Path:
     """A student from the small demo data, through the `face_detector` asset's code: every 8th
     DISFA frame and the scraped scenes, labeled by the teachers, 8 images a step."""
@@ -149,15 +167,16 @@ def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: i
     wh = Warehouse(out)
     ingest_disfa(wh, demo / "disfa", stride=8, show_progress=False)
     ingest_scraped(wh, demo / "scraped" / "batch-001", show_progress=False)
-    trained = train_face_detector(
-        wh,
-        load_detector("teachers", device=device),
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=8,
-        disfa_stride=1,
-        device=device,
-    )
+    with quiet_ultralytics():
+        trained = train_face_detector(
+            wh,
+            load_detector("teachers", device=device),
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=8,
+            disfa_stride=1,
+            device=device,
+        )
     r = trained.report
     log(
         f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, {r.map50_vs_truth:.3f} vs truth, "
@@ -187,7 +206,12 @@ def main() -> None:
         "--repeat", type=int, default=5, help="runs per measurement, alternated; the fastest counts"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (YOLO; YuNet runs on OpenCV)")
-    parser.add_argument("--student", type=Path, help="the YOLO student's weights; default: train one first")
+    parser.add_argument(
+        "--student",
+        type=Path,
+        help="the YOLO student's weights (.pt); trained first and saved there when the file is not there "
+        "(default: trained first into a temporary folder)",
+    )
     parser.add_argument("--student-epochs", type=int, default=20, help="when training one")
     parser.add_argument("--student-imgsz", type=int, default=160, help="when training one")
     parser.add_argument("--student-repeat", type=int, default=3, help="runs per student measurement")
@@ -215,14 +239,17 @@ def main() -> None:
         result["device"] = yolo.device
         result["yolo11n_person"] = measure(yolo, short, args.yolo_frames, args.batch_size, 1)
         log(f"yolo: {result['yolo11n_person']}")
-        if args.student:
-            weights = args.student
-        else:
+        weights = args.student
+        if weights is None or not weights.is_file():
             started = time.perf_counter()
             weights = train_quick_student(
                 Path(tmp) / "train", args.device, args.student_epochs, args.student_imgsz
             )
             result["student_training_s"] = round(time.perf_counter() - started, 1)
+            if args.student:
+                args.student.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(weights, args.student)
+                weights = args.student
         student = load_detector(str(weights), device=args.device)
         result["yolo_student"] = {
             "imgsz": student.imgsz,

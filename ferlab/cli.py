@@ -128,7 +128,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ferlab.demo import run_demo
 
-    return run_demo(_home(args), seed=args.seed, size=args.size)
+    return run_demo(_home(args), seed=args.seed, size=args.size, train=not args.no_train)
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -187,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.batch_size,
         args.device,
         args.seed,
+        finetune_lr=args.finetune_lr,
     )
     folds = args.folds if args.folds is not None else (3 if args.task == "au" else 0)
     if args.loss == "all":
@@ -313,13 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default="",
         choices=["", "mobilenet_v2", "mobilenet_v1", "densenet121", "densenet201", "fer2013_cnn"],
-        help="default mobilenet_v2 (ImageNet weights); fer2013_cnn = the seed-003 emotion baseline",
+        metavar="ARCH",
+        help="mobilenet_v2 (default; packaged ImageNet weights), mobilenet_v1, densenet121, densenet201 "
+        "(random init unless --weights FILE), fer2013_cnn (the seed-003 emotion baseline, 48 px gray)",
     )
     train.add_argument(
         "--loss", default="pr", choices=["bce", "lsep", "pr", "all"], help="AU loss (all: compare the three)"
     )
     train.add_argument(
         "--epochs", type=int, help="fine-tuning epochs (transfer) or epochs (CNN); default 5 / 20"
+    )
+    train.add_argument(
+        "--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5, the seeds')"
     )
     train.add_argument(
         "--head-epochs", type=int, default=50, help="head-only epochs, early-stopped (default 50)"
@@ -358,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--size", choices=["small", "medium"], default="small")
+    demo.add_argument(
+        "--no-train", action="store_true", help="stop after ingestion, auto-labeling and FiftyOne"
+    )
     demo.set_defaults(func=cmd_demo)
 
     demo_data = sub.add_parser(
@@ -369,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_data.add_argument("out", type=Path, help="output folder")
     demo_data.add_argument("--seed", type=int, default=0)
-    demo_data.add_argument("--size", choices=["tiny", "small", "medium", "many-subjects"], default="small")
+    demo_data.add_argument("--size", choices=["tiny", "small", "medium"], default="small")
     demo_data.add_argument(
         "--photos", type=Path, nargs="*", help="your own face photos (default: packaged ones)"
     )
@@ -381,6 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,9 +67,10 @@ class Size:
 
 SIZES = {
     "tiny": Size(0, 1, 30, 1, 1, 2),  # for tests of the writers themselves
-    "small": Size(1, 4, 240, 3, 3, 8),
+    # 15 people (5 photos x 3 variants), each a short DISFA video: enough held-out people for
+    # subject-exclusive AU folds
+    "small": Size(2, 15, 64, 6, 3, 8),
     "medium": Size(2, 8, 900, 8, 12, 40),
-    "many-subjects": Size(2, 15, 64, 6, 1, 2),  # model tests: many short DISFA subjects, more FER rows
 }
 
 

@@ -31,9 +31,9 @@ import pyarrow as pa
 
 from models.checkpoint import export_onnx, load_checkpoint, onnx_predict, save_checkpoint
 from models.data import SEED_AUS, load_faces, validation_split
+from models.losses import LOSSES
 from models.networks import ModelConfig, WithProbabilities, normalize
 from models.report import FoldPredictions, evaluate_folds, write_report
-from models.losses import LOSSES
 from models.train import FoldRun, TrainConfig, cross_validate, fit, holdout
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
@@ -381,6 +381,7 @@ def make_configs(
     batch_size: int = 64,
     device: str = "auto",
     seed: int = 0,
+    finetune_lr: float = 1e-5,
 ) -> tuple[ModelConfig, TrainConfig]:
     """Model and training settings from a user's few choices (CLI flags, asset config).
     `architecture` "" means MobileNetV2 (ImageNet weights) for both tasks; "fer2013_cnn" is the
@@ -405,6 +406,7 @@ def make_configs(
         weights=weights,
     )
     tc = TrainConfig(
+        finetune_lr=finetune_lr,
         loss=loss,
         batch_size=batch_size,
         head_epochs=head_epochs,

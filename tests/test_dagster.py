@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_materializes_every_ingest_asset_in_process(tmp_path, capsys):
     home = tmp_path / "var"
     write_sample_sources(home / "sources")  # quick samples; the rendered demo data has its own tests
-    assert run_demo(home) == 0
+    assert run_demo(home, train=False) == 0
     out = capsys.readouterr().out
     assert out.count("ok     ") == 5 and "FAILED" not in out, out
     wh = Warehouse(home)
@@ -47,7 +47,7 @@ def test_demo_materializes_every_ingest_asset_in_process(tmp_path, capsys):
     before = {
         t: wh.count(t) for t in ("images", "emotion_labels", "au_labels", "rejects", "detections", "crops")
     }
-    assert run_demo(home) == 0  # materializing again adds nothing
+    assert run_demo(home, train=False) == 0  # materializing again adds nothing
     assert {t: wh.count(t) for t in before} == before
 
 

@@ -35,10 +35,11 @@ AU_SIZE, AU_EPOCHS, AU_LR = 112, 3, 1e-4
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """15 rendered people (5 photos x 3 variants), each a short DISFA video, + FER-2013 rows;
+    """The small demo: 15 rendered people (5 photos x 3 variants), each a short DISFA video, +
+    FER-2013 rows;
     ingested and auto-labeled (YuNet) into a data root, snapshotted as a dataset version."""
     root = tmp_path_factory.mktemp("models")
-    sources = generate_demo_data(root / "sources", seed=0, size="many-subjects")
+    sources = generate_demo_data(root / "sources", seed=0, size="small")
     wh = Warehouse(root / "home")
     ingest_disfa(wh, sources / "disfa", show_progress=False)
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
