@@ -16,7 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import table_metadata
+from assets.metadata import sql_literal, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from models.networks import ModelConfig
@@ -48,7 +48,7 @@ def dataset_version(context: AssetExecutionContext, warehouse: WarehouseResource
     context.log.info(f"dataset version {version.version} ({'new' if version.created else 'unchanged'})")
     counts = wh.sql(
         "SELECT source, split, count(*) AS crops, count(emotion) AS emotion_labelled, "
-        f"count(au12) AS au_labelled FROM dataset_manifest WHERE version = '{version.version}' "
+        f"count(au12) AS au_labelled FROM dataset_manifest WHERE version = {sql_literal(version.version)} "
         "GROUP BY ALL ORDER BY ALL"
     )
     return MaterializeResult(
@@ -250,8 +250,8 @@ def _floor_check(task: str, asset_def):
         wh = warehouse.get()
         run = load_run(wh, latest_model_id(wh, task, _check_partition(context)))
         ev_rows = wh.sql(
-            f"SELECT value FROM eval_metrics WHERE model_id = '{run.model_id}' AND fold IS NULL AND label = '' "
-            f"AND metric = '{'avg_f1' if task == 'au' else 'accuracy'}'"
+            f"SELECT value FROM eval_metrics WHERE model_id = {sql_literal(run.model_id)} AND fold IS NULL "
+            f"AND label = '' AND metric = '{'avg_f1' if task == 'au' else 'accuracy'}'"
         ).to_pylist()
         if not ev_rows:
             return AssetCheckResult(passed=False, metadata={"reason": "no evaluation yet"})

@@ -18,6 +18,7 @@ emotion models by the version's train / val / test split (FER-2013's), or by k-f
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from models.checkpoint import export_onnx, load_checkpoint, onnx_predict, save_checkpoint
 from models.data import SEED_AUS, load_faces, validation_split
@@ -73,8 +75,6 @@ def _save_predictions(path: Path, folds: Sequence[FoldPredictions]) -> None:
         arrays[f"groups_{p.fold}"] = np.array(p.groups)
         if p.thresholds is not None:
             arrays[f"thresholds_{p.fold}"] = p.thresholds
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -235,6 +235,8 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
     rows = evaluate_folds(run.task, run.folds)
     metric = HEADLINE[run.task]
     headline = _overall(rows, metric)
+    baseline = trivial_baseline(run.task, run.folds)
+    rows.append({"fold": None, "metric": "trivial_baseline", "label": "", "value": baseline})
     summary = {
         "model id": model_id,
         "architecture": mc["architecture"],
@@ -247,6 +249,9 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
         "validation": "; ".join(sorted({f["validation"] for f in info["folds"]})),
         "epochs per fold": ", ".join(str(f["epochs"]) for f in info["folds"]),
         "training seconds": round(info["seconds"], 1),
+        "trivial baseline": f"{baseline:.3f} ("
+        + ("Avg.F1 of calling every AU present" if run.task == "au" else "accuracy of the majority class")
+        + " on the same held-out faces)",
     }
     report_dir = wh.home / "reports" / run.dataset_version / model_id
     report = write_report(
@@ -306,8 +311,6 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
 def check_exports(run: ModelRun, n: int = 8) -> dict[str, float]:
     """Reload the checkpoint and run the ONNX file on the same inputs: the largest absolute
     difference between the three (0 for a bit-exact reload)."""
-    import torch
-
     model, config, _ = load_checkpoint(run.checkpoint)
     x = torch.randint(0, 256, (n, config.channels, config.image_size, config.image_size), dtype=torch.uint8)
     x = normalize(x, config)

@@ -99,6 +99,24 @@ def make_criterion(
 
 
 # ---- the loops ------------------------------------------------------------------------------
+class BestEpoch:
+    """Early stopping on the validation loss that keeps the best epoch's weights."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.state, self.stale = patience, math.inf, None, 0
+
+    def should_stop(self, val_loss: float, model: nn.Module) -> bool:
+        if val_loss < self.best - 1e-6:
+            self.best, self.state, self.stale = val_loss, copy.deepcopy(model.state_dict()), 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
@@ -151,7 +169,7 @@ def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion
     head = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(head, lr=tc.head_lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
-    best, best_state, stale, history = math.inf, None, 0, []
+    keeper, history = BestEpoch(tc.patience), []
     for epoch in range(tc.head_epochs):
         model.train()
         order = torch.randperm(len(z_train), generator=gen).to(device)
@@ -171,15 +189,10 @@ def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion
         history.append(
             {"stage": "head", "epoch": epoch + 1, "train_loss": total / len(z_train), "val_loss": val}
         )
-        if val < best - 1e-6:
-            best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= tc.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    log(f"head: {len(history)} epochs, best val loss {best:.4f}")
+        if keeper.should_stop(val, model):
+            break
+    keeper.restore(model)
+    log(f"head: {len(history)} epochs, best val loss {keeper.best:.4f}")
     return history
 
 
@@ -195,7 +208,7 @@ def _train_full(
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp and device.type == "cuda")
     augment = Augment() if tc.augment else None
     gen = torch.Generator().manual_seed(tc.seed)
-    best, best_state, stale, history = math.inf, None, 0, []
+    keeper, history = BestEpoch(tc.patience), []
     seen, busy = 0, 0.0
     for epoch in range(epochs):
         model.train()
@@ -232,14 +245,9 @@ def _train_full(
             }
         )
         log(f"{stage} epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} val {val:.4f}")
-        if val < best - 1e-6:
-            best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= tc.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if keeper.should_stop(val, model):
+            break
+    keeper.restore(model)
     return history, (seen / busy if busy else 0.0)
 
 
