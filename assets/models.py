@@ -71,7 +71,7 @@ class ModelTrainingConfig(Config):
         description='mobilenet_v2 | mobilenet_v1 | densenet121 | densenet201 | fer2013_cnn; "" = the task\'s default',
     )
     loss: str = Field(
-        "pr", description="AU loss: bce | lsep | pr (emotion models use weighted cross-entropy)"
+        "bce", description="AU loss: bce | lsep | pr (emotion models use weighted cross-entropy)"
     )
     image_size: int = 224
     weights: str = Field("packaged", description='"packaged" ImageNet MobileNetV2, "" random init, or a file')

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(random init unless --weights FILE), fer2013_cnn (the seed-003 emotion baseline, 48 px gray)",
     )
     train.add_argument(
-        "--loss", default="pr", choices=["bce", "lsep", "pr", "all"], help="AU loss (all: compare the three)"
+        "--loss", default="bce", choices=["bce", "lsep", "pr", "all"], help="AU loss (all: compare the three)"
     )
     train.add_argument(
         "--epochs", type=int, help="fine-tuning epochs (transfer) or epochs (CNN); default 5 / 20"

@@ -374,7 +374,7 @@ def compare_losses(
 def make_configs(
     task: str,
     architecture: str = "",
-    loss: str = "pr",
+    loss: str = "bce",
     image_size: int = 224,
     weights: str = "packaged",
     alpha: float = 1.0,
