@@ -35,7 +35,7 @@ class FaceDetectorConfig(Config):
     init: str = Field(
         default="yolo11n-seg",
         description="what it starts from: yolo11n-seg (the packaged COCO person teacher: backbone, neck and "
-        "box head carry over, the classes are learned), scratch, or a .pt file",
+        "box head carry over, the face class is learned), scratch, or a .pt file",
     )
 
 
@@ -45,10 +45,9 @@ class FaceDetectorConfig(Config):
     kinds={"pytorch", "onnx"},
     description="The YOLO student (faces + persons): the teachers (YuNet + YOLO11n) label the ingested "
     "DISFA frames and scraped images, a YOLO11n started from the packaged COCO model learns their labels "
-    "offline, and the weights "
-    "(student.pt + student.onnx) replace <home>/models/face_detector/ atomically; the `auto` detector "
-    "then uses it. Scored by mAP50 on held-out subjects / scraped folders against the teachers and, "
-    "for demo data, against the ground truth.",
+    "offline, and its weights (student.pt + student.onnx) replace <home>/models/face_detector/ atomically; "
+    "the `auto` detector then uses it. Scored by mAP50 on held-out subjects / scraped folders against the "
+    "teachers and, for demo data, against the ground truth.",
 )
 def face_detector(
     context: AssetExecutionContext, config: FaceDetectorConfig, warehouse: WarehouseResource

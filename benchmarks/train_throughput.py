@@ -1,8 +1,9 @@
 """Training throughput: images/s of a training step of MobileNetV2 at 224 px (whole network
 trainable, the fine-tuning stage) and of the seed-003 CNN at 48 px gray, against the data
-loader alone on the same crops (the loader must not be the bottleneck: >= 3x the step), and
-the loader against a naive one that decodes each crop file per batch (the usual
-Dataset.__getitem__ with cv2.imread). Per device present (cpu; cuda when there is one).
+loader alone on the same crops with the training augmentation (the loader must not be the
+bottleneck: >= 3x the step), and the loader without augmentation against a naive one that
+decodes each crop file per batch (the usual Dataset.__getitem__ with cv2.imread), both
+ending in normalised batches on the device. Per device present (cpu; cuda when there is one).
 Prints one JSON object per device.
 
     .venv/bin/python -m benchmarks.train_throughput [--home DATA_ROOT] [--steps 6]
@@ -143,7 +144,8 @@ def bench_device(root: Path, version: str, device: torch.device, steps: int) -> 
         rows = manifest.filter(np.isin(manifest["crop_id"].to_numpy(zero_copy_only=False), faces.crop_ids))
         paths = list(np.resize(np.array(rows[column].to_pylist()), min(len(many), 512)))
         step = step_rate(many, mc, device, batch, steps)
-        loader = loader_rate(many, mc, device, batch, augment=True)
+        loader = loader_rate(many, mc, device, batch, augment=False)
+        augmented = loader_rate(many, mc, device, batch, augment=True)
         naive = naive_loader_rate(root, paths, mc, device, batch)
         start = time.perf_counter()
         decode_crops(root, paths, [str(i) for i in range(len(paths))], mc.image_size, mc.channels)
@@ -152,7 +154,8 @@ def bench_device(root: Path, version: str, device: torch.device, steps: int) -> 
             "batch": batch,
             "train_step_images_per_s": round(step, 1),
             "loader_images_per_s": round(loader, 1),
-            "loader_over_step": round(loader / step, 1),
+            "augmented_loader_images_per_s": round(augmented, 1),
+            "augmented_loader_over_step": round(augmented / step, 1),
             "naive_loader_images_per_s": round(naive, 1),
             "loader_over_naive": round(loader / naive, 1),
             "one_time_decode_images_per_s": round(decode_once, 1),

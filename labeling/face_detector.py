@@ -35,9 +35,10 @@ TRAIN_SOURCES = ("disfa", "scraped")
 TRUTH_CSV = Path("sources") / "truth" / "faces.csv"  # the demo generator's ground truth
 MODEL_YAML = "yolo11n.yaml"
 # What the student starts from: the packaged COCO YOLO11n-seg (the person teacher). Its backbone,
-# neck and box head carry over to a YOLO11n detector; the face and person classes are learned.
-# On the small demo, 20 epochs from it reach what 40 from scratch (labeling.student's
-# yolov8n recipe) do not: every demo face found at IoU 0.5, scenes included.
+# neck and box head carry over to a YOLO11n detector (ultralytics copies COCO's person row into
+# the person class); the face class is learned. On the small demo, 20 epochs from it found every
+# demo face at IoU 0.5, scenes included; 40 from scratch (labeling.student's yolov8n recipe)
+# found 30-60 % of the scenes' faces.
 INIT_PACKAGED = "yolo11n-seg"
 INIT_SCRATCH = "scratch"
 

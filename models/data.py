@@ -212,12 +212,14 @@ class Augment:
     half_join: float = 0.2  # share of the batch replaced by joined halves
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """x: a normalised float batch (N, C, H, W); y: its targets (for the half-face join)."""
+        """x: a normalised float batch (N, C, H, W), changed in place; y: its targets (for the
+        half-face join)."""
         n, _, h, w = x.shape
         dev = x.device
         rand = torch.rand(n, 3, generator=gen).to(dev)
         flip = rand[:, 0] < self.flip
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if flip.any():  # only the chosen samples are copied
+            x[flip] = x[flip].flip(3)
         zoom = rand[:, 1] < self.zoom_out
         if zoom.any():
             scale = self.min_scale + (1 - self.min_scale) * torch.rand(int(zoom.sum()), generator=gen).to(dev)
@@ -229,8 +231,7 @@ class Augment:
         if join.any():
             partner = same_label_partner(y, gen)
             half = w // 2
-            joined = torch.cat([x[:, :, :, :half], x[partner][:, :, :, half:]], dim=3)
-            x = torch.where(join[:, None, None, None], joined, x)
+            x[join, :, :, half:] = x[partner[join], :, :, half:]
         return x
 
 

@@ -505,6 +505,8 @@ def normalize(x_uint8: Tensor, config: ModelConfig) -> Tensor:
         return x
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    if x.is_contiguous() and x.data_ptr() != x_uint8.data_ptr():  # our own copy: in place, no new batch
+        return x.sub_(mean).div_(std)
     return (x - mean) / std
 
 

@@ -50,7 +50,7 @@ def test_augment_keeps_shape_and_labels_and_joins_only_twins():
     partner = same_label_partner(y, gen)
     assert partner.tolist() == [1, 0, 2, 3]  # twins swap; samples without a twin keep themselves
     x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()
-    joined = Augment(flip=0.0, zoom_out=0.0, half_join=1.0)(x, y, gen)
+    joined = Augment(flip=0.0, zoom_out=0.0, half_join=1.0)(x.clone(), y, gen)
     assert joined[0, 0, 0, :4].eq(0).all() and joined[0, 0, 0, 4:].eq(1).all()  # left of 0, right of its twin
     assert torch.equal(joined[2], x[2])
     flipped = Augment(flip=1.0, zoom_out=0.0, half_join=0.0)(
