@@ -59,7 +59,9 @@ class DetectorResource(ConfigurableResource):
     def resolve_spec(self, home: Path) -> str:
         if self.spec != "auto":
             return self.spec
-        student = home / "models" / "face_detector" / "student.pt"
+        from labeling.face_detector import STUDENT_PT, student_dir
+
+        student = student_dir(home) / STUDENT_PT
         return str(student) if student.is_file() else "teachers"
 
     def load(self, home: Path):

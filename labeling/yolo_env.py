@@ -56,10 +56,27 @@ def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:
     _install_font(folder)
 
     already = "ultralytics.utils" in sys.modules
+    import cv2
+
+    opencv_threads = cv2.getNumThreads() if not already else cv2.getNumberOfCPUs()
     from ultralytics import utils
+
+    _keep_thread_settings(opencv_threads)
 
     if already and folder != utils.USER_CONFIG_DIR:
         # Imported before us: its config folder is fixed; give that one the font too.
         _install_font(Path(utils.USER_CONFIG_DIR))
     if utils.SETTINGS.get("sync", True):
         utils.SETTINGS.update(sync=False)
+
+
+def _keep_thread_settings(opencv_threads: int) -> None:
+    """ultralytics turns OpenCV's threads off at import, and sets torch to cpu_count - 1
+    threads whenever it selects a CPU device (one thread on 2 cores, process-wide: a model
+    trained after a detection ran at half speed). Keep the process' own settings."""
+    import cv2
+    import torch
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = torch.get_num_threads()
+    cv2.setNumThreads(opencv_threads)
