@@ -21,7 +21,7 @@ from pydantic import Field
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
 
-GROUP = "auto_labeling"
+GROUP = "autolabel"  # beside the detections and crops it serves
 
 
 class FaceDetectorConfig(Config):
