@@ -268,23 +268,31 @@ def fit(
     model = build_model(model_config).to(device)
     criterion = make_criterion(model_config.task, train_config, faces, train_idx, device)
     result = FitResult(model=model)
+    full: tuple[int, float, str] | None = (train_config.scratch_epochs, train_config.scratch_lr, "scratch")
     if isinstance(model, TransferNet):
         result.history += _train_head(
             model, faces, train_idx, val_idx, model_config, train_config, criterion, device, log
         )
+        full = None
         if train_config.finetune_epochs > 0:
             model.freeze_backbone(train_config.finetune_blocks)
-            hist, rate = _train_full(
-                model, faces, train_idx, val_idx, model_config, train_config, criterion, device,
-                train_config.finetune_epochs, train_config.finetune_lr, "finetune", log,
-            )  # fmt: skip
-            result.history += hist
-            result.train_images_per_s = rate
-    else:
+            full = (train_config.finetune_epochs, train_config.finetune_lr, "finetune")
+    if full is not None:
+        epochs, lr, stage = full
         hist, rate = _train_full(
-            model, faces, train_idx, val_idx, model_config, train_config, criterion, device,
-            train_config.scratch_epochs, train_config.scratch_lr, "scratch", log,
-        )  # fmt: skip
+            model,
+            faces,
+            train_idx,
+            val_idx,
+            model_config,
+            train_config,
+            criterion,
+            device,
+            epochs,
+            lr,
+            stage,
+            log,
+        )
         result.history += hist
         result.train_images_per_s = rate
     result.best_val_loss = min(h["val_loss"] for h in result.history)
