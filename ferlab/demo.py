@@ -115,15 +115,15 @@ def run_demo(home: Path, seed: int = 0, size: str = "small", train: bool = True)
 
 def _train_demo_models(home: Path, instance, run) -> int:
     """dataset_version_job, then training_job on the new version; prints the headline figures."""
+    from dagster import AssetKey
+
     from warehouse import Warehouse
-    from warehouse.versions import snapshot_dataset_version
 
     print("training the AU and emotion models on a dataset version (a few minutes on a CPU) ...")
     if not run("dataset_version_job"):
         return 1
-    version = snapshot_dataset_version(
-        Warehouse(home)
-    ).version  # the job's version (snapshots are idempotent)
+    snapshot = instance.get_latest_materialization_event(AssetKey("dataset_version"))
+    version = snapshot.asset_materialization.metadata["version"].value
     failed = int(not run("training_job", version, DEMO_TRAINING))
     rows = (
         Warehouse(home)

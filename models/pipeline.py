@@ -308,16 +308,17 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
     return Evaluation(model_id, report, rows, headline, metric)
 
 
-def check_exports(run: ModelRun, n: int = 8) -> dict[str, float]:
-    """Reload the checkpoint and run the ONNX file on the same inputs: the largest absolute
-    difference between the three (0 for a bit-exact reload)."""
+def check_exports(run: ModelRun, n: int = 8) -> dict[str, Any]:
+    """Reload the checkpoint: are its weights finite, and how far apart are its outputs and the
+    ONNX file's on the same inputs (largest absolute difference)?"""
     model, config, _ = load_checkpoint(run.checkpoint)
+    finite = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
     x = torch.randint(0, 256, (n, config.channels, config.image_size, config.image_size), dtype=torch.uint8)
     x = normalize(x, config)
     with torch.no_grad():
         torch_prob = WithProbabilities(model, config.task)(x).numpy()
     onnx_prob = onnx_predict(run.onnx, x.numpy())
-    return {"onnx_max_abs_diff": float(np.abs(torch_prob - onnx_prob).max())}
+    return {"weights_finite": finite, "onnx_max_abs_diff": float(np.abs(torch_prob - onnx_prob).max())}
 
 
 def trivial_baseline(task: str, folds: Sequence[FoldPredictions]) -> float:
