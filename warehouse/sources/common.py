@@ -20,6 +20,7 @@ class IngestReport:
     source: str
     images_found: int = 0
     added: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)  # labels whose value changed at the source
     rejects: list[Reject] = field(default_factory=list)
     image_ids: list[str] = field(default_factory=list)
 
@@ -28,7 +29,9 @@ class IngestReport:
 
     def summary(self) -> str:
         added = ", ".join(f"{k} +{v}" for k, v in sorted(self.added.items())) or "nothing new"
-        return f"{self.source}: {self.images_found} images found; {added}; {len(self.rejects)} rejects"
+        updated = sum(self.updated.values())
+        labels = f"; labels updated: {updated}" if updated else ""
+        return f"{self.source}: {self.images_found} images found; {added}{labels}; {len(self.rejects)} rejects"
 
 
 def progress(
