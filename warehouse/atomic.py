@@ -6,11 +6,38 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 _counter = itertools.count()
+TMP_SUFFIX = ".tmp"
+# Temp names hold the writer's pid: `.<target>.<pid>-<thread>[-<n>].tmp`.
+_TMP_PID = re.compile(r"\.(\d+)-\d+(?:-\d+)?\.tmp$")
+_STALE_AFTER_S = 24 * 3600  # a pid may be reused; a temp file this old is stale regardless
+
+
+def is_stale_tmp(path: str | Path) -> bool:
+    """Whether a temp file was left by a writer that is gone (killed mid-write)."""
+    path = Path(path)
+    match = _TMP_PID.search(path.name)
+    if not match:
+        return False
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > _STALE_AFTER_S:
+        return True
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextlib.contextmanager
@@ -22,7 +49,9 @@ def atomic_path(target: str | Path, durable: bool = True) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process, thread and call: a dot-name that no table glob or media lookup matches.
-    tmp_path = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}-{next(_counter)}.tmp")
+    tmp_path = target.with_name(
+        f".{target.name}.{os.getpid()}-{threading.get_ident()}-{next(_counter)}{TMP_SUFFIX}"
+    )
     try:
         yield tmp_path
         if durable:

@@ -6,9 +6,13 @@ Tables
   (scraped, FER-2013) or of the video's sha256 + frame index (DISFA). media_path is relative
   to the data root.
 - emotion_labels: image_id, emotion (EMOTIONS), label_source (LABEL_SOURCES), confidence,
-  annotator (who or what gave the label: "fer2013", "folder:happy", a model id, a user).
+  annotator (who or what gave the label: "fer2013", "folder:happy", a model id, a user),
+  recorded_at (when the store wrote it; null for rows written before labels were versioned).
 - au_labels: image_id, au (FACS number), intensity 0..5 (null when unknown), present
-  (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator.
+  (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator, recorded_at.
+  Label tables are versioned: a label is identified by its key (image, [au,] source, annotator);
+  when a source corrects a label, the new value is a new row and supersedes the old one. The
+  views `emotion_labels` / `au_labels` show the newest row per key; `<table>_history` shows all.
 - rejects: bad input, with where it was (source_uri, line) and why (reason code + detail).
 - near_duplicates: pairs of images whose perceptual hashes differ in few bits.
 - detections: one row per box a detector found. image_id follows the images table (sha256 of
@@ -81,6 +85,7 @@ EMOTION_LABELS = pa.schema(
         pa.field("label_source", pa.string(), nullable=False),
         pa.field("confidence", pa.float32()),
         pa.field("annotator", pa.string(), nullable=False),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -93,6 +98,7 @@ AU_LABELS = pa.schema(
         pa.field("label_source", pa.string(), nullable=False),
         pa.field("probability", pa.float32()),
         pa.field("annotator", pa.string(), nullable=False),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -221,17 +227,41 @@ EVAL_METRICS = pa.schema(
 
 @dataclass(frozen=True)
 class TableSpec:
+    """A table: its schema and the columns that identify a row.
+
+    `values` is set for versioned tables (labels): a row whose key is stored with other values
+    supersedes the stored row instead of being dropped; `stamp` names the column the store fills
+    with the write time, which orders the versions of a key."""
+
     name: str
     schema: pa.Schema
     key: tuple[str, ...]
+    values: tuple[str, ...] = ()
+    stamp: str | None = None
+
+    @property
+    def versioned(self) -> bool:
+        return bool(self.values)
 
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         TableSpec("images", IMAGES, ("image_id",)),
-        TableSpec("emotion_labels", EMOTION_LABELS, ("image_id", "label_source", "annotator")),
-        TableSpec("au_labels", AU_LABELS, ("image_id", "au", "label_source", "annotator")),
+        TableSpec(
+            "emotion_labels",
+            EMOTION_LABELS,
+            ("image_id", "label_source", "annotator"),
+            values=("emotion", "confidence"),
+            stamp="recorded_at",
+        ),
+        TableSpec(
+            "au_labels",
+            AU_LABELS,
+            ("image_id", "au", "label_source", "annotator"),
+            values=("intensity", "present", "probability"),
+            stamp="recorded_at",
+        ),
         TableSpec("rejects", REJECTS, ("reject_id",)),
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
         TableSpec("detections", DETECTIONS, ("detection_id",)),

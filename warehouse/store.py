@@ -9,15 +9,28 @@ Layout under `home`:
 Appends are idempotent and atomic: rows whose key is already stored are dropped, the rest
 go to a new part written to a temp file and renamed. A process killed midway leaves every
 table readable; re-running completes it, because the rows that did land are skipped.
+Label tables are versioned (`TableSpec.values`): a stored key with a new value gets a new row
+that supersedes the old one; the views show the newest, `<table>_history` every version.
+
+A part that cannot be read (truncated, overwritten) is moved to `quarantine/tables/<table>/`
+and recorded as a `damaged_part` reject, so every other part and table stays readable;
+re-running the ingestion that wrote it restores its rows. `doctor()` checks the whole root.
+
+Paths never go into SQL text as they are: table files are read through DuckDB's relation API
+(parameters), and the few DDL statements that must hold a path quote it as a SQL literal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -25,32 +38,94 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.atomic import atomic_path
+from warehouse.atomic import TMP_SUFFIX, atomic_path, is_stale_tmp
+from warehouse.errors import StorageError, describe_os_error
 from warehouse.hashing import sha256_bytes, stable_id
 from warehouse.rejects import Reject, rejects_table
 from warehouse.schemas import TABLES, TableSpec
 
 _SCHEMA_PART = "part-0-schema.parquet"
 _ROW = "__row"
+_CURRENT = "__current"
+QUARANTINE = "quarantine"
+# Statements `Warehouse.query` runs without write=True: they can only read the views.
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
 class SchemaError(ValueError):
     """Rows that do not fit a table's schema."""
 
 
+def quote_literal(text: str) -> str:
+    """`text` as a SQL string literal, for the DDL that cannot take parameters."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class LabelWrite:
+    """What a write to a versioned (label) table did."""
+
+    added: int = 0  # keys that had no label yet
+    updated: int = 0  # keys whose stored value changed: the new row supersedes the old one
+
+
+@dataclass
+class DoctorReport:
+    """What `Warehouse.doctor` found (and, with repair, fixed)."""
+
+    damaged_parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (part, why)
+    schema_parts: list[str] = dataclasses.field(default_factory=list)  # regenerated empty schema parts
+    stale_tmp: list[str] = dataclasses.field(default_factory=list)  # temp files of killed writers
+    quarantined: list[str] = dataclasses.field(default_factory=list)  # parts in quarantine/ (now and before)
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.damaged_parts or self.schema_parts or self.stale_tmp)
+
+    def lines(self, repaired: bool) -> list[str]:
+        done = "fixed" if repaired else "found"
+        out = [
+            f"damaged part ({done}: {'quarantined' if repaired else 'run with --repair'}): {p}: {why}"
+            for p, why in self.damaged_parts
+        ]
+        out += [f"missing/broken schema part ({done}): {p}" for p in self.schema_parts]
+        out += [f"stale temp file of a killed writer ({done}): {p}" for p in self.stale_tmp]
+        out += [f"in quarantine: {p}" for p in self.quarantined]
+        return out
+
+
 class Warehouse:
-    def __init__(self, home: str | Path):
+    def __init__(self, home: str | Path, writable: bool = True):
+        """Open (creating when needed) the data root `home`.
+
+        Raises StorageError when the root cannot be created or, with `writable`, cannot be
+        written (read-only file system, no permission): at once, before any work is done."""
         self.home = Path(home).expanduser().resolve()
         self.media_dir = self.home / "media"
         self.tables_dir = self.home / "tables"
         self.catalog_path = self.home / "warehouse.duckdb"
+        self.quarantine_dir = self.home / QUARANTINE
         self._home_str = str(self.home)
         self._media_dirs: set[str] = set()
-        self.media_dir.mkdir(parents=True, exist_ok=True)
-        for spec in TABLES.values():
-            self._ensure_schema_part(spec)
-        if not self.catalog_path.exists():
-            self.write_catalog()
+        try:
+            if writable:
+                self.media_dir.mkdir(parents=True, exist_ok=True)
+                self._probe_writable()
+            for spec in TABLES.values():
+                self._ensure_schema_part(spec, write=writable)
+            if writable and not self.catalog_path.exists():
+                self.write_catalog()
+        except OSError as exc:
+            raise storage_error(exc, self.home) from exc
+
+    def _probe_writable(self) -> None:
+        probe = self.home / f".write-probe{TMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
 
     # ---- media -------------------------------------------------------------------------
     def put_media(self, data: bytes, ext: str) -> str:
@@ -66,7 +141,7 @@ class Warehouse:
             if folder not in self._media_dirs:
                 os.makedirs(folder, exist_ok=True)
                 self._media_dirs.add(folder)
-            tmp = f"{folder}/.{digest}.{os.getpid()}-{threading.get_ident()}.tmp"
+            tmp = f"{folder}/.{digest}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, data)
@@ -89,12 +164,24 @@ class Warehouse:
     def table_glob(self, name: str) -> str:
         return str(self.table_dir(name) / "*.parquet")
 
-    def _ensure_schema_part(self, spec: TableSpec) -> None:
+    def parts(self, name: str) -> list[Path]:
+        return sorted(self.table_dir(name).glob("*.parquet"))
+
+    def _ensure_schema_part(self, spec: TableSpec, write: bool = True) -> bool:
+        """Make sure the table's empty schema part exists and is current; True if (re)written.
+
+        It holds no rows, so a missing, empty or outdated one is simply written again."""
         part = self.table_dir(spec.name) / _SCHEMA_PART
-        if part.exists() and pq.read_schema(part).equals(spec.schema, check_metadata=False):
-            return
+        try:
+            if pq.read_schema(part).equals(spec.schema, check_metadata=False):
+                return False
+        except (OSError, pa.ArrowInvalid):
+            pass
+        if not write:
+            return False
         with atomic_path(part) as tmp:
             pq.write_table(spec.schema.empty_table(), tmp)
+        return True
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
@@ -110,6 +197,8 @@ class Warehouse:
     def conform(self, name: str, rows: pa.Table) -> pa.Table:
         """Cast rows to the table's schema, with a clear error naming what does not fit."""
         spec = TABLES[name]
+        if spec.stamp and spec.stamp not in rows.column_names:  # the store stamps it when writing
+            rows = rows.append_column(spec.stamp, pa.nulls(rows.num_rows, spec.schema.field(spec.stamp).type))
         missing = [f.name for f in spec.schema if f.name not in rows.column_names]
         extra = [c for c in rows.column_names if spec.schema.get_field_index(c) < 0]
         if missing or extra:
@@ -124,8 +213,14 @@ class Warehouse:
             raise SchemaError(f"{name}: {exc}") from exc
 
     def append(self, name: str, rows: pa.Table) -> int:
-        """Add the rows whose key is not stored yet; return how many were added."""
+        """Add the rows whose key is not stored yet; return how many were added.
+
+        For a versioned (label) table, also rows whose key is stored with other values (they
+        supersede it); `append_labels` says how many of each."""
         spec = TABLES[name]
+        if spec.versioned:
+            written = self.append_labels(name, rows)
+            return written.added + written.updated
         rows = self.conform(name, rows)
         if rows.num_rows == 0:
             return 0
@@ -133,57 +228,236 @@ class Warehouse:
         with self._locked(name):
             new = self._not_stored(spec, rows)
             if new.num_rows:
-                part_name = "part-" + stable_id(*_key_strings(new, spec.key))[:32] + ".parquet"
-                with atomic_path(self.table_dir(name) / part_name) as tmp:
-                    pq.write_table(new, tmp, compression="zstd")
+                self._write_part(name, new, _key_strings(new, spec.key))
         return new.num_rows
+
+    def append_labels(self, name: str, rows: pa.Table) -> LabelWrite:
+        """Write label rows to a versioned table: a key not stored yet is added; a key stored
+        with other values gets the new row, which supersedes the old one (kept in
+        `<name>_history`); a key stored with the same values adds nothing."""
+        spec = TABLES[name]
+        if not spec.versioned:
+            raise ValueError(f"{name} is not a versioned table; use append()")
+        rows = self.conform(name, rows)
+        if rows.num_rows == 0:
+            return LabelWrite()
+        rows = _first_per_key(rows, spec.key)
+        with self._locked(name):
+            changed = self._changed_labels(spec, rows)
+            if changed.num_rows == 0:
+                return LabelWrite()
+            existed = changed.column(_CURRENT).to_numpy(zero_copy_only=False)
+            stamp = pa.array([dt.datetime.now(dt.UTC)] * changed.num_rows, spec.schema.field(spec.stamp).type)
+            changed = changed.drop_columns([_CURRENT])
+            changed = changed.set_column(changed.schema.get_field_index(spec.stamp), spec.stamp, stamp)
+            # The write time is in the part name: a value that changes back (A -> B -> A) is a
+            # new part, not a rewrite of the first one.
+            changed = changed.cast(spec.schema)
+            self._write_part(name, changed, [*_key_strings(changed, spec.key), str(time.time_ns())])
+        n_updated = int(existed.sum())
+        return LabelWrite(added=changed.num_rows - n_updated, updated=n_updated)
 
     def add_rejects(self, rejects: list[Reject]) -> int:
         return self.append("rejects", rejects_table(rejects)) if rejects else 0
 
+    def _write_part(self, name: str, rows: pa.Table, identity: list[str]) -> None:
+        part_name = "part-" + stable_id(*identity)[:32] + ".parquet"
+        with atomic_path(self.table_dir(name) / part_name) as tmp:
+            pq.write_table(rows, tmp, compression="zstd")
+
+    def _stored(self, con: duckdb.DuckDBPyConnection, name: str, view: str) -> None:
+        """Register the table's stored rows (every part, every version) as `view` on `con`,
+        quarantining parts that cannot be read."""
+        for attempt in range(2):
+            try:
+                con.read_parquet(self.table_glob(name), union_by_name=True).create_view(view, replace=True)
+                return
+            except duckdb.Error as exc:
+                if attempt or not self.quarantine_damaged(name):
+                    raise StorageError(
+                        f"table {name} cannot be read ({_first_line(exc)}); run `ferlab doctor` "
+                        f"on {self.home}"
+                    ) from exc
+
     def _not_stored(self, spec: TableSpec, rows: pa.Table) -> pa.Table:
         rows = rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
-        con = duckdb.connect()
-        con.register("new_rows", rows)
-        on = " AND ".join(f'n."{k}" IS NOT DISTINCT FROM s."{k}"' for k in spec.key)
-        keys = ", ".join(f'"{k}"' for k in spec.key)
-        new = con.sql(
-            f"SELECT n.* FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM "
-            f"(SELECT {keys} FROM read_parquet('{self.table_glob(spec.name)}', union_by_name=true)) s "
-            f"WHERE {on}) ORDER BY n.{_ROW}"
-        ).to_arrow_table()
-        con.close()
+        with duckdb.connect() as con:
+            con.register("new_rows", rows)
+            self._stored(con, spec.name, "stored")
+            on = " AND ".join(f"n.{quote_ident(k)} IS NOT DISTINCT FROM s.{quote_ident(k)}" for k in spec.key)
+            keys = ", ".join(quote_ident(k) for k in spec.key)
+            new = con.sql(
+                f"SELECT n.* FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM "
+                f"(SELECT {keys} FROM stored) s WHERE {on}) ORDER BY n.{_ROW}"
+            ).to_arrow_table()
         return new.drop_columns([_ROW]).cast(spec.schema)
+
+    def _changed_labels(self, spec: TableSpec, rows: pa.Table) -> pa.Table:
+        """The rows whose key is not stored or whose values differ from the newest stored
+        version, with a column `__current` saying whether the key was stored."""
+        rows = rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
+        with duckdb.connect() as con:
+            con.register("new_rows", rows)
+            self._stored(con, spec.name, "stored")
+            con.execute(f"CREATE TEMP VIEW cur AS {_newest_sql(spec, 'stored')}")
+            on = " AND ".join(f"n.{quote_ident(k)} IS NOT DISTINCT FROM c.{quote_ident(k)}" for k in spec.key)
+            differs = " OR ".join(
+                f"n.{quote_ident(v)} IS DISTINCT FROM c.{quote_ident(v)}" for v in spec.values
+            )
+            changed = con.sql(
+                f"SELECT n.*, c.{_CURRENT} IS NOT NULL AS {_CURRENT} FROM new_rows n "
+                f"LEFT JOIN (SELECT *, true AS {_CURRENT} FROM cur) c ON {on} "
+                f"WHERE c.{_CURRENT} IS NULL OR {differs} ORDER BY n.{_ROW}"
+            ).to_arrow_table()
+        return changed.drop_columns([_ROW])
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         with self.connect() as con:
-            cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
-            return con.sql(f"SELECT {cols} FROM {name}").to_arrow_table()
+            cols = ", ".join(quote_ident(c) for c in columns) if columns else "*"
+            return con.sql(f"SELECT {cols} FROM {quote_ident(name)}").to_arrow_table()
 
     def count(self, name: str) -> int:
         with self.connect() as con:
-            return con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+            return con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchall()[0][0]
+
+    # ---- damage ------------------------------------------------------------------------
+    def _damaged_parts(self, name: str, deep: bool = False) -> list[tuple[Path, str]]:
+        """Parts of `name` that do not read: their footer (or, when deep, every page)."""
+        damaged = []
+        for part in self.parts(name):
+            try:
+                if deep:
+                    pq.read_table(part)
+                else:
+                    pq.read_metadata(part)
+            except (OSError, pa.ArrowException) as exc:
+                damaged.append((part, _first_line(exc)))
+        return damaged
+
+    def quarantine_damaged(self, name: str, deep: bool = False) -> int:
+        """Move the parts of `name` that cannot be read to quarantine/ and record each as a
+        `damaged_part` reject; return how many were moved. A damaged schema part holds no
+        rows: it is written again instead."""
+        damaged = self._damaged_parts(name, deep)
+        rejects = []
+        for part, why in damaged:
+            if part.name == _SCHEMA_PART:
+                self._ensure_schema_part(TABLES[name])
+                continue
+            target = self.quarantine_dir / "tables" / name / part.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target = target.with_name(f"{part.stem}-{time.time_ns()}{part.suffix}")
+            os.replace(part, target)
+            rejects.append(
+                Reject(
+                    "warehouse",
+                    str(part),
+                    "storage",
+                    "damaged_part",
+                    f"{why}; moved to {target.relative_to(self.home)}. Its rows are gone from {name}: "
+                    "re-run the ingestion that wrote them to restore them",
+                )
+            )
+        self.add_rejects(rejects)  # the damaged part is out of the way, so this table reads again
+        return len(damaged)
+
+    def doctor(self, repair: bool = False, deep: bool = True) -> DoctorReport:
+        """Check every table part (every page when `deep`), the schema parts and temp files
+        left by killed writers; with `repair`, quarantine damaged parts, rewrite schema parts
+        and delete stale temp files."""
+        report = DoctorReport()
+        for name, spec in TABLES.items():
+            schema_part = self.table_dir(name) / _SCHEMA_PART
+            try:
+                current = pq.read_schema(schema_part).equals(spec.schema, check_metadata=False)
+            except (OSError, pa.ArrowInvalid):
+                current = False
+            if not current:
+                report.schema_parts.append(str(schema_part))
+                if repair:
+                    self._ensure_schema_part(spec)
+            for part, why in self._damaged_parts(name, deep):
+                if part.name != _SCHEMA_PART:
+                    report.damaged_parts.append((str(part), why))
+            if repair and any(p.startswith(str(self.table_dir(name))) for p, _ in report.damaged_parts):
+                self.quarantine_damaged(name, deep)
+        for folder in (self.tables_dir, self.media_dir, self.home):
+            pattern = "*" + TMP_SUFFIX
+            found = folder.glob(pattern) if folder == self.home else folder.rglob(pattern)
+            for tmp in found:
+                if is_stale_tmp(tmp):
+                    report.stale_tmp.append(str(tmp))
+                    if repair:
+                        tmp.unlink(missing_ok=True)
+        if self.quarantine_dir.exists():
+            report.quarantined = sorted(str(p) for p in self.quarantine_dir.rglob("*.parquet"))
+        return report
 
     # ---- catalog -----------------------------------------------------------------------
     def _view_sql(self) -> list[str]:
-        return [
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM "
-            f"read_parquet('{self.table_glob(name)}', union_by_name=true)"
-            for name in TABLES
-        ]
+        """The catalog's views, for the DuckDB file users open (DDL: the path is a quoted literal)."""
+        stmts = []
+        for name, spec in TABLES.items():
+            stored = f"{name}_history" if spec.versioned else name
+            stmts.append(
+                f"CREATE OR REPLACE VIEW {quote_ident(stored)} AS SELECT * FROM "
+                f"read_parquet({quote_literal(self.table_glob(name))}, union_by_name=true)"
+            )
+            if spec.versioned:
+                stmts.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS {_newest_sql(spec, stored)}")
+        return stmts
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with one view per table: no lock on the catalog file, so any
-        number of readers and writers can work at once."""
+        """An in-memory DuckDB with one view per table (and `<table>_history` for labels): no
+        lock on the catalog file, so any number of readers and writers can work at once. A
+        part that cannot be read is quarantined (see the module docstring)."""
         con = duckdb.connect()
-        for stmt in self._view_sql():
-            con.execute(stmt)
-        con.execute(f"SET file_search_path = '{self.home}'")
+        try:
+            for name, spec in TABLES.items():
+                stored = f"{name}_history" if spec.versioned else name
+                self._stored(con, name, stored)
+                if spec.versioned:
+                    con.execute(f"CREATE VIEW {quote_ident(name)} AS {_newest_sql(spec, stored)}")
+            con.execute(f"SET file_search_path = {quote_literal(self.home)}")
+        except BaseException:
+            con.close()
+            raise
         return con
 
-    def sql(self, query: str) -> pa.Table:
+    def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
+        """Run one query over the views (any statement: this is the library's own access)."""
         with self.connect() as con:
-            return con.sql(query).to_arrow_table()
+            return con.execute(query, params).to_arrow_table() if params else con.sql(query).to_arrow_table()
+
+    def query(self, query: str, write: bool = False) -> pa.Table:
+        """Run a user's SQL over the views, read-only unless `write`.
+
+        Read-only: only SELECT/EXPLAIN statements; files outside the data root's tables and
+        media cannot be read; no extension can be installed or loaded; the settings are locked
+        so the query cannot undo this. Raises ConfigError for a refused statement."""
+        from warehouse.errors import ConfigError
+
+        with self.connect() as con:
+            statements = con.extract_statements(query)
+            if not statements:
+                raise ConfigError("no SQL statement given")
+            if not write:
+                refused = [s.type.name for s in statements if s.type.name not in READ_ONLY_STATEMENTS]
+                if refused:
+                    raise ConfigError(
+                        f"`ferlab sql` is read-only: {', '.join(refused)} statements need --write"
+                    )
+                allowed = [str(self.tables_dir) + os.sep, str(self.media_dir) + os.sep]
+                con.execute("SET allowed_directories = ?", [allowed])
+                con.execute("SET enable_external_access = false")
+                con.execute("SET autoinstall_known_extensions = false")
+                con.execute("SET autoload_known_extensions = false")
+                con.execute("SET lock_configuration = true")
+            for statement in statements[:-1]:
+                con.execute(statement)
+            result = con.sql(statements[-1].query)
+            return result.to_arrow_table() if result is not None else pa.table({})
 
     def write_catalog(self) -> None:
         """(Re)write warehouse.duckdb, for users who open the data root in DuckDB."""
@@ -195,6 +469,26 @@ class Warehouse:
             con.close()
             wal = Path(str(tmp) + ".wal")
             wal.unlink(missing_ok=True)
+
+
+def _newest_sql(spec: TableSpec, stored: str) -> str:
+    """The newest version of each key of a versioned table (rows written before versioning,
+    with no stamp, are the oldest)."""
+    keys = ", ".join(quote_ident(k) for k in spec.key)
+    return (
+        f"SELECT * FROM {quote_ident(stored)} QUALIFY row_number() OVER "
+        f"(PARTITION BY {keys} ORDER BY {quote_ident(spec.stamp)} DESC NULLS LAST) = 1"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def storage_error(exc: OSError, home: Path) -> StorageError:
+    """An OSError met while using the data root as one clear StorageError."""
+    return StorageError(f"data root {home}: {describe_os_error(exc)}")
 
 
 def _key_strings(rows: pa.Table, key: tuple[str, ...]) -> list[str]:

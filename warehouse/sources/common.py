@@ -31,7 +31,9 @@ class IngestReport:
         added = ", ".join(f"{k} +{v}" for k, v in sorted(self.added.items())) or "nothing new"
         updated = sum(self.updated.values())
         labels = f"; labels updated: {updated}" if updated else ""
-        return f"{self.source}: {self.images_found} images found; {added}{labels}; {len(self.rejects)} rejects"
+        return (
+            f"{self.source}: {self.images_found} images found; {added}{labels}; {len(self.rejects)} rejects"
+        )
 
 
 def progress(
