@@ -142,12 +142,17 @@ class Warehouse:
                 os.makedirs(folder, exist_ok=True)
                 self._media_dirs.add(folder)
             tmp = f"{folder}/.{digest}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise storage_error(exc, self.home) from exc
         return rel
 
     @staticmethod
@@ -262,8 +267,11 @@ class Warehouse:
 
     def _write_part(self, name: str, rows: pa.Table, identity: list[str]) -> None:
         part_name = "part-" + stable_id(*identity)[:32] + ".parquet"
-        with atomic_path(self.table_dir(name) / part_name) as tmp:
-            pq.write_table(rows, tmp, compression="zstd")
+        try:
+            with atomic_path(self.table_dir(name) / part_name) as tmp:
+                pq.write_table(rows, tmp, compression="zstd")
+        except OSError as exc:
+            raise storage_error(exc, self.home) from exc
 
     def _stored(self, con: duckdb.DuckDBPyConnection, name: str, view: str) -> None:
         """Register the table's stored rows (every part, every version) as `view` on `con`,
