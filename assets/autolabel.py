@@ -16,11 +16,12 @@ from dagster import (
 )
 
 from assets.ingest import disfa_frames, fer2013_images, scraped_images
-from assets.metadata import sql_literal, table_metadata
+from assets.metadata import table_metadata
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import DetectorResource, WarehouseResource
 from labeling.autolabel import autolabel
 from warehouse import Warehouse
+from warehouse.store import quote_literal as sql_literal
 
 GROUP = "autolabel"
 FIFTYONE_DATASET = "ferlab"

@@ -12,13 +12,14 @@ from dagster import (
     asset_check,
 )
 
-from assets.metadata import ingest_metadata, sql_literal
+from assets.metadata import ingest_metadata
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import SourcesResource, WarehouseResource
 from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS, TABLES
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.sources.scraped import ingest_scraped
+from warehouse.store import quote_literal as sql_literal
 
 GROUP = "ingest"
 

@@ -22,11 +22,6 @@ PREVIEW_COLUMNS = (
 )
 
 
-def sql_literal(text: str) -> str:
-    """A SQL string literal (partition keys come from folder names)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def table_metadata(table: pa.Table, max_rows: int = 10) -> MetadataValue:
     """A pyarrow table as a Dagster table (shown as a grid in the UI)."""
     head = table.slice(0, max_rows)

@@ -16,7 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import sql_literal, table_metadata
+from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from models.networks import ModelConfig
@@ -32,6 +32,7 @@ from models.pipeline import (
     train_model,
 )
 from models.train import TrainConfig
+from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
 GROUP = "models"
@@ -246,7 +247,7 @@ def _floor_check(task: str, asset_def):
             r["metric"]: r["value"]
             for r in wh.sql(
                 f"SELECT metric, value FROM eval_metrics WHERE model_id = {sql_literal(model_id)} "
-                f"AND fold IS NULL AND label = '' AND metric IN ('{headline}', 'trivial_baseline')"
+                f"AND fold IS NULL AND label = '' AND metric IN ({sql_literal(headline)}, 'trivial_baseline')"
             ).to_pylist()
         }
         if len(found) < 2:

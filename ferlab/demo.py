@@ -129,7 +129,8 @@ def _train_demo_models(home: Path, instance, run) -> int:
         Warehouse(home)
         .sql(
             "SELECT task, model_id, headline_metric, round(headline_value, 3) AS value, report FROM model_runs "
-            f"WHERE dataset_version = '{version}' ORDER BY created_at"
+            "WHERE dataset_version = ? ORDER BY created_at",
+            [version],
         )
         .to_pylist()
     )

@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from warehouse.schemas import EMOTIONS, LABEL_SOURCES, SOURCES
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, quote_literal
 
 DEFAULT_NAME = "ferlab"
 # Bump when the conversion below changes: every sample's digest changes and it is rewritten.
@@ -110,7 +110,7 @@ class _Image:
 
 
 def _read_warehouse(wh: Warehouse, sources: Sequence[str] | None) -> dict[str, _Image]:
-    where = "" if sources is None else "WHERE source IN (" + ", ".join(f"'{s}'" for s in sources) + ")"
+    where = "" if sources is None else "WHERE source IN (" + ", ".join(map(quote_literal, sources)) + ")"
     home = str(wh.home)
     with wh.connect() as con:
         con.execute(

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from warehouse.schemas import AU_COLUMNS, DATASET_MANIFEST, DISFA_AUS, EMOTIONS, LABEL_SOURCES
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, quote_literal
 
 ONE_FACE_SOURCES: tuple[str, ...] = ("disfa", "fer2013")
 UNFLAGGED_SOURCES: tuple[str, ...] = ("fer2013",)  # quality flags do not apply (docstring)
@@ -83,7 +83,7 @@ class DatasetVersion:
 
 # ---- the manifest ---------------------------------------------------------------------------
 def _sql_list(values: tuple) -> str:
-    return ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in values)
+    return ", ".join(quote_literal(v) if isinstance(v, str) else str(int(v)) for v in values)
 
 
 def _source_rank() -> str:
