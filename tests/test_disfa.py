@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ferlab.samples.disfa import disfa_label_path, disfa_video_path, write_disfa_sample
+from warehouse.errors import ConfigError, InputError
 from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS
 from warehouse.sources.disfa import _parse_labels, find_disfa_subjects, ingest_disfa
 from warehouse.store import Warehouse
@@ -197,16 +198,19 @@ def test_truncated_video(root: Path, pristine: Path, wh: Warehouse, tmp_path: Pa
     assert ingest(wh, root).added == {"images": 0, "au_labels": 0, "rejects": 0}
 
 
-def test_frame_lost_inside_a_whole_video(root: Path, wh: Warehouse) -> None:
-    # Break the header of the 21st frame chunk: FFmpeg skips that frame without a word, so
-    # the count is short though the file is whole (not truncated).
-    video = disfa_video_path(root, "SN001", "left")
+def lose_frame_21(video: Path) -> None:
+    """Break the header of the 21st frame chunk: FFmpeg skips that frame without a word, so
+    the count is short though the file is whole (not truncated)."""
     data = bytearray(video.read_bytes())
     pos = data.index(b"movi")
     for _ in range(21):
         pos = data.index(b"00dc", pos + 1)
     data[pos : pos + 8] = b"\xff" * 8
     video.write_bytes(bytes(data))
+
+
+def test_frame_lost_inside_a_whole_video(root: Path, wh: Warehouse) -> None:
+    lose_frame_21(disfa_video_path(root, "SN001", "left"))
 
     report = ingest(wh, root)
 
@@ -331,3 +335,205 @@ def test_label_parsing_is_fast(tmp_path: Path) -> None:
     labels, bad = _parse_labels(path)
     assert time.perf_counter() - start < 0.02
     assert bad == [] and labels.n_lines == 4845 and labels.frames.tolist() == list(range(1, 4846))
+
+
+# ---- case clashes: names match case-insensitively, so two names can claim one thing ----------
+def edit_labels(path: Path, frames: range, value) -> int:
+    """Set the intensity of `frames` in a label file; return how many values changed."""
+    lines = path.read_text().splitlines()
+    changed = 0
+    for f in frames:
+        new = value(f) if callable(value) else value
+        old = int(lines[f - 1].split(",")[1])
+        changed += old != new
+        lines[f - 1] = f"{f},{new}"
+    path.write_text("\n".join(lines) + "\n")
+    return changed
+
+
+def test_label_folder_case_clash(root: Path, wh: Warehouse) -> None:
+    # A second copy of SN001's labels under `sn001/`, with other values for AU1: either folder
+    # could be the right one, so neither is guessed.
+    labels = root / "ActionUnit_Labels"
+    shutil.copytree(labels / "SN001", labels / "sn001")
+    clone = labels / "sn001" / "SN001_au1.txt"
+    assert edit_labels(clone, range(1, FRAMES + 1), lambda f: 5 - read_labels(root, "SN001", 1)[f]) > 0
+
+    report = ingest(wh, root)
+
+    assert rejects(wh) == [("subject_case_clash", None)]
+    reject = report.rejects[0]
+    assert reject.stage == "labels"
+    assert str(labels / "SN001") in reject.detail and str(labels / "sn001") in reject.detail
+    # The frames are stored (the video is not in doubt); the subject's labels are not.
+    assert images_of(wh, "SN001_left") == FRAMES and labels_of(wh, "SN001_left") == 0
+    assert images_of(wh, "SN002_left") == FRAMES and labels_of(wh, "SN002_left") == FRAMES * N_AUS
+    assert find_disfa_subjects(root) == list(SUBJECTS)
+
+    # Once the user keeps one folder, a re-run adds the labels to the stored frames.
+    shutil.rmtree(labels / "sn001")
+    again = ingest(wh, root)
+    assert again.added == {"images": 0, "au_labels": FRAMES * N_AUS, "rejects": 0}
+    assert labels_of(wh, "SN001_left", au=1) == FRAMES
+
+
+def test_video_case_clash(root: Path, wh: Warehouse) -> None:
+    # `LeftVideosn001_comp.avi` next to `LeftVideoSN001_comp.avi`, with other frames: which one
+    # the labels describe is a guess, so neither is stored.
+    left = disfa_video_path(root, "SN001", "left")
+    clash = left.with_name("LeftVideosn001_comp.avi")
+    shutil.copy(disfa_video_path(root, "SN002", "left"), clash)
+
+    report = ingest(wh, root)
+
+    assert rejects(wh) == [("subject_case_clash", None)]
+    reject = report.rejects[0]
+    assert reject.stage == "discover"
+    assert str(left.resolve()) in reject.detail and str(clash.resolve()) in reject.detail
+    assert images_of(wh, "SN001_left") == 0
+    assert images_of(wh, "SN002_left") == FRAMES and labels_of(wh, "SN002_left") == FRAMES * N_AUS
+    assert n_rows(wh, "images") == FRAMES
+
+
+def test_video_case_clash_leaves_the_other_camera(tmp_path: Path, wh: Warehouse) -> None:
+    root = write_disfa_sample(tmp_path / "two", ("SN003",), 12, cameras=("left", "right"))
+    right = disfa_video_path(root, "SN003", "right")
+    shutil.copy(right, right.with_name("RightVideoSN003_comp.avi"))  # `_Comp` and `_comp`
+    ingest(wh, root)
+    assert rejects(wh) == [("subject_case_clash", None)]
+    assert images_of(wh, "SN003_right") == 0
+    assert images_of(wh, "SN003_left") == 12 and labels_of(wh, "SN003_left") == 12 * N_AUS
+
+
+def test_label_file_case_clash(root: Path, wh: Warehouse) -> None:
+    path = disfa_label_path(root, "SN001", 1)
+    clash = path.with_name("sn001_AU1.txt")
+    shutil.copy(path, clash)
+    edit_labels(clash, range(1, FRAMES + 1), 5)
+
+    report = ingest(wh, root)
+
+    assert rejects(wh) == [("label_file_case_clash", None)]
+    assert str(path) in report.rejects[0].detail and str(clash) in report.rejects[0].detail
+    assert labels_of(wh, "SN001_left", au=1) == 0
+    assert labels_of(wh, "SN001_left") == FRAMES * (N_AUS - 1)
+
+
+# ---- not DISFA at all ------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["missing", "a file", "empty", "photos", "misnamed", "the parent"])
+def test_a_folder_without_the_disfa_layout_is_an_input_error(
+    pristine: Path, tmp_path: Path, wh: Warehouse, case: str
+) -> None:
+    root = tmp_path / "in"
+    if case == "a file":
+        root.write_text("x")
+    elif case == "empty":
+        root.mkdir()
+    elif case == "photos":
+        root.mkdir()
+        cv2.imwrite(str(root / "face.jpg"), np.zeros((8, 8, 3), np.uint8))
+    elif case == "misnamed":  # the folders are there, the names in them are not DISFA's
+        (root / "Videos_LeftCamera").mkdir(parents=True)
+        (root / "Videos_LeftCamera" / "SN001.avi").write_bytes(b"RIFF")
+        (root / "ActionUnit_Labels" / "subject1").mkdir(parents=True)
+    elif case == "the parent":
+        root.mkdir()
+        shutil.copytree(pristine, root / "DISFA")
+
+    with pytest.raises(InputError) as err:
+        ingest(wh, root)
+
+    message = str(err.value)
+    assert str(root) in message and "\n" not in message
+    if case == "the parent":
+        assert str(root / "DISFA") in message
+    else:
+        assert "Videos_LeftCamera/LeftVideoSN001_comp.avi" in message
+        assert "ActionUnit_Labels/SN001/SN001_au1.txt" in message
+    assert n_rows(wh, "images") == 0 and rejects(wh) == []
+
+
+def test_bad_stride_is_a_config_error(root: Path, wh: Warehouse) -> None:
+    with pytest.raises(ConfigError, match="stride"):
+        ingest(wh, root, stride=0)
+
+
+# ---- corrections at the source ---------------------------------------------------------------
+def stored_labels(wh: Warehouse, video_id: str, au: int) -> dict[int, float]:
+    rows = wh.sql(
+        "SELECT i.frame_index, l.intensity FROM au_labels l JOIN images i USING (image_id) "
+        f"WHERE i.video_id = '{video_id}' AND l.au = {au}"
+    ).to_pylist()
+    return {r["frame_index"]: r["intensity"] for r in rows}
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_edited_label_file_supersedes_the_stored_labels(root: Path, wh: Warehouse, stride: int) -> None:
+    ingest(wh, root, stride=stride)
+    path = disfa_label_path(root, "SN001", 4)
+    changed = edit_labels(path, range(5, 25), lambda f: (read_labels(root, "SN001", 4)[f] + 1) % 6)
+    kept = set(range(1, FRAMES + 1, stride))
+    n_updated = len([f for f in range(5, 25) if f in kept])
+    assert changed == 20
+
+    again = ingest(wh, root, stride=stride)
+
+    assert again.added == {"images": 0, "au_labels": 0, "rejects": 0}
+    assert again.updated == {"au_labels": n_updated}
+    assert f"labels updated: {n_updated}" in again.summary()
+    truth = read_labels(root, "SN001", 4)
+    assert stored_labels(wh, "SN001_left", 4) == {f: truth[f] for f in kept}
+    assert n_rows(wh, "au_labels") == len(SUBJECTS) * len(kept) * N_AUS  # the view: newest only
+    assert n_rows(wh, "au_labels_history") == len(SUBJECTS) * len(kept) * N_AUS + n_updated
+
+    third = ingest(wh, root, stride=stride)
+    assert third.added == {"images": 0, "au_labels": 0, "rejects": 0}
+    assert third.updated.get("au_labels", 0) == 0 and "labels updated" not in third.summary()
+
+
+def test_reingest_does_not_decode_a_stored_whole_video(root: Path, wh: Warehouse, monkeypatch) -> None:
+    ingest(wh, root)
+    truth = read_labels(root, "SN002", 1)
+    assert edit_labels(disfa_label_path(root, "SN002", 1), range(1, 3), lambda f: (truth[f] + 1) % 6) == 2
+    real = cv2.VideoCapture
+    grabs: list[str] = []
+
+    class Counting:
+        def __init__(self, path: str) -> None:
+            self.cap, self.path = real(path), path
+
+        def grab(self) -> bool:
+            grabs.append(self.path)
+            return self.cap.grab()
+
+        def __getattr__(self, name: str):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Counting)
+    again = ingest(wh, root)
+
+    assert grabs == []
+    assert (
+        again.images_found == len(SUBJECTS) * FRAMES and len(set(again.image_ids)) == len(SUBJECTS) * FRAMES
+    )
+    assert again.added == {"images": 0, "au_labels": 0, "rejects": 0}
+    assert again.updated == {"au_labels": 2}
+    assert stored_labels(wh, "SN002_left", 1)[1] == (truth[1] + 1) % 6
+
+    # A video with frames still to store is decoded: a finer stride adds the rest.
+    assert ingest(wh, root, stride=1).added["images"] == 0
+    finer = Warehouse(wh.home.parent / "finer")
+    ingest(finer, root, stride=2)
+    grabs.clear()
+    assert ingest(finer, root).added["images"] == len(SUBJECTS) * FRAMES // 2
+    assert len(grabs) > 0
+
+
+def test_reingest_decodes_a_video_with_a_decode_reject_again(root: Path, wh: Warehouse) -> None:
+    # With stride 2 every kept frame of the damaged video lands (1, 3, ..., 39 of 39 decoded),
+    # yet the re-run must decode it to report the lost frame again, not take it for whole.
+    lose_frame_21(disfa_video_path(root, "SN001", "left"))
+    first = ingest(wh, root, stride=2)
+    again = ingest(wh, root, stride=2)
+    assert [r.reason for r in first.rejects] == [r.reason for r in again.rejects] == ["lost_frames"]
+    assert again.added == {"images": 0, "au_labels": 0, "rejects": 0}

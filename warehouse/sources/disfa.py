@@ -6,14 +6,26 @@ Layout (SEEDS.md A), names matched case-insensitively:
     ROOT/ActionUnit_Labels/SN001/SN001_au1.txt   one "frame,intensity" line per frame, 1-based
 
 A frame's image_id hashes the video's bytes and the frame number, so moving the data root or
-re-running adds nothing. Rows are written in bounded batches (media, then images, then
+re-running adds no image. Rows are written in bounded batches (media, then images, then
 au_labels), so memory stays flat and a killed run leaves whole rows that a re-run completes.
-Bad input becomes `rejects` rows and never stops the run.
+Bad input becomes `rejects` rows and never stops the run; a root that holds no DISFA layout at
+all is an `InputError` (a typo in the path must not look like an empty dataset).
 
-Reject reasons: missing_video, duplicate_video, missing_label_dir, unreadable_video,
-truncated_video, lost_frames, encode_failed, missing_label_file, unreadable_label_file,
-frame_count_mismatch, and per label line: empty_line, bad_field_count, non_numeric,
-non_integer, intensity_out_of_range, frame_out_of_range, duplicate_frame.
+Labels are a correction channel: every run hands every kept frame's labels to
+`Warehouse.append_labels`, stored frames included, so an intensity edited in a label file
+supersedes the stored one (the report counts it as updated). A re-run does not decode a video
+whose kept frames are all stored already (see `_ingest_video`).
+
+Names are matched case-insensitively, so two names can claim one thing (`SN001/` and `sn001/`,
+`LeftVideoSN001_comp.avi` and `LeftVideosn001_comp.avi`, `SN001_au1.txt` and `sn001_AU1.txt`).
+Which one the user meant is a guess, so none of them is used, and a reject names them all;
+keeping one and re-running completes the subject (see `_ingest_subject`).
+
+Reject reasons: missing_video, duplicate_video, subject_case_clash, missing_label_dir,
+unreadable_video, truncated_video, lost_frames, encode_failed, missing_label_file,
+label_file_case_clash, unreadable_label_file, frame_count_mismatch, and per label line:
+empty_line, bad_field_count, non_numeric, non_integer, intensity_out_of_range,
+frame_out_of_range, duplicate_frame.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from warehouse.errors import ConfigError, InputError
 from warehouse.hashing import sha256_file, stable_id
 from warehouse.rejects import Reject
 from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS
@@ -45,13 +58,22 @@ _VIDEO_RE = re.compile(r"^(left|right)video(sn\d+)_comp\.(avi|mp4|mkv|mov)$", re
 _SUBJECT_RE = re.compile(r"^sn\d+$", re.IGNORECASE)
 _MAX_FRAME = np.iinfo(np.int32).max
 _NUMBER_RE = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+_EXPECTED_LAYOUT = (
+    "expected Videos_LeftCamera/LeftVideoSN001_comp.avi... (or Videos_RightCamera/"
+    "RightVideoSN001_Comp.avi...) and ActionUnit_Labels/SN001/SN001_au1.txt... in it"
+)
 
 
 # ---- layout ------------------------------------------------------------------------------
 @dataclass
 class _Layout:
     videos: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # subject -> camera -> files
-    label_dirs: dict[str, Path] = field(default_factory=dict)
+    # subject -> its label folders; more than one when names differ only in case (a clash)
+    label_dirs: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def subjects(self) -> set[str]:
+        return set(self.videos) | set(self.label_dirs)
 
 
 def _children(folder: Path) -> list[Path]:
@@ -73,14 +95,26 @@ def _scan(root: Path) -> _Layout:
         elif name == _LABELS_DIR and top.is_dir():
             for sub in _children(top):
                 if sub.is_dir() and _SUBJECT_RE.match(sub.name):
-                    layout.label_dirs[sub.name.upper()] = sub
+                    layout.label_dirs.setdefault(sub.name.upper(), []).append(sub)
     return layout
 
 
 def find_disfa_subjects(root: str | Path) -> list[str]:
     """Sorted subject ids ("SN001", ...) with a video in either camera folder or a label folder."""
-    layout = _scan(Path(root))
-    return sorted(set(layout.videos) | set(layout.label_dirs))
+    return sorted(_scan(Path(root)).subjects)
+
+
+def _not_disfa(root: Path) -> InputError:
+    """The error for a root with no DISFA subject at all, saying what was expected there."""
+    if not root.exists():
+        return InputError(f"DISFA folder {root} does not exist: {_EXPECTED_LAYOUT}")
+    if not root.is_dir():
+        return InputError(f"{root} is a file, not the DISFA folder: {_EXPECTED_LAYOUT}")
+    # Pointing one level too high is the likely slip: name the folder that holds the layout.
+    for child in _children(root):
+        if child.is_dir() and _scan(child).subjects:
+            return InputError(f"{root} holds no DISFA layout but {child} does: pass {child}")
+    return InputError(f"{root} holds no DISFA layout: {_EXPECTED_LAYOUT}")
 
 
 def _expected_video(root: Path, subject: str) -> Path:
@@ -159,12 +193,30 @@ def _parse_labels(path: Path) -> tuple[_Labels, list[Reject]]:
 def _load_labels(label_dir: Path | None, subject: str) -> tuple[dict[int, _Labels], list[Reject]]:
     if label_dir is None:
         return {}, []
-    files = {p.name.lower(): p for p in _children(label_dir) if p.is_file()}
+    files: dict[str, list[Path]] = {}
+    for p in _children(label_dir):
+        if p.is_file():
+            files.setdefault(p.name.lower(), []).append(p)
     labels: dict[int, _Labels] = {}
     rejects: list[Reject] = []
     for au in DISFA_AUS:
         name = f"{subject}_au{au}.txt"
-        path = files.get(name.lower())
+        found = files.get(name.lower(), [])
+        if len(found) > 1:
+            # Two files for one AU (`SN001_au1.txt`, `sn001_AU1.txt`): either could hold the
+            # right values, so this AU gets none, like a missing file.
+            rejects.append(
+                Reject(
+                    SOURCE,
+                    str(found[0]),
+                    "labels",
+                    "label_file_case_clash",
+                    f"AU{au} of {subject} has {len(found)} label files whose names differ only in case: "
+                    f"{', '.join(map(str, found))}; none was used: keep one and re-run",
+                )
+            )
+            continue
+        path = found[0] if found else None
         if path is None:
             missing = label_dir / name
             rejects.append(
@@ -319,10 +371,26 @@ def _frames(
             yield held
 
 
-def _stored_frames(wh: Warehouse, video_id: str, id_of: dict[str, int]) -> set[int]:
+def _stored_only(state: _Decode, kept: range) -> Iterator[tuple[int, None]]:
+    """The kept frames of a video known to be whole and stored, without decoding it."""
+    state.decoded = state.header_frames
+    for n in kept:
+        yield n, None
+
+
+def _stored_frames(wh: Warehouse, video_id: str, digest: str, uri: str) -> tuple[set[int], bool]:
+    """(The frames of this very video, by its bytes, that are stored; whether a decode reject
+    is stored for the file at `uri`)."""
     with wh.connect() as con:
-        rows = con.execute("SELECT image_id FROM images WHERE video_id = ?", [video_id]).fetchall()
-    return {id_of[r[0]] for r in rows if r[0] in id_of}
+        rows = con.execute(
+            "SELECT image_id, frame_index FROM images WHERE video_id = ?", [video_id]
+        ).fetchall()
+        flagged = con.execute(
+            "SELECT count(*) FROM rejects WHERE source = ? AND stage = 'decode' AND source_uri = ?",
+            [SOURCE, uri],
+        ).fetchall()[0][0]
+    stored = {n for image_id, n in rows if n is not None and image_id == stable_id(digest, n)}
+    return stored, bool(flagged)
 
 
 def _truncation_detail(state: _Decode) -> str:
@@ -350,7 +418,15 @@ def _ingest_video(
     show_progress: bool,
     rejects: list[Reject],
 ) -> _Decode | None:
-    """Store one camera's kept frames and their AU labels; None when the video is unreadable."""
+    """Store one camera's kept frames and pass their AU labels to the store (which adds new
+    ones and supersedes edited ones); None when the video is unreadable.
+
+    A re-run skips the decode of an AVI whose container is whole and whose kept frames are all
+    stored: they were all decoded before, and the frame numbers (hence the image ids and the
+    labels) come from the container's count alone. Anything less certain is decoded again: a
+    cut or short file, frames missing from the store, frames stored past the declared count, a
+    decode reject on record for the file (so its reject is reported again), or a container
+    other than AVI (whose frame count is an estimate)."""
     uri = str(video.resolve())
     video_id = f"{subject}_{camera}"
 
@@ -374,9 +450,16 @@ def _ingest_video(
             return None
         header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         state = _Decode(header_frames=max(header, 0), is_avi=is_avi, avi_cut=cut)
-        # Ids of every frame the container declares, to skip re-encoding stored ones.
-        id_of = {stable_id(digest, n): n for n in range(1, state.header_frames + 1)}
-        stored = _stored_frames(wh, video_id, id_of)
+        stored, flagged = _stored_frames(wh, video_id, digest, uri)
+        kept = range(1, state.header_frames + 1, stride)
+        whole = (
+            is_avi
+            and cut is None
+            and state.header_frames > 0
+            and not flagged
+            and stored.issuperset(kept)
+            and max(stored, default=0) <= state.header_frames
+        )
 
         rows: list[dict] = []
         batch_ids: list[str] = []
@@ -388,13 +471,16 @@ def _ingest_video(
             else:
                 report.add("images", 0)
             au = _au_rows(batch_ids, np.asarray(batch_frames, dtype=np.int64), labels)
-            report.add("au_labels", wh.append("au_labels", au))
+            written = wh.append_labels("au_labels", au)
+            report.add("au_labels", written.added)
+            report.updated["au_labels"] = report.updated.get("au_labels", 0) + written.updated
             rows.clear()
             batch_ids.clear()
             batch_frames.clear()
 
         total = -(-state.header_frames // stride) if state.header_frames else None
-        frames = progress(_frames(cap, state, stride, stored), total, f"disfa {video_id}", show_progress)
+        source = _stored_only(state, kept) if whole else _frames(cap, state, stride, stored)
+        frames = progress(source, total, f"disfa {video_id}", show_progress)
         for n, img in frames:
             image_id = stable_id(digest, n)
             if img is not None:
@@ -476,9 +562,32 @@ def _ingest_subject(
     jpeg_quality: int,
     show_progress: bool,
 ) -> list[Reject]:
+    """Store one subject; return its rejects.
+
+    Case clashes (names are matched case-insensitively, so `SN001/` and `sn001/` both claim
+    SN001): the clashing items are not used, whichever looks right, and one reject names them
+    all. Two label folders: the subject's frames are stored without labels, as with a missing
+    label folder; the video is not in doubt, and frames are keyed by its bytes, so once the user
+    keeps one folder a re-run adds its labels to the stored frames without decoding again.
+    Rejecting the frames too would only make that re-run slower. Two videos for one camera:
+    that camera stores nothing (which recording the labels describe is the guess); the other
+    camera's video, if any, is stored with the labels."""
     rejects: list[Reject] = []
     cams = layout.videos.get(subject, {})
-    label_dir = layout.label_dirs.get(subject)
+    label_dirs = layout.label_dirs.get(subject, [])
+    label_dir = label_dirs[0] if len(label_dirs) == 1 else None
+    if len(label_dirs) > 1:
+        rejects.append(
+            Reject(
+                SOURCE,
+                str(label_dirs[0]),
+                "labels",
+                "subject_case_clash",
+                f"{subject} has {len(label_dirs)} label folders whose names differ only in case: "
+                f"{', '.join(map(str, label_dirs))}; none was used, so {subject} gets no labels: "
+                "keep one folder and re-run",
+            )
+        )
     if not cams:
         expected = _expected_video(root, subject)
         rejects.append(
@@ -491,7 +600,7 @@ def _ingest_subject(
             )
         )
         return rejects
-    if label_dir is None:
+    if not label_dirs:
         missing = root / "ActionUnit_Labels" / subject
         rejects.append(
             Reject(SOURCE, str(missing), "discover", "missing_label_dir", f"no AU labels folder {missing}")
@@ -502,6 +611,23 @@ def _ingest_subject(
     expected: list[int] = []
     for camera in CAMERAS:
         videos = cams.get(camera, [])
+        by_name: dict[str, list[Path]] = {}
+        for video in videos:
+            by_name.setdefault(video.name.lower(), []).append(video)
+        clashes = [v for group in by_name.values() if len(group) > 1 for v in group]
+        if clashes:
+            shown = [str(v.resolve()) for v in clashes]
+            rejects.append(
+                Reject(
+                    SOURCE,
+                    shown[0],
+                    "discover",
+                    "subject_case_clash",
+                    f"{subject} has {len(clashes)} {camera} videos whose names differ only in case: "
+                    f"{', '.join(shown)}; none was stored: keep one and re-run",
+                )
+            )
+            continue
         for extra in videos[1:]:
             rejects.append(
                 Reject(
@@ -546,21 +672,23 @@ def ingest_disfa(
     show_progress: bool = True,
 ) -> IngestReport:
     """Ingest DISFA under `root` (all subjects found, or the given ones), keeping every
-    `stride`-th frame (frames 1, 1+stride, ...). Re-running adds nothing."""
+    `stride`-th frame (frames 1, 1+stride, ...). Re-running adds no image; label values edited
+    since are stored (superseding the old ones) and counted in `report.updated`.
+
+    Raises InputError when `root` is missing or holds no DISFA subject at all (a wrong path
+    must not pass for an empty dataset); a root with the layout but broken subjects is ingested
+    with rejects. Raises ConfigError for a stride below 1."""
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, not {stride}")
+        raise ConfigError(f"stride must be >= 1, not {stride}")
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"DISFA root {root} is not a folder")
-    layout = _scan(root)
-    wanted = (
-        sorted(set(layout.videos) | set(layout.label_dirs))
-        if subjects is None
-        else [s.upper() for s in subjects]
-    )
+    layout = _scan(root) if root.is_dir() else _Layout()
+    if not layout.subjects:
+        raise _not_disfa(root)
+    wanted = sorted(layout.subjects) if subjects is None else [s.upper() for s in subjects]
     report = IngestReport(SOURCE)
     for table in ("images", "au_labels", "rejects"):
         report.add(table, 0)
+    report.updated["au_labels"] = 0
     for subject in progress(wanted, len(wanted), "disfa subjects", show_progress):
         rejects = _ingest_subject(wh, report, root, layout, subject, stride, jpeg_quality, show_progress)
         report.rejects += rejects
