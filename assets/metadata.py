@@ -68,6 +68,7 @@ def ingest_metadata(wh: Warehouse, report: IngestReport, where: str) -> dict[str
         "dagster/row_count": MetadataValue.int(total),
         "images_found": MetadataValue.int(report.images_found),
         "rows_added": MetadataValue.json(report.added),
+        "labels_updated": MetadataValue.int(sum(report.updated.values())),
         "rejects": MetadataValue.int(len(report.rejects)),
         "rejects_by_reason": MetadataValue.json(reasons),
         "preview": table_metadata(preview),
