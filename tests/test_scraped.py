@@ -322,3 +322,292 @@ def test_rejects_hold_after_ultralytics_patches_pillow(tmp_path: Path) -> None:
     (batch / "notes.jpg").write_bytes(b"not a photo\n")
     report = ingest_scraped(Warehouse(tmp_path / "home"), batch, show_progress=False)
     assert [r.reason for r in report.rejects] == ["not_an_image"]
+
+
+# ---- hardening (issue 9): links, special files, file names, unsupported formats ----------
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """The first box of an ISO-BMFF file (HEIF, AVIF, MP4): size, 'ftyp', brands."""
+    body = b"ftyp" + major + b"\0\0\0\0" + b"".join(compatible)
+    return struct.pack(">I", 4 + len(body)) + body + b"\0\0\0\x08free" + b"\x00" * 64
+
+
+def _reasons(report) -> dict[str, tuple[str, str]]:
+    return {r.source_uri: (r.stage, r.reason) for r in report.rejects}
+
+
+SECRET = b"root:x:0:0:TOP-SECRET-LINE\n"
+
+
+def _record_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path the code opens, through open() or os.open()."""
+    import builtins
+    import os
+
+    opened: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def spy_open(file, *args, **kwargs):
+        if isinstance(file, (str, bytes, Path)):
+            opened.append(os.path.realpath(file))
+        return real_open(file, *args, **kwargs)
+
+    def spy_os_open(path, *args, **kwargs):
+        opened.append(os.path.realpath(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    return opened
+
+
+def test_links_leading_outside_the_batch_are_rejected_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "elsewhere"
+    secret = _write(outside / "passwd", SECRET)
+    _write(outside / "photo.jpg", _jpeg(11))
+    _write(outside / "faces/f1.jpg", _jpeg(12))
+    _write(outside / "faces/f2.jpg", _jpeg(13))
+    batch = tmp_path / "drop/b1"
+    _write(batch / "happy/good.jpg", _jpeg(1))
+    _write(batch / "unlabeled/good2.jpg", _jpeg(2))
+    (batch / "happy/passwd.jpg").symlink_to(secret)
+    (batch / "happy/photo.jpg").symlink_to(Path("../../../elsewhere/photo.jpg"))  # relative
+    (batch / "sad").symlink_to(outside / "faces", target_is_directory=True)  # an emotion folder
+    opened = _record_opens(monkeypatch)
+
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    monkeypatch.undo()
+
+    b = batch.resolve()
+    assert _reasons(report) == {
+        str(b / "happy/passwd.jpg"): ("read", "outside_batch"),
+        str(b / "happy/photo.jpg"): ("read", "outside_batch"),
+        str(b / "sad"): ("read", "outside_batch"),  # one reject for the folder, its files unlisted
+    }
+    assert sorted(_rel(batch, u) for (u,) in _tuples(wh, "SELECT source_uri FROM images")) == [
+        "happy/good.jpg",
+        "unlabeled/good2.jpg",
+    ]
+    stored = wh.read("rejects").to_pylist()
+    assert len(stored) == 3
+    for r in stored:
+        assert "TOP-SECRET" not in r["detail"] and "root:x" not in r["detail"], r
+        assert "outside the batch" in r["detail"]
+    assert not [p for p in opened if Path(p).is_relative_to(outside.resolve())]
+    assert ingest_scraped(wh, batch, show_progress=False).added == dict.fromkeys(TABLES, 0)
+
+
+def test_links_inside_the_batch_are_ingested_and_say_so(tmp_path: Path) -> None:
+    batch = tmp_path / "b1"
+    a = _write(batch / "unlabeled/a.jpg", _jpeg(1))
+    hidden = _write(batch / ".store/b.jpg", _jpeg(2))  # reached only through a link
+    _write(batch / "pool/smiles/s1.jpg", _jpeg(3))
+    _write(batch / "pool/smiles/s2.jpg", _jpeg(4))
+    (batch / "happy").mkdir()
+    (batch / "happy/alias.jpg").symlink_to(Path("../unlabeled/a.jpg"))
+    (batch / "sad").mkdir()
+    (batch / "sad/b.jpg").symlink_to(hidden)
+    (batch / "surprise").symlink_to(Path("pool/smiles"), target_is_directory=True)  # emotion folder
+
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    b = batch.resolve()
+    uris = {r["image_id"]: _rel(batch, r["source_uri"]) for r in wh.read("images").to_pylist()}
+    # a file reached through a link is stored under the real path its bytes were read from
+    assert sorted(uris.values()) == [
+        ".store/b.jpg",
+        "pool/smiles/s1.jpg",
+        "pool/smiles/s2.jpg",
+        "unlabeled/a.jpg",
+    ]
+    labels = sorted((uris[i], e) for i, e in _tuples(wh, "SELECT image_id, emotion FROM emotion_labels"))
+    assert labels == [
+        (".store/b.jpg", "sad"),
+        ("pool/smiles/s1.jpg", "surprise"),
+        ("pool/smiles/s2.jpg", "surprise"),
+        ("unlabeled/a.jpg", "happy"),
+    ]
+    # the second path to the same file is a duplicate named by the link, saying where it leads
+    dups = {r.source_uri: r.detail for r in report.rejects}
+    assert set(dups) == {str(b / "happy/alias.jpg"), str(b / "surprise/s1.jpg"), str(b / "surprise/s2.jpg")}
+    assert {r.reason for r in report.rejects} == {"exact_duplicate"}
+    assert dups[str(b / "happy/alias.jpg")].startswith(f"same bytes as {a.resolve()}")
+    assert "symbolic link" in dups[str(b / "happy/alias.jpg")]
+    assert ingest_scraped(wh, batch, show_progress=False).added == dict.fromkeys(TABLES, 0)
+
+
+def test_broken_links_loops_and_special_files_are_rejects(tmp_path: Path) -> None:
+    import os
+
+    batch = tmp_path / "b1"
+    _write(batch / "happy/good.jpg", _jpeg(1))
+    _write(batch / "sad/good.jpg", _jpeg(2))
+    (batch / "happy/gone.jpg").symlink_to(batch / "happy/missing.jpg")
+    (batch / "happy/again").symlink_to(Path(".."), target_is_directory=True)  # a loop to the batch
+    (batch / "sad/self.jpg").symlink_to(Path("self.jpg"))  # a link to itself
+    os.mkfifo(batch / "happy/pipe.jpg")  # opening it would block
+    (batch / "sad/pipe-link.jpg").symlink_to(Path("../happy/pipe.jpg"))
+
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    b = batch.resolve()
+    assert _reasons(report) == {
+        str(b / "happy/gone.jpg"): ("read", "broken_link"),
+        str(b / "happy/again"): ("read", "link_loop"),
+        str(b / "sad/self.jpg"): ("read", "broken_link"),
+        str(b / "happy/pipe.jpg"): ("read", "not_a_regular_file"),
+        str(b / "sad/pipe-link.jpg"): ("read", "not_a_regular_file"),
+    }
+    assert report.images_found == _count(wh, "images") == 2
+    assert _count(wh, "rejects") == 5
+    assert ingest_scraped(wh, batch, show_progress=False).added == dict.fromkeys(TABLES, 0)
+
+
+def test_batch_of_only_a_linked_folder_is_found(tmp_path: Path) -> None:
+    root = tmp_path / "drop"
+    _write(root / "real/happy/a.jpg", _jpeg(1))
+    (root / "linked").mkdir()
+    (root / "linked/happy").symlink_to(root / "real/happy", target_is_directory=True)
+    assert find_scraped_batches(root) == ["linked", "real"]
+
+
+def test_non_utf8_file_names_land_with_escaped_uris(tmp_path: Path) -> None:
+    import os
+
+    drop = tmp_path / "drop"
+    batch = os.path.join(os.fsencode(str(drop)), b"lot-\xff")  # the batch folder's own name too
+    os.makedirs(os.path.join(batch, b"happy"))
+    os.makedirs(os.path.join(batch, b"h\xe4ppy"))
+    with open(os.path.join(batch, b"happy", b"caf\xe9.jpg"), "wb") as fh:
+        fh.write(_jpeg(1))
+    with open(os.path.join(batch, b"h\xe4ppy", b"x.jpg"), "wb") as fh:
+        fh.write(_jpeg(2))
+    with open(os.path.join(batch, b"happy", b"notes\xe9.jpg"), "wb") as fh:
+        fh.write(b"not a photo\n")
+    with open(os.path.join(batch, b"good.jpg"), "wb") as fh:
+        fh.write(_jpeg(3))
+
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, os.fsdecode(batch), show_progress=False)
+    shown = str(drop.resolve()) + "/lot-\\xff"
+    assert sorted(_tuples(wh, "SELECT source_uri, batch FROM images")) == [
+        (f"{shown}/good.jpg", "lot-\\xff"),
+        (f"{shown}/h\\xe4ppy/x.jpg", "lot-\\xff"),
+        (f"{shown}/happy/caf\\xe9.jpg", "lot-\\xff"),
+    ]
+    assert _tuples(wh, "SELECT emotion, annotator FROM emotion_labels") == [("happy", "folder:happy")]
+    assert [(r["source_uri"], r["reason"]) for r in wh.read("rejects").to_pylist()] == [
+        (f"{shown}/happy/notes\\xe9.jpg", "not_an_image")
+    ]
+    assert report.images_found == 3
+    assert ingest_scraped(wh, os.fsdecode(batch), show_progress=False).added == dict.fromkeys(TABLES, 0)
+
+
+def test_heic_and_avif_are_unsupported_formats(tmp_path: Path) -> None:
+    batch = tmp_path / "b1"
+    _write(batch / "happy/phone.heic", _ftyp(b"heic", b"mif1", b"heic"))
+    _write(batch / "happy/burst.heic", _ftyp(b"mif1", b"heix", b"mif1"))
+    _write(batch / "happy/plain.heif", _ftyp(b"mif1", b"mif1"))
+    _write(batch / "sad/web.avif", _ftyp(b"avif", b"avif", b"mif1", b"miaf"))
+    _write(batch / "sad/anim.avif", _ftyp(b"msf1", b"avis", b"msf1"))  # AVIF found among the brands
+    _write(batch / "sad/clip.mp4", _ftyp(b"isom", b"isom", b"mp41"))  # ISO media, not an image
+    _write(batch / "sad/good.jpg", _jpeg(1))
+
+    report = ingest_scraped(Warehouse(tmp_path / "wh"), batch, show_progress=False)
+    got = {Path(r.source_uri).name: (r.reason, r.detail) for r in report.rejects}
+    assert {k: v[0] for k, v in got.items()} == {
+        "phone.heic": "unsupported_format",
+        "burst.heic": "unsupported_format",
+        "plain.heif": "unsupported_format",
+        "web.avif": "unsupported_format",
+        "anim.avif": "unsupported_format",
+        "clip.mp4": "not_an_image",
+    }
+    assert got["phone.heic"][1].startswith("HEIC image") and got["burst.heic"][1].startswith("HEIC image")
+    assert got["plain.heif"][1].startswith("HEIF image")
+    assert got["web.avif"][1].startswith("AVIF image") and got["anim.avif"][1].startswith("AVIF image")
+    assert all("convert it to JPEG or PNG" in d for r, d in got.values() if r == "unsupported_format")
+    assert {r.stage for r in report.rejects} == {"decode"}
+    assert report.images_found == 1
+
+
+def test_one_file_failing_anywhere_is_its_reject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    batch = tmp_path / "b1"
+    for n in range(3):
+        _write(batch / f"happy/{n}.jpg", _jpeg(n, size=(64 + n, 48)))
+    _write(batch / "locked/x.jpg", _jpeg(9))
+    real_phash, real_scandir = scraped.phash64, os.scandir
+
+    def phash_failing(im):  # something unforeseen in one image's decoding
+        if im.size == (65, 48):
+            raise ValueError("unexpected")
+        return real_phash(im)
+
+    def scandir_denied(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(scraped, "phash64", phash_failing)
+    monkeypatch.setattr(os, "scandir", scandir_denied)
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    b = batch.resolve()
+    assert _reasons(report) == {
+        str(b / "happy/1.jpg"): ("decode", "corrupt_image"),
+        str(b / "locked"): ("read", "unreadable_folder"),
+    }
+    assert report.images_found == _count(wh, "images") == 2
+
+
+def test_not_a_folder_is_an_input_error(tmp_path: Path) -> None:
+    from warehouse.errors import InputError
+
+    _write(tmp_path / "file.jpg", _jpeg(1))
+    for bad in (tmp_path / "file.jpg", tmp_path / "missing"):
+        with pytest.raises(InputError, match="not a folder"):
+            ingest_scraped(Warehouse(tmp_path / "wh"), bad, show_progress=False)
+
+
+def test_entry_swapped_for_a_link_after_listing_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scraper (or an attacker) replacing a listed file, or a folder on its path, by a link
+    out of the batch between the listing and the read: refused before a byte is read."""
+    outside = tmp_path / "elsewhere"
+    _write(outside / "x.jpg", SECRET)
+    _write(outside / "y.jpg", SECRET)
+    batch = tmp_path / "b1"
+    _write(batch / "happy/x.jpg", _jpeg(1))
+    _write(batch / "sad/y.jpg", _jpeg(2))
+    _write(batch / "neutral/z.jpg", _jpeg(3))
+    real_walk = scraped._walk
+
+    def walk_then_swap(folder: Path):
+        listed = real_walk(folder)
+        (batch / "happy/x.jpg").unlink()
+        (batch / "happy/x.jpg").symlink_to(outside / "x.jpg")  # the file itself
+        (batch / "sad").rename(tmp_path / "sad-moved")
+        (batch / "sad").symlink_to(outside, target_is_directory=True)  # a folder on its path
+        return listed
+
+    monkeypatch.setattr(scraped, "_walk", walk_then_swap)
+    wh = Warehouse(tmp_path / "wh")
+    report = ingest_scraped(wh, batch, show_progress=False)
+    b = batch.resolve()
+    assert _reasons(report) == {
+        str(b / "happy/x.jpg"): ("read", "changed_while_reading"),
+        str(b / "sad/y.jpg"): ("read", "changed_while_reading"),
+    }
+    assert report.images_found == _count(wh, "images") == 1
+    assert all("SECRET" not in r["detail"] for r in wh.read("rejects").to_pylist())

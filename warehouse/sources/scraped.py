@@ -5,17 +5,48 @@ directly in it (unlabeled) and/or in one sub-folder per emotion (a weak label).
     ROOT/<batch>/unlabeled/x.png       -> images row only
     ROOT/<batch>/y.webp                -> images row only
 
-Every file either lands or leaves a `rejects` row with a reason code:
-    empty_file, not_an_image, truncated_image, corrupt_image, too_small, decompression_bomb,
-    changed_while_reading (stage "decode"), unreadable_file (stage "read"),
-    exact_duplicate (stage "dedup").
+Every entry of the batch folder (hidden names aside) either lands or leaves a `rejects` row
+with a reason code:
+    stage "read":   outside_batch, broken_link, link_loop, not_a_regular_file, unreadable_file,
+                    unreadable_folder, changed_while_reading
+    stage "decode": empty_file, not_an_image, unsupported_format, truncated_image, corrupt_image,
+                    too_small, decompression_bomb, changed_while_reading
+    stage "dedup":  exact_duplicate
 Perceptual near-duplicates are reported in `near_duplicates`; both images are kept.
+
+Symbolic links. Only what lies inside the batch folder is read, and no link is followed
+without a row saying so:
+- a link (to a file or a folder, at any depth) whose resolved path is inside the batch folder
+  is followed. A file reached through one is stored under its real path (the source_uri names
+  the file its bytes came from); its label comes from the emotion folder it was found in, so a
+  linked emotion folder labels the files it leads to. Files that are not links are read first,
+  so a link to a file that is also in the batch becomes an exact_duplicate reject named by the
+  link (its detail says where the link leads), and the link's label is added;
+- a link whose resolved path leads outside the batch folder is one `outside_batch` reject named
+  by the link; nothing it leads to is opened or listed (resolving the path looks at the links on
+  the way, never at a file's content), and a linked folder gives one reject for the folder, not
+  one per file. Its detail quotes the link's own text, never anything read outside;
+- a link that leads nowhere (missing target, a loop of links) is `broken_link`; a link to a
+  folder that contains it (a loop of folders) is `link_loop`, its files being read where they are.
+A named pipe, socket or device is `not_a_regular_file` and is never opened (a FIFO would block).
+Files are opened without following a last link and checked to be the regular file that was
+listed, so an entry swapped for a link after the listing is refused before a byte is read.
+
+File names. A name that is not valid UTF-8 does not stop the batch: the file is ingested, and
+every text stored about it (source_uri, the batch and annotator names, reject details) shows
+the undecodable bytes as backslash escapes, `os.fsencode(name).decode("utf-8",
+"backslashreplace")`: the name b"caf\\xe9.jpg" is stored as the text "caf\\\\xe9.jpg" (Python
+literals). Anything else that goes wrong with one file is that file's reject; only the
+warehouse failing stops the run.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import os
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -26,7 +57,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from warehouse.hashing import sha256_bytes, sha256_file
+from warehouse.errors import InputError
+from warehouse.hashing import sha256_bytes
 from warehouse.rejects import Reject
 from warehouse.schemas import EMOTIONS, TABLES
 from warehouse.sources.common import IngestReport, progress
@@ -55,15 +87,35 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 # (and that accept almost any header) from claiming a text file is a broken image.
 _FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "JPEG2000", "ICO")  # JPEG covers MPO
 Image.init()  # register every plugin now: open(formats=...) fails on one not yet imported
+# Phone photos in HEIF containers (an ISO-BMFF file: its first box is `ftyp` with brand codes):
+# real images in a format not ingested here, told apart from "not an image" by their brands.
+_ISO_IMAGE_BRANDS = {
+    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
+    **dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"), "HEIC"),
+    **dict.fromkeys((b"mif1", b"mif2", b"msf1"), "HEIF"),
+}
+_HEAD = 256  # bytes read to tell a file's kind: the magic numbers, an ftyp box's brand list
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _ORIENTATION = 0x0112
 _WRITE_EVERY = 256  # files per write: bounds memory and what a killed run must redo
 _PAIR_BLOCK = 1 << 22  # hash comparisons per numpy block (32 MiB of uint64)
+_CHUNK = 1 << 20  # bytes per read when hashing a file
+# Opening a listed file: never through a link at the last step, never blocking on a FIFO.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_SPECIAL = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
-class _DecodeError(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(reason, detail)
+class _Rejected(Exception):
+    """One file's problem: it becomes that file's reject row, and the batch goes on."""
+
+    def __init__(self, stage: str, reason: str, detail: str):
+        super().__init__(stage, reason, detail)
+        self.stage = stage
         self.reason = reason
         self.detail = detail
 
@@ -79,10 +131,13 @@ class _Decoded:
 
 @dataclass(frozen=True)
 class _File:
-    rel: str  # path under the batch folder: the walk order
-    path: Path  # resolved: the source_uri
-    folder: str | None  # first-level sub-folder (None: directly in the batch folder)
+    rel: str  # path under the batch folder as listed (links not resolved): the walk order
+    listed: str  # that path in full: what a reject about the file names
+    path: str  # the real path (every link resolved, inside the batch): what is opened and stored
+    ident: tuple[int, int]  # (st_dev, st_ino) when listed: what is opened must be this file
+    folder: str | None  # first-level sub-folder as listed (None: directly in the batch folder)
     emotion: str | None
+    linked: bool  # reached through a symbolic link (its own, or a folder's above it)
 
 
 def emotion_for_folder(name: str) -> str | None:
@@ -92,7 +147,8 @@ def emotion_for_folder(name: str) -> str | None:
 
 def find_scraped_batches(root: str | Path) -> list[str]:
     """Names of the batches in a drop folder ROOT/<batch>/...: the non-hidden sub-folders that
-    hold at least one non-hidden file (at any depth), sorted. A missing root has no batches."""
+    hold at least one non-hidden entry other than a folder (a file, a link, a pipe: each gives
+    an images or a rejects row), at any depth, sorted. A missing root has no batches."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -115,25 +171,28 @@ def ingest_scraped(
     bad file, but it is recorded as a reject with reason "exact_duplicate" (stage "dedup") so
     that no input file disappears silently; its folder's weak label is still added. Pairs of
     perceptual hashes within `near_duplicate_bits` bits (in this batch, or against scraped
-    images already stored) go to `near_duplicates`.
+    images already stored) go to `near_duplicates`. Links, special files and file names are
+    handled as the module docstring says.
     """
     folder = Path(folder).resolve()
     if not folder.is_dir():
-        raise NotADirectoryError(f"not a batch folder: {folder}")
-    batch = batch or folder.name
+        raise InputError(
+            f"scraped batch {_text(str(folder))} is not a folder: give the folder that holds the "
+            "batch's images (directly or in one sub-folder per emotion)"
+        )
+    batch = _text(batch or folder.name)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone set Pillow's global: truncated files would then decode as half-grey images.
         warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated images pass", stacklevel=2)
     report = IngestReport(source=SOURCE)
-    files = _list_files(folder)
+    files, rejects = _walk(folder)
 
     first_uri: dict[str, str] = {}  # sha256 -> source_uri of its first copy in this batch
-    bad: dict[str, _DecodeError] = {}  # sha256 -> why its first copy was rejected
+    bad: dict[str, _Rejected] = {}  # sha256 -> why its first copy was rejected
     order: list[str] = []  # landed image ids, in walk order (earlier = older)
     phashes: list[int] = []
     images: list[dict] = []
     labels: list[dict] = []
-    rejects: list[Reject] = []
 
     def flush() -> None:
         # Media are already on disk; rows go images -> labels -> rejects, each a whole part.
@@ -145,29 +204,39 @@ def ingest_scraped(
         labels.clear()
         rejects.clear()
 
-    for k, f in enumerate(progress(files, total=len(files), desc=f"scraped {batch}", enabled=show_progress)):
-        uri = str(f.path)
-        try:
+    def read(f: _File, uri: str) -> tuple[str, _Decoded | None]:
+        """(sha256, decoded image), or (sha256, None) for bytes already seen in this batch;
+        raises _Rejected or OSError for a bad file."""
+        with _open_listed(f) as fh:
             # Hashed in a stream, not read whole: a drop folder may hold a 4 GB video.
-            digest = sha256_file(f.path) if f.path.stat().st_size else ""
-        except OSError as exc:
-            rejects.append(_reject(uri, "read", "unreadable_file", str(exc)))
-            continue
-        if digest in first_uri:
-            earlier = bad.get(digest)
-            if earlier is not None:  # the same broken bytes again: the same verdict
-                rejects.append(_reject(uri, "decode", earlier.reason, f"same bytes as {first_uri[digest]}"))
-            else:
-                rejects.append(_reject(uri, "dedup", "exact_duplicate", f"same bytes as {first_uri[digest]}"))
-                if f.emotion:
-                    labels.append(_label(digest, f))
-        else:
+            digest = _sha256_stream(fh) if os.fstat(fh.fileno()).st_size else ""
+            if digest in first_uri:
+                earlier = bad.get(digest)
+                if earlier is not None:  # the same broken bytes again: the same verdict
+                    raise _Rejected("decode", earlier.reason, f"same bytes as {first_uri[digest]}")
+                return digest, None
             try:
-                dec = _decode(f.path, digest, min_side, max_pixels)
-            except _DecodeError as exc:
-                rejects.append(_reject(uri, "decode", exc.reason, exc.detail))
+                return digest, _decode(fh, digest, min_side, max_pixels)
+            except _Rejected as exc:
                 if digest:
                     first_uri[digest], bad[digest] = uri, exc
+                raise
+
+    for k, f in enumerate(progress(files, total=len(files), desc=f"scraped {batch}", enabled=show_progress)):
+        uri = _text(f.path)
+        # A file reached through a link: its reject (named by the listed path) says where it leads.
+        via = f"; through a symbolic link: the file is {uri}" if f.linked else ""
+        try:
+            digest, dec = read(f, uri)
+        except _Rejected as exc:
+            rejects.append(_reject(f.listed, exc.stage, exc.reason, exc.detail + via))
+        except OSError as exc:
+            rejects.append(_reject(f.listed, "read", "unreadable_file", f"{exc}{via}"))
+        else:
+            if dec is None:
+                rejects.append(
+                    _reject(f.listed, "dedup", "exact_duplicate", f"same bytes as {first_uri[digest]}{via}")
+                )
             else:
                 first_uri[digest] = uri
                 order.append(digest)
@@ -188,8 +257,8 @@ def ingest_scraped(
                         "phash": dec.phash,
                     }
                 )
-                if f.emotion:
-                    labels.append(_label(digest, f))
+            if f.emotion:
+                labels.append(_label(digest, f))
         if (k + 1) % _WRITE_EVERY == 0:
             flush()
     flush()
@@ -223,29 +292,140 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _text(s: str) -> str:
+    """A path or message as stored text: the bytes of a name that is not UTF-8 (which Python
+    holds as lone surrogates, and Parquet cannot store) shown as backslash escapes."""
+    try:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a surrogate that no file name makes (from some library's message)
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _has_file(folder: Path) -> bool:
-    for _, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not _hidden(d)]
-        if any(not _hidden(f) for f in files):
+        # os.walk lists a link to a folder among the folders, and does not enter it
+        if any(not _hidden(f) for f in files) or any(os.path.islink(os.path.join(root, d)) for d in dirs):
             return True
     return False
 
 
-def _list_files(folder: Path) -> list[_File]:
-    """Every non-hidden file under the batch folder, in a stable order (sorted relative path);
-    the label comes from the first-level sub-folder, however deep the file is."""
-    out: list[_File] = []
-    for dirpath, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        rel = Path(dirpath).relative_to(folder)
-        top = rel.parts[0] if rel.parts else None
-        emotion = emotion_for_folder(top) if top else None
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk(folder: Path) -> tuple[list[_File], list[Reject]]:
+    """The files under the batch folder to read, and the rejects of the entries that are not
+    read (links leading outside or nowhere, pipes, unlistable folders), as the module docstring
+    says. Files that are not links come first, each group in a stable order (sorted listed
+    path); a file's label comes from the first-level sub-folder, however deep the file is.
+
+    Nothing outside the batch folder is opened or listed: a link's resolved path is checked
+    before what it leads to is looked at. A loop of folders is cut where a link leads back to
+    a folder above it."""
+    root = str(folder)
+    files: list[_File] = []
+    rejects: list[Reject] = []
+    # (real folder, its listed path, its parts under the batch, the real folders above it
+    # and itself, whether reached through a link); an explicit stack: any depth works
+    stack: list[tuple[str, str, tuple[str, ...], frozenset[str], bool]] = [
+        (root, root, (), frozenset({root}), False)
+    ]
+    while stack:
+        real_dir, listed_dir, parts, above, linked = stack.pop()
+        try:
+            with os.scandir(real_dir) as entries:
+                names = sorted(e.name for e in entries if not _hidden(e.name))
+        except OSError as exc:
+            detail = f"the folder cannot be listed ({exc.strerror or exc}): check its permissions"
+            rejects.append(_reject(listed_dir, "read", "unreadable_folder", detail))
+            continue
         for name in names:
-            path = Path(dirpath) / name
-            if not _hidden(name) and path.is_file():
-                out.append(_File((rel / name).as_posix(), path.resolve(), top, emotion))
-    out.sort(key=lambda f: f.rel)
-    return out
+            listed, real, via = os.path.join(listed_dir, name), os.path.join(real_dir, name), linked
+            text = ""  # a link's own text
+            try:
+                st = os.lstat(real)
+                if stat.S_ISLNK(st.st_mode):
+                    text = os.readlink(real)  # the link's own text: part of the batch
+                    target = os.path.realpath(real)  # resolves what exists, touches no target content
+                    if not _inside(target, root):
+                        detail = (
+                            f"a symbolic link to {text!r}, which leads outside the batch folder: "
+                            "not followed; copy what it points to into the batch to ingest it"
+                        )
+                        rejects.append(_reject(listed, "read", "outside_batch", detail))
+                        continue
+                    try:
+                        st = os.lstat(target)
+                    except FileNotFoundError:
+                        st = None
+                    if st is None or stat.S_ISLNK(st.st_mode):  # missing, or a loop of links
+                        what = "which does not exist" if st is None else "in a loop of links"
+                        detail = (
+                            f"a symbolic link to {text!r}, {what}: nothing to read; fix or remove the link"
+                        )
+                        rejects.append(_reject(listed, "read", "broken_link", detail))
+                        continue
+                    real, via = target, True
+            except OSError as exc:  # vanished since listed, or a folder on the way not searchable
+                rejects.append(_reject(listed, "read", "unreadable_file", str(exc)))
+                continue
+            sub = (*parts, name)
+            if stat.S_ISDIR(st.st_mode):
+                if real in above:
+                    detail = (
+                        f"a symbolic link to {text!r}, a folder that contains it: not followed "
+                        "(its files are read where they are)"
+                    )
+                    rejects.append(_reject(listed, "read", "link_loop", detail))
+                else:
+                    stack.append((real, listed, sub, above | {real}, via))
+            elif stat.S_ISREG(st.st_mode):
+                top = sub[0] if len(sub) > 1 else None
+                emotion = emotion_for_folder(top) if top else None
+                files.append(_File("/".join(sub), listed, real, (st.st_dev, st.st_ino), top, emotion, via))
+            else:
+                kind = _SPECIAL.get(stat.S_IFMT(st.st_mode), "a special file")
+                detail = f"{kind}, not a regular file: not opened"
+                rejects.append(_reject(listed, "read", "not_a_regular_file", detail))
+    files.sort(key=lambda f: (f.linked, f.rel))
+    rejects.sort(key=lambda r: r.source_uri)
+    return files, rejects
+
+
+def _open_listed(f: _File) -> BinaryIO:
+    """Open the file the walk listed and nothing else: no link followed at the last step, no
+    wait on a pipe, and the same regular file (device and inode) as when listed, so an entry
+    replaced since (by a link out of the batch, a pipe) is refused before a byte is read."""
+    try:
+        fd = os.open(f.path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise _Rejected(
+                "read", "changed_while_reading", "replaced by a symbolic link since listed: not read"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _SPECIAL.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise _Rejected("read", "not_a_regular_file", f"{kind}, not a regular file: not read")
+        if (st.st_dev, st.st_ino) != f.ident:
+            raise _Rejected(
+                "read", "changed_while_reading", "replaced by another file since listed: not read"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _sha256_stream(fh: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while block := fh.read(_CHUNK):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 # ---- decoding ---------------------------------------------------------------------------
@@ -258,32 +438,55 @@ def _pillow_open(fh: BinaryIO) -> Image.Image:
     return opener(fh, formats=_FORMATS)
 
 
-def _decode(path: Path, digest: str, min_side: int, max_pixels: int) -> _Decoded:
-    """Validate and decode one file (sha256 `digest`, "" when empty); raise
-    _DecodeError(reason, detail) when it is bad."""
+def _iso_image_format(head: bytes) -> str | None:
+    """ "AVIF", "HEIC" or "HEIF" when the file starts with an ISO-BMFF `ftyp` box naming one of
+    their brands (major or compatible), else None (an MP4 video has other brands)."""
+    if head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    end = size if 16 <= size <= len(head) else len(head)  # 0: to the end; 1: a 64-bit size
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, end - 3, 4)}
+    found = {_ISO_IMAGE_BRANDS.get(b) for b in brands}
+    # an AVIF also names the generic HEIF brand (mif1), an iPhone HEIC often has mif1 as major
+    return next((name for name in ("AVIF", "HEIC", "HEIF") if name in found), None)
+
+
+def _decode(fh: BinaryIO, digest: str, min_side: int, max_pixels: int) -> _Decoded:
+    """Validate and decode one open file (sha256 `digest`, "" when empty); raise
+    _Rejected(stage "decode") when it is bad. Only a failing read raises anything else."""
     if not digest:
-        raise _DecodeError("empty_file", "0 bytes")
-    with open(path, "rb") as fh, warnings.catch_warnings():
+        raise _Rejected("decode", "empty_file", "0 bytes")
+    fh.seek(0)
+    head = fh.read(_HEAD)
+    iso = _iso_image_format(head)
+    if iso is not None:
+        detail = (
+            f"{iso} image: a format not ingested here; convert it to JPEG or PNG (e.g. with "
+            "libheif's heif-convert, or ImageMagick) and add the copy to a batch"
+        )
+        raise _Rejected("decode", "unsupported_format", detail)
+    fh.seek(0)
+    with warnings.catch_warnings():
         # Our own max_pixels decides; Pillow's warning (above its MAX_IMAGE_PIXELS) is noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        head = fh.read(16)
-        fh.seek(0)
         try:
             im = _pillow_open(fh)  # reads the header only
         except Image.DecompressionBombError as exc:
-            raise _DecodeError("decompression_bomb", str(exc)) from None
+            raise _Rejected("decode", "decompression_bomb", str(exc)) from None
         except UnidentifiedImageError:
             if head.startswith(_MAGIC) or head[8:12] == b"WEBP":
-                raise _DecodeError("corrupt_image", "image signature but unreadable header") from None
-            raise _DecodeError("not_an_image", f"not a known image format (starts {head[:8]!r})") from None
+                raise _Rejected("decode", "corrupt_image", "image signature but unreadable header") from None
+            raise _Rejected(
+                "decode", "not_an_image", f"not a known image format (starts {head[:8]!r})"
+            ) from None
         except Exception as exc:  # plugins raise OSError, SyntaxError, struct.error, ...
             raise _error_for(exc) from None
         width, height = im.size
         # Checked from the header, before a single pixel is decoded.
         if width * height > max_pixels:
-            raise _DecodeError("decompression_bomb", f"{width}x{height} > max_pixels {max_pixels}")
+            raise _Rejected("decode", "decompression_bomb", f"{width}x{height} > max_pixels {max_pixels}")
         if min(width, height) < min_side:
-            raise _DecodeError("too_small", f"{width}x{height} < min_side {min_side}")
+            raise _Rejected("decode", "too_small", f"{width}x{height} < min_side {min_side}")
         try:
             im.load()  # Pillow decodes lazily: force it, so truncation shows here
         except Exception as exc:
@@ -295,27 +498,30 @@ def _decode(path: Path, digest: str, min_side: int, max_pixels: int) -> _Decoded
         fh.seek(0)
         data = fh.read()  # bounded now: a decodable image of at most max_pixels
     if sha256_bytes(data) != digest:  # a scraper still writing it: the next run takes it
-        raise _DecodeError("changed_while_reading", "the file changed while it was ingested")
-    fmt = im.format or "PNG"
-    if orientation in range(2, 9):
-        im = ImageOps.exif_transpose(im)
-        if im.mode not in _PNG_MODES:
-            im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-        buf = io.BytesIO()
-        im.save(buf, "PNG")
-        media, ext = buf.getvalue(), "png"
-    else:
-        media, ext = data, _EXT.get(fmt, fmt.lower())
-    return _Decoded(media, ext, im.width, im.height, phash64(im))
+        raise _Rejected("decode", "changed_while_reading", "the file changed while it was ingested")
+    try:  # what an odd mode or EXIF makes fail here is this image's fault, not the batch's
+        fmt = im.format or "PNG"
+        if orientation in range(2, 9):
+            im = ImageOps.exif_transpose(im)
+            if im.mode not in _PNG_MODES:
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            buf = io.BytesIO()
+            im.save(buf, "PNG")
+            media, ext = buf.getvalue(), "png"
+        else:
+            media, ext = data, _EXT.get(fmt, fmt.lower())
+        return _Decoded(media, ext, im.width, im.height, phash64(im))
+    except Exception as exc:
+        raise _error_for(exc) from None
 
 
-def _error_for(exc: Exception) -> _DecodeError:
+def _error_for(exc: Exception) -> _Rejected:
     text = f"{type(exc).__name__}: {exc}"
     if "truncat" in str(exc).lower() or isinstance(exc, EOFError):
-        return _DecodeError("truncated_image", text)
+        return _Rejected("decode", "truncated_image", text)
     if isinstance(exc, Image.DecompressionBombError):
-        return _DecodeError("decompression_bomb", text)
-    return _DecodeError("corrupt_image", text)
+        return _Rejected("decode", "decompression_bomb", text)
+    return _Rejected("decode", "corrupt_image", text)
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -411,7 +617,7 @@ def _stored_uris(wh: Warehouse, ids: list[str]) -> dict[str, str]:
 
 # ---- rows -------------------------------------------------------------------------------
 def _reject(uri: str, stage: str, reason: str, detail: str) -> Reject:
-    return Reject(source=SOURCE, source_uri=uri, stage=stage, reason=reason, detail=detail)
+    return Reject(source=SOURCE, source_uri=_text(uri), stage=stage, reason=reason, detail=_text(detail))
 
 
 def _label(image_id: str, f: _File) -> dict:
@@ -420,7 +626,7 @@ def _label(image_id: str, f: _File) -> dict:
         "emotion": f.emotion,
         "label_source": "weak",
         "confidence": None,
-        "annotator": f"folder:{f.folder}",
+        "annotator": _text(f"folder:{f.folder}"),
     }
 
 
