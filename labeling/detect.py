@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import queue
 import sys
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from labeling.detectors import Detection, Detector
 from warehouse.atomic import atomic_path
+from warehouse.errors import ConfigError, InputError, StorageError
 from warehouse.hashing import sha256_bytes, sha256_file, stable_id
 from warehouse.rejects import Reject
 from warehouse.schemas import DETECTIONS
@@ -340,6 +342,32 @@ def write_parquet(table: pa.Table, out: str | Path) -> Path:
     return out
 
 
+def check_out_file(out: str | Path) -> Path:
+    """The Parquet file `--out` names, checked before anything is detected: not a folder, and
+    in an existing folder that takes a new file (a missing folder is not created: a typo in
+    it should not make a new tree). InputError otherwise."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give a file name, e.g. {out / 'detections.parquet'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"--out {out}: {folder} {what}; create the folder or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
+    return out
+
+
+def _listed(paths: Sequence[str | Path], most: int = 3) -> str:
+    shown = ", ".join(str(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
 def run_detect_cli(
     paths: Sequence[str | Path],
     detector_spec: str = "teachers",
@@ -349,20 +377,41 @@ def run_detect_cli(
     device: str = "auto",
 ) -> int:
     """`ferlab detect`: detections to a Parquet file (or as CSV on stdout, with the summary
-    then on stderr so the CSV stays clean). Exit code 0; 2 for a detector that cannot load."""
-    from labeling.detectors import load_detector
+    then on stderr so the CSV stays clean). Returns exit code 0.
 
-    try:
-        detector = load_detector(detector_spec, device=device)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    What would stop the run is found before the detector loads (minutes for the teachers on
+    a large input, then lost): bad numbers, an unusable device or `--out`, nothing to detect.
+    Those, a detector that cannot load and a Parquet file that cannot be written raise a
+    FerlabError (ConfigError, InputError, UnsafeFileError, StorageError), one line for the CLI
+    to print. A bad image or video is a reject, and the run goes on."""
+    from labeling.detectors import load_detector, resolve_device
+
+    if stride < 1:
+        raise ConfigError(f"--stride must be >= 1, not {stride}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    resolve_device(device)
+    if out_parquet:
+        out_parquet = check_out_file(out_parquet)
+    files = media_files(paths)
+    if not any(f.exists() for f in files):
+        raise InputError(
+            f"no image or video in {_listed(list(paths))}: looked for "
+            f"{' '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))} (hidden files and folders skipped)"
+        )
+    detector = load_detector(detector_spec, device=device)
     table, frames, empty, rejects = detect_files(
-        detector, paths, stride=stride, batch_size=batch_size, show_progress=True
+        detector, files, stride=stride, batch_size=batch_size, show_progress=True
     )
     report = sys.stdout
     if out_parquet:
-        write_parquet(table, out_parquet)
+        try:
+            write_parquet(table, out_parquet)
+        except OSError as exc:
+            raise StorageError(
+                f"{out_parquet}: cannot write the {table.num_rows} detections ({exc.strerror or exc}); "
+                "free some space or choose another --out"
+            ) from exc
         print(f"{table.num_rows} detections by {detector.name} -> {out_parquet}")
     else:
         buf = io.BytesIO()

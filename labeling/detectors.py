@@ -7,7 +7,9 @@ packaged YOLO11n, a trained YOLO student or a user's weights file without other 
     per_image = det.detect([bgr1, bgr2])        # list[list[Detection]]
 
 Every detector names itself (`name`) and the sha256 of its weights, recorded with each
-detection so a label can always be traced to the exact model that made it.
+detection so a label can always be traced to the exact model that made it. A .pt file is
+checked before it is unpickled and loaded without running code from it (labeling.safe_weights);
+a detector that cannot load is a FerlabError (InputError, ConfigError, UnsafeFileError).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from warehouse.errors import ConfigError, InputError
 from warehouse.hashing import sha256_file, stable_id
 
 LABELS: tuple[str, ...] = ("face", "person")
@@ -57,12 +60,23 @@ class Detector(Protocol):
 
 
 def resolve_device(device: str = "auto") -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else passes through."""
-    if device != "auto":
-        return device
+    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu", "cuda", "cuda:1", "mps" as
+    given. ConfigError for a name torch does not know or a CUDA device this machine lacks, so a
+    run fails when it starts, not at its first batch."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            have = f"only {count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(f"device {device!r} requested but this machine has {have}; use auto or cpu")
+    return device
 
 
 def _packaged(name: str) -> Path:
@@ -144,7 +158,7 @@ def map_class_names(names: dict[int, str], wanted: Iterable[str] = LABELS) -> di
     wanted = set(wanted)
     unknown = wanted - set(LABELS)
     if unknown:
-        raise ValueError(f"unknown labels {sorted(unknown)}; known: {LABELS}")
+        raise ConfigError(f"unknown labels {sorted(unknown)}; known: {LABELS}")
     return {int(i): n.lower() for i, n in names.items() if n.lower() in wanted}
 
 
@@ -178,22 +192,21 @@ class UltralyticsDetector:
         half: bool | None = None,
         name: str | None = None,
     ):
-        from labeling.yolo_env import prepare_ultralytics_offline
+        from labeling.safe_weights import load_yolo
 
         self.weights = Path(weights)
         if not self.weights.is_file():
-            raise FileNotFoundError(f"no weights file {self.weights}")
-        prepare_ultralytics_offline()
-        from ultralytics import YOLO
-
+            raise InputError(
+                f"{self.weights}: no such weights file; give a YOLO .pt or .onnx file, or yunet, yolo, teachers"
+            )
+        self.device = resolve_device(device)
         self.weights_sha256 = sha256_file(self.weights)
         self.name = name or f"yolo:{self.weights.stem}"
-        self.device = resolve_device(device)
-        self.model = YOLO(str(self.weights))
+        self.model = load_yolo(self.weights)
         self.class_map = map_class_names(self.model.names, classes)
         if not self.class_map:
-            raise ValueError(
-                f"{self.weights.name} has no class named {sorted(set(classes))}; "
+            raise InputError(
+                f"{self.weights}: no class named {sorted(set(classes))} in this model; "
                 f"its classes: {sorted(self.model.names.values())[:20]}"
             )
         # The size it was trained at: a student trained at 160 px shown 640 px frames sees faces
@@ -276,4 +289,4 @@ def load_detector(spec: str = "teachers", device: str = "auto", **kw) -> Detecto
         return TeacherDetector(device=device, **kw)
     if Path(spec).suffix.lower() in (".pt", ".onnx"):
         return UltralyticsDetector(spec, device=device, **kw)
-    raise ValueError(f"unknown detector {spec!r}: use yunet, yolo, teachers or a .pt/.onnx file")
+    raise ConfigError(f"unknown detector {spec!r}: use yunet, yolo, teachers or a .pt/.onnx file")

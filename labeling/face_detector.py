@@ -25,6 +25,7 @@ import numpy as np
 from labeling.detectors import Detector
 from labeling.student import Box, ImageInput, StudentReport, _iou, teach_student
 from warehouse.atomic import atomic_path
+from warehouse.errors import ConfigError
 from warehouse.hashing import sha256_file
 from warehouse.store import Warehouse
 
@@ -48,7 +49,9 @@ def student_dir(home: str | Path) -> Path:
 
 
 def init_weights(init: str) -> Path | None:
-    """`init` as a weights file to start from: INIT_PACKAGED, INIT_SCRATCH (None) or a .pt path."""
+    """`init` as a weights file to start from: INIT_PACKAGED, INIT_SCRATCH (None) or a .pt path,
+    checked here (labeling.safe_weights) so that a file that is refused fails before the
+    teachers label anything. ConfigError, InputError or UnsafeFileError otherwise."""
     if init == INIT_SCRATCH:
         return None
     if init == INIT_PACKAGED:
@@ -58,7 +61,10 @@ def init_weights(init: str) -> Path | None:
         return weight_path(YOLO_PERSON_FILE)
     path = Path(init)
     if path.suffix != ".pt" or not path.is_file():
-        raise ValueError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
+        raise ConfigError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
+    from labeling.safe_weights import check_checkpoint
+
+    check_checkpoint(path)
     return path
 
 

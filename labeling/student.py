@@ -12,7 +12,9 @@ YOLO trained from scratch on their labels becomes the fast production detector (
 `images` are (image_id, BGR array or image file, group) triples; the group is what must not
 straddle the split (a subject, a video, a scraped batch), so the student is scored on images
 of groups it never saw. Nothing here touches the network: ultralytics is prepared offline
-(labeling.yolo_env) and the model is built untrained from its yaml.
+(labeling.yolo_env) and the model is built untrained from its yaml. No code runs from a
+weights file: a .pt to start from or to export is checked first (labeling.safe_weights), and
+ultralytics' own loads go through its restricted loader.
 """
 
 from __future__ import annotations
@@ -274,6 +276,11 @@ def train_student(
         **SHORT_RUN_ARGS,
     }
     args.update(train_args)
+    pretrained = args.get("pretrained")
+    if isinstance(pretrained, (str, Path)) and Path(pretrained).suffix.lower() == ".pt":
+        from labeling.safe_weights import check_checkpoint
+
+        check_checkpoint(pretrained)  # ultralytics would refuse it too, but after the labeling
     model = YOLO(model_yaml)
     model.train(**args)
     best = Path(model.trainer.best)
@@ -294,8 +301,9 @@ def epochs_run(weights: Path) -> int:
 def export_onnx(weights: Path, imgsz: int | None = None) -> Path:
     """weights.pt -> weights.onnx next to it (static input at the training size unless
     `imgsz`), for onnxruntime without torch; load it with load_detector(str(path))."""
-    YOLO = _ultralytics()
-    model = YOLO(str(weights))
+    from labeling.safe_weights import load_yolo
+
+    model = load_yolo(weights)
     kw: dict[str, Any] = {"format": "onnx", "device": "cpu", "verbose": False}
     if imgsz:
         kw["imgsz"] = imgsz

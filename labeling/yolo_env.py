@@ -2,28 +2,75 @@
 `import ultralytics` (../shared/STACK.md, "Ultralytics offline").
 
 Ultralytics reads its environment once, at import: where its settings live, whether it may
-go online, whether it may pip-install missing packages. Its `check_font` also downloads
-Arial.ttf from GitHub unless the file is already in its config folder.
+go online, whether it may pip-install missing packages, whether it loads .pt files with
+`weights_only` (labeling.safe_weights). Its `check_font` also downloads Arial.ttf from GitHub
+unless the file is already in its config folder.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
-import tempfile
 from pathlib import Path
+
+from warehouse.errors import StorageError
 
 FONT_NAME = "Arial.ttf"
 
 
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME (when absolute, as the XDG spec asks), else ~/.cache."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+
+
 def default_config_dir() -> Path:
-    """<data root>/ultralytics when $FERLAB_HOME is set, else a per-user temp folder: never
-    ~/.config, which a data platform should not write to behind the user's back."""
+    """<data root>/ultralytics when $FERLAB_HOME is set, else <user cache>/ferlab/ultralytics,
+    made private (see `private_dir`). Never ~/.config, which a data platform should not write
+    to behind the user's back, nor a fixed name in the shared temp folder, which another user
+    can create first and fill with settings that redirect ultralytics' runs and weights."""
     home = os.environ.get("FERLAB_HOME")
     if home:
         return Path(home).expanduser() / "ultralytics"
-    return Path(tempfile.gettempdir()) / f"ferlab-ultralytics-{os.getuid()}"
+    ours = user_cache_dir() / "ferlab"
+    private_dir(ours)
+    return private_dir(ours / "ultralytics")
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, created with mode 0700 when missing (its parents as mkdir makes them). An
+    existing one must be a real folder of this user that no one else can write to: anything
+    else (a symlink, another owner, group- or world-writable) is a StorageError, since whoever
+    controls it decides what the tools that keep their settings there read and write."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(
+            f"{folder}: cannot create ultralytics' settings folder ({exc.strerror or exc}); "
+            "set FERLAB_HOME or YOLO_CONFIG_DIR to a folder of your own"
+        ) from exc
+    info = os.lstat(folder)
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "it is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "it is not a folder"
+    elif info.st_uid != os.geteuid():
+        problem = f"it belongs to user id {info.st_uid}, not to you"
+    elif info.st_mode & 0o022:
+        problem = f"others can write to it (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise StorageError(
+            f"{folder}: refused as ultralytics' settings folder: {problem}, so another user could "
+            "redirect where models and runs are read and written; remove it, or set FERLAB_HOME or "
+            "YOLO_CONFIG_DIR to a folder of your own"
+        )
+    return folder
 
 
 def _install_font(folder: Path) -> None:
@@ -41,13 +88,15 @@ def _install_font(folder: Path) -> None:
 
 
 def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:
-    """Make ultralytics work with zero network calls; idempotent.
+    """Make ultralytics work with zero network calls and load no code from a weights file;
+    idempotent.
 
-    Sets YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0 and YOLO_CONFIG_DIR (`config_dir`, else the
-    variable already set, else `default_config_dir()`), installs the font, and turns the
-    settings' `sync` (usage analytics) off."""
+    Sets YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0, ULTRALYTICS_SAFE_LOAD=1 and YOLO_CONFIG_DIR
+    (`config_dir`, else the variable already set, else `default_config_dir()`), installs the
+    font, and turns the settings' `sync` (usage analytics) off."""
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     if config_dir is not None:
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     elif not os.environ.get("YOLO_CONFIG_DIR"):
@@ -62,6 +111,7 @@ def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:
     from ultralytics import utils
 
     _keep_thread_settings(opencv_threads)
+    _restrict_checkpoint_loading()
 
     if already and folder != utils.USER_CONFIG_DIR:
         # Imported before us: its config folder is fixed; give that one the font too.
@@ -80,3 +130,15 @@ def _keep_thread_settings(opencv_threads: int) -> None:
 
     torch_utils.NUM_THREADS = torch.get_num_threads()
     cv2.setNumThreads(opencv_threads)
+
+
+def _restrict_checkpoint_loading() -> None:
+    """ultralytics reads ULTRALYTICS_SAFE_LOAD once, at import: when it was imported before
+    the variable was set, switch on the flag its loader reads at each load. Its restricted
+    loader then unpickles .pt files with `weights_only=True` against its allow-list (also for
+    the loads it makes on its own, as training's `pretrained=`) and parses model yaml without
+    eval. labeling.safe_weights.require_restricted_loading checks it before every load."""
+    from ultralytics.nn import tasks
+
+    if hasattr(tasks, "SAFE_LOAD"):
+        tasks.SAFE_LOAD = True

@@ -4,8 +4,10 @@ data's rendered faces, scikit-image's real photos, and media broken on purpose."
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -16,9 +18,10 @@ import skimage.data
 
 from labeling.crops import clip_boxes, crop_faces, eye_angles
 from labeling.detect import detect_files, prefetch, run_detect_cli
-from labeling.detectors import Detection, Detector, load_detector, map_class_names
+from labeling.detectors import Detection, Detector, load_detector, map_class_names, resolve_device
 from labeling.landmarks import DlibEyes
 from labeling.yolo_env import prepare_ultralytics_offline
+from warehouse.errors import ConfigError, InputError, StorageError
 from warehouse.schemas import DETECTIONS
 
 VIDEO = "disfa/Videos_LeftCamera/LeftVideoSN001_comp.avi"
@@ -225,9 +228,9 @@ def test_user_onnx_weights(tmp_path, astronaut):
 
 
 def test_load_detector_specs(tmp_path):
-    with pytest.raises(ValueError, match="unknown detector"):
+    with pytest.raises(ConfigError, match="unknown detector"):
         load_detector("retinaface")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="student.pt"):
         load_detector(str(tmp_path / "student.pt"))
     names = {0: "person", 1: "bicycle", 2: "Face"}
     assert map_class_names(names) == {0: "person", 2: "face"}
@@ -248,6 +251,58 @@ def test_ultralytics_runs_offline(tmp_path, monkeypatch):
     assert SETTINGS["sync"] is False
 
 
+def _without_home(monkeypatch, tmp_path) -> Path:
+    """No FERLAB_HOME, no YOLO_CONFIG_DIR: where ultralytics' settings go is ours to choose."""
+    monkeypatch.delenv("FERLAB_HOME")
+    monkeypatch.delenv("YOLO_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "ferlab" / "ultralytics"
+
+
+def test_ultralytics_settings_without_home_are_private(tmp_path, monkeypatch):
+    """Not a predictable folder in the shared temp folder that another user can create first."""
+    expected = _without_home(monkeypatch, tmp_path)
+    prepare_ultralytics_offline()
+    cfg = Path(os.environ["YOLO_CONFIG_DIR"])
+    assert cfg == expected
+    for folder in (cfg, cfg.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert (cfg / "Ultralytics" / "Arial.ttf").is_file()
+    prepare_ultralytics_offline()  # the folder it made itself passes its own check
+
+
+@pytest.mark.parametrize("trap", ["world_writable", "group_writable_parent", "symlink", "other_owner"])
+def test_a_settings_folder_another_user_controls_is_refused(tmp_path, monkeypatch, trap):
+    expected = _without_home(monkeypatch, tmp_path)
+    expected.parent.mkdir(parents=True, mode=0o700)
+    if trap == "world_writable":
+        expected.mkdir()
+        expected.chmod(0o777)
+    elif trap == "group_writable_parent":
+        expected.mkdir(mode=0o700)
+        expected.parent.chmod(0o770)
+    elif trap == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        expected.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        expected.mkdir(mode=0o700)
+        os.chown(expected, 65534, 65534)
+    with pytest.raises(StorageError) as info:
+        prepare_ultralytics_offline()
+    message = str(info.value)
+    assert "\n" not in message and str(expected.parent if "parent" in trap else expected) in message
+    assert "YOLO_CONFIG_DIR" not in os.environ or os.environ["YOLO_CONFIG_DIR"] != str(expected)
+
+
+def test_resolve_device_refuses_what_it_cannot_use():
+    assert resolve_device("cpu") == "cpu"
+    for device in ("tpu", "cuda:x", "cuda:99"):
+        with pytest.raises(ConfigError, match="device"):
+            resolve_device(device)
+
+
 def test_run_detect_cli(tmp_path, demo, capsys):
     out = tmp_path / "detections.parquet"
     assert run_detect_cli([demo / VIDEO], "yunet", out, stride=3, batch_size=4) == 0
@@ -257,7 +312,69 @@ def test_run_detect_cli(tmp_path, demo, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith('"detection_id","image_id"') and len(captured.out.splitlines()) == 4
     assert "frames: 3, frames with no detection: 0" in captured.err
-    assert run_detect_cli([demo / VIDEO], "nope", None, 1, 1) == 2
+    with pytest.raises(ConfigError, match="unknown detector 'nope'"):
+        run_detect_cli([demo / VIDEO], "nope", None, 1, 1)
+
+
+def _no_detector_load(monkeypatch) -> None:
+    """Fail the test when a run gets as far as loading a detector (seconds to minutes)."""
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the detector was loaded before the arguments were checked")
+
+    import labeling.detectors
+
+    monkeypatch.setattr(labeling.detectors, "load_detector", loaded)
+
+
+@pytest.mark.parametrize("case", ["folder", "missing_folder", "under_a_file", "read_only_folder"])
+def test_detect_out_that_cannot_be_written_fails_at_once(tmp_path, demo, monkeypatch, case):
+    """Before: found only after the whole detection run, as a traceback."""
+    (tmp_path / "a_file").write_text("x")
+    out = {
+        "folder": tmp_path,
+        "missing_folder": tmp_path / "nope" / "d.parquet",
+        "under_a_file": tmp_path / "a_file" / "d.parquet",
+        "read_only_folder": tmp_path / "ro" / "d.parquet",
+    }[case]
+    if case == "read_only_folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes in a read-only folder")
+        out.parent.mkdir(mode=0o500)
+    _no_detector_load(monkeypatch)
+    with pytest.raises(InputError) as info:
+        run_detect_cli([demo / VIDEO], "yunet", out)
+    message = str(info.value)
+    assert "\n" not in message and str(out) in message
+
+
+def test_detect_bad_arguments_fail_at_once(tmp_path, demo, monkeypatch):
+    _no_detector_load(monkeypatch)
+    with pytest.raises(ConfigError, match="stride"):
+        run_detect_cli([demo / VIDEO], "yunet", None, stride=0)
+    with pytest.raises(ConfigError, match="batch"):
+        run_detect_cli([demo / VIDEO], "yunet", None, batch_size=0)
+    with pytest.raises(ConfigError, match="device"):
+        run_detect_cli([demo / VIDEO], "yunet", None, device="tpu")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no media here")
+    with pytest.raises(InputError, match="no image or video") as info:
+        run_detect_cli([tmp_path / "empty", tmp_path / "missing.jpg"], "yunet", None)
+    assert str(tmp_path / "empty") in str(info.value)
+
+
+def test_detect_disk_full_is_one_clear_error(tmp_path, demo, monkeypatch):
+    import labeling.detect
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(labeling.detect.pq, "write_table", full)
+    out = tmp_path / "d.parquet"
+    with pytest.raises(StorageError, match="No space left") as info:
+        run_detect_cli([demo / VIDEO], "yunet", out, stride=10)
+    assert str(out) in str(info.value) and not out.exists()
+    assert not list(tmp_path.iterdir())  # no temp file left behind
 
 
 # ---- crops --------------------------------------------------------------------------------
