@@ -265,6 +265,7 @@ def test_a_gzipped_csv_is_read(tmp_path, wh, name):
         (b"", "is empty"),
         (b"PK\x03\x04" + bytes(200), "zip archive"),
         ("emotion,pixels,Usage\n".encode("utf-16"), "UTF-16"),
+        (b"emotion,pixels,Usage\r" + b"0," + b"7 " * 3000 + b"\r", "CR alone"),
     ],
 )
 def test_a_file_that_is_not_fer2013_is_one_printable_line(tmp_path, content, says):

@@ -151,6 +151,10 @@ def _open(path: Path) -> Iterator[Callable[[bytearray | memoryview], int]]:
             yield readinto
 
 
+def _names(line: bytes) -> list[str]:
+    return [c.strip().strip('"').strip() for c in line.decode("utf-8", "replace").split(",")]
+
+
 def _header(path: Path, head: bytes) -> tuple[_Columns, int]:
     """The columns named by the first line of `head` (the file's first bytes), and where the
     rows start in `head`. A file that is not a FER-2013 CSV is one Fer2013FormatError, whose
@@ -171,8 +175,12 @@ def _header(path: Path, head: bytes) -> tuple[_Columns, int]:
     end = head.find(b"\n", start, start + MAX_HEADER_BYTES)
     no_header = end < 0 and len(head) - start > MAX_HEADER_BYTES  # no line end where a header would have one
     line = head[start : end if end >= 0 else start + MAX_HEADER_BYTES].rstrip(b"\r")
-    names = [c.strip().strip('"').strip() for c in line.decode("utf-8", "replace").split(",")]
+    names = _names(line)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if b"\r" in line and all(c in _names(line.split(b"\r", 1)[0]) for c in REQUIRED_COLUMNS):
+        raise Fer2013FormatError(
+            f"{path}: its lines end in a CR alone (old Mac style); convert them to LF or CRLF line ends"
+        )
     if no_header or missing or len(set(names)) != len(names):
         raise Fer2013FormatError(
             f"{path}: first line {_excerpt(line)} is not FER-2013's header: needs columns emotion, pixels "
