@@ -1,24 +1,37 @@
 """FER-2013 (Kaggle `fer2013.csv`: emotion,pixels,Usage) into the warehouse.
 
 The 35,887 pixel strings (2,304 space-separated values each, ~290 MB of text) are parsed
-without a Python loop over rows: pyarrow reads the CSV, then numpy tokenizes the pixel
-bytes of a block of rows at once (space positions -> token ends -> up to three digit gathers),
-in two threads. Only rows already known to be bad are looked at one by one, to say why.
+without a Python loop over rows: the file is read in blocks of whole lines, and numpy finds a
+block's line ends, commas and quotes, then tokenizes the pixel bytes of all its rows at once
+(space positions -> token ends -> up to three digit gathers); blocks are parsed in threads.
+Only rows already known to be bad are looked at one by one, to say why.
+
+Each physical line is one row. FER-2013's fields never hold a comma or a line break, so a double
+quote may only wrap a whole field (`"70 80 ..."`). A general CSV reader would take an unclosed
+quote as the start of a multi-line value and swallow the rows after it (or shift every later
+line number); here such a line is one `unbalanced_quote` reject and reading goes on at the next
+line. A line that is not UTF-8 (`not_utf8`) or is longer than MAX_LINE_BYTES (`line_too_long`,
+skipped without being held in memory) is likewise one reject. A UTF-8 BOM (Excel) is skipped,
+and a gzipped file is read as such, recognised by its magic bytes whatever its name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import contextlib
+import gzip
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
+from warehouse.errors import InputError
 from warehouse.rejects import Reject
 from warehouse.schemas import EMOTIONS
 from warehouse.sources.common import IngestReport, progress
@@ -30,8 +43,21 @@ USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test
 REQUIRED_COLUMNS = ("emotion", "pixels")
 ANNOTATOR = "fer2013"
 
+# A real row is under 10 KB (2,304 values of at most 3 digits). A longer line is not a row: it is
+# rejected, and skipped up to its end instead of being buffered, however long it is.
+MAX_LINE_BYTES = 1 << 20
+READ_BYTES = 1 << 22  # read at a time; the whole lines of each read are parsed as one block
+TOKENIZE_ROWS = 128  # rows whose pixels are tokenized together (faster than a whole block)
+MAX_HEADER_BYTES = 4096
+UTF8_BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
 
-class Fer2013FormatError(ValueError):
+_COMMA, _QUOTE, _NEWLINE, _CR = 44, 34, 10, 13
+# Line-level problems, in the order they win when a line has several (0: none found).
+_WRONG_FIELD_COUNT, _BLANK, _UNBALANCED_QUOTE, _NOT_UTF8, _LINE_TOO_LONG = 1, 2, 3, 4, 5
+
+
+class Fer2013FormatError(InputError):
     """The file as a whole is not a FER-2013 CSV (no usable header)."""
 
 
@@ -46,107 +72,232 @@ class Fer2013Rows:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def _header(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", errors="replace")
-    names = [c.strip().strip('"').strip() for c in first.rstrip("\r\n").split(",")]
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
-    if missing or len(set(names)) != len(names):
+@dataclass(frozen=True)
+class _Columns:
+    """Where the fields are in a row, from the header."""
+
+    names: list[str]
+    emotion: int
+    pixels: int
+    usage: int | None
+
+
+@dataclass
+class _Block:
+    """The parse of one block of lines: its good rows and its rejects. Lines are numbered from
+    0 in the block until `number` gives them their place in the file."""
+
+    pixels: np.ndarray  # (k, 48, 48) uint8
+    emotion: np.ndarray  # (k,) int8
+    split: np.ndarray  # (k,) int8, index into USAGE_TO_SPLIT's values; -1 without a Usage column
+    line: np.ndarray  # (k,) int64
+    rejects: list[Reject]
+    lines: int  # how many lines the block holds, good or bad
+
+    def number(self, first_line: int) -> _Block:
+        self.line += first_line
+        self.rejects = [replace(r, line=r.line + first_line) for r in self.rejects]
+        return self
+
+
+def _printable(text: str) -> str:
+    """`text` with anything unprintable escaped, for a one-line message."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _excerpt(raw: bytes, limit: int = 60) -> str:
+    """A short, printable, escaped excerpt of bytes read from the input, for a message."""
+    text = _printable(raw[:limit].decode("ascii", "backslashreplace"))
+    return "'" + text[:limit] + ("...'" if len(text) > limit or len(raw) > limit else "'")
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """A field's value in a reject's detail, cut short: a bad field can be a megabyte long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Callable[[bytearray | memoryview], int]]:
+    """A `readinto(buffer)` over the file's bytes (it fills the buffer unless the file ends),
+    gunzipped when the file starts with gzip's magic bytes.
+
+    Whatever goes wrong reading the file as a whole is an InputError naming it."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the path of fer2013.csv")
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist; give the path of fer2013.csv") from None
+    except OSError as e:
+        raise InputError(
+            f"{path} cannot be opened ({e.strerror}); check that it is a readable file"
+        ) from None
+    with raw:
+        gzipped = raw.peek(len(GZIP_MAGIC))[: len(GZIP_MAGIC)] == GZIP_MAGIC
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+
+        def readinto(buffer: bytearray | memoryview) -> int:
+            try:
+                return stream.readinto(buffer)
+            except (OSError, EOFError, zlib.error) as e:
+                if gzipped:
+                    raise InputError(
+                        f"{path}: its gzip data is damaged or cut short ({_printable(str(e))}); "
+                        "download it again, or give the uncompressed fer2013.csv"
+                    ) from e
+                raise InputError(f"{path} could not be read ({_printable(str(e))})") from e
+
+        with stream:
+            yield readinto
+
+
+def _names(line: bytes) -> list[str]:
+    return [c.strip().strip('"').strip() for c in line.decode("utf-8", "replace").split(",")]
+
+
+def _header(path: Path, head: bytes) -> tuple[_Columns, int]:
+    """The columns named by the first line of `head` (the file's first bytes), and where the
+    rows start in `head`. A file that is not a FER-2013 CSV is one Fer2013FormatError, whose
+    message shows at most a short, escaped excerpt of what the file holds."""
+    start = len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0
+    if len(head) == start:
+        raise Fer2013FormatError(f"{path} is empty; give the path of Kaggle's fer2013.csv")
+    if head.startswith(b"PK\x03\x04"):
         raise Fer2013FormatError(
-            f"{path}: header {first.strip()!r} is not FER-2013's: needs columns emotion, pixels "
-            f"(and optionally Usage), found {names}"
+            f"{path} is a zip archive; unzip it and give the path of the fer2013.csv inside"
         )
-    return names
+    if head[257:262] == b"ustar":
+        raise Fer2013FormatError(
+            f"{path} is a tar archive; extract it (tar xf) and give the path of the fer2013.csv inside"
+        )
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise Fer2013FormatError(f"{path} is UTF-16 text; save it as a UTF-8 CSV and give that file")
+    end = head.find(b"\n", start, start + MAX_HEADER_BYTES)
+    no_header = end < 0 and len(head) - start > MAX_HEADER_BYTES  # no line end where a header would have one
+    line = head[start : end if end >= 0 else start + MAX_HEADER_BYTES].rstrip(b"\r")
+    names = _names(line)
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if b"\r" in line and all(c in _names(line.split(b"\r", 1)[0]) for c in REQUIRED_COLUMNS):
+        raise Fer2013FormatError(
+            f"{path}: its lines end in a CR alone (old Mac style); convert them to LF or CRLF line ends"
+        )
+    if no_header or missing or len(set(names)) != len(names):
+        raise Fer2013FormatError(
+            f"{path}: first line {_excerpt(line)} is not FER-2013's header: needs columns emotion, pixels "
+            "(and optionally Usage), each once; give the path of Kaggle's fer2013.csv"
+        )
+    usage = names.index("Usage") if "Usage" in names else None
+    columns = _Columns(names, names.index("emotion"), names.index("pixels"), usage)
+    return columns, end + 1 if end >= 0 else len(head)
 
 
-def _read_table(
-    path: Path, names: list[str], use_threads: bool
-) -> tuple[pa.Table, list[tuple[int | None, int]]]:
-    invalid: list[tuple[int | None, int]] = []
-
-    def on_invalid(row: pcsv.InvalidRow) -> str:
-        invalid.append((row.number, row.actual_columns))
-        return "skip"
-
-    table = pcsv.read_csv(
-        path,
-        read_options=pcsv.ReadOptions(
-            column_names=names, skip_rows=1, use_threads=use_threads, block_size=1 << 24
-        ),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-        convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+def _too_long(uri: str, line: int, length: int) -> Reject:
+    detail = (
+        f"line is {length:,} bytes, over the {MAX_LINE_BYTES:,}-byte limit (a FER-2013 row is under 10 KB)"
     )
-    return table, invalid
+    return Reject("fer2013", uri, "parse", "line_too_long", detail, line)
 
 
-def _tokenize_block(buf: np.ndarray, off: np.ndarray, out: np.ndarray, ok: np.ndarray) -> None:
-    """Parse the pixel strings of one block of rows into `out`; mark rows parsed cleanly in `ok`.
+@dataclass(frozen=True)
+class _LongLine:
+    """A line over MAX_LINE_BYTES, skipped: its length without the newline."""
 
-    buf: the block's bytes; off: row offsets into buf (n+1). A clean row is 2,304 runs of 1-3
-    ASCII digits separated by single spaces, each <= 255."""
+    length: int
+
+
+def _line_blocks(
+    readinto: Callable[[bytearray | memoryview], int], pending: bytes | bytearray
+) -> Iterator[memoryview | _LongLine]:
+    """Cut the stream into blocks of whole lines, each ending in a newline, starting with
+    `pending`; a last line without a newline gets one. Each block is read into a buffer of its
+    own (it is parsed in another thread while the next one is read). A line longer than
+    MAX_LINE_BYTES is never held whole: once that much of it is buffered, the rest is read up to
+    its newline and dropped, and it comes out as a _LongLine."""
+    while True:
+        block = bytearray(len(pending) + READ_BYTES)
+        block[: len(pending)] = pending
+        got = readinto(memoryview(block)[len(pending) :])
+        size = len(pending) + got
+        if got == 0:  # the end: `pending` is what is left, a last line may lack its newline
+            if pending:
+                if block[size - 1] != _NEWLINE:
+                    block[size] = _NEWLINE
+                    size += 1
+                yield memoryview(block)[:size]
+            return
+        cut = block.rfind(b"\n", 0, size) + 1
+        if cut:
+            yield memoryview(block)[:cut]
+        pending = block[cut:size]
+        if len(pending) > MAX_LINE_BYTES:
+            length = len(pending)
+            pending = b""
+            scratch = bytearray(READ_BYTES)
+            while got := readinto(scratch):
+                end = scratch.find(b"\n", 0, got)
+                if end >= 0:
+                    length, pending = length + end, scratch[end + 1 : got]
+                    break
+                length += got
+            yield _LongLine(length)
+            if not got:
+                return
+
+
+def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.StringArray:
+    """The fields buf[starts[i]:ends[i]] as one Arrow string array (short fields: emotion, Usage)."""
+    lengths = ends - starts
+    offsets = np.zeros(len(starts) + 1, np.int32)
+    offsets[1:] = np.cumsum(lengths)
+    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return pa.StringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf[index]))
+
+
+def _tokenize(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.ndarray, ok: np.ndarray) -> None:
+    """Parse the pixel fields buf[starts[i]:ends[i]] of some rows into `out` (m, 2304); mark
+    the rows parsed cleanly in `ok`.
+
+    A clean row is 2,304 runs of 1-3 ASCII digits separated by single spaces, each <= 255. The
+    bytes between the fields (the other fields, line ends) are in `buf` too and are left out."""
+    ok[:] = False
+    if len(starts) == 0:
+        return
+    lo = int(starts[0])
+    buf = buf[lo : int(ends[-1])]
+    starts = starts - lo
+    ends = ends - lo
     digits = buf - np.uint8(48)
     space = buf == 32
     space_pos = np.flatnonzero(space).astype(np.int32)
-    spaces_per_row = np.diff(np.searchsorted(space_pos, off))
+    first_space = np.searchsorted(space_pos, starts)
+    spaces_per_row = np.searchsorted(space_pos, ends) - first_space
+    if spaces_per_row.sum() != len(space_pos):  # spaces outside the pixel fields (e.g. " 3" as emotion)
+        before = np.cumsum(spaces_per_row) - spaces_per_row
+        inside = np.repeat(first_space - before, spaces_per_row) + np.arange(spaces_per_row.sum())
+        space_pos = space_pos[inside]
     shape_ok = spaces_per_row == N_PIXELS - 1
-    bad_char = np.flatnonzero((digits > 9) & ~space)
-    if len(bad_char):
-        shape_ok[np.searchsorted(off, bad_char, side="right") - 1] = False
+    other = np.flatnonzero((digits > 9) & ~space)  # neither digit nor space, in a field or between
+    row = np.searchsorted(starts, other, side="right") - 1
+    shape_ok[row[other < ends[row]]] = False
     if not shape_ok.all():
         space_pos = space_pos[np.repeat(shape_ok, spaces_per_row)]
     n_ok = int(shape_ok.sum())
     if n_ok == 0:
         return
     space_pos = space_pos.reshape(n_ok, N_PIXELS - 1)
-    ends = np.empty((n_ok, N_PIXELS), np.int32)  # index of each token's last digit
-    ends[:, :-1] = space_pos - 1
-    ends[:, -1] = off[1:][shape_ok] - 1
-    starts = np.empty((n_ok, N_PIXELS), np.int32)
-    starts[:, 1:] = space_pos + 1
-    starts[:, 0] = off[:-1][shape_ok]
-    length = ends - starts + 1
-    values = digits[ends].astype(np.uint16)
-    values += np.where(length >= 2, digits[ends - 1], 0).astype(np.uint16) * 10
-    values += np.where(length >= 3, digits[ends - 2], 0).astype(np.uint16) * 100
+    token_end = np.empty((n_ok, N_PIXELS), np.int32)  # index of each token's last digit
+    token_end[:, :-1] = space_pos - 1
+    token_end[:, -1] = ends[shape_ok] - 1
+    token_start = np.empty((n_ok, N_PIXELS), np.int32)
+    token_start[:, 1:] = space_pos + 1
+    token_start[:, 0] = starts[shape_ok]
+    length = token_end - token_start + 1
+    values = digits[token_end].astype(np.uint16)
+    values += np.where(length >= 2, digits[token_end - 1], 0).astype(np.uint16) * 10
+    values += np.where(length >= 3, digits[token_end - 2], 0).astype(np.uint16) * 100
     clean = ((length >= 1) & (length <= 3) & (values <= 255)).all(axis=1)
-    out[shape_ok] = values.astype(np.uint8)
+    out[shape_ok] = values
     ok[shape_ok] = clean
-
-
-def parse_pixels(
-    pixels: pa.ChunkedArray | pa.StringArray, rows_per_block: int = 512, threads: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel strings -> (n, 2304) uint8 and a mask of the rows that parsed cleanly.
-
-    Works on the CSV reader's chunks in place (combining them would copy ~290 MB)."""
-    chunks = pixels.chunks if isinstance(pixels, pa.ChunkedArray) else [pixels]
-    n = sum(len(c) for c in chunks)
-    out = np.zeros((n, N_PIXELS), np.uint8)
-    ok = np.zeros(n, bool)
-    jobs = []  # (bytes of the chunk, its row offsets, first output row, rows)
-    first = 0
-    for chunk in chunks:
-        rows = len(chunk)
-        if rows:
-            chunk = chunk.fill_null("") if chunk.null_count else chunk
-            offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + rows + 1]
-            data = chunk.buffers()[2]
-            buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-            jobs += [
-                (buf, offsets, first, start, min(rows, start + rows_per_block))
-                for start in range(0, rows, rows_per_block)
-            ]
-        first += rows
-
-    def block(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> None:
-        buf, offsets, first, start, stop = job
-        off = offsets[start : stop + 1]
-        rows = slice(first + start, first + stop)
-        _tokenize_block(buf[off[0] : off[-1]], off - off[0], out[rows], ok[rows])
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(block, jobs))
-    return out, ok
 
 
 def _pixel_problem(text: str) -> tuple[str, str]:
@@ -163,66 +314,188 @@ def _pixel_problem(text: str) -> tuple[str, str]:
     return "malformed_pixels", "values must be separated by single spaces"
 
 
-def parse_fer2013(path: str | Path, threads: int = 2) -> Fer2013Rows:
-    path = Path(path)
-    uri = str(path.resolve())
-    names = _header(path)
-    table, invalid = _read_table(path, names, use_threads=True)
-    if invalid and any(number is None for number, _ in invalid):
-        # The threaded reader does not number bad rows; read again serially (bad files only).
-        table, invalid = _read_table(path, names, use_threads=False)
-    rejects = [
-        Reject(
-            "fer2013", uri, "parse", "wrong_field_count", f"{actual} fields, expected {len(names)}", number
-        )
-        for number, actual in invalid
-    ]
-    # Physical line of each parsed row: data starts at line 2; skipped bad rows keep their line.
-    bad_lines = np.array(sorted(number for number, _ in invalid), np.int64)
-    n = table.num_rows
-    candidates = np.arange(2, 2 + n + len(bad_lines), dtype=np.int64)
-    line = np.setdiff1d(candidates, bad_lines, assume_unique=True)[:n]
+def _quote_problem(line: bytes, names: list[str]) -> str:
+    """Which field of a line has a double quote that does not wrap it whole."""
+    for k, value in enumerate(line.split(b","), 1):
+        if b'"' in value and not (
+            len(value) >= 2 and value[:1] == value[-1:] == b'"' and value.count(b'"') == 2
+        ):
+            name = f" ({names[k - 1]})" if k <= len(names) else ""
+            return (
+                f"field {k}{name} has a double quote that does not open and close the whole field; "
+                "FER-2013 fields hold no commas or line breaks, so each line is one row"
+            )
+    return "a double quote that does not open and close a whole field"
 
-    emotion_text = pc.utf8_trim_whitespace(table.column("emotion").combine_chunks())
-    pixels_text = table.column("pixels")
-    is_blank = pc.and_(pc.equal(emotion_text, ""), pc.equal(pixels_text, "")).to_numpy(zero_copy_only=False)
+
+def _parse_block(data: memoryview, columns: _Columns, uri: str) -> _Block:
+    """Parse one block of whole lines (each ending in a newline). Lines are numbered from 0 in
+    the block (blocks are parsed in parallel; the caller knows where each one starts)."""
+    buf = np.frombuffer(data, np.uint8)
+    newline = np.flatnonzero(buf == _NEWLINE)
+    n = len(newline)
+    start = np.zeros(n, np.int64)
+    start[1:] = newline[:-1] + 1
+    end = newline - ((newline > start) & (buf[newline - 1] == _CR))  # a CRLF line ends before its CR
+    lines = np.arange(n, dtype=np.int64)
+    problem = np.zeros(n, np.int8)
+
+    comma = np.flatnonzero(buf == _COMMA)
+    comma_line = np.searchsorted(newline, comma)
+    fields = np.bincount(comma_line, minlength=n) + 1
+    problem[fields != len(columns.names)] = _WRONG_FIELD_COUNT
+    problem[end == start] = _BLANK
+
+    # Quotes: in each field, none, or one pair around the whole of it. Each newline and each
+    # comma starts a new field, so a quote's field is numbered by how many of them precede it.
+    quote = np.flatnonzero(buf == _QUOTE)
+    if len(quote):
+        quote_line = np.searchsorted(newline, quote)
+        field_id = quote_line + np.searchsorted(comma, quote)
+        opens = (quote == start[quote_line]) | (buf[quote - 1] == _COMMA)
+        closes = (quote + 1 == end[quote_line]) | (buf[quote + 1] == _COMMA)
+        first = np.flatnonzero(np.diff(field_id, prepend=-1) != 0)  # each field's first quote
+        count = np.diff(first, append=len(quote))
+        second = np.minimum(first + 1, len(quote) - 1)
+        paired = (count == 2) & opens[first] & closes[second]
+        problem[quote_line[first[~paired]]] = _UNBALANCED_QUOTE
+
+    too_long = newline - start > MAX_LINE_BYTES
+    # Only the lines holding a non-ASCII byte are decoded, to find those that are not UTF-8.
+    not_utf8: dict[int, str] = {}
+    for i in np.unique(np.searchsorted(newline, np.flatnonzero(buf >= 128))):
+        if not too_long[i]:
+            try:
+                bytes(data[start[i] : end[i]]).decode("utf-8")
+            except UnicodeDecodeError as e:
+                not_utf8[int(i)] = (
+                    f"byte {e.start + 1} of the line is 0x{e.object[e.start]:02x}, not UTF-8; "
+                    "save the file as UTF-8"
+                )
+    problem[list(not_utf8)] = _NOT_UTF8
+    problem[too_long] = _LINE_TOO_LONG
+
+    rejects = []
+    for i in np.flatnonzero(problem):
+        code = problem[i]
+        if code == _LINE_TOO_LONG:
+            rejects.append(_too_long(uri, int(lines[i]), int(newline[i] - start[i])))
+            continue
+        if code == _NOT_UTF8:
+            reason, detail = "not_utf8", not_utf8[int(i)]
+        elif code == _UNBALANCED_QUOTE:
+            reason, detail = "unbalanced_quote", _quote_problem(bytes(data[start[i] : end[i]]), columns.names)
+        elif code == _BLANK:
+            reason, detail = "blank_line", "empty line"
+        else:
+            reason, detail = "wrong_field_count", f"{fields[i]} fields, expected {len(columns.names)}"
+        rejects.append(Reject("fer2013", uri, "parse", reason, detail, int(lines[i])))
+
+    # The lines with the right fields: where each field starts and ends, less its quotes.
+    rows = np.flatnonzero(problem == 0)
+    m = len(rows)
+    commas = comma[(problem == 0)[comma_line]].reshape(m, len(columns.names) - 1)
+    f_start = np.empty((m, len(columns.names)), np.int64)
+    f_end = np.empty((m, len(columns.names)), np.int64)
+    f_start[:, 0], f_start[:, 1:] = start[rows], commas + 1
+    f_end[:, :-1], f_end[:, -1] = commas, end[rows]
+    quoted = (f_end - f_start >= 2) & (buf[f_start] == _QUOTE)
+    f_start += quoted
+    f_end -= quoted
+
+    emotion_text = pc.utf8_trim_whitespace(
+        _strings(buf, f_start[:, columns.emotion], f_end[:, columns.emotion])
+    )
+    p_start, p_end = f_start[:, columns.pixels], f_end[:, columns.pixels]
+    is_blank = pc.equal(emotion_text, "").to_numpy(zero_copy_only=False) & (p_start == p_end)
     emotion_index = pc.index_in(emotion_text, value_set=pa.array([str(i) for i in range(len(EMOTIONS))]))
-    emotion = emotion_index.to_numpy(zero_copy_only=False)
-    emotion_ok = ~np.isnan(emotion.astype(float)) if emotion_index.null_count else np.ones(n, bool)
-    if "Usage" in names:
-        usage_text = pc.utf8_trim_whitespace(table.column("Usage").combine_chunks())
-        split_arr = pc.index_in(usage_text, value_set=pa.array(list(USAGE_TO_SPLIT)))
-        usage_ok = split_arr.is_valid().to_numpy(zero_copy_only=False)
-        split_names = np.array(list(USAGE_TO_SPLIT.values()), dtype=object)
-        split_all = split_names[split_arr.fill_null(0).to_numpy(zero_copy_only=False)]
+    emotion = emotion_index.fill_null(-1).to_numpy(zero_copy_only=False)
+    if columns.usage is not None:
+        usage = columns.usage
+        usage_text = pc.utf8_trim_whitespace(_strings(buf, f_start[:, usage], f_end[:, usage]))
+        split = pc.index_in(usage_text, value_set=pa.array(list(USAGE_TO_SPLIT))).fill_null(-1)
+        split = split.to_numpy(zero_copy_only=False)
+        usage_ok = split >= 0
     else:
         usage_text = None
-        usage_ok = np.ones(n, bool)
-        split_all = np.full(n, None, dtype=object)
+        split = np.full(m, -1)
+        usage_ok = np.ones(m, bool)
+    pixels = np.empty((m, N_PIXELS), np.uint8)
+    pixels_ok = np.empty(m, bool)
+    for a in range(0, m, TOKENIZE_ROWS):  # a few hundred KB at a time: the work arrays stay in cache
+        b = a + TOKENIZE_ROWS
+        _tokenize(buf, p_start[a:b], p_end[a:b], pixels[a:b], pixels_ok[a:b])
 
-    pixels, pixels_ok = parse_pixels(pixels_text, threads=threads)
-    good = ~is_blank & emotion_ok & usage_ok & pixels_ok
+    good = ~is_blank & (emotion >= 0) & usage_ok & pixels_ok
     for i in np.flatnonzero(~good):
-        row_line = int(line[i])
         if is_blank[i]:
             reason, detail = "blank_line", "empty line"
-        elif not emotion_ok[i]:
-            reason, detail = "unknown_emotion", f"emotion {emotion_text[i].as_py()!r} is not one of 0..6"
+        elif emotion[i] < 0:
+            reason, detail = "unknown_emotion", f"emotion {_show(emotion_text[i].as_py())} is not one of 0..6"
         elif not usage_ok[i]:
-            reason, detail = (
-                "unknown_usage",
-                f"Usage {usage_text[i].as_py()!r} is not one of {list(USAGE_TO_SPLIT)}",
-            )
+            reason = "unknown_usage"
+            detail = f"Usage {_show(usage_text[i].as_py())} is not one of {list(USAGE_TO_SPLIT)}"
         else:
-            reason, detail = _pixel_problem(pixels_text[i].as_py())
-        rejects.append(Reject("fer2013", uri, "parse", reason, detail, row_line))
-    rejects.sort(key=lambda r: r.line or 0)
+            reason, detail = _pixel_problem(bytes(data[p_start[i] : p_end[i]]).decode("utf-8"))
+        rejects.append(Reject("fer2013", uri, "parse", reason, detail, int(lines[rows[i]])))
     keep = np.flatnonzero(good)
+    return _Block(
+        pixels=(pixels if len(keep) == m else pixels[keep]).reshape(-1, SIDE, SIDE),
+        emotion=emotion[keep].astype(np.int8),
+        split=split[keep].astype(np.int8),
+        line=lines[rows[keep]],
+        rejects=rejects,
+        lines=n,
+    )
+
+
+def parse_fer2013(path: str | Path, threads: int = 2) -> Fer2013Rows:
+    """Read a FER-2013 CSV (plain or gzipped): its good rows, and one reject per bad line.
+
+    Raises InputError (Fer2013FormatError when the file is readable but not FER-2013's) when
+    the file as a whole is unusable; a bad row never stops the parse."""
+    path = Path(path)
+    uri = str(path.resolve())
+    blocks: list[_Block] = []
+    rejects: list[Reject] = []
+    line = 2  # the next line to number: the header is line 1
+    with _open(path) as readinto, ThreadPoolExecutor(threads) as pool:
+        head = bytearray(READ_BYTES)
+        head = head[: readinto(head)]
+        columns, rows_start = _header(path, head)
+        queue: deque[Future[_Block] | _LongLine] = deque()  # in file order
+
+        def settle_oldest() -> None:
+            nonlocal line
+            item = queue.popleft()
+            if isinstance(item, _LongLine):
+                rejects.append(_too_long(uri, line, item.length))
+                line += 1
+            else:
+                block = item.result().number(line)
+                blocks.append(block)
+                line += block.lines
+
+        for item in _line_blocks(readinto, head[rows_start:]):
+            queue.append(
+                item if isinstance(item, _LongLine) else pool.submit(_parse_block, item, columns, uri)
+            )
+            if len(queue) > threads:  # a few blocks in flight: memory stays bounded
+                settle_oldest()
+        while queue:
+            settle_oldest()
+    rejects += [r for b in blocks for r in b.rejects]
+    rejects.sort(key=lambda r: r.line or 0)
+    split_names = np.array([*USAGE_TO_SPLIT.values(), None], dtype=object)  # -1: no Usage column
+    empty = _Block(
+        np.zeros((0, SIDE, SIDE), np.uint8), *(np.zeros(0, t) for t in (np.int8, np.int8, np.int64)), [], 0
+    )
+    blocks.insert(0, empty)  # a file with no rows still gives arrays of the right types
     return Fer2013Rows(
-        pixels=pixels[keep].reshape(-1, SIDE, SIDE),
-        emotion=np.asarray(emotion, dtype=np.float64)[keep].astype(np.int8),
-        split=list(split_all[keep]),
-        line=line[keep],
+        pixels=np.concatenate([b.pixels for b in blocks]),
+        emotion=np.concatenate([b.emotion for b in blocks]),
+        split=list(split_names[np.concatenate([b.split for b in blocks])]),
+        line=np.concatenate([b.line for b in blocks]),
         rejects=rejects,
     )
 
