@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="ingest a source into the warehouse")
     kinds = ingest.add_subparsers(dest="kind", required=True, metavar="SOURCE")
-    fer = kinds.add_parser("fer2013", help="the Kaggle fer2013.csv (emotion,pixels,Usage)")
-    fer.add_argument("csv", type=Path, help="path to fer2013.csv")
+    fer = kinds.add_parser("fer2013", help="the Kaggle fer2013.csv or .csv.gz (emotion,pixels,Usage)")
+    fer.add_argument("csv", type=Path, help="path to fer2013.csv (gzipped too)")
     fer.add_argument("--threads", type=int, default=2, help="parser/encoder threads (default 2)")
     fer.set_defaults(func=cmd_ingest_fer2013)
     disfa = kinds.add_parser("disfa", help="a DISFA root (Videos_LeftCamera/, ActionUnit_Labels/)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from warehouse.rejects import Reject
+from warehouse.store import LabelWrite
 
 
 @dataclass
@@ -26,6 +27,11 @@ class IngestReport:
 
     def add(self, table: str, n: int) -> None:
         self.added[table] = self.added.get(table, 0) + n
+
+    def count_labels(self, table: str, written: LabelWrite) -> None:
+        """Count what a write to a label table did: new labels and corrected ones."""
+        self.add(table, written.added)
+        self.updated[table] = self.updated.get(table, 0) + written.updated
 
     def summary(self) -> str:
         added = ", ".join(f"{k} +{v}" for k, v in sorted(self.added.items())) or "nothing new"

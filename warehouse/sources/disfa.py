@@ -471,9 +471,7 @@ def _ingest_video(
             else:
                 report.add("images", 0)
             au = _au_rows(batch_ids, np.asarray(batch_frames, dtype=np.int64), labels)
-            written = wh.append_labels("au_labels", au)
-            report.add("au_labels", written.added)
-            report.updated["au_labels"] = report.updated.get("au_labels", 0) + written.updated
+            report.count_labels("au_labels", wh.append_labels("au_labels", au))
             rows.clear()
             batch_ids.clear()
             batch_frames.clear()

@@ -588,7 +588,8 @@ def ingest_fer2013(
         }
     )
     report.add("images", wh.append("images", images))
-    report.add("emotion_labels", wh.append("emotion_labels", labels))
+    # A row whose emotion was corrected in the CSV supersedes the stored label (same image).
+    report.count_labels("emotion_labels", wh.append_labels("emotion_labels", labels))
     report.add("rejects", wh.add_rejects(rows.rejects))
     report.rejects = rows.rejects
     report.images_found = n

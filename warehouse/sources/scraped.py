@@ -197,7 +197,9 @@ def ingest_scraped(
     def flush() -> None:
         # Media are already on disk; rows go images -> labels -> rejects, each a whole part.
         report.add("images", wh.append("images", _rows("images", images)))
-        report.add("emotion_labels", wh.append("emotion_labels", _rows("emotion_labels", labels)))
+        report.count_labels(
+            "emotion_labels", wh.append_labels("emotion_labels", _rows("emotion_labels", labels))
+        )
         report.add("rejects", wh.add_rejects(rejects))
         report.rejects.extend(rejects)
         images.clear()
