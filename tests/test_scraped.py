@@ -281,27 +281,26 @@ def test_killed_run_resumes(ingested, tmp_path: Path, monkeypatch: pytest.Monkey
     folder, full, _ = ingested
     monkeypatch.setattr(scraped, "_WRITE_EVERY", 4)  # several bounded writes per run
     wh = Warehouse(tmp_path / "wh")
-    real_append = wh.append
+    real_append_labels = wh.append_labels
     calls = {"emotion_labels": 0}
 
-    def dying_append(name: str, rows):  # the run dies between two writes, after some landed
-        if name == "emotion_labels":
-            calls[name] += 1
-            if calls[name] == 3:
-                raise KeyboardInterrupt
-        return real_append(name, rows)
+    def dying_append_labels(name: str, rows):  # the run dies between two writes, after some landed
+        calls[name] += 1
+        if calls[name] == 3:
+            raise KeyboardInterrupt
+        return real_append_labels(name, rows)
 
-    monkeypatch.setattr(wh, "append", dying_append)
+    monkeypatch.setattr(wh, "append_labels", dying_append_labels)
     with pytest.raises(KeyboardInterrupt):
         ingest_scraped(wh, folder, show_progress=False)
     partial = _counts(wh)
     assert 0 < partial["images"] < _count(full, "images")
-    monkeypatch.setattr(wh, "append", real_append)
+    monkeypatch.setattr(wh, "append_labels", real_append_labels)
     ingest_scraped(wh, folder, show_progress=False)
 
     queries = {
         "images": "SELECT * FROM images",
-        "emotion_labels": "SELECT * FROM emotion_labels",
+        "emotion_labels": "SELECT * EXCLUDE (recorded_at) FROM emotion_labels",  # when it was written differs
         "rejects": "SELECT reject_id FROM rejects",
         "near_duplicates": "SELECT * FROM near_duplicates",
     }
