@@ -76,14 +76,17 @@ def _runs(port: int, job: str) -> list[dict]:
     return _graphql(port, RUNS, {"job": job})["runsOrError"]["results"]
 
 
-def _wait(predicate, timeout: float, what: str):
+def _wait(predicate, timeout: float, what: str, log: Path | None = None):
+    """Poll until `predicate` holds; waits are minutes, since CI machines are shared and slow.
+    A time-out fails with the tail of the server's log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(1)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 @pytest.mark.slow
@@ -117,7 +120,7 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
             except OSError:
                 return False
 
-        _wait(server_up, 120, "the webserver")
+        _wait(server_up, 600, "the webserver", tmp_path / "dagster.log")
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution("fer2013_ingest_job")
 
@@ -125,7 +128,7 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
             status = client.get_run_status(run).value
             return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
 
-        assert _wait(lambda: finished(run_id), 180, "the fer2013 run") == "SUCCESS"
+        assert _wait(lambda: finished(run_id), 900, "the fer2013 run", tmp_path / "dagster.log") == "SUCCESS"
 
         # The daemon ticks the DISFA sensor: both subjects become partitions and get a run each.
         def disfa_runs_done():
@@ -133,7 +136,7 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
             done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
             return runs if len(runs) == 2 and len(done) == 2 else None
 
-        runs = _wait(disfa_runs_done, 240, "the sensor's DISFA runs")
+        runs = _wait(disfa_runs_done, 900, "the sensor's DISFA runs", tmp_path / "dagster.log")
         assert {r["status"] for r in runs} == {"SUCCESS"}
         partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
         assert partitions == {"SN001", "SN002"}
