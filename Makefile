@@ -10,7 +10,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export YOLO_OFFLINE := 1
 
-.PHONY: setup demo test bench dev lint format clean
+.PHONY: setup demo test test-fast bench dev lint format clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# The development loop: no servers, no training (the full suite is `make test`, as CI runs it).
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -m "not slow and not server"
 
 bench: setup
 	$(PY) -m benchmarks.fer2013_ingest

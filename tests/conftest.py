@@ -4,6 +4,7 @@ pointed at a throwaway folder before anything imports them."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,3 +35,34 @@ def wh(tmp_path):
     from warehouse import Warehouse
 
     return Warehouse(tmp_path / "home")
+
+
+class DemoRenders:
+    """The demo data, rendered once per (size, seed) for the whole session: rendering the small
+    demo is the costliest fixture in the suite, and a dozen modules want it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, size: str = "small", seed: int = 0) -> Path:
+        """The shared render; read it, never write under it (use `copy` for that)."""
+        from ferlab.demodata import generate_demo_data
+
+        out = self.root / f"{size}-{seed}"
+        done = out / ".rendered"
+        if not done.exists():
+            if out.exists():  # a render interrupted earlier in this session
+                shutil.rmtree(out)
+            generate_demo_data(out, seed=seed, size=size)
+            done.touch()
+        return out
+
+    def copy(self, dest: Path, size: str = "small", seed: int = 0) -> Path:
+        """A private copy of the render at `dest` (a new folder); returns `dest`."""
+        shutil.copytree(self.path(size, seed), dest, ignore=shutil.ignore_patterns(".rendered"))
+        return dest
+
+
+@pytest.fixture(scope="session")
+def demo_renders(tmp_path_factory) -> DemoRenders:
+    return DemoRenders(tmp_path_factory.mktemp("demo-renders"))

@@ -15,6 +15,8 @@ import pytest
 
 from warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # every case runs the CLI in a subprocess: left out of `make test-fast`
+
 _SCRIPT = Path(__file__).parent / "data" / "make_broken.py"
 _spec = importlib.util.spec_from_file_location("make_broken", _SCRIPT)
 make_broken = importlib.util.module_from_spec(_spec)

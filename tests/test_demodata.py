@@ -20,8 +20,8 @@ from warehouse.sources.scraped import ingest_scraped
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return generate_demo_data(tmp_path_factory.mktemp("demo"), seed=0, size="small")
+def demo(demo_renders) -> Path:
+    return demo_renders.path("small", seed=0)
 
 
 def _truth(demo: Path) -> list[dict]:

@@ -23,6 +23,8 @@ from ferlab.synth import RENDERABLE_AUS, emotion_aus, identity_variants, load_so
 from ferlab.weights import weight_path
 from warehouse.schemas import AU_PRESENT_THRESHOLD, EMOTIONS
 
+pytestmark = pytest.mark.slow  # renders and fits hundreds of faces: left out of `make test-fast`
+
 CROP = 128
 RENDERS_PER_IDENTITY = 60
 VARIANTS_PER_FACE = 3

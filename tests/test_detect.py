@@ -30,10 +30,8 @@ VIDEO_FRAMES = 30  # the "tiny" demo's DISFA video
 
 # ---- fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from ferlab.demodata import generate_demo_data
-
-    return generate_demo_data(tmp_path_factory.mktemp("demo"), seed=0, size="tiny")
+def demo(demo_renders) -> Path:
+    return demo_renders.path("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from ferlab.weights import PACKAGED_FILES, weight_path
 from warehouse.hashing import sha256_file
 
@@ -22,6 +24,7 @@ def test_weights_cli_lists_them():
     assert out.stdout.count("present") == len(PACKAGED_FILES)
 
 
+@pytest.mark.server
 def test_fiftyone_database_starts_and_stores_a_sample(tmp_path):
     import fiftyone as fo
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -90,15 +89,22 @@ def test_choose_thresholds_no_positives_predicts_none():
     assert multilabel_scores(y, p, t)["precision"][0] == 0.0
 
 
-def test_choose_thresholds_is_vectorised():
+def test_choose_thresholds_reaches_the_brute_force_optimum():
+    """Against an oracle: every distinct score tried as a cut, one by one (speed: `make bench`)."""
     rng = np.random.default_rng(0)
-    y = rng.random((100_000, 12)) < 0.2
-    p = rng.random((100_000, 12)).astype(np.float32)
-    start = time.perf_counter()
+    y = rng.random((400, 5)) < 0.2
+    p = np.round(rng.random((400, 5)), 2)  # rounded: ties between samples, as real scores have
     t = choose_thresholds(y, p)
+
+    def f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+        tp = np.sum(truth & predicted)
+        return 2 * tp / (truth.sum() + predicted.sum())
+
+    for j in range(y.shape[1]):
+        best = max(f1(y[:, j], p[:, j] >= cut) for cut in np.unique(p[:, j]))
+        assert f1(y[:, j], p[:, j] >= t[j]) == pytest.approx(best)
     t_grid = choose_thresholds(y, p, grid=np.linspace(0, 1, 101))
-    assert time.perf_counter() - start < 5.0
-    assert t.shape == t_grid.shape == (12,)
+    assert t_grid.shape == (5,)
 
 
 def test_pr_curve_and_average_precision_by_hand():
