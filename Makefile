@@ -41,6 +41,7 @@ bench: setup
 	$(PY) -m benchmarks.fer2013_ingest
 	$(PY) -m benchmarks.detect_video
 	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.thresholds
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev
