@@ -82,8 +82,9 @@ class Task(ABC):
     def true_labels(self, targets: np.ndarray) -> np.ndarray:
         """Targets in the form evaluation takes (`FoldPredictions.y_true`)."""
 
-    def thresholds(self, val_targets: np.ndarray, val_prob: np.ndarray) -> np.ndarray | None:
-        """Decision thresholds chosen on validation data, or None where the task has none."""
+    def thresholds(self, val_targets: np.ndarray, val_prob: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """Decision thresholds chosen on validation data (`val_prob()` predicts it, only when the
+        task needs it), or None where the task has none."""
         return None
 
     @abstractmethod
@@ -169,9 +170,9 @@ class AUTask(Task):
     def true_labels(self, targets: np.ndarray) -> np.ndarray:
         return targets.astype(bool)
 
-    def thresholds(self, val_targets: np.ndarray, val_prob: np.ndarray) -> np.ndarray:
+    def thresholds(self, val_targets: np.ndarray, val_prob: Callable[[], np.ndarray]) -> np.ndarray:
         # chosen on validation data, never on the test fold
-        return choose_thresholds(val_targets.astype(bool), val_prob)
+        return choose_thresholds(val_targets.astype(bool), val_prob())
 
     def fold_rows(self, fold: FoldPredictions) -> list[Row]:
         return multilabel_fold_rows(fold)
