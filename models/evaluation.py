@@ -161,5 +161,5 @@ class Rows:
         return self._v[(fold, metric, label)]
 
     def pm(self, metric: str, label: str = "") -> str:
-        """"mean ± std" over folds, three decimals."""
+        """ "mean ± std" over folds, three decimals."""
         return f"{self(metric, label):.3f} ± {self(metric + '_std', label):.3f}"

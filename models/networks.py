@@ -81,7 +81,9 @@ class ModelConfig:
         if not self.labels:
             raise ValueError("labels is empty: the model needs at least one output")
         if len(self.labels) < task.min_outputs:
-            raise ValueError(f"a {task.name} model needs at least {task.min_outputs} outputs, not {self.labels}")
+            raise ValueError(
+                f"a {task.name} model needs at least {task.min_outputs} outputs, not {self.labels}"
+            )
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels repeat: {self.labels}")
         if not 0.0 <= self.dropout < 1.0:

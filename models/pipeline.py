@@ -105,7 +105,9 @@ def train_model(wh: Warehouse, version: str, settings: TrainingSettings, log: Pr
     )
     saved = {"settings": settings.to_dict()}
     for run in runs:
-        save_checkpoint(out / f"fold-{run.predictions.fold}.pt", run.fit.model, network, {**saved, **_fit_info(run)})
+        save_checkpoint(
+            out / f"fold-{run.predictions.fold}.pt", run.fit.model, network, {**saved, **_fit_info(run)}
+        )
     if settings.refit:
         everything = np.arange(len(faces))
         train_idx, val_idx, how = validation_split(faces.groups, everything, seed=settings.seed)

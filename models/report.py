@@ -131,7 +131,8 @@ def compare_losses_report(
     doc.img("f1_by_loss.png", "per-AU F1 per loss, mean over folds with std error bars")
     doc.h(2, "Per-AU average precision (all folds pooled)")
     doc.table(
-        ["AU"] + losses, [[lab] + [render.fmt(rs[name]("ap_pooled", lab)) for name in losses] for lab in labels]
+        ["AU"] + losses,
+        [[lab] + [render.fmt(rs[name]("ap_pooled", lab)) for name in losses] for lab in labels],
     )
     render.baselines_section(
         doc,

@@ -58,7 +58,7 @@ class TrainingSettings(BaseModel):
     )
     weights: str | None = Field(
         None,
-        description='unset: the architecture\'s own (packaged ImageNet for mobilenet_v2, random init for the '
+        description="unset: the architecture's own (packaged ImageNet for mobilenet_v2, random init for the "
         'others); "packaged": the packaged ImageNet file (mobilenet_v2 only, else an error); "": random init; '
         "else the path of a state dict",
     )
@@ -70,12 +70,20 @@ class TrainingSettings(BaseModel):
     folds: int = Field(3, ge=0, description="subject-exclusive folds; 0 = the version's train/val/test split")
     refit: bool = Field(False, description="train the production model on all data after cross-validation")
     batch_size: int = Field(64, ge=2, description="images per training batch")
-    head_epochs: int = Field(50, ge=1, description="stage 1 (head only, backbone frozen): at most this many epochs")
+    head_epochs: int = Field(
+        50, ge=1, description="stage 1 (head only, backbone frozen): at most this many epochs"
+    )
     head_lr: float = Field(1e-3, gt=0, description="stage 1 learning rate (Adam)")
-    finetune_epochs: int = Field(5, ge=0, description="stage 2 (fine-tuning) epochs of a transfer model; 0 skips it")
-    finetune_blocks: int = Field(-1, ge=-1, description="stage 2 trains the backbone's last N blocks; -1: all")
+    finetune_epochs: int = Field(
+        5, ge=0, description="stage 2 (fine-tuning) epochs of a transfer model; 0 skips it"
+    )
+    finetune_blocks: int = Field(
+        -1, ge=-1, description="stage 2 trains the backbone's last N blocks; -1: all"
+    )
     finetune_lr: float = Field(1e-5, gt=0, description="stage 2 learning rate (the seeds': Adam 1e-5)")
-    scratch_epochs: int = Field(20, ge=1, description="epochs of a network trained from scratch (fer2013_cnn)")
+    scratch_epochs: int = Field(
+        20, ge=1, description="epochs of a network trained from scratch (fer2013_cnn)"
+    )
     scratch_lr: float = Field(1e-3, gt=0, description="learning rate from scratch (seed 003: Adam 1e-3)")
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay (seed 004)")
     patience: int = Field(
@@ -86,7 +94,9 @@ class TrainingSettings(BaseModel):
     augment: bool = Field(True, description="flip, zoom-out and half-face join on training batches")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     amp: bool = Field(True, description="float16 autocast on CUDA")
-    seed: int = Field(0, ge=0, description="seed of initialisation, shuffling, augmentation, validation split")
+    seed: int = Field(
+        0, ge=0, description="seed of initialisation, shuffling, augmentation, validation split"
+    )
 
     def __init__(self, **data: Any) -> None:
         """Validate `data` into settings.
@@ -116,7 +126,7 @@ class TrainingSettings(BaseModel):
 
     @property
     def protocol(self) -> str:
-        """"<k>-fold" (subject-exclusive cross-validation) or "holdout" (the version's split)."""
+        """ "<k>-fold" (subject-exclusive cross-validation) or "holdout" (the version's split)."""
         return f"{self.folds}-fold" if self.folds > 0 else "holdout"
 
     @property
@@ -167,7 +177,9 @@ class AUTrainingSettings(TrainingSettings):
 
     kind: ClassVar[str] = "au"
 
-    aus: tuple[int, ...] = Field(SEED_AUS, min_length=1, description="the AUs to learn (seed 000's 8 DISFA AUs)")
+    aus: tuple[int, ...] = Field(
+        SEED_AUS, min_length=1, description="the AUs to learn (seed 000's 8 DISFA AUs)"
+    )
     loss: AULoss = Field("bce", description="bce, lsep or pr (the precision-recall loss), seed 000")
     pos_weight: bool = Field(False, description="bce: weight positives by negatives/positives per AU")
     folds: int = Field(3, ge=2, description="subject-exclusive folds (seed 000: 3)")
@@ -216,7 +228,9 @@ class EmotionTrainingSettings(TrainingSettings):
         return "cross-entropy" + (" (class-weighted)" if self.class_weight_mu is not None else "")
 
 
-SETTINGS: dict[str, type[TrainingSettings]] = {s.kind: s for s in (AUTrainingSettings, EmotionTrainingSettings)}
+SETTINGS: dict[str, type[TrainingSettings]] = {
+    s.kind: s for s in (AUTrainingSettings, EmotionTrainingSettings)
+}
 
 
 def settings_from_dict(data: dict[str, Any]) -> TrainingSettings:

@@ -75,7 +75,9 @@ class Task(ABC):
         """The model's output activation (what ONNX exports and reports score)."""
 
     @abstractmethod
-    def criterion(self, settings: TrainingSettings, train_targets: np.ndarray, device: torch.device) -> Criterion:
+    def criterion(
+        self, settings: TrainingSettings, train_targets: np.ndarray, device: torch.device
+    ) -> Criterion:
         """The training loss for `settings`, weighted from the training targets where asked."""
 
     @abstractmethod
