@@ -3,6 +3,7 @@ Training and evaluation assets are partitioned by dataset version; each is a thi
 models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
 from pathlib import Path
+from typing import Any, ClassVar, get_args, get_origin
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -14,24 +15,22 @@ from dagster import (
     asset,
     asset_check,
 )
-from pydantic import Field
+from pydantic import Field, create_model
 
 from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
-from models.networks import ModelConfig
 from models.pipeline import (
-    HEADLINE,
     ModelRun,
     check_exports,
     compare_losses,
     evaluate_model,
     latest_model_id,
     load_run,
-    make_configs,
     train_model,
 )
-from models.train import TrainConfig
+from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
+from models.tasks import get_task
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -63,58 +62,49 @@ def dataset_version(context: AssetExecutionContext, warehouse: WarehouseResource
     )
 
 
-class ModelTrainingConfig(Config):
-    """What to train; defaults follow the seeds (MobileNetV2 with ImageNet weights at 224 px and
-    subject-exclusive 3-fold for AUs; the version's train/val/test split for emotions)."""
-
-    architecture: str = Field(
-        "",
-        description='mobilenet_v2 | mobilenet_v1 | densenet121 | densenet201 | fer2013_cnn; "" = the task\'s default',
-    )
-    loss: str = Field(
-        "bce", description="AU loss: bce | lsep | pr (emotion models use weighted cross-entropy)"
-    )
-    image_size: int = 224
-    weights: str = Field("packaged", description='"packaged" ImageNet MobileNetV2, "" random init, or a file')
-    alpha: float = Field(1.0, description="MobileNet-v1 width multiplier")
-    folds: int = Field(3, description="subject-exclusive folds; 0 = the version's train/val/test split")
-    epochs: int | None = Field(None, description="fine-tuning epochs (transfer) or epochs (CNN from scratch)")
-    head_epochs: int = 50
-    finetune_lr: float = Field(1e-5, description="fine-tuning learning rate (the seeds': Adam 1e-5)")
-    finetune_blocks: int = Field(-1, description="-1: fine-tune the whole backbone; N: its last N blocks")
-    batch_size: int = 64
-    refit: bool = Field(False, description="train the production model on all data after cross-validation")
-    device: str = "auto"
-
-    def configs(self, task: str) -> tuple[ModelConfig, TrainConfig]:
-        return make_configs(
-            task,
-            self.architecture,
-            self.loss,
-            self.image_size,
-            self.weights,
-            self.alpha,
-            self.epochs,
-            self.head_epochs,
-            self.finetune_blocks,
-            self.batch_size,
-            self.device,
-            finetune_lr=self.finetune_lr,
-        )
+def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
+    # Dagster's config schema has lists, not tuples; the settings turn the list back into a tuple.
+    if get_origin(annotation) is tuple:
+        return list[get_args(annotation)[0]], list(default)
+    return annotation, default
 
 
-class EmotionTrainingConfig(ModelTrainingConfig):
-    folds: int = Field(0, description="0 = the version's train/val/test split (FER-2013's Usage); k = k-fold")
+class TrainingConfig(Config):
+    """Base of the training assets' configs: the fields come from a settings class (see
+    `training_config`), never declared here."""
+
+    settings_type: ClassVar[type[TrainingSettings]]
+
+    def settings(self) -> TrainingSettings:
+        """The run's settings object (raises ConfigError, one line, on a bad value)."""
+        return self.settings_type(**{n: getattr(self, n) for n in self.settings_type.model_fields})
+
+
+def training_config(settings: type[TrainingSettings], name: str, **extra: Any) -> type[TrainingConfig]:
+    """A Dagster `Config` with the fields (types, defaults, descriptions) of a settings class, plus
+    `extra` fields ((type, Field) pairs); `.settings()` validates it into the settings object."""
+    fields = {}
+    for n, f in settings.model_fields.items():
+        annotation, default = _config_field(f.annotation, f.default)
+        fields[n] = (annotation, Field(default, description=f.description))
+    config = create_model(name, __base__=TrainingConfig, __doc__=settings.__doc__, **fields, **extra)
+    config.settings_type = settings
+    return config
+
+
+AUModelConfig = training_config(AUTrainingSettings, "AUModelConfig")
+EmotionModelConfig = training_config(EmotionTrainingSettings, "EmotionModelConfig")
+LossComparisonConfig = training_config(
+    AUTrainingSettings,
+    "LossComparisonConfig",
+    losses=(list[str], Field(["bce", "lsep", "pr"], description="the AU losses to compare")),
+)
 
 
 def _train(
-    context: AssetExecutionContext, warehouse: WarehouseResource, config: ModelTrainingConfig, task: str
-):
-    wh = warehouse.get()
-    mc, tc = config.configs(task)
-    run = train_model(
-        wh, context.partition_key, mc, tc, folds=config.folds, refit=config.refit, log=context.log.info
-    )
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: TrainingConfig
+) -> MaterializeResult:
+    run = train_model(warehouse.get(), context.partition_key, config.settings(), log=context.log.info)
     return MaterializeResult(metadata=_model_metadata(run))
 
 
@@ -122,7 +112,7 @@ def _model_metadata(run: ModelRun) -> dict:
     info = run.info
     return {
         "model_id": MetadataValue.text(run.model_id),
-        "architecture": MetadataValue.text(info["model_config"]["architecture"]),
+        "architecture": MetadataValue.text(info["network"]["architecture"]),
         "backbone_weights": MetadataValue.text(info["weights_source"]),
         "protocol": MetadataValue.text(info["protocol"]),
         "faces": MetadataValue.int(info["n_faces"]),
@@ -138,20 +128,20 @@ def _model_metadata(run: ModelRun) -> dict:
 
 @asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
 def au_model(
-    context: AssetExecutionContext, warehouse: WarehouseResource, config: ModelTrainingConfig
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: AUModelConfig
 ) -> MaterializeResult:
     """Action Unit detector (seeds 000/002): backbone -> GAP -> BN -> ReLU -> Dropout -> Linear ->
     sigmoid over the 8 DISFA AUs, two-stage transfer learning, subject-exclusive k-fold."""
-    return _train(context, warehouse, config, "au")
+    return _train(context, warehouse, config)
 
 
 @asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
 def emotion_model(
-    context: AssetExecutionContext, warehouse: WarehouseResource, config: EmotionTrainingConfig
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: EmotionModelConfig
 ) -> MaterializeResult:
     """7-class emotion classifier: the MobileNetV2 transfer recipe with a softmax head (default)
     or the seed-003 CNN on 48 px gray faces (architecture fer2013_cnn); seed 004's class weights."""
-    return _train(context, warehouse, config, "emotion")
+    return _train(context, warehouse, config)
 
 
 def _report_asset(task: str, upstream):
@@ -193,10 +183,6 @@ au_eval_report = _report_asset("au", au_model)
 emotion_eval_report = _report_asset("emotion", emotion_model)
 
 
-class LossComparisonConfig(ModelTrainingConfig):
-    losses: list[str] = ["bce", "lsep", "pr"]
-
-
 @asset(
     group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "markdown"}
 )
@@ -205,10 +191,8 @@ def au_loss_comparison(
 ) -> MaterializeResult:
     """Seed 000's experiment, repeatable on any dataset version: BCE, LSEP and the
     precision-recall loss trained on the same subject-exclusive folds, side by side."""
-    wh = warehouse.get()
-    mc, tc = config.configs("au")
     result = compare_losses(
-        wh, context.partition_key, mc, tc, losses=config.losses, folds=config.folds, log=context.log.info
+        warehouse.get(), context.partition_key, config.settings(), losses=config.losses, log=context.log.info
     )
     return MaterializeResult(
         metadata={
@@ -241,7 +225,7 @@ def _floor_check(task: str, asset_def):
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         wh = warehouse.get()
         model_id = latest_model_id(wh, task, _check_partition(context))
-        headline = HEADLINE[task]
+        headline = get_task(task).headline
         # evaluate_model stored both the headline and the trivial baseline on the same held-out faces
         found = {
             r["metric"]: r["value"]

@@ -29,7 +29,7 @@ import torch
 from models.checkpoint import resolve_device
 from models.data import Augment, Faces, decode_crops, iterate_batches, load_faces
 from models.networks import ModelConfig, build_model, normalize
-from models.train import TrainConfig, make_criterion
+from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
 from warehouse import Warehouse
 from warehouse.versions import read_manifest, snapshot_dataset_version
 
@@ -100,15 +100,17 @@ def naive_loader_rate(
     return len(paths) / (time.perf_counter() - start)
 
 
-def step_rate(faces: Faces, mc: ModelConfig, device: torch.device, batch: int, steps: int) -> float:
+def step_rate(
+    faces: Faces, settings: TrainingSettings, device: torch.device, batch: int, steps: int
+) -> float:
     """images/s of training steps (forward, loss, backward, Adam) on batches already on the device."""
+    mc = settings.network()
     model = build_model(mc).to(device)
     if hasattr(model, "freeze_backbone"):
         model.freeze_backbone(-1)  # the fine-tuning stage: every layer trains
     model.train()
-    tc = TrainConfig(loss="bce")
     idx = np.arange(len(faces))
-    criterion = make_criterion(mc.task, tc, faces, idx, device)
+    criterion = settings.task.criterion(settings, faces.targets[idx], device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -134,16 +136,17 @@ def bench_device(root: Path, version: str, device: torch.device, steps: int) -> 
     manifest = read_manifest(Warehouse(root), version)
     out: dict = {"device": str(device), "torch_threads": torch.get_num_threads()}
     cases = [
-        ("mobilenet_v2_224", "au", ModelConfig("au", "mobilenet_v2", [f"AU{a}" for a in (1, 2, 4, 6, 9, 12, 25, 26)]), 32),
-        ("fer2013_cnn_48", "emotion", ModelConfig("emotion", "fer2013_cnn", [str(i) for i in range(7)], 48, 1, weights=""), 64),
-    ]  # fmt: skip
-    for name, task, mc, batch in cases:
-        faces = load_faces(root, manifest, task, mc.image_size, mc.channels, cache=False)
+        ("mobilenet_v2_224", AUTrainingSettings(loss="bce"), 32),
+        ("fer2013_cnn_48", EmotionTrainingSettings(architecture="fer2013_cnn"), 64),
+    ]
+    for name, settings, batch in cases:
+        mc = settings.network()
+        faces = load_faces(root, manifest, settings.task, mc.image_size, mc.channels, cache=False)
         many = repeat_to(faces, 512 if device.type == "cpu" else 4096)
         column = "gray_media_path" if mc.channels == 1 else "media_path"
         rows = manifest.filter(np.isin(manifest["crop_id"].to_numpy(zero_copy_only=False), faces.crop_ids))
         paths = list(np.resize(np.array(rows[column].to_pylist()), min(len(many), 512)))
-        step = step_rate(many, mc, device, batch, steps)
+        step = step_rate(many, settings, device, batch, steps)
         loader = loader_rate(many, mc, device, batch, augment=False)
         augmented = loader_rate(many, mc, device, batch, augment=True)
         naive = naive_loader_rate(root, paths, mc, device, batch)

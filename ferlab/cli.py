@@ -6,7 +6,8 @@ ferlab --home DIR ingest images DIR [--batch NAME]
 ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"   # read-only unless --write
 ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
-ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--epochs N] [--image-size N]
+ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
+ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR demo            # demo data + every ingestion asset through Dagster
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
@@ -19,7 +20,9 @@ import csv
 import os
 import sys
 import traceback
+import types
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 EPILOG = """\
 data root: --home, else $FERLAB_HOME, else ./var. It holds media/ (images by content hash),
@@ -183,46 +186,43 @@ def _version_or_snapshot(wh, version: str | None) -> str:
     return v.version
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from models.pipeline import compare_losses, evaluate_model, make_configs, train_model
+def _settings(args: argparse.Namespace, settings_type):
+    """The settings object from the flags given (the others keep the settings' defaults)."""
+    return settings_type(**{n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)})
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.pipeline import evaluate_model, train_model
+
+    settings = _settings(args, args.settings_type)  # a bad flag fails before any snapshot
     wh = _warehouse(args)
     version = _version_or_snapshot(wh, args.version)
-    mc, tc = make_configs(
-        args.task,
-        args.architecture,
-        args.loss if args.loss != "all" else "bce",
-        args.image_size,
-        args.weights,
-        args.alpha,
-        args.epochs,
-        args.head_epochs,
-        args.finetune_blocks,
-        args.batch_size,
-        args.device,
-        args.seed,
-        finetune_lr=args.finetune_lr,
-    )
-    folds = args.folds if args.folds is not None else (3 if args.task == "au" else 0)
-    if args.loss == "all":
-        if args.task != "au":
-            raise ValueError("--loss all compares the AU losses; emotion models use cross-entropy")
-        result = compare_losses(wh, version, mc, tc, folds=folds)
-        print(f"Avg.F1 by loss: {result.avg_f1}; report {result.report['markdown']}")
-        return 0
-    run = train_model(wh, version, mc, tc, folds=folds, refit=args.refit)
+    run = train_model(wh, version, settings)
     print(f"model {run.model_id}: checkpoint {run.checkpoint}, onnx {run.onnx}")
     if not args.no_eval:
         evaluate_model(wh, run.model_id)
     return 0
 
 
+def cmd_compare_losses(args: argparse.Namespace) -> int:
+    from models.pipeline import compare_losses
+
+    settings = _settings(args, args.settings_type)
+    for loss in args.losses:  # every loss checked before any training
+        settings.replace(loss=loss)
+    wh = _warehouse(args)
+    result = compare_losses(wh, _version_or_snapshot(wh, args.version), settings, losses=args.losses)
+    print(f"Avg.F1 by loss: {result.avg_f1}; report {result.report['markdown']}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.pipeline import evaluate_model, latest_model_id
+    from models.tasks import TASKS
 
     wh = _warehouse(args)
     target = args.target
-    if target in ("au", "emotion"):
+    if target in TASKS:
         if not args.version:
             raise ValueError(f"`evaluate {target}` needs --version (see `ferlab version --list`)")
         target = latest_model_id(wh, target, args.version)
@@ -232,7 +232,76 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _flag_options(annotation: Any, default: Any) -> dict[str, Any]:
+    """argparse options for a settings field of this type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        return {"choices": list(args)}
+    if origin is tuple:
+        return {"nargs": "+", "type": args[0], "metavar": args[0].__name__.upper()}
+    if origin in (Union, types.UnionType):  # X | None: "none" gives None (the settings' "unset")
+        inner = next(a for a in args if a is not type(None))
+        return {
+            "type": lambda text: None if text.lower() == "none" else inner(text),
+            "metavar": inner.__name__.upper(),
+        }
+    return {"type": annotation}
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings_type) -> None:
+    """One --flag per field of a settings class (models.settings), its description as the help.
+    Flags not given are left out of the namespace, so the settings' own defaults apply."""
+    for name, field in settings_type.model_fields.items():
+        default = field.default
+        shown = (
+            "unset"
+            if default is None
+            else " ".join(map(str, default))
+            if isinstance(default, tuple)
+            else default
+        )
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{field.description} (default: {shown})".replace("%", "%%"),
+            **_flag_options(field.annotation, default),
+        )
+    parser.set_defaults(settings_type=settings_type)
+
+
+def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
+    """`train au|emotion` and `compare-losses`, their flags generated from the settings classes."""
+    from models.settings import SETTINGS, AUTrainingSettings
+
+    kinds = train.add_subparsers(dest="task", required=True, metavar="au|emotion")
+    for kind, settings_type in SETTINGS.items():
+        one = kinds.add_parser(kind, help=settings_type.__doc__, description=settings_type.__doc__)
+        one.add_argument("--version", help="dataset version (default: snapshot the current data)")
+        one.add_argument("--no-eval", action="store_true", help="do not write the evaluation report")
+        add_settings_flags(one, settings_type)
+        one.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser(
+        "compare-losses",
+        help="seed 000's experiment: one AU model per loss on the same folds, and a report side by side",
+    )
+    compare.add_argument("--version", help="dataset version (default: snapshot the current data)")
+    compare.add_argument(
+        "--losses", nargs="+", default=["bce", "lsep", "pr"], help="the AU losses to compare"
+    )
+    add_settings_flags(compare, AUTrainingSettings)
+    compare.set_defaults(func=cmd_compare_losses)
+
+
+TRAINING_COMMANDS = ("train", "compare-losses")
+
+
+def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
+    """The `ferlab` parser. `training_flags=False` leaves out the flags generated from the training
+    settings (they import torch), for commands that do not train."""
     parser = argparse.ArgumentParser(
         prog="ferlab",
         description="FER data platform: ingest DISFA, FER-2013 and scraped images; query the warehouse.",
@@ -337,51 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="AU: backbone -> GAP -> BN -> ReLU -> Dropout(0.2) -> Linear -> sigmoid over the 8 DISFA "
         "AUs of the seeds, head-only training then fine-tuning, subject-exclusive k-fold. Emotion: the "
         "same transfer recipe with a softmax head (or the seed-003 CNN on 48 px gray faces), class-weighted. "
-        "Writes models/<task>/<model id>/ (model.pt, model.onnx, fold checkpoints, predictions) and, "
-        "unless --no-eval, the report in reports/<version>/<model id>/.",
+        "Writes models/<task>/<model id>/ (model.pt, model.onnx, fold checkpoints, predictions, run.json "
+        "with the settings) and, unless --no-eval, the report in reports/<version>/<model id>/. "
+        "`ferlab train au --help` lists the settings.",
     )
-    train.add_argument("task", choices=["au", "emotion"])
-    train.add_argument("--version", help="dataset version (default: snapshot the current data)")
-    train.add_argument(
-        "--architecture",
-        "--backbone",
-        default="",
-        choices=["", "mobilenet_v2", "mobilenet_v1", "densenet121", "densenet201", "fer2013_cnn"],
-        metavar="ARCH",
-        help="mobilenet_v2 (default; packaged ImageNet weights), mobilenet_v1, densenet121, densenet201 "
-        "(random init unless --weights FILE), fer2013_cnn (the seed-003 emotion baseline, 48 px gray)",
-    )
-    train.add_argument(
-        "--loss", default="bce", choices=["bce", "lsep", "pr", "all"], help="AU loss (all: compare the three)"
-    )
-    train.add_argument(
-        "--epochs", type=int, help="fine-tuning epochs (transfer) or epochs (CNN); default 5 / 20"
-    )
-    train.add_argument(
-        "--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5, the seeds')"
-    )
-    train.add_argument(
-        "--head-epochs", type=int, default=50, help="head-only epochs, early-stopped (default 50)"
-    )
-    train.add_argument(
-        "--finetune-blocks", type=int, default=-1, help="-1: whole backbone; N: its last N blocks"
-    )
-    train.add_argument(
-        "--image-size", type=int, default=224, help="input size of the backbones (default 224)"
-    )
-    train.add_argument(
-        "--weights", default="packaged", help='"packaged" ImageNet MobileNetV2, "" random init, or a file'
-    )
-    train.add_argument("--alpha", type=float, default=1.0, help="MobileNet-v1 width multiplier")
-    train.add_argument(
-        "--folds", type=int, help="subject-exclusive folds (default 3 for au; 0 = version split for emotion)"
-    )
-    train.add_argument("--refit", action="store_true", help="refit the production model on all data after CV")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-eval", action="store_true", help="do not write the evaluation report")
-    train.set_defaults(func=cmd_train)
+    if training_flags:
+        _add_training_commands(sub, train)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -437,7 +467,8 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(training_flags=any(a in TRAINING_COMMANDS for a in argv)).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

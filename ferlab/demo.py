@@ -10,10 +10,9 @@ from pathlib import Path
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The demo's training budget (a few minutes on 2 CPU cores): smaller inputs, 3 fine-tuning epochs
 # at a higher learning rate than the seeds' 1e-5. `ferlab train` and the assets default to the seeds'.
-DEMO_TRAINING = {
-    "au_model": {"config": {"image_size": 112, "epochs": 3, "finetune_lr": 1e-4}},
-    "emotion_model": {"config": {"image_size": 96, "epochs": 3, "finetune_lr": 1e-4}},
-}
+# Fields of models.settings.AUTrainingSettings / EmotionTrainingSettings (`demo_training` checks them).
+DEMO_AU = {"image_size": 112, "finetune_epochs": 3, "finetune_lr": 1e-4}
+DEMO_EMOTION = {"image_size": 96, "finetune_epochs": 3, "finetune_lr": 1e-4}
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
 
@@ -113,6 +112,19 @@ def run_demo(home: Path, seed: int = 0, size: str = "small", train: bool = True)
     return 1 if failed else 0
 
 
+def demo_training() -> dict:
+    """The training_job op config of the demo's budget, validated by the settings first (a
+    ConfigError names a setting that does not exist or is out of range)."""
+    from models.settings import AUTrainingSettings, EmotionTrainingSettings
+
+    return {
+        "au_model": {"config": AUTrainingSettings(**DEMO_AU).model_dump(exclude_defaults=True)},
+        "emotion_model": {
+            "config": EmotionTrainingSettings(**DEMO_EMOTION).model_dump(exclude_defaults=True)
+        },
+    }
+
+
 def _train_demo_models(home: Path, instance, run) -> int:
     """dataset_version_job, then training_job on the new version; prints the headline figures."""
     from dagster import AssetKey
@@ -124,7 +136,7 @@ def _train_demo_models(home: Path, instance, run) -> int:
         return 1
     snapshot = instance.get_latest_materialization_event(AssetKey("dataset_version"))
     version = snapshot.asset_materialization.metadata["version"].value
-    failed = int(not run("training_job", version, DEMO_TRAINING))
+    failed = int(not run("training_job", version, demo_training()))
     rows = (
         Warehouse(home)
         .sql(

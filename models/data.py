@@ -1,6 +1,6 @@
 """Face crops of a dataset version as training tensors.
 
-    faces = load_faces(root, manifest, task="au", image_size=224, channels=3)
+    faces = load_faces(root, manifest, AUTask(), image_size=224, channels=3)
     folds = group_kfold(faces.groups, k=3)               # subject-exclusive
     for x_uint8, targets in iterate_batches(faces, idx, 64, device, shuffle=True):
         x = Augment()(normalize(x_uint8, config), targets, generator)
@@ -26,11 +26,8 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from models.tasks import Task
 from warehouse.atomic import atomic_path
-from warehouse.schemas import EMOTIONS
-
-SEED_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8 DISFA AUs of seed 000 (Avg.F1)
-TASKS = ("au", "emotion")
 
 
 @dataclass
@@ -48,27 +45,6 @@ class Faces:
 
     def __len__(self) -> int:
         return len(self.crop_ids)
-
-
-def au_columns(aus: Sequence[int]) -> list[str]:
-    return [f"au{au}" for au in aus]
-
-
-def select_rows(manifest: pa.Table, task: str, aus: Sequence[int] = SEED_AUS) -> pa.Table:
-    """The manifest rows that carry the task's labels (every requested AU known, or an emotion)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
-    if task == "emotion":
-        mask = manifest["emotion"].is_valid()
-    else:
-        missing = [c for c in au_columns(aus) if c not in manifest.column_names]
-        if missing:
-            raise ValueError(f"the manifest has no columns {missing}; AUs it knows: {manifest.column_names}")
-        mask = np.logical_and.reduce(
-            [manifest[c].is_valid().to_numpy(zero_copy_only=False) for c in au_columns(aus)]
-        )
-        mask = pa.array(mask)
-    return manifest.filter(mask)
 
 
 def _decode(path: Path, size: int, channels: int) -> np.ndarray:
@@ -119,35 +95,31 @@ def decode_crops(
 def load_faces(
     root: Path,
     manifest: pa.Table,
-    task: str,
+    task: Task,
     image_size: int,
     channels: int = 3,
-    aus: Sequence[int] = SEED_AUS,
     cache: bool = True,
 ) -> Faces:
     """The task's labelled crops of a manifest (see warehouse.versions), decoded at
-    `image_size`: RGB from the 224 px crops, or gray from the 48 px ones when channels == 1."""
-    rows = select_rows(manifest, task, aus)
+    `image_size`: RGB from the 224 px crops, or gray from the 48 px ones when channels == 1.
+
+    Raises:
+        ValueError: no crop of the manifest carries the task's labels.
+        OSError: a crop file is missing or unreadable.
+    """
+    rows = task.select_rows(manifest)
     if rows.num_rows == 0:
-        raise ValueError(f"the dataset version has no crops labelled for the {task} task")
+        raise ValueError(f"the dataset version has no crops labelled for the {task.name} task")
     crop_ids = rows["crop_id"].to_pylist()
     column = "gray_media_path" if channels == 1 else "media_path"
     images = decode_crops(
         root, rows[column].to_pylist(), crop_ids, image_size, channels, root / "cache" if cache else None
     )
-    if task == "au":
-        labels = [f"AU{au}" for au in aus]
-        targets = np.stack([rows[c].to_numpy(zero_copy_only=False) for c in au_columns(aus)], 1)
-        targets = targets.astype(np.float32)
-    else:
-        labels = list(EMOTIONS)
-        index = {e: i for i, e in enumerate(EMOTIONS)}
-        targets = np.array([index[e] for e in rows["emotion"].to_pylist()], dtype=np.int64)
     return Faces(
-        task=task,
-        labels=labels,
+        task=task.name,
+        labels=task.labels,
         images=images,
-        targets=targets,
+        targets=task.targets(rows),
         groups=np.array(rows["group"].to_pylist(), dtype=object).astype(str),
         splits=np.array(rows["split"].to_pylist(), dtype=object).astype(str),
         crop_ids=crop_ids,

@@ -26,13 +26,21 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from models.tasks import get_task
+
 BACKBONES = ("mobilenet_v2", "mobilenet_v1", "densenet121", "densenet201")
 ARCHITECTURES = (*BACKBONES, "fer2013_cnn")
-TASKS = ("au", "emotion")
 
 PACKAGED_MOBILENET_V2 = "mobilenet_v2-b0353104.pth"
 PACKAGED_SOURCE = "ImageNet (packaged torchvision MobileNet_V2 IMAGENET1K_V1)"
 RANDOM_SOURCE = "random init"
+# What an architecture starts from unless told otherwise: the packaged ImageNet file where one
+# exists, random init for the others (the seed-003 CNN is trained from scratch).
+DEFAULT_WEIGHTS = {"mobilenet_v2": "packaged"}
+# (image size, channels) an architecture was designed for: seed 003's 48 px gray faces for its
+# CNN, 224 px RGB for the ImageNet backbones.
+NATIVE_INPUT = {"fer2013_cnn": (48, 1)}
+BACKBONE_INPUT = (224, 3)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,14 +75,15 @@ class ModelConfig:
         self.alpha = float(self.alpha)
         self.dropout = float(self.dropout)
         self.weights = str(self.weights)
-        if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r}: expected one of {TASKS}")
+        task = get_task(self.task)
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture {self.architecture!r}: expected one of {ARCHITECTURES}")
         if not self.labels:
             raise ValueError("labels is empty: the model needs at least one output")
-        if self.task == "emotion" and len(self.labels) < 2:
-            raise ValueError("an emotion (softmax) model needs at least two classes")
+        if len(self.labels) < task.min_outputs:
+            raise ValueError(
+                f"a {task.name} model needs at least {task.min_outputs} outputs, not {self.labels}"
+            )
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels repeat: {self.labels}")
         if not 0.0 <= self.dropout < 1.0:
@@ -511,19 +520,18 @@ def normalize(x_uint8: Tensor, config: ModelConfig) -> Tensor:
 
 
 class WithProbabilities(nn.Module):
-    """`model` plus its output activation: sigmoid per label for "au" (multi-label), softmax over
-    the classes for "emotion". Takes already-normalised float input; what ONNX export wraps."""
+    """`model` plus its task's output activation (`Task.probabilities`: sigmoid per label for "au",
+    softmax over the classes for "emotion"). Takes already-normalised float input; what ONNX export
+    wraps. Raises ConfigError (a ValueError) for an unknown task name."""
 
     def __init__(self, model: nn.Module, task: str) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task {task!r}: expected one of {TASKS}")
         self.model = model
-        self.task = task
+        self.task = get_task(task).name
+        self._activation = get_task(task).probabilities
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.model(x)
-        return torch.sigmoid(logits) if self.task == "au" else torch.softmax(logits, dim=1)
+        return self._activation(self.model(x))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,7 +1,7 @@
 """Training: the seeds' two-stage transfer recipe, and from-scratch training for the seed-003 CNN.
 
-    result = fit(faces, train_idx, val_idx, ModelConfig(task="au", ...), TrainConfig(loss="pr"))
-    folds = cross_validate(faces, model_config, train_config, k=3)   # subject-exclusive
+    result = fit(faces, train_idx, val_idx, AUTrainingSettings(loss="pr"))
+    folds = cross_validate(faces, AUTrainingSettings(folds=3))   # subject-exclusive
 
 Stage 1 (head only): the backbone is frozen and its BatchNorm layers stay in eval mode, so
 its pooled features are a fixed function of the input: they are computed once and the head
@@ -18,51 +18,20 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import resolve_device
 from models.data import Augment, Faces, group_kfold, iterate_batches, validation_split
-from models.losses import LOSSES, emotion_class_weights
-from models.metrics import choose_thresholds
 from models.networks import ModelConfig, TransferNet, build_model, normalize
-from models.report import FoldPredictions
+from models.predictions import FoldPredictions
+from models.settings import TrainingSettings
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; defaults follow the seeds (see the module docstring)."""
-
-    loss: str = "bce"  # au: bce | lsep | pr ; emotion: always (weighted) cross-entropy
-    batch_size: int = 64
-    head_epochs: int = 50  # stage 1 upper bound (early stopping decides)
-    head_lr: float = 1e-3
-    finetune_epochs: int = 5  # stage 2; 0 skips it
-    finetune_blocks: int = -1  # -1: the whole backbone; N: its last N blocks
-    finetune_lr: float = 1e-5
-    scratch_epochs: int = 20  # fer2013_cnn, trained from scratch (seed 003: Adam 1e-3, batch 64)
-    scratch_lr: float = 1e-3
-    weight_decay: float = 1e-4  # L2 (seed 004)
-    patience: int = 10  # early stopping: epochs without a better validation loss (a from-scratch CNN
-    # can get worse on validation for its first epochs while BatchNorm statistics settle)
-    plateau_patience: int = 10  # lr x plateau_factor after this many epochs without improvement
-    plateau_factor: float = 0.5
-    augment: bool = True
-    pos_weight: bool = False  # bce: weight positives by negatives/positives per AU
-    class_weight_mu: float | None = 1.0  # emotion: seed 004's class weights (None: unweighted)
-    device: str = "auto"
-    amp: bool = True  # float16 autocast where the device is CUDA
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -73,29 +42,6 @@ class FitResult:
     validation: str = ""
     train_images_per_s: float = 0.0
     seconds: float = 0.0
-
-
-# ---- losses ---------------------------------------------------------------------------------
-def make_criterion(
-    task: str, config: TrainConfig, faces: Faces, train_idx: np.ndarray, device: torch.device
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if task == "emotion":
-        weight = None
-        if config.class_weight_mu is not None:
-            counts = np.bincount(faces.targets[train_idx], minlength=len(faces.labels))
-            weight = emotion_class_weights(np.maximum(counts, 1).tolist(), mu=config.class_weight_mu).to(
-                device
-            )
-        return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight)
-    if config.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, not {config.loss!r}")
-    if config.loss == "bce" and config.pos_weight:
-        y = faces.targets[train_idx]
-        pos = y.sum(0)
-        pw = torch.tensor((len(y) - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device)
-        return lambda logits, y: LOSSES["bce"](logits.float(), y, pos_weight=pw)
-    loss = LOSSES[config.loss]
-    return lambda logits, y: loss(logits.float(), y)
 
 
 # ---- the loops ------------------------------------------------------------------------------
@@ -122,7 +68,7 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _autocast(device: torch.device, config: TrainConfig):
+def _autocast(device: torch.device, config: TrainingSettings):
     enabled = config.amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
 
@@ -147,12 +93,8 @@ def predict_logits(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def probabilities(logits: torch.Tensor, task: str) -> np.ndarray:
-    return (torch.sigmoid(logits) if task == "au" else torch.softmax(logits, 1)).numpy()
-
-
 @torch.no_grad()
-def _embed(model: TransferNet, faces: Faces, idx: np.ndarray, mc: ModelConfig, device, tc: TrainConfig):
+def _embed(model: TransferNet, faces: Faces, idx: np.ndarray, mc: ModelConfig, device, tc: TrainingSettings):
     model.eval()
     feats = []
     for x, _ in iterate_batches(faces, idx, 128, device):
@@ -255,43 +197,37 @@ def fit(
     faces: Faces,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
+    settings: TrainingSettings,
     log: Progress = lambda _: None,
 ) -> FitResult:
-    """Train one model on faces[train_idx], early-stopped on faces[val_idx]."""
+    """Train one model of `settings` on faces[train_idx], early-stopped on faces[val_idx]: a
+    transfer network head-only then fine-tuned (`finetune_epochs`), a from-scratch network for
+    `scratch_epochs`.
+
+    Raises:
+        ValueError: fewer than 2 training or 1 validation samples.
+        RuntimeError: the settings' device is not present.
+    """
     if len(train_idx) < 2 or len(val_idx) < 1:
         raise ValueError(f"too few samples to train: {len(train_idx)} train, {len(val_idx)} validation")
-    _seed_everything(train_config.seed)
-    device = resolve_device(train_config.device)
+    _seed_everything(settings.seed)
+    device = resolve_device(settings.device)
     started = time.perf_counter()
-    model = build_model(model_config).to(device)
-    criterion = make_criterion(model_config.task, train_config, faces, train_idx, device)
+    mc = settings.network()
+    model = build_model(mc).to(device)
+    criterion = settings.task.criterion(settings, faces.targets[train_idx], device)
     result = FitResult(model=model)
-    full: tuple[int, float, str] | None = (train_config.scratch_epochs, train_config.scratch_lr, "scratch")
+    full: tuple[int, float, str] | None = (settings.scratch_epochs, settings.scratch_lr, "scratch")
     if isinstance(model, TransferNet):
-        result.history += _train_head(
-            model, faces, train_idx, val_idx, model_config, train_config, criterion, device, log
-        )
+        result.history += _train_head(model, faces, train_idx, val_idx, mc, settings, criterion, device, log)
         full = None
-        if train_config.finetune_epochs > 0:
-            model.freeze_backbone(train_config.finetune_blocks)
-            full = (train_config.finetune_epochs, train_config.finetune_lr, "finetune")
+        if settings.finetune_epochs > 0:
+            model.freeze_backbone(settings.finetune_blocks)
+            full = (settings.finetune_epochs, settings.finetune_lr, "finetune")
     if full is not None:
         epochs, lr, stage = full
         hist, rate = _train_full(
-            model,
-            faces,
-            train_idx,
-            val_idx,
-            model_config,
-            train_config,
-            criterion,
-            device,
-            epochs,
-            lr,
-            stage,
-            log,
+            model, faces, train_idx, val_idx, mc, settings, criterion, device, epochs, lr, stage, log
         )
         result.history += hist
         result.train_images_per_s = rate
@@ -311,41 +247,41 @@ class FoldRun:
 
 
 def _fold_predictions(
-    faces: Faces, fold: int, fitted: FitResult, val_idx, test_idx, mc: ModelConfig, tc: TrainConfig
+    faces: Faces, fold: int, fitted: FitResult, val_idx, test_idx, settings: TrainingSettings
 ) -> FoldPredictions:
-    device = resolve_device(tc.device)
-    test_prob = probabilities(predict_logits(fitted.model, faces, test_idx, mc, device, amp=tc.amp), mc.task)
-    thresholds = None
-    if mc.task == "au":  # per-AU decision thresholds chosen on validation data, never on the test fold
-        val_prob = probabilities(
-            predict_logits(fitted.model, faces, val_idx, mc, device, amp=tc.amp), mc.task
-        )
-        thresholds = choose_thresholds(faces.targets[val_idx].astype(bool), val_prob)
-        y_true = faces.targets[test_idx].astype(bool)
-    else:
-        y_true = faces.targets[test_idx]
+    device, mc, task = resolve_device(settings.device), settings.network(), settings.task
+
+    def prob(idx: np.ndarray) -> np.ndarray:
+        logits = predict_logits(fitted.model, faces, idx, mc, device, amp=settings.amp)
+        return task.probabilities(logits).numpy()
+
+    test_prob = prob(test_idx)
+    thresholds = task.thresholds(faces.targets[val_idx], lambda: prob(val_idx))
     return FoldPredictions(
         fold=fold,
         labels=list(faces.labels),
-        y_true=y_true,
+        y_true=task.true_labels(faces.targets[test_idx]),
         prob=test_prob,
         thresholds=thresholds,
         groups=sorted(set(faces.groups[test_idx].tolist())),
     )
 
 
-def cross_validate(
-    faces: Faces, model_config: ModelConfig, train_config: TrainConfig, k: int = 3, log: Progress = print
-) -> list[FoldRun]:
-    """Subject-exclusive k-fold: each fold's model never sees the people it is tested on;
-    its validation data (early stopping, thresholds) come from its training people."""
+def cross_validate(faces: Faces, settings: TrainingSettings, log: Progress = print) -> list[FoldRun]:
+    """Subject-exclusive `settings.folds`-fold: each fold's model never sees the people it is tested
+    on; its validation data (early stopping, thresholds) come from its training people.
+
+    Raises:
+        ValueError: fewer groups than folds.
+    """
     runs = []
+    k = settings.folds
     for fold, (train_all, test_idx) in enumerate(group_kfold(faces.groups, k)):
-        train_idx, val_idx, how = validation_split(faces.groups, train_all, seed=train_config.seed)
+        train_idx, val_idx, how = validation_split(faces.groups, train_all, seed=settings.seed)
         log(f"fold {fold + 1}/{k}: {len(train_idx)} train, {len(val_idx)} val ({how}), {len(test_idx)} test")
-        fitted = fit(faces, train_idx, val_idx, model_config, train_config, log)
+        fitted = fit(faces, train_idx, val_idx, settings, log)
         fitted.validation = how
-        preds = _fold_predictions(faces, fold, fitted, val_idx, test_idx, model_config, train_config)
+        preds = _fold_predictions(faces, fold, fitted, val_idx, test_idx, settings)
         runs.append(FoldRun(preds, fitted, val_idx, test_idx))
     return runs
 
@@ -359,17 +295,19 @@ def split_indices(faces: Faces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return parts
 
 
-def holdout(
-    faces: Faces, model_config: ModelConfig, train_config: TrainConfig, log: Progress = print
-) -> list[FoldRun]:
-    """Train on the version's train split, early-stop on val, test on test (FER-2013's protocol)."""
+def holdout(faces: Faces, settings: TrainingSettings, log: Progress = print) -> list[FoldRun]:
+    """Train on the version's train split, early-stop on val, test on test (FER-2013's protocol).
+
+    Raises:
+        ValueError: the version has no train, val or test rows for the task.
+    """
     train_idx, val_idx, test_idx = split_indices(faces)
     log(f"holdout: {len(train_idx)} train, {len(val_idx)} val, {len(test_idx)} test")
-    fitted = fit(faces, train_idx, val_idx, model_config, train_config, log)
+    fitted = fit(faces, train_idx, val_idx, settings, log)
     fitted.validation = "the version's val split"
     return [
         FoldRun(
-            _fold_predictions(faces, 0, fitted, val_idx, test_idx, model_config, train_config),
+            _fold_predictions(faces, 0, fitted, val_idx, test_idx, settings),
             fitted,
             val_idx,
             test_idx,

@@ -14,16 +14,11 @@ from ferlab.demodata import generate_demo_data
 from labeling.autolabel import autolabel
 from labeling.detectors import load_detector
 from models.checkpoint import load_checkpoint
-from models.pipeline import (
-    check_exports,
-    evaluate_model,
-    latest_model_id,
-    load_run,
-    make_configs,
-    train_model,
-    trivial_baseline,
-)
+from models.pipeline import check_exports, evaluate_model, latest_model_id, load_run, train_model
+from models.settings import AUTrainingSettings, EmotionTrainingSettings
+from models.tasks import TASKS
 from warehouse import Warehouse
+from warehouse.errors import ConfigError
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.versions import snapshot_dataset_version
@@ -56,15 +51,16 @@ def version(home) -> str:
 @pytest.fixture(scope="module")
 def au_run(home, version):
     wh = Warehouse(home)
-    mc, tc = make_configs("au", image_size=AU_SIZE, epochs=AU_EPOCHS, head_epochs=30, loss="bce")
-    tc.finetune_lr = AU_LR
-    return train_model(wh, version, mc, tc, folds=3)
+    settings = AUTrainingSettings(
+        image_size=AU_SIZE, finetune_epochs=AU_EPOCHS, head_epochs=30, loss="bce", finetune_lr=AU_LR, folds=3
+    )
+    return train_model(wh, version, settings)
 
 
 def test_au_model_learns_on_held_out_people(home, au_run):
     wh = Warehouse(home)
     ev = evaluate_model(wh, au_run.model_id)
-    baseline = trivial_baseline("au", au_run.folds)
+    baseline = TASKS["au"].trivial_baseline(au_run.folds)
     per_au = {
         r["label"]: round(r["value"], 3) for r in ev.metrics if r["fold"] is None and r["metric"] == "f1"
     }
@@ -90,6 +86,9 @@ def test_au_model_learns_on_held_out_people(home, au_run):
 
 def test_checkpoint_reloads_bit_exactly_and_onnx_agrees(au_run):
     model, config, extra = load_checkpoint(au_run.checkpoint)
+    # the settings are saved beside the model (run.json, checkpoint) and come back equal
+    assert au_run.settings() == AUTrainingSettings(**extra["settings"]["settings"])
+    assert au_run.settings().finetune_epochs == AU_EPOCHS and au_run.settings().network() == config
     trained = torch.load(au_run.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
     assert config.labels == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
@@ -100,15 +99,20 @@ def test_checkpoint_reloads_bit_exactly_and_onnx_agrees(au_run):
 
 
 @pytest.mark.parametrize(
-    "architecture, epochs", [("mobilenet_v2", 3), ("fer2013_cnn", 40)], ids=["transfer", "seed003_cnn"]
+    "settings",
+    [
+        EmotionTrainingSettings(image_size=96, finetune_epochs=3, finetune_lr=AU_LR, folds=0),
+        # seed 003's CNN at its own 48 px gray input
+        EmotionTrainingSettings(architecture="fer2013_cnn", scratch_epochs=40, folds=0),
+    ],
+    ids=["transfer", "seed003_cnn"],
 )
-def test_emotion_models_beat_chance_by_a_wide_margin(home, version, architecture, epochs):
+def test_emotion_models_beat_chance_by_a_wide_margin(home, version, settings):
     wh = Warehouse(home)
-    mc, tc = make_configs("emotion", architecture=architecture, image_size=96, epochs=epochs)
-    tc.finetune_lr = AU_LR
-    run = train_model(wh, version, mc, tc, folds=0)
+    architecture = settings.architecture
+    run = train_model(wh, version, settings)
     ev = evaluate_model(wh, run.model_id)
-    majority = trivial_baseline("emotion", run.folds)
+    majority = TASKS["emotion"].trivial_baseline(run.folds)
     n_test = len(run.folds[0].y_true)
     print(
         f"\n{architecture}: accuracy {ev.headline:.3f} on {n_test} faces of held-out people (majority {majority:.3f})"
@@ -123,18 +127,18 @@ def test_emotion_models_beat_chance_by_a_wide_margin(home, version, architecture
 def test_same_settings_same_model_id_and_clear_errors(home, version, au_run):
     from models.pipeline import model_id_for
 
-    mc, tc = make_configs("au", image_size=64)
-    assert model_id_for(version, mc, tc, "3-fold") == model_id_for(
-        version, *make_configs("au", image_size=64), "3-fold"
-    )
+    settings = AUTrainingSettings(image_size=64)
+    assert model_id_for(version, settings) == model_id_for(version, AUTrainingSettings(image_size=64))
+    assert model_id_for(version, settings) != model_id_for(version, settings.replace(loss="pr"))
     wh = Warehouse(home)
     with pytest.raises(LookupError, match="v-nope"):
-        train_model(wh, "v-nope", mc, tc)
+        train_model(wh, "v-nope", settings)
     with pytest.raises(FileNotFoundError, match="no au model"):
         latest_model_id(wh, "au", "v-nope")
-    with pytest.raises(ValueError, match="loss"):
-        make_configs("au", loss="hinge")
-    assert np.isfinite(trivial_baseline("au", load_run(wh, latest_model_id(wh, "au", version)).folds))
+    with pytest.raises(ConfigError, match="loss"):
+        AUTrainingSettings(loss="hinge")
+    au = TASKS["au"]
+    assert np.isfinite(au.trivial_baseline(load_run(wh, latest_model_id(wh, "au", version)).folds))
 
 
 def test_training_assets_through_dagster(home, version):
@@ -156,7 +160,7 @@ def test_training_assets_through_dagster(home, version):
     meta = snap.asset_materializations_for_node("dataset_version")[0].metadata
     assert meta["version"].value == version and meta["new_version"].value is False
 
-    tiny = {"image_size": 64, "epochs": 0, "head_epochs": 5, "folds": 3}
+    tiny = {"image_size": 64, "finetune_epochs": 0, "head_epochs": 5, "folds": 3}
     train = defs.resolve_job_def("training_job").execute_in_process(
         instance=instance,
         partition_key=version,
@@ -164,7 +168,7 @@ def test_training_assets_through_dagster(home, version):
             "resources": resources,
             "ops": {
                 "au_model": {"config": tiny},
-                "emotion_model": {"config": {"architecture": "fer2013_cnn", "epochs": 3}},
+                "emotion_model": {"config": {"architecture": "fer2013_cnn", "scratch_epochs": 3}},
             },
             **quiet,
         },

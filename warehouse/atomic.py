@@ -1,14 +1,19 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then rename over the target.
-A crash at any point leaves either the old file or the new one, never half of one."""
+A crash at any point leaves either the old file or the new one, never half of one. Whole folders
+are published the same way (`publish_dir`: built beside the target, then swapped in)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
+import shutil
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +70,47 @@ def atomic_path(target: str | Path, durable: bool = True) -> Iterator[Path]:
 def atomic_write_bytes(target: str | Path, data: bytes, durable: bool = True) -> None:
     with atomic_path(target, durable) as tmp:
         tmp.write_bytes(data)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish_dir(tmp: str | Path, target: str | Path) -> None:
+    """Put the finished folder `tmp` at `target`, replacing an old one whole: a reader sees the old
+    folder or the new one, never a mix. `tmp` must be on the same file system (build it beside
+    `target`); it is gone afterwards.
+
+    Raises:
+        OSError: the rename failed (the old folder is then left in place).
+    """
+    tmp, target = Path(tmp), Path(target)
+    if not target.exists():
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError:
+            if not target.exists():
+                raise
+    if _rename_exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # now holds the old folder
+        return
+    # Fallback (non-Linux, file systems without RENAME_EXCHANGE): two renames, restoring on failure.
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
