@@ -154,8 +154,9 @@ def _crop_checks(source: str) -> list:
     return [crops_complete, face_detection_rate]
 
 
-autolabel_assets = [fer2013_faces, disfa_faces, scraped_faces]
-autolabel_checks = [check for source in ("fer2013", "disfa", "scraped") for check in _crop_checks(source)]
+fer2013_crop_checks = _crop_checks("fer2013")
+disfa_crop_checks = _crop_checks("disfa")
+scraped_crop_checks = _crop_checks("scraped")
 
 
 @asset(
@@ -180,6 +181,3 @@ def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResourc
             "open_with": MetadataValue.text("ferlab review  (FiftyOne App on 127.0.0.1:5151)"),
         }
     )
-
-
-review_assets = [fiftyone_dataset]

@@ -6,18 +6,17 @@ import math
 
 import numpy as np
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     Config,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
+from assets.automation import TRAINING_POOL
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
 
@@ -37,12 +36,24 @@ class FaceDetectorConfig(Config):
         description="what it starts from: yolo11n-seg (the packaged COCO person teacher: backbone, neck and "
         "box head carry over, the face class is learned), scratch, or a .pt file",
     )
+    map50_floor: float = Field(
+        default=0.7, description="least mAP50 vs the teachers' labels on held-out groups"
+    )
 
 
 @asset(
     group_name=GROUP,
     deps=[disfa_frames, scraped_images],
     kinds={"pytorch", "onnx"},
+    pool=TRAINING_POOL,
+    check_specs=[
+        AssetCheckSpec("weights_load", asset="face_detector", blocking=True),
+        # Not blocking: the student is installed by the time its score is known, so failing here
+        # cannot undo that, and no asset downstream of face_detector runs in its job to be held back.
+        # The score comes from a few held-out groups (tens of images on demo data): a warning to
+        # look at, which a re-run with more epochs or images fixes, not a reason to fail the run.
+        AssetCheckSpec("map50_vs_teacher_above_floor", asset="face_detector"),
+    ],
     description="The YOLO student (faces + persons): the teachers (YuNet + YOLO11n) label the ingested "
     "DISFA frames and scraped images, a YOLO11n started from the packaged COCO model learns their labels "
     "offline, and its weights (student.pt + student.onnx) replace <home>/models/face_detector/ atomically; "
@@ -97,35 +108,31 @@ def face_detector(
     }
     if r.map50_vs_truth is not None:  # demo data: its generator's ground truth is there
         metadata["map50_vs_truth"] = MetadataValue.float(round(r.map50_vs_truth, 4))
-    return MaterializeResult(metadata=metadata)
+    checks = [
+        _weights_load(wh.home, trained.weights_sha256),
+        _map50_above_floor(r.map50_vs_teacher, config.map50_floor, r.val_images),
+    ]
+    return MaterializeResult(metadata=metadata, check_results=checks)
 
 
-# ---- checks -------------------------------------------------------------------------------
-def _latest_metadata(context: AssetCheckExecutionContext) -> dict:
-    event = context.instance.get_latest_materialization_event(AssetKey("face_detector"))
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
-
-@asset_check(asset=face_detector, name="weights_load", blocking=True)
-def weights_load(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-    """student.pt and student.onnx are there, are the files the last run wrote (sha256), and
-    load and run as detectors."""
+# ---- checks of the run's own results ------------------------------------------------------
+def _weights_load(home, expected_sha256: str) -> AssetCheckResult:
+    """student.pt and student.onnx are there, are the files this run wrote (sha256), and load
+    and run as detectors."""
     from labeling.detectors import load_detector
     from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, student_dir
     from labeling.yolo_env import prepare_ultralytics_offline
     from warehouse.hashing import sha256_file
 
-    home = warehouse.get().home
     folder = student_dir(home)
     pt, onnx = folder / STUDENT_PT, folder / STUDENT_ONNX
     missing = [p.name for p in (pt, onnx) if not p.is_file()]
     if missing:
-        return AssetCheckResult(passed=False, metadata={"missing": missing, "folder": str(folder)})
-    expected = _latest_metadata(context).get("weights_sha256")
+        return AssetCheckResult(
+            check_name="weights_load", passed=False, metadata={"missing": missing, "folder": str(folder)}
+        )
     sha = sha256_file(pt)
-    problems = [] if expected in (None, sha) else [f"student.pt sha256 {sha[:12]} is not the last run's"]
+    problems = [] if sha == expected_sha256 else [f"student.pt sha256 {sha[:12]} is not this run's"]
     prepare_ultralytics_offline(home / "ultralytics")
     blank = np.full((240, 320, 3), 127, np.uint8)
     for path in (pt, onnx):
@@ -134,35 +141,20 @@ def weights_load(context: AssetCheckExecutionContext, warehouse: WarehouseResour
         except Exception as exc:  # any failure to load or run is what this check reports
             problems.append(f"{path.name}: {type(exc).__name__}: {exc}")
     return AssetCheckResult(
+        check_name="weights_load",
         passed=not problems,
         metadata={"problems": problems or "none", "weights_sha256": sha, "path": MetadataValue.path(str(pt))},
     )
 
 
-class Map50FloorConfig(Config):
-    floor: float = Field(default=0.7, description="least mAP50 vs the teachers' labels on held-out groups")
-
-
-# Not blocking: the student is installed by the time checks run, so failing here cannot undo
-# that, and no asset downstream of face_detector runs in its job to be held back. The score
-# comes from a few held-out groups (tens of images on demo data): a warning to look at, which
-# a re-run with more epochs or images fixes, not a reason to fail the run.
-@asset_check(asset=face_detector, name="map50_vs_teacher_above_floor", blocking=False)
-def map50_vs_teacher_above_floor(
-    context: AssetCheckExecutionContext, config: Map50FloorConfig
-) -> AssetCheckResult:
-    meta = _latest_metadata(context)
-    score = meta.get("map50_vs_teacher")
-    passed = score is not None and not math.isnan(score) and score >= config.floor
+def _map50_above_floor(score: float, floor: float, val_images: int) -> AssetCheckResult:
+    """The student's mAP50 against the teachers' labels on held-out groups reaches `floor`."""
     return AssetCheckResult(
-        passed=passed,
+        check_name="map50_vs_teacher_above_floor",
+        passed=not math.isnan(score) and score >= floor,
         metadata={
-            "map50_vs_teacher": MetadataValue.float(float("nan") if score is None else score),
-            "floor": MetadataValue.float(config.floor),
-            "val_images": MetadataValue.int(int(meta.get("val_images", 0))),
+            "map50_vs_teacher": MetadataValue.float(score),
+            "floor": MetadataValue.float(floor),
+            "val_images": MetadataValue.int(val_images),
         },
     )
-
-
-face_detector_assets = [face_detector]
-face_detector_checks = [weights_load, map50_vs_teacher_above_floor]

@@ -7,7 +7,10 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    Backoff,
+    Failure,
     MaterializeResult,
+    RetryPolicy,
     asset,
     asset_check,
 )
@@ -22,9 +25,14 @@ from warehouse.sources.scraped import ingest_scraped
 from warehouse.store import quote_literal as sql_literal
 
 GROUP = "ingest"
+# Transient errors (a source share that hiccups, a busy disk) get the step retried; ingestion is
+# keyed and idempotent, so a retry adds only what the failed attempt did not. Errors that no retry
+# can fix raise Failure(allow_retries=False). A crashed run worker is retried as a run (the
+# `dagster/max_retries` tag of the ingest jobs and `run_retries` in dagster.yaml).
+INGEST_RETRY = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL)
 
 
-@asset(group_name=GROUP, kinds={"parquet", "duckdb"})
+@asset(group_name=GROUP, kinds={"parquet", "duckdb"}, retry_policy=INGEST_RETRY)
 def fer2013_images(
     context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
 ) -> MaterializeResult:
@@ -33,15 +41,18 @@ def fer2013_images(
     wh = warehouse.get()
     csv = sources.fer2013()
     if not csv.is_file():
-        raise FileNotFoundError(
-            f"FER-2013 CSV not found at {csv}: set sources.fer2013_csv or $FERLAB_FER2013_CSV"
+        raise Failure(
+            f"FER-2013 CSV not found at {csv}: set sources.fer2013_csv or $FERLAB_FER2013_CSV",
+            allow_retries=False,
         )
     report = ingest_fer2013(wh, csv, show_progress=False)
     context.log.info(report.summary())
     return MaterializeResult(metadata=ingest_metadata(wh, report, "source = 'fer2013'"))
 
 
-@asset(group_name=GROUP, partitions_def=disfa_subjects, kinds={"parquet", "opencv"})
+@asset(
+    group_name=GROUP, partitions_def=disfa_subjects, kinds={"parquet", "opencv"}, retry_policy=INGEST_RETRY
+)
 def disfa_frames(
     context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
 ) -> MaterializeResult:
@@ -58,7 +69,9 @@ def disfa_frames(
     )
 
 
-@asset(group_name=GROUP, partitions_def=scraped_batches, kinds={"parquet", "pillow"})
+@asset(
+    group_name=GROUP, partitions_def=scraped_batches, kinds={"parquet", "pillow"}, retry_policy=INGEST_RETRY
+)
 def scraped_images(
     context: AssetExecutionContext, warehouse: WarehouseResource, sources: SourcesResource
 ) -> MaterializeResult:
@@ -134,9 +147,6 @@ def _source_checks(asset_def: AssetsDefinition, source: str) -> list:
     return [schema_matches_contract, has_images, no_duplicate_ids, labels_in_range]
 
 
-ingest_assets = [fer2013_images, disfa_frames, scraped_images]
-ingest_checks = [
-    *_source_checks(fer2013_images, "fer2013"),
-    *_source_checks(disfa_frames, "disfa"),
-    *_source_checks(scraped_images, "scraped"),
-]
+fer2013_checks = _source_checks(fer2013_images, "fer2013")
+disfa_checks = _source_checks(disfa_frames, "disfa")
+scraped_checks = _source_checks(scraped_images, "scraped")

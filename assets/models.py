@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     Config,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from pydantic import Field, create_model
 
+from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
 from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
@@ -26,11 +26,9 @@ from models.pipeline import (
     compare_losses,
     evaluate_model,
     latest_model_id,
-    load_run,
     train_model,
 )
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
-from models.tasks import get_task
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -38,7 +36,7 @@ GROUP = "models"
 CROP_ASSETS = ["fer2013_crops", "disfa_crops", "scraped_crops"]
 
 
-@asset(group_name=GROUP, deps=CROP_ASSETS, kinds={"parquet", "duckdb"})
+@asset(group_name=GROUP, deps=CROP_ASSETS, kinds={"parquet", "duckdb"}, automation_condition=WEEKLY_SNAPSHOT)
 def dataset_version(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
     """A snapshot of the usable face crops with their labels (human > gold > pseudo > weak) and
     splits; its content hash is the version id, registered as a `dataset_versions` partition."""
@@ -60,6 +58,34 @@ def dataset_version(context: AssetExecutionContext, warehouse: WarehouseResource
             "counts": MetadataValue.json(version.counts),
         }
     )
+
+
+# ---- checks, declared on the assets whose run they judge -----------------------------------
+def _export_check_spec(task: str) -> AssetCheckSpec:
+    # Blocking: a model with non-finite weights or an ONNX export that disagrees must not be evaluated.
+    return AssetCheckSpec(f"{task}_model_finite_and_exports_agree", asset=f"{task}_model", blocking=True)
+
+
+def _export_check(task: str, run: ModelRun) -> AssetCheckResult:
+    """The run's weights are finite and its ONNX export gives the checkpoint's outputs."""
+    exports = check_exports(run)
+    return AssetCheckResult(
+        check_name=f"{task}_model_finite_and_exports_agree",
+        passed=bool(exports["weights_finite"] and exports["onnx_max_abs_diff"] <= 1e-4),
+        metadata={**exports, "model_id": run.model_id},
+    )
+
+
+def _floor_check(task: str, model_id: str, ev) -> AssetCheckResult:
+    """The headline metric beats the trivial baseline evaluate_model scored on the same held-out
+    faces. Not blocking: a weak model is still worth its report; the check flags it in the UI."""
+    floor = next(r["value"] for r in ev.metrics if r["fold"] is None and r["metric"] == "trivial_baseline")
+    return AssetCheckResult(
+        check_name=f"{task}_beats_trivial_baseline",
+        passed=bool(ev.headline > floor),
+        metadata={"model_id": model_id, ev.headline_metric: ev.headline, "trivial_baseline": floor},
+    )
+
 
 
 def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
@@ -104,8 +130,11 @@ LossComparisonConfig = training_config(
 def _train(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: TrainingConfig
 ) -> MaterializeResult:
-    run = train_model(warehouse.get(), context.partition_key, config.settings(), log=context.log.info)
-    return MaterializeResult(metadata=_model_metadata(run))
+    settings = config.settings()
+    run = train_model(warehouse.get(), context.partition_key, settings, log=context.log.info)
+    return MaterializeResult(
+        metadata=_model_metadata(run), check_results=[_export_check(settings.task.name, run)]
+    )
 
 
 def _model_metadata(run: ModelRun) -> dict:
@@ -126,7 +155,15 @@ def _model_metadata(run: ModelRun) -> dict:
     }
 
 
-@asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
+@asset(
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "onnx"},
+    automation_condition=TRAIN_NEW_VERSION,
+    pool=TRAINING_POOL,
+    check_specs=[_export_check_spec("au")],
+)
 def au_model(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: AUModelConfig
 ) -> MaterializeResult:
@@ -135,7 +172,15 @@ def au_model(
     return _train(context, warehouse, config)
 
 
-@asset(group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "onnx"})
+@asset(
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "onnx"},
+    automation_condition=TRAIN_NEW_VERSION,
+    pool=TRAINING_POOL,
+    check_specs=[_export_check_spec("emotion")],
+)
 def emotion_model(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: EmotionModelConfig
 ) -> MaterializeResult:
@@ -151,6 +196,8 @@ def _report_asset(task: str, upstream):
         deps=[upstream],
         partitions_def=dataset_versions,
         kinds={"markdown", "html"},
+        automation_condition=FOLLOW_UPSTREAM,
+        check_specs=[AssetCheckSpec(f"{task}_beats_trivial_baseline", asset=f"{task}_eval_report")],
         description=f"Evaluation report of the latest {task} model of the dataset version: Markdown + HTML "
         "with plots; every number also in `eval_metrics`.",
     )
@@ -173,7 +220,8 @@ def _report_asset(task: str, upstream):
                 "report_html": MetadataValue.url(Path(ev.report["html"]).resolve().as_uri()),
                 "summary": MetadataValue.md(markdown.read_text()[:20000]),
                 "dagster/row_count": MetadataValue.int(len(ev.metrics)),
-            }
+            },
+            check_results=[_floor_check(task, model_id, ev)],
         )
 
     return _report
@@ -184,7 +232,11 @@ emotion_eval_report = _report_asset("emotion", emotion_model)
 
 
 @asset(
-    group_name=GROUP, deps=[dataset_version], partitions_def=dataset_versions, kinds={"pytorch", "markdown"}
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "markdown"},
+    pool=TRAINING_POOL,
 )
 def au_loss_comparison(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: LossComparisonConfig
@@ -202,66 +254,3 @@ def au_loss_comparison(
             "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
         }
     )
-
-
-# ---- checks beside the assets they guard ----------------------------------------------------
-def _export_check(task: str, asset_def):
-    @asset_check(asset=asset_def, name=f"{task}_model_finite_and_exports_agree", blocking=True)
-    def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-        wh = warehouse.get()
-        run = load_run(wh, latest_model_id(wh, task, _check_partition(context)))
-        exports = check_exports(run)
-        return AssetCheckResult(
-            passed=exports["weights_finite"] and exports["onnx_max_abs_diff"] <= 1e-4,
-            metadata={**exports, "model_id": run.model_id},
-        )
-
-    return _check
-
-
-def _floor_check(task: str, asset_def):
-    # Not blocking: a weak model is still worth its report; the check flags it in the UI.
-    @asset_check(asset=asset_def, name=f"{task}_beats_trivial_baseline")
-    def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-        wh = warehouse.get()
-        model_id = latest_model_id(wh, task, _check_partition(context))
-        headline = get_task(task).headline
-        # evaluate_model stored both the headline and the trivial baseline on the same held-out faces
-        found = {
-            r["metric"]: r["value"]
-            for r in wh.sql(
-                f"SELECT metric, value FROM eval_metrics WHERE model_id = {sql_literal(model_id)} "
-                f"AND fold IS NULL AND label = '' AND metric IN ({sql_literal(headline)}, 'trivial_baseline')"
-            ).to_pylist()
-        }
-        if len(found) < 2:
-            return AssetCheckResult(
-                passed=False, metadata={"reason": "no evaluation yet", "model_id": model_id}
-            )
-        value, floor = found[headline], found["trivial_baseline"]
-        return AssetCheckResult(passed=value > floor, metadata={"value": value, "trivial_baseline": floor})
-
-    return _check
-
-
-def _check_partition(context: AssetCheckExecutionContext) -> str:
-    key = context.run.tags.get("dagster/partition") if context.run else None
-    if not key:
-        raise ValueError("run this check with a dataset version partition")
-    return key
-
-
-model_assets = [
-    dataset_version,
-    au_model,
-    emotion_model,
-    au_eval_report,
-    emotion_eval_report,
-    au_loss_comparison,
-]
-model_checks = [
-    _export_check("au", au_model),
-    _export_check("emotion", emotion_model),
-    _floor_check("au", au_eval_report),
-    _floor_check("emotion", emotion_eval_report),
-]

@@ -1,61 +1,68 @@
-"""Jobs: one per source kind (their partitions differ, so they cannot share a run), each ingesting
-its source and auto-labeling what it ingested; the student detector; dataset versions; and,
-per dataset version, training + evaluation and the loss comparison."""
+"""Jobs, for launching by hand (the UI, `ferlab demo`, tests); automation needs none of them.
+One ingest job per source kind (their partitions differ, so they cannot share a run), each
+ingesting its source and auto-labeling what it ingested; the FiftyOne sync; the student
+detector; dataset versions; per dataset version, training + evaluation and the loss comparison."""
 
 from dagster import AssetSelection, define_asset_job
 
-from assets.autolabel import disfa_faces, fer2013_faces, fiftyone_dataset, scraped_faces
-from assets.face_detector import face_detector
-from assets.ingest import disfa_frames, fer2013_images, scraped_images
-from assets.models import (
-    au_eval_report,
-    au_loss_comparison,
-    au_model,
-    dataset_version,
-    emotion_eval_report,
-    emotion_model,
-)
+# A crashed run worker is retried as a run, at most twice (`run_retries` in dagster.yaml turns
+# this on; ingestion is idempotent, so a retry adds only what the crashed run had not).
+INGEST_RUN_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 
-fer2013_ingest_job = define_asset_job(
-    "fer2013_ingest_job",
-    selection=AssetSelection.assets(fer2013_images, fer2013_faces),
-    description="Ingest the FER-2013 CSV; its images are face crops already.",
-)
-disfa_ingest_job = define_asset_job(
-    "disfa_ingest_job",
-    selection=AssetSelection.assets(disfa_frames, disfa_faces),
-    description="Ingest one DISFA subject (video frames + AU labels), detect and crop its faces.",
-)
-scraped_ingest_job = define_asset_job(
-    "scraped_ingest_job",
-    selection=AssetSelection.assets(scraped_images, scraped_faces),
-    description="Ingest one batch of scraped images, detect and crop its faces.",
-)
 
-ingest_jobs = [fer2013_ingest_job, disfa_ingest_job, scraped_ingest_job]
+def _ingest_job(source: str, images: str, description: str):
+    """The source's images asset and the detections + crops made from them."""
+    return define_asset_job(
+        f"{source}_ingest_job",
+        selection=AssetSelection.assets(images, f"{source}_detections", f"{source}_crops"),
+        tags=INGEST_RUN_TAGS,
+        description=description,
+    )
+
+
+fer2013_ingest_job = _ingest_job(
+    "fer2013", "fer2013_images", "Ingest the FER-2013 CSV; its images are face crops already."
+)
+disfa_ingest_job = _ingest_job(
+    "disfa", "disfa_frames", "Ingest one DISFA subject (video frames + AU labels), detect and crop its faces."
+)
+scraped_ingest_job = _ingest_job(
+    "scraped", "scraped_images", "Ingest one batch of scraped images, detect and crop its faces."
+)
 review_job = define_asset_job(
-    "review_job", selection=AssetSelection.assets(fiftyone_dataset), description="Sync the FiftyOne dataset."
+    "review_job", selection=AssetSelection.groups("review"), description="Sync the FiftyOne dataset."
 )
 face_detector_job = define_asset_job(
     "face_detector_job",
-    selection=AssetSelection.assets(face_detector),
+    selection=AssetSelection.assets("face_detector"),
     description="Train the YOLO student on the teachers' labels of the ingested images and install it "
     "as the default detector.",
 )
-
 dataset_version_job = define_asset_job(
     "dataset_version_job",
-    selection=AssetSelection.assets(dataset_version),
+    selection=AssetSelection.assets("dataset_version"),
     description="Snapshot the usable crops + labels + splits as a dataset version (a new partition).",
 )
+# The models and what follows them (their evaluation reports).
+MODELS = AssetSelection.assets("au_model", "emotion_model")
 training_job = define_asset_job(
     "training_job",
-    selection=AssetSelection.assets(au_model, au_eval_report, emotion_model, emotion_eval_report),
+    selection=MODELS | MODELS.downstream(depth=1),
     description="Train and evaluate the AU and emotion models on one dataset version.",
 )
 loss_comparison_job = define_asset_job(
     "loss_comparison_job",
-    selection=AssetSelection.assets(au_loss_comparison),
+    selection=AssetSelection.assets("au_loss_comparison"),
     description="Seed 000's experiment: BCE, LSEP and precision-recall loss on the same folds.",
 )
-model_jobs = [dataset_version_job, training_job, loss_comparison_job]
+
+jobs = [
+    fer2013_ingest_job,
+    disfa_ingest_job,
+    scraped_ingest_job,
+    review_job,
+    face_detector_job,
+    dataset_version_job,
+    training_job,
+    loss_comparison_job,
+]

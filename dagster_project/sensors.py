@@ -1,10 +1,13 @@
-"""Sensors: new DISFA subjects and new scraped batches become partitions and get a run; a new
-dataset version gets its models trained and evaluated."""
+"""Sensors: events outside Dagster (new DISFA subjects, new scraped batches) become partitions
+and get a run; the automation condition sensor runs what the assets' automation conditions ask
+for (a new dataset version's models and reports, the weekly snapshot)."""
 
 from collections.abc import Callable
 from pathlib import Path
 
 from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
     RunRequest,
@@ -15,9 +18,9 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import dataset_versions, disfa_subjects, scraped_batches
+from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import SourcesResource
-from dagster_project.jobs import disfa_ingest_job, scraped_ingest_job, training_job
+from dagster_project.jobs import disfa_ingest_job, scraped_ingest_job
 from warehouse.sources.disfa import find_disfa_subjects
 from warehouse.sources.scraped import find_scraped_batches
 
@@ -73,22 +76,14 @@ scraped_batch_sensor = partition_discovery_sensor(
     "scraped batch folder",
 )
 
-ingest_sensors = [disfa_subject_sensor, scraped_batch_sensor]
-
-
-@sensor(
-    name="dataset_version_sensor",
-    job=training_job,
-    minimum_interval_seconds=60,
+# Running by default, so `make dev` follows the assets' automation conditions with no clicks.
+automation_sensor = AutomationConditionSensorDefinition(
+    "automation_condition_sensor",
+    target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Trains and evaluates the AU and emotion models once for each new dataset version.",
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: each new dataset version's models trained "
+    "once and their reports; the weekly dataset version snapshot.",
 )
-def dataset_version_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-    versions = context.instance.get_dynamic_partitions(dataset_versions.name)
-    if not versions:
-        return SkipReason("no dataset version yet: materialize dataset_version")
-    # The run key makes each version's training run requested once, however often this ticks.
-    return SensorResult(run_requests=[RunRequest(run_key=f"train:{v}", partition_key=v) for v in versions])
 
-
-training_sensors = [dataset_version_sensor]
+sensors = [disfa_subject_sensor, scraped_batch_sensor, automation_sensor]

@@ -13,13 +13,36 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # Fields of models.settings.AUTrainingSettings / EmotionTrainingSettings (`demo_training` checks them).
 DEMO_AU = {"image_size": 112, "finetune_epochs": 3, "finetune_lr": 1e-4}
 DEMO_EMOTION = {"image_size": 96, "finetune_epochs": 3, "finetune_lr": 1e-4}
-DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+# The instance `ferlab demo` runs in and `ferlab dev` serves (one DAGSTER_HOME, so the UI lists the
+# demo's runs and the automation sees the demo's models). Pools: the training assets share the
+# `training` pool, one slot, so one training runs at a time. Run retries: runs tagged
+# `dagster/max_retries` (the ingest jobs) are retried when their worker crashes; failures of an
+# asset itself are left to its RetryPolicy, as Dagster's docs advise.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+run_retries:
+  enabled: true
+  retry_on_asset_or_op_failure: false
+"""
+# What earlier versions wrote: replaced, since it is ours; a dagster.yaml a user wrote is kept.
+OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n",)
 
 
 def prepare_dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME: the environment's, else <data root>/dagster (telemetry off). FiftyOne's
-    database and Ultralytics' settings also default to folders of the data root, so nothing
-    is written under $HOME."""
+    """DAGSTER_HOME: the environment's, else <data root>/dagster, with ferlab's dagster.yaml
+    (telemetry off, one training at a time, run retries) unless one of the user's is there.
+    FiftyOne's database and Ultralytics' settings also default to folders of the data root, so
+    nothing is written under $HOME.
+
+    Args:
+        home: the data root.
+
+    Returns the DAGSTER_HOME folder, also set in the environment.
+    Raises OSError when the folder or its dagster.yaml cannot be written."""
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str((home / "fiftyone").resolve()))
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # the packaged mongod is 6.0
@@ -27,7 +50,7 @@ def prepare_dagster_home(home: Path) -> Path:
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() in OLD_DAGSTER_YAMLS:
         config.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home

@@ -155,6 +155,78 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     assert counts["fer2013"] == 200 and counts["disfa"] == 120
 
 
+REPOSITORIES = """query { repositoriesOrError { ... on RepositoryConnection { nodes {
+  sensors { name sensorState { status ticks(limit: 50) { status } } } } } } }"""
+ALL_RUNS = """query { runsOrError { ... on Runs { results { runId jobName status } } } }"""
+
+
+def _sensor_state(port: int, name: str) -> dict:
+    nodes = _graphql(port, REPOSITORIES)["repositoriesOrError"]["nodes"]
+    (state,) = [s["sensorState"] for repo in nodes for s in repo["sensors"] if s["name"] == name]
+    return state
+
+
+@pytest.mark.slow
+def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path):
+    """`make demo` then `make dev` on the same data root: the UI lists every run of the demo, and
+    the daemon, ticking the automation sensor, launches nothing (the demo's version is trained)."""
+    home = tmp_path / "var"
+    env = {**os.environ, "FERLAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("DAGSTER_HOME", None)  # as `make` sets it: <data root>/dagster, prepared by ferlab
+    ferlab = [sys.executable, "-m", "ferlab", "--home", str(home)]
+    demo = subprocess.run([*ferlab, "demo"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    demo_jobs = sorted(
+        line.split()[1] for line in demo.stdout.splitlines() if line.startswith(("ok ", "FAILED "))
+    )
+    assert "training_job" in demo_jobs, demo.stdout
+
+    port = _free_port()
+    log_path = tmp_path / "dev.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime, closed in finally
+    proc = subprocess.Popen(
+        [*ferlab, "dev", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, stopped by pid below
+    )
+    try:
+
+        def server_up() -> bool:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        _wait(server_up, 600, "the webserver", log_path)
+        runs = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
+        assert sorted(r["jobName"] for r in runs) == demo_jobs
+        assert {r["status"] for r in runs} == {"SUCCESS"}
+
+        def ticks_done() -> int:
+            state = _sensor_state(port, "automation_condition_sensor")
+            assert state["status"] == "RUNNING", state
+            done = [t for t in state["ticks"] if t["status"] in ("SUCCESS", "SKIPPED", "FAILURE")]
+            assert not [t for t in done if t["status"] == "FAILURE"], (state, log_path.read_text()[-3000:])
+            return len(done) >= 3
+
+        _wait(ticks_done, 900, "three ticks of the automation sensor", log_path)
+        after = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
+        assert sorted(r["runId"] for r in after) == sorted(r["runId"] for r in runs), after
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
 def test_sensors_add_new_partitions_once(tmp_path, monkeypatch):
     from dagster import DagsterInstance, SkipReason, build_sensor_context
 
