@@ -87,7 +87,6 @@ def _floor_check(task: str, model_id: str, ev) -> AssetCheckResult:
     )
 
 
-
 def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
     # Dagster's config schema has lists, not tuples; the settings turn the list back into a tuple.
     if get_origin(annotation) is tuple:
