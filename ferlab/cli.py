@@ -87,7 +87,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
-    from labeling.fiftyone_sync import launch_review, sync_fiftyone
+    from labeling.fiftyone_app import launch_review
+    from labeling.fiftyone_sync import sync_fiftyone
 
     if not args.no_sync:
         print(sync_fiftyone(_warehouse(args), name=args.dataset))

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from models.device import resolve_device
 from warehouse.errors import ConfigError, InputError
 from warehouse.hashing import sha256_file, stable_id
 
@@ -59,28 +60,8 @@ class Detector(Protocol):
         ...
 
 
-def resolve_device(device: str = "auto") -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu", "cuda", "cuda:1", "mps" as
-    given. ConfigError for a name torch does not know or a CUDA device this machine lacks, so a
-    run fails when it starts, not at its first batch."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            have = f"only {count} CUDA device(s)" if count else "no CUDA device"
-            raise ConfigError(f"device {device!r} requested but this machine has {have}; use auto or cpu")
-    return device
-
-
 def _packaged(name: str) -> Path:
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     return weight_path(name)
 

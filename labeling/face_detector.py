@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from labeling.detectors import Detector
-from labeling.student import Box, ImageInput, StudentReport, _iou, teach_student
+from labeling.geometry import Box
+from labeling.student import ImageInput, StudentReport, teach_student
 from warehouse.atomic import atomic_path
 from warehouse.errors import ConfigError
 from warehouse.hashing import sha256_file
@@ -55,8 +56,8 @@ def init_weights(init: str) -> Path | None:
     if init == INIT_SCRATCH:
         return None
     if init == INIT_PACKAGED:
-        from ferlab.weights import weight_path
         from labeling.detectors import YOLO_PERSON_FILE
+        from warehouse.packaged_weights import weight_path
 
         return weight_path(YOLO_PERSON_FILE)
     path = Path(init)
@@ -208,28 +209,3 @@ def train_face_detector(
         images_by_source=by_source,
         val_groups=val_groups,
     )
-
-
-# ---- scoring ----------------------------------------------------------------------------------
-def face_recall(
-    found: Mapping[str, Sequence[Sequence[float]]],
-    truth: Mapping[str, Sequence[Sequence[float]]],
-    iou_threshold: float = 0.5,
-) -> tuple[float, int]:
-    """Share of the true faces (image id -> boxes x1, y1, x2, y2) that a found box of the same
-    image overlaps at IoU >= `iou_threshold`, each found box matching one face at most; and
-    the number of true faces. NaN when there is none."""
-    hits = total = 0
-    for image_id, true_boxes in truth.items():
-        boxes = np.asarray([b[-4:] for b in found.get(image_id, [])], np.float64).reshape(-1, 4)
-        used = np.zeros(len(boxes), bool)
-        for box in true_boxes:
-            total += 1
-            if not len(boxes):
-                continue
-            ious = np.where(used, -1.0, _iou(box[-4:], boxes))
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_threshold:
-                used[j] = True
-                hits += 1
-    return (hits / total if total else float("nan")), total

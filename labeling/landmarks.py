@@ -31,7 +31,7 @@ class DlibEyes:
         import dlib
 
         if weights is None:
-            from ferlab.weights import weight_path
+            from warehouse.packaged_weights import weight_path
 
             weights = weight_path(LANDMARKS_FILE)
         self._dlib = dlib

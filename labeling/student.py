@@ -3,7 +3,7 @@ YOLO trained from scratch on their labels becomes the fast production detector (
 
     data_yaml = build_yolo_dataset(images, load_detector("teachers"), work / "dataset")
     best_pt = train_student(data_yaml, work / "runs", epochs=30)
-    onnx = export_onnx(best_pt)
+    onnx = export_yolo_onnx(best_pt)
     score = evaluate_map50(best_pt, val_images, val_boxes)   # our own mAP@0.5
     student = load_student(best_pt)   # = load_detector(str(best_pt), imgsz=<its training size>)
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -36,7 +35,9 @@ import cv2
 import numpy as np
 import yaml
 
-from labeling.detectors import LABELS, Detection, Detector, as_bgr, resolve_device
+from labeling.detectors import LABELS, Detection, Detector, as_bgr
+from labeling.geometry import Box, map50
+from models.device import resolve_device
 
 CLASS_IDS: dict[str, int] = {label: i for i, label in enumerate(LABELS)}  # face 0, person 1
 SPLITS = ("train", "val")
@@ -54,8 +55,6 @@ SHORT_RUN_ARGS: dict[str, Any] = {
 EVAL_CONF = 0.001  # score floor for mAP: the whole precision-recall curve, as detection benchmarks do
 
 ImageInput = tuple[str, "np.ndarray | Path | str", str]
-Box = tuple[str, float, float, float, float]  # label, x1, y1, x2, y2 (pixels)
-Prediction = tuple[str, float, float, float, float, float]  # label, x1, y1, x2, y2, score
 
 
 @dataclass
@@ -298,7 +297,7 @@ def epochs_run(weights: Path) -> int:
         return max(sum(1 for _ in f) - 1, 0)
 
 
-def export_onnx(weights: Path, imgsz: int | None = None) -> Path:
+def export_yolo_onnx(weights: Path, imgsz: int | None = None) -> Path:
     """weights.pt -> weights.onnx next to it (static input at the training size unless
     `imgsz`), for onnxruntime without torch; load it with load_detector(str(path))."""
     from labeling.safe_weights import load_yolo
@@ -318,83 +317,6 @@ def load_student(weights: Path | str, device: str = "auto", conf: float = 0.25, 
 
 
 # ---- mAP@0.5 ----------------------------------------------------------------------------------
-def _iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
-    """IoU of box a (x1, y1, x2, y2) with every row of b."""
-    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = max(a[2] - a[0], 0) * max(a[3] - a[1], 0)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP (PASCAL VOC 2010+): the area under the precision envelope."""
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[1.0 if len(precision) else 0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    steps = np.nonzero(r[1:] != r[:-1])[0]
-    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
-
-
-def _as_prediction(d: Detection | Sequence) -> Prediction:
-    if isinstance(d, Detection):
-        return (d.label, d.x1, d.y1, d.x2, d.y2, d.score)
-    label, x1, y1, x2, y2, score = d
-    return (str(label), float(x1), float(y1), float(x2), float(y2), float(score))
-
-
-def map50(
-    predictions: Sequence[Iterable[Detection | Prediction]],
-    truth: Sequence[Iterable[Box]],
-    iou_threshold: float = 0.5,
-) -> float:
-    """Mean over the classes present in `truth` of their AP at IoU >= `iou_threshold`.
-
-    Per image, predictions (Detection or (label, x1, y1, x2, y2, score)) and true boxes
-    ((label, x1, y1, x2, y2)). A prediction, best score first, matches the unmatched true box
-    of its class it overlaps most, if that IoU reaches the threshold; else it is a false
-    positive (a second box on a matched face too). Classes with predictions but no true box
-    are not counted. NaN when `truth` has no box at all."""
-    if len(predictions) != len(truth):
-        raise ValueError(f"{len(predictions)} predictions for {len(truth)} images")
-    gt: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
-    for i, boxes in enumerate(truth):
-        per_class: dict[str, list] = defaultdict(list)
-        for label, x1, y1, x2, y2 in boxes:
-            per_class[str(label)].append((x1, y1, x2, y2))
-        for label, rows in per_class.items():
-            gt[label][i] = np.asarray(rows, np.float64)
-    if not gt:
-        return math.nan
-    preds: dict[str, list[tuple[float, int, tuple]]] = defaultdict(list)
-    for i, found in enumerate(predictions):
-        for d in found:
-            label, x1, y1, x2, y2, score = _as_prediction(d)
-            preds[label].append((score, i, (x1, y1, x2, y2)))
-    aps = []
-    for label, by_image in gt.items():
-        n_true = sum(len(b) for b in by_image.values())
-        matched = {i: np.zeros(len(b), bool) for i, b in by_image.items()}
-        ranked = sorted(preds.get(label, []), key=lambda p: -p[0])  # stable: ties keep input order
-        tp = np.zeros(len(ranked))
-        for k, (_, i, box) in enumerate(ranked):
-            boxes = by_image.get(i)
-            if boxes is None:
-                continue
-            ious = np.where(matched[i], -1.0, _iou(box, boxes))
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_threshold:
-                matched[i][j] = True
-                tp[k] = 1
-        cum_tp = np.cumsum(tp)
-        recall = cum_tp / n_true
-        precision = cum_tp / np.arange(1, len(ranked) + 1)
-        aps.append(average_precision(recall, precision))
-    return float(np.mean(aps))
-
-
 def evaluate_map50(
     weights: Path | str | Detector,
     images: Sequence[np.ndarray],
@@ -453,7 +375,7 @@ def teach_student(
     weights = train_student(
         data_yaml, work_dir / "runs", model_yaml, epochs, imgsz, batch, device, seed, **train_args
     )
-    onnx = export_onnx(weights)
+    onnx = export_yolo_onnx(weights)
 
     val_paths, teacher_boxes = read_yolo_split(data_yaml, "val")
     val_images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in val_paths]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ferlab.demo import QUIET
-from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, TRUTH_CSV, demo_truth, face_recall
+from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, TRUTH_CSV, demo_truth
+from labeling.geometry import face_recall
 
 INGEST_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 15 x 64
 # Started from the packaged COCO YOLO11n (the asset's default), 20 epochs at 160 px in steps of 8

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from labeling.detectors import Detection, TeacherDetector, load_detector, packaged_person_detector
+from labeling.geometry import map50
 from labeling.student import (
     StudentReport,
     build_yolo_dataset,
     evaluate_map50,
-    map50,
     read_yolo_split,
     split_groups,
     teach_student,

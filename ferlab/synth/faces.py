@@ -654,7 +654,7 @@ def _aligned_crop(image: np.ndarray, lm: np.ndarray, box_w: float) -> tuple[np.n
 
 
 def _yunet_confirms(image: np.ndarray) -> bool:
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     h, w = image.shape[:2]
     det = cv2.FaceDetectorYN.create(
@@ -696,7 +696,7 @@ def _read_rgb(path: str | Path) -> np.ndarray:
 def _default_photos() -> list[tuple[str, np.ndarray]]:
     from skimage import data
 
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     return [("astronaut", data.astronaut()), ("t1", _read_rgb(weight_path("insightface_t1.jpg")))]
 

@@ -101,7 +101,7 @@ def control_points(lm: np.ndarray, width: int, height: int) -> np.ndarray:
 def dlib_models() -> tuple[Any, Any]:
     import dlib
 
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(weight_path("shape_predictor_68_face_landmarks.dat")))
