@@ -21,6 +21,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from warehouse.paths import data_root
+
 EPILOG = """\
 data root: --home, else $FERLAB_HOME, else ./var. It holds media/ (images by content hash),
 tables/<name>/*.parquet and warehouse.duckdb (views: images, emotion_labels, au_labels,
@@ -32,7 +34,7 @@ Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: a
 
 
 def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home or os.environ.get("FERLAB_HOME") or "var")
+    return data_root(args.home)
 
 
 def _warehouse(args: argparse.Namespace, writable: bool = True):

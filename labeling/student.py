@@ -7,12 +7,12 @@ YOLO trained from scratch on their labels becomes the fast production detector (
     score = evaluate_map50(best_pt, val_images, val_boxes)   # our own mAP@0.5
     student = load_student(best_pt)   # = load_detector(str(best_pt), imgsz=<its training size>)
 
-    report = teach_student(images, teacher, work)            # all of the above
+    report = teach_student(images, teacher, work, settings=settings)   # all of the above
 
 `images` are (image_id, BGR array or image file, group) triples; the group is what must not
 straddle the split (a subject, a video, a scraped batch), so the student is scored on images
 of groups it never saw. Nothing here touches the network: ultralytics is prepared offline
-(labeling.yolo_env) and the model is built untrained from its yaml. No code runs from a
+(labeling.yolo_env) and the model is built from its yaml, untrained or from packaged weights. No code runs from a
 weights file: a .pt to start from or to export is checked first (labeling.safe_weights), and
 ultralytics' own loads go through its restricted loader.
 """
@@ -37,7 +37,9 @@ import yaml
 
 from labeling.detectors import LABELS, Detection, Detector, as_bgr
 from labeling.geometry import Box, map50
+from labeling.settings import INIT_PACKAGED, INIT_SCRATCH, StudentDetectorSettings
 from models.device import resolve_device
+from warehouse.errors import ConfigError
 
 CLASS_IDS: dict[str, int] = {label: i for i, label in enumerate(LABELS)}  # face 0, person 1
 SPLITS = ("train", "val")
@@ -218,6 +220,27 @@ def read_yolo_split(data_yaml: Path, split: str = "val") -> tuple[list[Path], li
 
 
 # ---- training ---------------------------------------------------------------------------------
+def init_weights(init: str) -> Path | None:
+    """`init` as a weights file to start from: INIT_PACKAGED (the packaged YOLO11n-seg),
+    INIT_SCRATCH (None) or a .pt path, checked here (labeling.safe_weights) so that a file that
+    is refused fails before the teachers label anything. ConfigError, InputError or
+    UnsafeFileError otherwise; FileNotFoundError when set-up has not fetched the packaged file."""
+    if init == INIT_SCRATCH:
+        return None
+    if init == INIT_PACKAGED:
+        from labeling.detectors import YOLO_PERSON_FILE
+        from warehouse.packaged_weights import weight_path
+
+        return weight_path(YOLO_PERSON_FILE)
+    path = Path(init)
+    if path.suffix != ".pt" or not path.is_file():
+        raise ConfigError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
+    from labeling.safe_weights import check_checkpoint
+
+    check_checkpoint(path)
+    return path
+
+
 def _ultralytics():
     from labeling.yolo_env import prepare_ultralytics_offline
 
@@ -230,17 +253,14 @@ def _ultralytics():
 def train_student(
     data_yaml: Path,
     out_dir: Path,
-    model_yaml: str = "yolov8n.yaml",
-    epochs: int = 30,
-    imgsz: int = 320,
-    batch: int = 16,
-    device: str = "auto",
-    seed: int = 0,
+    settings: StudentDetectorSettings | None = None,
     **train_args: Any,
 ) -> Path:
-    """Train an untrained `model_yaml` (built offline, no pretrained weights) on `data_yaml`;
-    return its best.pt (out_dir/student/weights/best.pt). Extra keywords go to ultralytics'
-    `train` (augmentation, lr0, name, ...).
+    """Train `settings.model_yaml` (built offline, started from `settings.init`: see
+    init_weights) on `data_yaml` with the settings' epochs, imgsz, batch, device and seed;
+    return its best.pt (out_dir/student/weights/best.pt), with the settings saved beside it
+    (settings.json). Extra keywords go to ultralytics' `train` (augmentation, lr0, name, ...).
+    ConfigError for an unusable device; the errors of init_weights.
 
     Defaults made for short runs from scratch (`SHORT_RUN_ARGS`, each overridable):
     - no mosaic: on the demo data, 40 epochs at 160 px reached mAP50 0.97-1.0 against the
@@ -252,19 +272,21 @@ def train_student(
     - no per-epoch validation: it costs 10-15% more time on a small run, and picking the
       best epoch on the val images would flatter the held-out score; so best.pt is the last
       epoch's weights (ultralytics still validates it once at the end)."""
+    settings = settings or StudentDetectorSettings()
+    start = init_weights(settings.init)
     YOLO = _ultralytics()
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
     out_dir = Path(out_dir).resolve()
     on_cpu = device == "cpu"
     args: dict[str, Any] = {
         "data": str(Path(data_yaml).resolve()),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
+        "epochs": settings.epochs,
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
         "device": device,
-        "seed": seed,
+        "seed": settings.seed,
         "deterministic": True,
-        "pretrained": False,
+        "pretrained": str(start) if start else False,
         "amp": False,  # its check downloads yolo11n.pt; fp16 gains nothing on CPU anyway
         "plots": False,
         "workers": 0 if on_cpu else min(4, os.cpu_count() or 1),
@@ -280,11 +302,12 @@ def train_student(
         from labeling.safe_weights import check_checkpoint
 
         check_checkpoint(pretrained)  # ultralytics would refuse it too, but after the labeling
-    model = YOLO(model_yaml)
+    model = YOLO(settings.model_yaml)
     model.train(**args)
     best = Path(model.trainer.best)
     if not best.is_file():
         best = Path(model.trainer.last)
+    settings.save(best.parent)
     return best
 
 
@@ -356,25 +379,21 @@ def teach_student(
     teacher: Detector,
     work_dir: Path,
     truth: Mapping[str, Iterable[Box]] | None = None,
-    epochs: int = 30,
-    imgsz: int = 320,
-    device: str = "auto",
-    model_yaml: str = "yolov8n.yaml",
-    batch: int = 16,
-    seed: int = 0,
+    settings: StudentDetectorSettings | None = None,
     **train_args: Any,
 ) -> StudentReport:
     """Label with the teacher, train the student, export it to ONNX, score it on the held-out
     groups: against the teacher's labels, and against `truth` when given (image id -> its true
     boxes; the held-out images with an entry are scored, so give an image with nothing to
-    find an empty list). Files: work_dir/dataset (YOLO layout), work_dir/runs/student."""
+    find an empty list). `settings` say what is trained how (train_student). Files:
+    work_dir/dataset (YOLO layout), work_dir/runs/student (settings.json beside best.pt)."""
+    settings = settings or StudentDetectorSettings()
     started = time.perf_counter()
     work_dir = Path(work_dir)
-    device = resolve_device(device)
+    init_weights(settings.init)  # a refused file fails before the teachers label anything
+    device = resolve_device(settings.device)
     data_yaml = build_yolo_dataset(images, teacher, work_dir / "dataset")
-    weights = train_student(
-        data_yaml, work_dir / "runs", model_yaml, epochs, imgsz, batch, device, seed, **train_args
-    )
+    weights = train_student(data_yaml, work_dir / "runs", settings, **train_args)
     onnx = export_yolo_onnx(weights)
 
     val_paths, teacher_boxes = read_yolo_split(data_yaml, "val")
@@ -398,7 +417,7 @@ def teach_student(
         map50_vs_truth=vs_truth,
         train_images=n_train,
         val_images=len(manifest) - n_train,
-        epochs=epochs_run(weights) or epochs,
+        epochs=epochs_run(weights) or settings.epochs,
         seconds=time.perf_counter() - started,
         device=device,
     )

@@ -20,6 +20,7 @@ import yaml
 
 from labeling.detectors import Detection, TeacherDetector, load_detector, packaged_person_detector
 from labeling.geometry import map50
+from labeling.settings import StudentDetectorSettings
 from labeling.student import (
     StudentReport,
     build_yolo_dataset,
@@ -295,9 +296,13 @@ def trained(tmp_path_factory) -> tuple[StudentReport, dict, dict, list[str]]:
             teacher,
             root / "work",
             truth=truth,
-            epochs=STUDENT_EPOCHS,
-            imgsz=STUDENT_IMGSZ,
-            device="cpu",
+            settings=StudentDetectorSettings(
+                epochs=STUDENT_EPOCHS,
+                imgsz=STUDENT_IMGSZ,
+                device="cpu",
+                model_yaml="yolov8n.yaml",  # this test's recipe: a yolov8n from scratch
+                init="scratch",
+            ),
         )
     timing = {"teach_student_s": time.perf_counter() - started}
     return report, truth, timing, guard.attempts
