@@ -31,8 +31,9 @@ import cv2
 import numpy as np
 
 from labeling.crops import crop_faces
-from labeling.detect import Frame, detect_files
+from labeling.detect import detect_files
 from labeling.detectors import Detection, Detector
+from labeling.media import Frame
 from warehouse.rejects import Reject
 
 WIDTH, HEIGHT = 640, 360

@@ -80,9 +80,103 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from labeling.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(_home(args) / "ultralytics")
-    from labeling.detect import run_detect_cli
-
     return run_detect_cli(args.paths, args.detector, args.out, args.stride, args.batch_size, args.device)
+
+
+# ---- ferlab detect ----------------------------------------------------------------------------
+def check_out_file(out: str | Path) -> Path:
+    """The Parquet file `--out` names, checked before anything is detected: not a folder, and
+    in an existing folder that takes a new file (a missing folder is not created: a typo in
+    it should not make a new tree). InputError otherwise."""
+    import tempfile
+
+    from warehouse.errors import InputError
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give a file name, e.g. {out / 'detections.parquet'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"--out {out}: {folder} {what}; create the folder or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
+    return out
+
+
+def _listed(paths: list, most: int = 3) -> str:
+    shown = ", ".join(str(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def run_detect_cli(
+    paths: list,
+    detector_spec: str = "teachers",
+    out_parquet: str | Path | None = None,
+    stride: int = 1,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> int:
+    """`ferlab detect`: detections to a Parquet file (or as CSV on stdout, with the summary
+    then on stderr so the CSV stays clean). Returns exit code 0.
+
+    What would stop the run is found before the detector loads (minutes for the teachers on
+    a large input, then lost): bad numbers, an unusable device or `--out`, nothing to detect.
+    Those, a detector that cannot load and a Parquet file that cannot be written raise a
+    FerlabError (ConfigError, InputError, UnsafeFileError, StorageError), one line for the CLI
+    to print. A bad image or video is a reject, and the run goes on."""
+    import io
+    from collections import Counter
+
+    import pyarrow.csv as pacsv
+
+    from labeling.detect import detect_files, write_parquet
+    from labeling.detectors import load_detector
+    from labeling.media import IMAGE_EXTS, VIDEO_EXTS, media_files
+    from models.device import resolve_device
+    from warehouse.errors import ConfigError, InputError, StorageError
+
+    if stride < 1:
+        raise ConfigError(f"--stride must be >= 1, not {stride}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    resolve_device(device)
+    if out_parquet:
+        out_parquet = check_out_file(out_parquet)
+    files = media_files(paths)
+    if not any(f.exists() for f in files):
+        raise InputError(
+            f"no image or video in {_listed(list(paths))}: looked for "
+            f"{' '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))} (hidden files and folders skipped)"
+        )
+    detector = load_detector(detector_spec, device=device)
+    table, frames, empty, rejects = detect_files(
+        detector, files, stride=stride, batch_size=batch_size, show_progress=True
+    )
+    report = sys.stdout
+    if out_parquet:
+        try:
+            write_parquet(table, out_parquet)
+        except OSError as exc:
+            raise StorageError(
+                f"{out_parquet}: cannot write the {table.num_rows} detections ({exc.strerror or exc}); "
+                "free some space or choose another --out"
+            ) from exc
+        print(f"{table.num_rows} detections by {detector.name} -> {out_parquet}")
+    else:
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+        report = sys.stderr
+    print(f"frames: {frames}, frames with no detection: {empty}", file=report)
+    for reason, n in sorted(Counter(r.reason for r in rejects).items()):
+        print(f"  rejected {n:>6}  {reason}", file=report)
+    return 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:

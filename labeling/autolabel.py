@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from labeling.crops import CROP_SIZE, GRAY_SIZE, FaceCrop, crop_faces
-from labeling.detect import DetectionRows, Frame, detect_frames, detection_id
+from labeling.detect import DetectionRows, detect_frames, detection_id
 from labeling.detectors import Detection, Detector
 from labeling.landmarks import EyeLocator
+from labeling.media import Frame
 from labeling.settings import AutoLabelSettings
 from warehouse.hashing import stable_id
 from warehouse.rejects import Reject

@@ -16,11 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import skimage.data
 
+from ferlab.cli import run_detect_cli
 from labeling.crops import crop_faces, eye_angles
-from labeling.detect import detect_files, prefetch, run_detect_cli
+from labeling.detect import detect_files
 from labeling.detectors import Detection, Detector, load_detector, map_class_names
 from labeling.geometry import clip_boxes
 from labeling.landmarks import DlibEyes
+from labeling.prefetch import prefetch
 from labeling.yolo_env import prepare_ultralytics_offline
 from models.device import resolve_device
 from warehouse.errors import ConfigError, InputError, StorageError

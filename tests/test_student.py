@@ -228,7 +228,7 @@ def test_evaluate_map50_runs_a_detector_over_images():
 def demo_images(demo: Path, stride: int = VIDEO_STRIDE):
     """(image id, image, group) for the demo's scenes (group: their folder) and every
     `stride`-th frame of its DISFA videos (group: the subject), and the true face boxes."""
-    from labeling.detect import Frame, iter_frames
+    from labeling.media import Frame, iter_frames
 
     with open(demo / "truth" / "faces.csv") as f:
         rows = [r for r in csv.DictReader(f) if not r["path"].startswith("fer2013")]
