@@ -131,7 +131,8 @@ def decode_frames(
             yield held
 
 
-def _truncation_detail(state: VideoDecode) -> str:
+def truncation_detail(state: VideoDecode) -> str:
+    """What went wrong with a short video, in one line for a reject."""
     parts = [f"decoded {state.decoded} frames"]
     if state.header_frames:
         parts[0] = f"decoded {state.decoded} of the {state.header_frames} frames the container declares"
