@@ -67,6 +67,24 @@ def _packaged(name: str) -> Path:
 
 
 # ---- YuNet (OpenCV) -------------------------------------------------------------------------
+def yunet_model(
+    weights: str | Path | None = None,
+    input_size: tuple[int, int] = (320, 320),
+    score_threshold: float = 0.6,
+    nms_threshold: float = 0.3,
+    top_k: int = 5000,
+    backend: int = cv2.dnn.DNN_BACKEND_DEFAULT,
+    target: int = cv2.dnn.DNN_TARGET_CPU,
+):
+    """OpenCV's YuNet (cv2.FaceDetectorYN) from `weights`, default the packaged file: the one
+    place it is loaded (YuNetDetector, the demo generator). FileNotFoundError when set-up has
+    not fetched the packaged file; cv2.error for a file OpenCV cannot read."""
+    path = Path(weights) if weights else _packaged(YUNET_FILE)
+    return cv2.FaceDetectorYN.create(
+        str(path), "", input_size, score_threshold, nms_threshold, top_k, backend, target
+    )
+
+
 class YuNetDetector:
     """OpenCV's YuNet face detector (the face teacher): fast on CPU, 5 landmarks per face.
 
@@ -92,8 +110,8 @@ class YuNetDetector:
         if device in ("cuda", "auto") and cv2.cuda.getCudaEnabledDeviceCount() > 0:
             backend, target = cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA
         self.device = "cuda" if target == cv2.dnn.DNN_TARGET_CUDA else "cpu"
-        self._net = cv2.FaceDetectorYN.create(
-            str(self.weights), "", (320, 320), score_threshold, nms_threshold, top_k, backend, target
+        self._net = yunet_model(
+            self.weights, (320, 320), score_threshold, nms_threshold, top_k, backend, target
         )
         self._size: tuple[int, int] = (320, 320)
 
