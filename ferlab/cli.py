@@ -21,6 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from labeling.settings import AutoLabelSettings, StudentDetectorSettings
 from warehouse.paths import data_root
 
 EPILOG = """\
@@ -176,6 +177,43 @@ def run_detect_cli(
     print(f"frames: {frames}, frames with no detection: {empty}", file=report)
     for reason, n in sorted(Counter(r.reason for r in rejects).items()):
         print(f"  rejected {n:>6}  {reason}", file=report)
+    return 0
+
+
+def cmd_face_detector(args: argparse.Namespace) -> int:
+    from assets.resources import face_truth_csv
+    from labeling.detectors import load_detector
+    from labeling.face_detector import train_face_detector
+    from labeling.yolo_env import prepare_ultralytics_offline
+
+    settings = StudentDetectorSettings.from_arguments(args)
+    wh = _warehouse(args)
+    prepare_ultralytics_offline(wh.home / "ultralytics")
+    teacher = load_detector("teachers", device=settings.device)
+    trained = train_face_detector(wh, teacher, settings, truth_csv=args.truth or face_truth_csv(wh.home))
+    r = trained.report
+    vs_truth = "n/a" if r.map50_vs_truth is None else f"{r.map50_vs_truth:.3f}"
+    print(
+        f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, {vs_truth} vs truth; {r.train_images} train / "
+        f"{r.val_images} val images, {r.epochs} epochs on {r.device} -> {trained.weights}"
+    )
+    return 0
+
+
+def cmd_autolabel(args: argparse.Namespace) -> int:
+    from assets.resources import DetectorResource
+    from labeling.autolabel import autolabel
+
+    settings = AutoLabelSettings.from_arguments(args)
+    wh = _warehouse(args)
+    where, params = ("WHERE source = ?", [args.source]) if args.source else ("", [])
+    images = wh.sql(
+        f"SELECT image_id, source, source_uri, frame_index, media_path FROM images {where} "
+        "ORDER BY source_uri, frame_index",
+        params,
+    )
+    detector = DetectorResource(**settings.model_dump()).load(wh.home)
+    print(autolabel(wh, images, detector, settings, show_progress=True).summary())
     return 0
 
 
@@ -375,6 +413,31 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=int, default=16)
     detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     detect.set_defaults(func=cmd_detect)
+
+    face = sub.add_parser(
+        "face-detector",
+        help="train the YOLO student face detector on the warehouse's DISFA frames and scraped images",
+        description="The teachers (YuNet + YOLO11n) label the images, a YOLO student learns their labels "
+        "offline, and student.pt / student.onnx (with settings.json) replace <home>/models/face_detector/; "
+        "the `auto` detector then uses it. The flags are labeling.settings.StudentDetectorSettings' fields.",
+    )
+    StudentDetectorSettings.add_arguments(face)
+    face.add_argument(
+        "--truth",
+        type=Path,
+        help="ground-truth face boxes (labeling.truth CSV) to score it against "
+        "(default: <home>/sources/truth/faces.csv when there, as `ferlab demo` writes it)",
+    )
+    face.set_defaults(func=cmd_face_detector)
+
+    autolab = sub.add_parser(
+        "autolabel",
+        help="detect and crop the faces of the warehouse's images (what the *_faces assets do)",
+        description="The flags are labeling.settings.AutoLabelSettings' fields.",
+    )
+    AutoLabelSettings.add_arguments(autolab)
+    autolab.add_argument("--source", help="only the images of this source (fer2013, disfa, scraped)")
+    autolab.set_defaults(func=cmd_autolabel)
 
     review = sub.add_parser(
         "review", help="sync the warehouse into a FiftyOne dataset and open the App for curators"
