@@ -38,6 +38,7 @@ TRAIN_SOURCES = ("disfa", "scraped")
 
 
 def student_dir(home: str | Path) -> Path:
+    """Where the trained student is installed under the data root `home`."""
     return Path(home) / STUDENT_DIR
 
 
@@ -131,13 +132,12 @@ def train_face_detector(
     **train_args: Any,
 ) -> TrainedDetector:
     """Label the warehouse's DISFA frames and scraped images (`settings.disfa_stride`,
-    `settings.max_images`) with `teacher`, train the student (`settings`: labeling.student)
-    on them, split by group, score it on
-    the held-out groups (against the teacher, and against the ground truth in `truth_csv`, a
-    labeling.truth CSV, when given) and install it in `target`
-    (default <home>/models/face_detector), its settings.json beside it. ValueError when there is
-    nothing to train on; ConfigError (and the like) for a start file or device that cannot be
-    used, before anything is labeled."""
+    `settings.max_images`) with `teacher`, train the student on them as `settings` say
+    (labeling.student), split by group, score it on the held-out groups (against the teacher,
+    and against the ground truth in `truth_csv`, a labeling.truth CSV, when the caller gives
+    one) and install it in `target` (default <home>/models/face_detector) with its
+    settings.json. ValueError when there is nothing to train on; ConfigError, InputError or
+    UnsafeFileError for a start file or device that cannot be used, before anything is labeled."""
     settings = settings or StudentDetectorSettings()
     init_weights(settings.init)
     rows = select_training_images(wh, settings.disfa_stride, settings.max_images)
