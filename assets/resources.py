@@ -9,10 +9,24 @@ from pathlib import Path
 from dagster import ConfigurableResource
 
 from warehouse import Warehouse
+from warehouse.paths import data_root
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("FERLAB_HOME") or "var")
+    """The data root when a resource leaves it empty: $FERLAB_HOME, else ./var (warehouse.paths)."""
+    return data_root()
+
+
+# Where a ground-truth face-box CSV (labeling.truth) is looked for under the data root: the
+# demo (`ferlab demo`) renders its generator's truth there; one dropped there by hand also
+# scores the trained face detector.
+FACE_TRUTH_CSV = Path("sources") / "truth" / "faces.csv"
+
+
+def face_truth_csv(home: Path) -> Path | None:
+    """<home>/sources/truth/faces.csv when it exists, else None."""
+    path = Path(home) / FACE_TRUTH_CSV
+    return path if path.is_file() else None
 
 
 class WarehouseResource(ConfigurableResource):
@@ -71,3 +85,11 @@ class DetectorResource(ConfigurableResource):
         from labeling.detectors import load_detector
 
         return load_detector(self.resolve_spec(home), device=self.device)
+
+    def settings(self):
+        """These fields as labeling.settings.AutoLabelSettings (validated: ConfigError)."""
+        from labeling.settings import AutoLabelSettings
+
+        return AutoLabelSettings(
+            spec=self.spec, device=self.device, batch_size=self.batch_size, margin=self.margin
+        )

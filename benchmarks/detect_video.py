@@ -31,8 +31,9 @@ import cv2
 import numpy as np
 
 from labeling.crops import crop_faces
-from labeling.detect import Frame, detect_files
+from labeling.detect import detect_files
 from labeling.detectors import Detection, Detector
+from labeling.media import Frame
 from warehouse.rejects import Reject
 
 WIDTH, HEIGHT = 640, 360
@@ -159,6 +160,7 @@ def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: i
     from ferlab.demodata import generate_demo_data
     from labeling.detectors import load_detector
     from labeling.face_detector import train_face_detector
+    from labeling.settings import StudentDetectorSettings
     from warehouse import Warehouse
     from warehouse.sources.disfa import ingest_disfa
     from warehouse.sources.scraped import ingest_scraped
@@ -171,11 +173,8 @@ def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: i
         trained = train_face_detector(
             wh,
             load_detector("teachers", device=device),
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=8,
-            disfa_stride=1,
-            device=device,
+            StudentDetectorSettings(epochs=epochs, imgsz=imgsz, batch=8, disfa_stride=1, device=device),
+            truth_csv=demo / "truth" / "faces.csv",
         )
     r = trained.report
     log(

@@ -24,6 +24,9 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from labeling.settings import AutoLabelSettings, StudentDetectorSettings
+from warehouse.paths import data_root
+
 EPILOG = """\
 data root: --home, else $FERLAB_HOME, else ./var. It holds media/ (images by content hash),
 tables/<name>/*.parquet and warehouse.duckdb (views: images, emotion_labels, au_labels,
@@ -35,7 +38,7 @@ Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: a
 
 
 def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home or os.environ.get("FERLAB_HOME") or "var")
+    return data_root(args.home)
 
 
 def _warehouse(args: argparse.Namespace, writable: bool = True):
@@ -81,16 +84,148 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from labeling.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(_home(args) / "ultralytics")
-    from labeling.detect import run_detect_cli
-
     return run_detect_cli(args.paths, args.detector, args.out, args.stride, args.batch_size, args.device)
+
+
+# ---- ferlab detect ----------------------------------------------------------------------------
+def check_out_file(out: str | Path) -> Path:
+    """The Parquet file `--out` names, checked before anything is detected: not a folder, and
+    in an existing folder that takes a new file (a missing folder is not created: a typo in
+    it should not make a new tree). InputError otherwise."""
+    import tempfile
+
+    from warehouse.errors import InputError
+
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give a file name, e.g. {out / 'detections.parquet'}")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"--out {out}: {folder} {what}; create the folder or choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from exc
+    return out
+
+
+def _listed(paths: list, most: int = 3) -> str:
+    shown = ", ".join(str(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def run_detect_cli(
+    paths: list,
+    detector_spec: str = "teachers",
+    out_parquet: str | Path | None = None,
+    stride: int = 1,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> int:
+    """`ferlab detect`: detections to a Parquet file (or as CSV on stdout, with the summary
+    then on stderr so the CSV stays clean). Returns exit code 0.
+
+    What would stop the run is found before the detector loads (minutes for the teachers on
+    a large input, then lost): bad numbers, an unusable device or `--out`, nothing to detect.
+    Those, a detector that cannot load and a Parquet file that cannot be written raise a
+    FerlabError (ConfigError, InputError, UnsafeFileError, StorageError), one line for the CLI
+    to print. A bad image or video is a reject, and the run goes on."""
+    import io
+    from collections import Counter
+
+    import pyarrow.csv as pacsv
+
+    from labeling.detect import detect_files, write_parquet
+    from labeling.detectors import load_detector
+    from labeling.media import IMAGE_EXTS, VIDEO_EXTS, media_files
+    from models.device import resolve_device
+    from warehouse.errors import ConfigError, InputError, StorageError
+
+    if stride < 1:
+        raise ConfigError(f"--stride must be >= 1, not {stride}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, not {batch_size}")
+    resolve_device(device)
+    if out_parquet:
+        out_parquet = check_out_file(out_parquet)
+    files = media_files(paths)
+    if not any(f.exists() for f in files):
+        raise InputError(
+            f"no image or video in {_listed(list(paths))}: looked for "
+            f"{' '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))} (hidden files and folders skipped)"
+        )
+    detector = load_detector(detector_spec, device=device)
+    table, frames, empty, rejects = detect_files(
+        detector, files, stride=stride, batch_size=batch_size, show_progress=True
+    )
+    report = sys.stdout
+    if out_parquet:
+        try:
+            write_parquet(table, out_parquet)
+        except OSError as exc:
+            raise StorageError(
+                f"{out_parquet}: cannot write the {table.num_rows} detections ({exc.strerror or exc}); "
+                "free some space or choose another --out"
+            ) from exc
+        print(f"{table.num_rows} detections by {detector.name} -> {out_parquet}")
+    else:
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+        report = sys.stderr
+    print(f"frames: {frames}, frames with no detection: {empty}", file=report)
+    for reason, n in sorted(Counter(r.reason for r in rejects).items()):
+        print(f"  rejected {n:>6}  {reason}", file=report)
+    return 0
+
+
+def cmd_face_detector(args: argparse.Namespace) -> int:
+    from assets.resources import face_truth_csv
+    from labeling.detectors import load_detector
+    from labeling.face_detector import train_face_detector
+    from labeling.yolo_env import prepare_ultralytics_offline
+
+    settings = StudentDetectorSettings.from_arguments(args)
+    wh = _warehouse(args)
+    prepare_ultralytics_offline(wh.home / "ultralytics")
+    teacher = load_detector("teachers", device=settings.device)
+    trained = train_face_detector(wh, teacher, settings, truth_csv=args.truth or face_truth_csv(wh.home))
+    r = trained.report
+    vs_truth = "n/a" if r.map50_vs_truth is None else f"{r.map50_vs_truth:.3f}"
+    print(
+        f"student: mAP50 {r.map50_vs_teacher:.3f} vs teacher, {vs_truth} vs truth; {r.train_images} train / "
+        f"{r.val_images} val images, {r.epochs} epochs on {r.device} -> {trained.weights}"
+    )
+    return 0
+
+
+def cmd_autolabel(args: argparse.Namespace) -> int:
+    from assets.resources import DetectorResource
+    from labeling.autolabel import autolabel
+
+    settings = AutoLabelSettings.from_arguments(args)
+    wh = _warehouse(args)
+    where, params = ("WHERE source = ?", [args.source]) if args.source else ("", [])
+    images = wh.sql(
+        f"SELECT image_id, source, source_uri, frame_index, media_path FROM images {where} "
+        "ORDER BY source_uri, frame_index",
+        params,
+    )
+    detector = DetectorResource(**settings.model_dump()).load(wh.home)
+    print(autolabel(wh, images, detector, settings, show_progress=True).summary())
+    return 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
-    from labeling.fiftyone_sync import launch_review, sync_fiftyone
+    from labeling.fiftyone_app import launch_review
+    from labeling.fiftyone_sync import sync_fiftyone
 
     if not args.no_sync:
         print(sync_fiftyone(_warehouse(args), name=args.dataset))
@@ -347,6 +482,31 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=int, default=16)
     detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     detect.set_defaults(func=cmd_detect)
+
+    face = sub.add_parser(
+        "face-detector",
+        help="train the YOLO student face detector on the warehouse's DISFA frames and scraped images",
+        description="The teachers (YuNet + YOLO11n) label the images, a YOLO student learns their labels "
+        "offline, and student.pt / student.onnx (with settings.json) replace <home>/models/face_detector/; "
+        "the `auto` detector then uses it. The flags are labeling.settings.StudentDetectorSettings' fields.",
+    )
+    StudentDetectorSettings.add_arguments(face)
+    face.add_argument(
+        "--truth",
+        type=Path,
+        help="ground-truth face boxes (labeling.truth CSV) to score it against "
+        "(default: <home>/sources/truth/faces.csv when there, as `ferlab demo` writes it)",
+    )
+    face.set_defaults(func=cmd_face_detector)
+
+    autolab = sub.add_parser(
+        "autolabel",
+        help="detect and crop the faces of the warehouse's images (what the *_faces assets do)",
+        description="The flags are labeling.settings.AutoLabelSettings' fields.",
+    )
+    AutoLabelSettings.add_arguments(autolab)
+    autolab.add_argument("--source", help="only the images of this source (fer2013, disfa, scraped)")
+    autolab.set_defaults(func=cmd_autolabel)
 
     review = sub.add_parser(
         "review", help="sync the warehouse into a FiftyOne dataset and open the App for curators"

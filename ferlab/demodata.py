@@ -336,20 +336,6 @@ def write_truth(out: Path, truth: list[TruthRow]) -> Path:
     return path
 
 
-def read_face_boxes(
-    path: str | Path,
-) -> dict[tuple[str, int | None], list[tuple[float, float, float, float]]]:
-    """truth/faces.csv back as (path, frame or None) -> the true face boxes (x1, y1, x2, y2).
-    Paths are relative to the demo's root; frames count from 1, as DISFA's do. A demo image
-    with no key holds no face."""
-    boxes: dict[tuple[str, int | None], list[tuple[float, float, float, float]]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            key = (r["path"], int(r["frame"]) if r["frame"] else None)
-            boxes.setdefault(key, []).append((float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"])))
-    return boxes
-
-
 def generate_demo_data(
     out: str | Path, seed: int = 0, size: str = "small", photos: list[Path] | None = None
 ) -> Path:

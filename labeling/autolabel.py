@@ -15,10 +15,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from labeling.crops import CROP_SIZE, GRAY_SIZE, MARGIN, FaceCrop, crop_faces
-from labeling.detect import DetectionRows, Frame, detect_frames, detection_id
+from labeling.crops import CROP_SIZE, GRAY_SIZE, FaceCrop, crop_faces
+from labeling.detect import DetectionRows, detect_frames, detection_id
 from labeling.detectors import Detection, Detector
 from labeling.landmarks import EyeLocator
+from labeling.media import Frame
+from labeling.settings import AutoLabelSettings
 from warehouse.hashing import stable_id
 from warehouse.rejects import Reject
 from warehouse.schemas import CROPS
@@ -97,13 +99,16 @@ def autolabel(
     wh: Warehouse,
     images: pa.Table,
     detector: Detector,
-    batch_size: int = 16,
-    margin: float = MARGIN,
+    settings: AutoLabelSettings | None = None,
     eyes: EyeLocator | None = None,
     show_progress: bool = False,
 ) -> AutolabelReport:
-    """Detect, crop and store for these `images` rows (image_id, source, source_uri,
-    frame_index, media_path). Re-running adds nothing: ids hash their inputs."""
+    """Detect with `detector` (the one `settings.spec` named, loaded by the caller), crop with
+    `settings.margin` and store, for these `images` rows (image_id, source, source_uri,
+    frame_index, media_path); `settings.batch_size` frames per detector call. Re-running adds
+    nothing: ids hash their inputs. StorageError when the warehouse cannot be written."""
+    settings = settings or AutoLabelSettings()
+    batch_size, margin = settings.batch_size, settings.margin
     report = AutolabelReport()
     writer = _CropWriter(wh)
     cropped = np.isin(images.column("source").to_numpy(zero_copy_only=False), CROPPED_SOURCES)

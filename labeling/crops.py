@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from labeling.detectors import Detection, as_bgr
+from labeling.geometry import clip_boxes, crop_squares
 from labeling.landmarks import EyeLocator
 from warehouse.rejects import Reject
 
@@ -34,12 +35,6 @@ class FaceCrop:
     angle: float  # degrees the face was turned to level the eyes (0 without landmarks)
     matrix: np.ndarray  # (2, 3) affine map from image to crop pixels (e.g. for landmarks)
     quality: dict[str, float | bool]  # face_px, blur, brightness, too_small, too_blurry
-
-
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(N, 4) x1, y1, x2, y2 clipped to the image; NaN stays NaN (and is degenerate)."""
-    limits = np.array([width, height, width, height], np.float64)
-    return np.clip(boxes, 0.0, limits)
 
 
 def degenerate(boxes: np.ndarray, min_side: float = 1.0) -> np.ndarray:
@@ -65,9 +60,7 @@ def crop_matrices(
     """(N, 2, 3) affine maps image -> crop: a square of side max(w, h) * (1 + 2 * margin)
     around each box's center, turned by `angles` (cv2.getRotationMatrix2D's convention),
     scaled to `size` px. Vectorized over faces."""
-    cx = (boxes[:, 0] + boxes[:, 2]) / 2
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 + 2 * margin)
+    cx, cy, side = crop_squares(boxes, margin)
     k = size / side
     theta = np.radians(angles)
     a, b = k * np.cos(theta), k * np.sin(theta)

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from models.device import resolve_device
 from warehouse.errors import ConfigError, InputError
 from warehouse.hashing import sha256_file, stable_id
 
@@ -59,33 +60,31 @@ class Detector(Protocol):
         ...
 
 
-def resolve_device(device: str = "auto") -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu", "cuda", "cuda:1", "mps" as
-    given. ConfigError for a name torch does not know or a CUDA device this machine lacks, so a
-    run fails when it starts, not at its first batch."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (dev.index or 0) >= count:
-            have = f"only {count} CUDA device(s)" if count else "no CUDA device"
-            raise ConfigError(f"device {device!r} requested but this machine has {have}; use auto or cpu")
-    return device
-
-
 def _packaged(name: str) -> Path:
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     return weight_path(name)
 
 
 # ---- YuNet (OpenCV) -------------------------------------------------------------------------
+def yunet_model(
+    weights: str | Path | None = None,
+    input_size: tuple[int, int] = (320, 320),
+    score_threshold: float = 0.6,
+    nms_threshold: float = 0.3,
+    top_k: int = 5000,
+    backend: int = cv2.dnn.DNN_BACKEND_DEFAULT,
+    target: int = cv2.dnn.DNN_TARGET_CPU,
+):
+    """OpenCV's YuNet (cv2.FaceDetectorYN) from `weights`, default the packaged file: the one
+    place it is loaded (YuNetDetector, the demo generator). FileNotFoundError when set-up has
+    not fetched the packaged file; cv2.error for a file OpenCV cannot read."""
+    path = Path(weights) if weights else _packaged(YUNET_FILE)
+    return cv2.FaceDetectorYN.create(
+        str(path), "", input_size, score_threshold, nms_threshold, top_k, backend, target
+    )
+
+
 class YuNetDetector:
     """OpenCV's YuNet face detector (the face teacher): fast on CPU, 5 landmarks per face.
 
@@ -111,8 +110,8 @@ class YuNetDetector:
         if device in ("cuda", "auto") and cv2.cuda.getCudaEnabledDeviceCount() > 0:
             backend, target = cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA
         self.device = "cuda" if target == cv2.dnn.DNN_TARGET_CUDA else "cpu"
-        self._net = cv2.FaceDetectorYN.create(
-            str(self.weights), "", (320, 320), score_threshold, nms_threshold, top_k, backend, target
+        self._net = yunet_model(
+            self.weights, (320, 320), score_threshold, nms_threshold, top_k, backend, target
         )
         self._size: tuple[int, int] = (320, 320)
 

@@ -1,7 +1,7 @@
 """The platform's own face detector, trained from the warehouse: the logic of the
 `face_detector` asset (assets/face_detector.py), without Dagster.
 
-    trained = train_face_detector(wh, load_detector("teachers"), epochs=30, imgsz=320)
+    trained = train_face_detector(wh, load_detector("teachers"), StudentDetectorSettings(epochs=30))
     trained.weights      # <home>/models/face_detector/student.pt (+ student.onnx beside it)
 
 The ingested DISFA frames (every `disfa_stride`-th of each video) and scraped images are
@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from labeling.detectors import Detector
-from labeling.student import Box, ImageInput, StudentReport, _iou, teach_student
+from labeling.geometry import Box
+from labeling.settings import StudentDetectorSettings
+from labeling.student import ImageInput, StudentReport, init_weights, teach_student
+from labeling.truth import read_face_boxes, truth_root
 from warehouse.atomic import atomic_path
-from warehouse.errors import ConfigError
 from warehouse.hashing import sha256_file
 from warehouse.store import Warehouse
 
@@ -33,39 +35,11 @@ STUDENT_DIR = Path("models") / "face_detector"
 STUDENT_PT = "student.pt"
 STUDENT_ONNX = "student.onnx"
 TRAIN_SOURCES = ("disfa", "scraped")
-TRUTH_CSV = Path("sources") / "truth" / "faces.csv"  # the demo generator's ground truth
-MODEL_YAML = "yolo11n.yaml"
-# What the student starts from: the packaged COCO YOLO11n-seg (the person teacher). Its backbone,
-# neck and box head carry over to a YOLO11n detector (ultralytics copies COCO's person row into
-# the person class); the face class is learned. On the small demo, 20 epochs from it found every
-# demo face at IoU 0.5, scenes included; 40 from scratch (labeling.student's yolov8n recipe)
-# found 30-60 % of the scenes' faces.
-INIT_PACKAGED = "yolo11n-seg"
-INIT_SCRATCH = "scratch"
 
 
 def student_dir(home: str | Path) -> Path:
+    """Where the trained student is installed under the data root `home`."""
     return Path(home) / STUDENT_DIR
-
-
-def init_weights(init: str) -> Path | None:
-    """`init` as a weights file to start from: INIT_PACKAGED, INIT_SCRATCH (None) or a .pt path,
-    checked here (labeling.safe_weights) so that a file that is refused fails before the
-    teachers label anything. ConfigError, InputError or UnsafeFileError otherwise."""
-    if init == INIT_SCRATCH:
-        return None
-    if init == INIT_PACKAGED:
-        from ferlab.weights import weight_path
-        from labeling.detectors import YOLO_PERSON_FILE
-
-        return weight_path(YOLO_PERSON_FILE)
-    path = Path(init)
-    if path.suffix != ".pt" or not path.is_file():
-        raise ConfigError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
-    from labeling.safe_weights import check_checkpoint
-
-    check_checkpoint(path)
-    return path
 
 
 # ---- what to train on -------------------------------------------------------------------------
@@ -107,13 +81,11 @@ def training_inputs(wh: Warehouse, rows: Sequence[Mapping[str, Any]]) -> list[Im
     return [(r["image_id"], wh.path(r["media_path"]), r["group"]) for r in rows]
 
 
-def demo_truth(rows: Sequence[Mapping[str, Any]], truth_csv: Path) -> dict[str, list[Box]]:
-    """image_id -> its true face boxes, for the rows that come from the demo generator's
-    output (the folder holding truth/faces.csv); a demo image without a truth row holds no
-    face. Empty when no row comes from there."""
-    from ferlab.demodata import read_face_boxes
-
-    root = Path(truth_csv).resolve().parent.parent
+def truth_for(rows: Sequence[Mapping[str, Any]], truth_csv: str | Path) -> dict[str, list[Box]]:
+    """image_id -> its true face boxes (labeling.truth's CSV at `truth_csv`), for the rows
+    whose source file lies under the folder that CSV describes; such an image without a truth
+    row holds no face. Empty when no row comes from there. OSError when the CSV cannot be read."""
+    root = truth_root(truth_csv)
     boxes = read_face_boxes(truth_csv)
     truth: dict[str, list[Box]] = {}
     for r in rows:
@@ -136,11 +108,14 @@ class TrainedDetector:
     val_groups: list[str] = field(default_factory=list)
 
 
-def install_student(report: StudentReport, target: Path) -> tuple[Path, Path]:
+def install_student(
+    report: StudentReport, target: Path, settings: StudentDetectorSettings
+) -> tuple[Path, Path]:
     """Copy the trained files to target/student.{onnx,pt}, each through a temp file + rename
-    (whole or not at all); the ONNX file first, since student.pt appearing is what switches
-    the `auto` detector over."""
+    (whole or not at all), with the `settings` that made them (settings.json); the ONNX file
+    and the settings first, since student.pt appearing is what switches the `auto` detector over."""
     target.mkdir(parents=True, exist_ok=True)
+    settings.save(target)
     pt, onnx = target / STUDENT_PT, target / STUDENT_ONNX
     for source, dest in ((report.onnx, onnx), (report.weights, pt)):
         with atomic_path(dest) as tmp:
@@ -151,32 +126,27 @@ def install_student(report: StudentReport, target: Path) -> tuple[Path, Path]:
 def train_face_detector(
     wh: Warehouse,
     teacher: Detector,
+    settings: StudentDetectorSettings | None = None,
     target: Path | None = None,
-    epochs: int = 30,
-    imgsz: int = 320,
-    batch: int = 16,
-    max_images: int = 1000,
-    disfa_stride: int = 8,
-    device: str = "auto",
-    model_yaml: str = MODEL_YAML,
-    init: str = INIT_PACKAGED,
-    truth_csv: Path | None = None,
+    truth_csv: str | Path | None = None,
     **train_args: Any,
 ) -> TrainedDetector:
-    """Label the warehouse's DISFA frames and scraped images with `teacher`, train the student
-    (`model_yaml`, started from `init`: see init_weights) on them, split by group, score it on
-    the held-out groups (against the teacher, and against the demo's ground truth when
-    `truth_csv`, default <home>/sources/truth/faces.csv, exists) and install it in `target`
-    (default <home>/models/face_detector). ValueError when there is nothing to train on."""
-    start = init_weights(init)
-    rows = select_training_images(wh, disfa_stride, max_images)
+    """Label the warehouse's DISFA frames and scraped images (`settings.disfa_stride`,
+    `settings.max_images`) with `teacher`, train the student on them as `settings` say
+    (labeling.student), split by group, score it on the held-out groups (against the teacher,
+    and against the ground truth in `truth_csv`, a labeling.truth CSV, when the caller gives
+    one) and install it in `target` (default <home>/models/face_detector) with its
+    settings.json. ValueError when there is nothing to train on; ConfigError, InputError or
+    UnsafeFileError for a start file or device that cannot be used, before anything is labeled."""
+    settings = settings or StudentDetectorSettings()
+    init_weights(settings.init)
+    rows = select_training_images(wh, settings.disfa_stride, settings.max_images)
     if not rows:
         raise ValueError(
             f"no DISFA frames or scraped images in the warehouse at {wh.home} to train the face "
             "detector on: ingest some first (disfa_ingest_job, scraped_ingest_job)"
         )
-    truth_csv = Path(truth_csv) if truth_csv else wh.home / TRUTH_CSV
-    truth = demo_truth(rows, truth_csv) if truth_csv.is_file() else {}
+    truth = truth_for(rows, truth_csv) if truth_csv else {}
     target = Path(target) if target else student_dir(wh.home)
     target.mkdir(parents=True, exist_ok=True)
     by_source: dict[str, int] = {}
@@ -189,17 +159,12 @@ def train_face_detector(
             teacher,
             Path(work),
             truth=truth or None,
-            epochs=epochs,
-            imgsz=imgsz,
-            device=device,
-            model_yaml=model_yaml,
-            batch=batch,
-            **({"pretrained": str(start)} if start else {}),
+            settings=settings,
             **train_args,
         )
         with open(Path(work) / "dataset" / "manifest.csv") as f:
             val_groups = sorted({r["group"] for r in csv.DictReader(f) if r["split"] == "val"})
-        pt, onnx = install_student(report, target)
+        pt, onnx = install_student(report, target, settings)
     return TrainedDetector(
         weights=pt,
         onnx=onnx,
@@ -208,28 +173,3 @@ def train_face_detector(
         images_by_source=by_source,
         val_groups=val_groups,
     )
-
-
-# ---- scoring ----------------------------------------------------------------------------------
-def face_recall(
-    found: Mapping[str, Sequence[Sequence[float]]],
-    truth: Mapping[str, Sequence[Sequence[float]]],
-    iou_threshold: float = 0.5,
-) -> tuple[float, int]:
-    """Share of the true faces (image id -> boxes x1, y1, x2, y2) that a found box of the same
-    image overlaps at IoU >= `iou_threshold`, each found box matching one face at most; and
-    the number of true faces. NaN when there is none."""
-    hits = total = 0
-    for image_id, true_boxes in truth.items():
-        boxes = np.asarray([b[-4:] for b in found.get(image_id, [])], np.float64).reshape(-1, 4)
-        used = np.zeros(len(boxes), bool)
-        for box in true_boxes:
-            total += 1
-            if not len(boxes):
-                continue
-            ious = np.where(used, -1.0, _iou(box[-4:], boxes))
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_threshold:
-                used[j] = True
-                hits += 1
-    return (hits / total if total else float("nan")), total

@@ -35,31 +35,23 @@ longer in the warehouse are removed. The fields above belong to the sync: a labe
 in the App is overwritten when its image next changes, so corrections go to the warehouse
 (as human labels), from where they come back here. All writes are batched (`add_samples`, one
 `set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
-Label ids are derived from the warehouse keys (detection_id, crop_id, image and AU), so a
-re-sync gives a label the same id.
+What each field holds is built by labeling.fiftyone_docs; the App is labeling.fiftyone_app.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from warehouse.schemas import EMOTIONS, LABEL_SOURCES, SOURCES
-from warehouse.store import Warehouse, quote_literal
+from labeling.fiftyone_docs import DOCS, FORMAT, SCALARS, WarehouseImage, documents, read_warehouse
+from warehouse.schemas import EMOTIONS, SOURCES
+from warehouse.store import Warehouse
 
 DEFAULT_NAME = "ferlab"
-# Bump when the conversion below changes: every sample's digest changes and it is rewritten.
-_FORMAT = 1
 _MARK = "ferlab_sync"  # key in dataset.info that says a dataset is this module's
-_SCALARS = ("image_id", "source", "subject", "video_id", "split", "batch", "frame_index")
-_DOCS = ("metadata", "ground_truth", "aus", "detections", "face_crops")
 
 
 @dataclass(frozen=True)
@@ -73,7 +65,7 @@ class SyncReport:
         return f"added {self.added}, updated {self.updated}, removed {self.removed}; {self.total} samples"
 
 
-def _fiftyone():
+def import_fiftyone():
     """Import FiftyOne with its usage tracking off unless the environment says otherwise."""
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     import fiftyone as fo
@@ -81,253 +73,10 @@ def _fiftyone():
     return fo
 
 
-# ---- reading the warehouse ------------------------------------------------------------------
-def _rank(column: str = "label_source") -> str:
-    whens = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(LABEL_SOURCES))
-    return f"CASE {column} {whens} ELSE {len(LABEL_SOURCES)} END"
-
-
-def _rows(con, query: str) -> list[dict[str, Any]]:
-    return con.sql(query).to_arrow_table().to_pylist()
-
-
-@dataclass(slots=True)
-class _Image:
-    """What the warehouse says about one image, as plain values (hashable by repr)."""
-
-    filepath: str
-    scalars: tuple
-    size: tuple[int, int]
-    ground_truth: tuple | None = None
-    aus: list[tuple] | None = None
-    detections: list[tuple] | None = None
-    crops: list[tuple] | None = None
-    digest: str = ""
-
-    def seal(self) -> None:
-        parts = (_FORMAT, self.filepath, self.scalars, self.size, self.ground_truth, self.aus)
-        self.digest = hashlib.sha1(repr((parts, self.detections, self.crops)).encode()).hexdigest()
-
-
-def _read_warehouse(wh: Warehouse, sources: Sequence[str] | None) -> dict[str, _Image]:
-    where = "" if sources is None else "WHERE source IN (" + ", ".join(map(quote_literal, sources)) + ")"
-    home = str(wh.home)
-    with wh.connect() as con:
-        con.execute(
-            "CREATE TEMP TABLE scope AS SELECT image_id, source, subject, video_id, frame_index, "
-            f"split, batch, width, height, media_path FROM images {where}"
-        )
-        images = {
-            r["image_id"]: _Image(
-                f"{home}/{r['media_path']}", tuple(r[k] for k in _SCALARS), (r["width"], r["height"])
-            )
-            for r in _rows(
-                con, "SELECT * FROM scope ORDER BY source, subject, video_id, frame_index, media_path"
-            )
-        }
-        in_scope = "image_id IN (SELECT image_id FROM scope)"
-        for r in _rows(
-            con,
-            f"""SELECT image_id, emotion, label_source, confidence, annotator, n_labels FROM (
-                  SELECT *, count(*) OVER (PARTITION BY image_id) AS n_labels,
-                    row_number() OVER (PARTITION BY image_id ORDER BY {_rank()},
-                      confidence DESC NULLS LAST, annotator, emotion) AS rank
-                  FROM emotion_labels WHERE {in_scope}) WHERE rank = 1""",
-        ):
-            images[r["image_id"]].ground_truth = (
-                r["emotion"],
-                r["label_source"],
-                r["confidence"],
-                r["annotator"],
-                r["n_labels"],
-            )
-        aus = defaultdict(list)
-        for r in _rows(
-            con,
-            f"""SELECT image_id, au, intensity, label_source, probability, annotator FROM (
-                  SELECT *, row_number() OVER (PARTITION BY image_id, au ORDER BY {_rank()},
-                    probability DESC NULLS LAST, annotator) AS rank
-                  FROM au_labels WHERE {in_scope}) WHERE rank = 1 AND present
-                ORDER BY image_id, au""",
-        ):
-            aus[r["image_id"]].append(
-                (r["au"], r["intensity"], r["label_source"], r["probability"], r["annotator"])
-            )
-        dets = defaultdict(list)
-        for r in _rows(
-            con,
-            f"""SELECT image_id, detection_id, label, x1, y1, x2, y2, width, height, score, detector,
-                  weights_sha256 FROM detections WHERE {in_scope}
-                ORDER BY image_id, detector, score DESC, detection_id""",
-        ):
-            dets[r["image_id"]].append(tuple(r.values())[1:])
-        crops = defaultdict(list)
-        for r in _rows(
-            con,
-            f"""SELECT c.image_id, c.crop_id, c.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.width,
-                  d.height, d.score, c.margin, c.media_path, c.gray_media_path, c.size, c.gray_size,
-                  c.angle, c.face_px, c.blur, c.brightness, c.too_small, c.too_blurry
-                FROM crops c JOIN detections d USING (detection_id)
-                WHERE c.{in_scope} ORDER BY c.image_id, c.crop_id""",
-        ):
-            crops[r["image_id"]].append(tuple(r.values())[1:])
-    for image_id, found in aus.items():
-        images[image_id].aus = found
-    for image_id, found in dets.items():
-        images[image_id].detections = found
-    for image_id, found in crops.items():
-        images[image_id].crops = found
-    for im in images.values():
-        im.seal()
-    return images
-
-
-# ---- FiftyOne documents ---------------------------------------------------------------------
-# Labels are written in FiftyOne's stored form (what `label.to_mongo_dict()` gives): building
-# FiftyOne's document objects for 10k samples costs more than everything else in a sync.
-def _oid(*parts: object):
-    from bson import ObjectId
-
-    return ObjectId(hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:24])
-
-
-def _label(cls: str, _id, **fields) -> dict:
-    return {"_id": _id, "_cls": cls, "tags": [], **{k: v for k, v in fields.items() if v is not None}}
-
-
-def _clip01(v: float) -> float:
-    return min(max(v, 0.0), 1.0)
-
-
-def _relative(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> list[float]:
-    """Pixel corners -> FiftyOne's [x, y, width, height] in 0..1, clipped to the image."""
-    w, h = max(w, 1), max(h, 1)
-    left, top, right, bottom = _clip01(x1 / w), _clip01(y1 / h), _clip01(x2 / w), _clip01(y2 / h)
-    return [left, top, max(right - left, 0.0), max(bottom - top, 0.0)]
-
-
-def _crop_square(x1, y1, x2, y2, w, h, margin) -> list[float]:
-    """The square labeling.crops cut: the clipped box's longer side * (1 + 2 margin), centered."""
-    x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
-    y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
-    half = max(x2 - x1, y2 - y1) * (1 + 2 * margin) / 2
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    return _relative(cx - half, cy - half, cx + half, cy + half, w, h)
-
-
-def _documents(image_id: str, im: _Image, home: str) -> dict[str, Any]:
-    """The stored form of the sample's embedded documents."""
-    gt = None
-    if im.ground_truth is not None:
-        emotion, label_source, confidence, annotator, n_labels = im.ground_truth
-        gt = _label(
-            "Classification",
-            _oid(image_id, "ground_truth"),
-            label=emotion,
-            confidence=confidence,
-            label_source=label_source,
-            annotator=annotator,
-            n_labels=n_labels,
-        )
-    aus = None
-    if im.aus:
-        aus = {
-            "_cls": "Classifications",
-            "classifications": [
-                _label(
-                    "Classification",
-                    _oid(image_id, "au", au),
-                    label=f"AU{au}",
-                    confidence=probability,
-                    au=au,
-                    intensity=intensity,
-                    label_source=label_source,
-                    annotator=annotator,
-                )
-                for au, intensity, label_source, probability, annotator in im.aus
-            ],
-        }
-    detections = None
-    if im.detections:
-        detections = {
-            "_cls": "Detections",
-            "detections": [
-                _label(
-                    "Detection",
-                    _oid(detection_id),
-                    label=label,
-                    bounding_box=_relative(x1, y1, x2, y2, w, h),
-                    confidence=score,
-                    detector=detector,
-                    weights_sha256=sha,
-                    detection_id=detection_id,
-                )
-                for detection_id, label, x1, y1, x2, y2, w, h, score, detector, sha in im.detections
-            ],
-        }
-    crops = None
-    if im.crops:
-        crops = {"_cls": "Detections", "detections": []}
-        for (
-            crop_id,
-            detection_id,
-            label,
-            x1,
-            y1,
-            x2,
-            y2,
-            w,
-            h,
-            score,
-            margin,
-            path,
-            gray_path,
-            size,
-            gray_size,
-            angle,
-            face_px,
-            blur,
-            brightness,
-            too_small,
-            too_blurry,
-        ) in im.crops:
-            crops["detections"].append(
-                _label(
-                    "Detection",
-                    _oid(crop_id),
-                    label=label,
-                    bounding_box=_crop_square(x1, y1, x2, y2, w, h, margin),
-                    confidence=score,
-                    crop_id=crop_id,
-                    detection_id=detection_id,
-                    crop_path=f"{home}/{path}",
-                    gray_path=f"{home}/{gray_path}",
-                    size=size,
-                    gray_size=gray_size,
-                    margin=margin,
-                    angle=angle,
-                    face_px=face_px,
-                    blur=blur,
-                    brightness=brightness,
-                    too_small=too_small,
-                    too_blurry=too_blurry,
-                )
-            )
-    width, height = im.size
-    metadata = {"_cls": "ImageMetadata", "width": width, "height": height}
-    return {
-        "metadata": metadata,
-        "ground_truth": gt,
-        "aus": aus,
-        "detections": detections,
-        "face_crops": crops,
-    }
-
-
 def _declare_schema(ds) -> None:
     """Every field and label attribute, declared up front: the App's sidebar filters work
     from the first sync, and values written later always match a declared type."""
-    fo = _fiftyone()
+    fo = import_fiftyone()
     doc = fo.EmbeddedDocumentField
     fields: list[tuple[str, Any, dict]] = [
         ("image_id", fo.StringField, {}),
@@ -379,7 +128,7 @@ def _declare_schema(ds) -> None:
 
 
 def _open_dataset(name: str, home: str):
-    fo = _fiftyone()
+    fo = import_fiftyone()
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
         if len(ds) and _MARK not in ds.info:
@@ -391,14 +140,14 @@ def _open_dataset(name: str, home: str):
     # One sample per image, even if two syncs run at once (samples without an image_id, added
     # by hand, are not the sync's and are left alone).
     ds.create_index("image_id", unique=True, partialFilterExpression={"image_id": {"$type": "string"}})
-    ds.info[_MARK] = {"version": _FORMAT, "warehouse": home}
+    ds.info[_MARK] = {"version": FORMAT, "warehouse": home}
     ds.classes["ground_truth"] = list(EMOTIONS)
     ds.save()
     return ds
 
 
 def _set_fields(
-    ds, ids: list[str], image_ids: list[str], wanted: dict[str, _Image], home: str, new: bool
+    ds, ids: list[str], image_ids: list[str], wanted: dict[str, WarehouseImage], home: str, new: bool
 ) -> None:
     """Write the warehouse-derived fields of the samples `ids` (batched: one bulk write per
     field), the digest last, so that a sync killed midway leaves the sample marked stale.
@@ -409,10 +158,10 @@ def _set_fields(
     values: dict[str, list] = {}
     if not new:
         values["filepath"] = [im.filepath for im in images]
-        for k, field in enumerate(_SCALARS[1:], start=1):
+        for k, field in enumerate(SCALARS[1:], start=1):
             values[field] = [im.scalars[k] for im in images]
-    docs = [_documents(i, im, home) for i, im in zip(image_ids, images)]
-    for field in _DOCS[0 if not new else 1 :]:
+    docs = [documents(i, im, home) for i, im in zip(image_ids, images)]
+    for field in DOCS[0 if not new else 1 :]:
         values[field] = [d[field] for d in docs]
     for field, column in values.items():
         # validate=False: labels are in FiftyOne's stored form, of the types declared above.
@@ -440,9 +189,9 @@ def sync_fiftyone(
         if unknown:
             raise ValueError(f"unknown sources {unknown}; known: {list(SOURCES)}")
         sources = sorted(set(sources))
-    fo = _fiftyone()
+    fo = import_fiftyone()
     home = str(wh.home)
-    wanted = _read_warehouse(wh, sources)
+    wanted = read_warehouse(wh, sources)
     ds = _open_dataset(name, home)
 
     sample_ids, image_ids, sample_sources, digests = ds.values(["id", "image_id", "source", "warehouse_hash"])
@@ -468,7 +217,7 @@ def sync_fiftyone(
             fo.Sample(
                 filepath=wanted[i].filepath,
                 metadata=fo.ImageMetadata(width=wanted[i].size[0], height=wanted[i].size[1]),
-                **dict(zip(_SCALARS, wanted[i].scalars)),
+                **dict(zip(SCALARS, wanted[i].scalars)),
             )
             for i in part
         ]
@@ -479,71 +228,9 @@ def sync_fiftyone(
     if stale:
         ds.delete_samples(stale)
     ds.info[_MARK] = {
-        "version": _FORMAT,
+        "version": FORMAT,
         "warehouse": home,
         "synced_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     ds.save()
     return SyncReport(added=len(new), updated=len(changed), removed=len(stale), total=len(ds))
-
-
-# ---- the App ----------------------------------------------------------------------------------
-def _fiftyone_server(address: str, port: int) -> bool:
-    import requests
-
-    try:
-        return "version" in requests.get(f"http://{address}:{port}/fiftyone", timeout=2).json()
-    except Exception:
-        return False
-
-
-def _check_port(address: str, port: int) -> None:
-    """Fail fast when something other than a FiftyOne server holds the port (FiftyOne would
-    wait a minute for its server, then time out)."""
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-            return
-        except OSError as exc:
-            if _fiftyone_server(address, port):
-                return  # FiftyOne's own server: the session attaches to it
-            raise OSError(f"{address}:{port} is in use by another program; pick another port") from exc
-
-
-def launch_review(name: str = DEFAULT_NAME, port: int = 5151, address: str = "127.0.0.1") -> None:
-    """Serve the FiftyOne App on the dataset `name` at http://address:port until Ctrl-C
-    (SIGINT) or SIGTERM, then stop the App's server."""
-    import signal
-    import threading
-
-    fo = _fiftyone()
-    if not fo.dataset_exists(name):
-        raise LookupError(f"no FiftyOne dataset {name!r}: run the sync first")
-    _check_port(address, port)
-    dataset = fo.load_dataset(name)
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        # Also when started in the background with SIGINT ignored, and by process managers.
-        handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    session = None
-    try:
-        session = fo.launch_app(dataset, remote=True, address=address, port=port, auto=False)
-        print(
-            f"FiftyOne App on http://{address}:{port} ({len(dataset)} samples in {name!r}); Ctrl-C stops it",
-            flush=True,
-        )
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        if session is not None:
-            session.close()
-        # (interrupted while starting: the App's server stops when this process exits)

@@ -8,6 +8,7 @@ about 1 ms a face. Pass `DlibEyes()` to `crop_faces(eyes=...)` to use it.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -24,18 +25,28 @@ class EyeLocator(Protocol):
         ...
 
 
+@lru_cache(maxsize=4)
+def dlib_shape_predictor(weights: str | Path | None = None):
+    """dlib's 68-point shape predictor from `weights`, default the packaged file; loaded once
+    per file (DlibEyes, the demo generator). FileNotFoundError when set-up has not fetched the
+    packaged file; RuntimeError (dlib's) for a file it cannot read."""
+    import dlib
+
+    if weights is None:
+        from warehouse.packaged_weights import weight_path
+
+        weights = weight_path(LANDMARKS_FILE)
+    return dlib.shape_predictor(str(weights))
+
+
 class DlibEyes:
     """Eye centers as the mean of dlib's six points around each eye."""
 
     def __init__(self, weights: str | Path | None = None):
         import dlib
 
-        if weights is None:
-            from ferlab.weights import weight_path
-
-            weights = weight_path(LANDMARKS_FILE)
         self._dlib = dlib
-        self._predictor = dlib.shape_predictor(str(weights))
+        self._predictor = dlib_shape_predictor(weights)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         eyes = np.full((len(boxes), 2, 2), np.nan)

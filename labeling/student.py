@@ -3,16 +3,16 @@ YOLO trained from scratch on their labels becomes the fast production detector (
 
     data_yaml = build_yolo_dataset(images, load_detector("teachers"), work / "dataset")
     best_pt = train_student(data_yaml, work / "runs", epochs=30)
-    onnx = export_onnx(best_pt)
+    onnx = export_yolo_onnx(best_pt)
     score = evaluate_map50(best_pt, val_images, val_boxes)   # our own mAP@0.5
     student = load_student(best_pt)   # = load_detector(str(best_pt), imgsz=<its training size>)
 
-    report = teach_student(images, teacher, work)            # all of the above
+    report = teach_student(images, teacher, work, settings=settings)   # all of the above
 
 `images` are (image_id, BGR array or image file, group) triples; the group is what must not
 straddle the split (a subject, a video, a scraped batch), so the student is scored on images
 of groups it never saw. Nothing here touches the network: ultralytics is prepared offline
-(labeling.yolo_env) and the model is built untrained from its yaml. No code runs from a
+(labeling.yolo_env) and the model is built from its yaml, untrained or from packaged weights. No code runs from a
 weights file: a .pt to start from or to export is checked first (labeling.safe_weights), and
 ultralytics' own loads go through its restricted loader.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -36,7 +35,11 @@ import cv2
 import numpy as np
 import yaml
 
-from labeling.detectors import LABELS, Detection, Detector, as_bgr, resolve_device
+from labeling.detectors import LABELS, Detection, Detector, as_bgr
+from labeling.geometry import Box, map50
+from labeling.settings import INIT_PACKAGED, INIT_SCRATCH, StudentDetectorSettings
+from models.device import resolve_device
+from warehouse.errors import ConfigError
 
 CLASS_IDS: dict[str, int] = {label: i for i, label in enumerate(LABELS)}  # face 0, person 1
 SPLITS = ("train", "val")
@@ -54,8 +57,6 @@ SHORT_RUN_ARGS: dict[str, Any] = {
 EVAL_CONF = 0.001  # score floor for mAP: the whole precision-recall curve, as detection benchmarks do
 
 ImageInput = tuple[str, "np.ndarray | Path | str", str]
-Box = tuple[str, float, float, float, float]  # label, x1, y1, x2, y2 (pixels)
-Prediction = tuple[str, float, float, float, float, float]  # label, x1, y1, x2, y2, score
 
 
 @dataclass
@@ -219,6 +220,27 @@ def read_yolo_split(data_yaml: Path, split: str = "val") -> tuple[list[Path], li
 
 
 # ---- training ---------------------------------------------------------------------------------
+def init_weights(init: str) -> Path | None:
+    """`init` as a weights file to start from: INIT_PACKAGED (the packaged YOLO11n-seg),
+    INIT_SCRATCH (None) or a .pt path, checked here (labeling.safe_weights) so that a file that
+    is refused fails before the teachers label anything. ConfigError, InputError or
+    UnsafeFileError otherwise; FileNotFoundError when set-up has not fetched the packaged file."""
+    if init == INIT_SCRATCH:
+        return None
+    if init == INIT_PACKAGED:
+        from labeling.detectors import YOLO_PERSON_FILE
+        from warehouse.packaged_weights import weight_path
+
+        return weight_path(YOLO_PERSON_FILE)
+    path = Path(init)
+    if path.suffix != ".pt" or not path.is_file():
+        raise ConfigError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
+    from labeling.safe_weights import check_checkpoint
+
+    check_checkpoint(path)
+    return path
+
+
 def _ultralytics():
     from labeling.yolo_env import prepare_ultralytics_offline
 
@@ -231,17 +253,14 @@ def _ultralytics():
 def train_student(
     data_yaml: Path,
     out_dir: Path,
-    model_yaml: str = "yolov8n.yaml",
-    epochs: int = 30,
-    imgsz: int = 320,
-    batch: int = 16,
-    device: str = "auto",
-    seed: int = 0,
+    settings: StudentDetectorSettings | None = None,
     **train_args: Any,
 ) -> Path:
-    """Train an untrained `model_yaml` (built offline, no pretrained weights) on `data_yaml`;
-    return its best.pt (out_dir/student/weights/best.pt). Extra keywords go to ultralytics'
-    `train` (augmentation, lr0, name, ...).
+    """Train `settings.model_yaml` (built offline, started from `settings.init`: see
+    init_weights) on `data_yaml` with the settings' epochs, imgsz, batch, device and seed;
+    return its best.pt (out_dir/student/weights/best.pt), with the settings saved beside it
+    (settings.json). Extra keywords go to ultralytics' `train` (augmentation, lr0, name, ...).
+    ConfigError for an unusable device; the errors of init_weights.
 
     Defaults made for short runs from scratch (`SHORT_RUN_ARGS`, each overridable):
     - no mosaic: on the demo data, 40 epochs at 160 px reached mAP50 0.97-1.0 against the
@@ -253,19 +272,21 @@ def train_student(
     - no per-epoch validation: it costs 10-15% more time on a small run, and picking the
       best epoch on the val images would flatter the held-out score; so best.pt is the last
       epoch's weights (ultralytics still validates it once at the end)."""
+    settings = settings or StudentDetectorSettings()
+    start = init_weights(settings.init)
     YOLO = _ultralytics()
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
     out_dir = Path(out_dir).resolve()
     on_cpu = device == "cpu"
     args: dict[str, Any] = {
         "data": str(Path(data_yaml).resolve()),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
+        "epochs": settings.epochs,
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
         "device": device,
-        "seed": seed,
+        "seed": settings.seed,
         "deterministic": True,
-        "pretrained": False,
+        "pretrained": str(start) if start else False,
         "amp": False,  # its check downloads yolo11n.pt; fp16 gains nothing on CPU anyway
         "plots": False,
         "workers": 0 if on_cpu else min(4, os.cpu_count() or 1),
@@ -281,11 +302,12 @@ def train_student(
         from labeling.safe_weights import check_checkpoint
 
         check_checkpoint(pretrained)  # ultralytics would refuse it too, but after the labeling
-    model = YOLO(model_yaml)
+    model = YOLO(settings.model_yaml)
     model.train(**args)
     best = Path(model.trainer.best)
     if not best.is_file():
         best = Path(model.trainer.last)
+    settings.save(best.parent)
     return best
 
 
@@ -298,7 +320,7 @@ def epochs_run(weights: Path) -> int:
         return max(sum(1 for _ in f) - 1, 0)
 
 
-def export_onnx(weights: Path, imgsz: int | None = None) -> Path:
+def export_yolo_onnx(weights: Path, imgsz: int | None = None) -> Path:
     """weights.pt -> weights.onnx next to it (static input at the training size unless
     `imgsz`), for onnxruntime without torch; load it with load_detector(str(path))."""
     from labeling.safe_weights import load_yolo
@@ -318,83 +340,6 @@ def load_student(weights: Path | str, device: str = "auto", conf: float = 0.25, 
 
 
 # ---- mAP@0.5 ----------------------------------------------------------------------------------
-def _iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
-    """IoU of box a (x1, y1, x2, y2) with every row of b."""
-    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = max(a[2] - a[0], 0) * max(a[3] - a[1], 0)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a + area_b - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """All-point interpolated AP (PASCAL VOC 2010+): the area under the precision envelope."""
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[1.0 if len(precision) else 0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    steps = np.nonzero(r[1:] != r[:-1])[0]
-    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
-
-
-def _as_prediction(d: Detection | Sequence) -> Prediction:
-    if isinstance(d, Detection):
-        return (d.label, d.x1, d.y1, d.x2, d.y2, d.score)
-    label, x1, y1, x2, y2, score = d
-    return (str(label), float(x1), float(y1), float(x2), float(y2), float(score))
-
-
-def map50(
-    predictions: Sequence[Iterable[Detection | Prediction]],
-    truth: Sequence[Iterable[Box]],
-    iou_threshold: float = 0.5,
-) -> float:
-    """Mean over the classes present in `truth` of their AP at IoU >= `iou_threshold`.
-
-    Per image, predictions (Detection or (label, x1, y1, x2, y2, score)) and true boxes
-    ((label, x1, y1, x2, y2)). A prediction, best score first, matches the unmatched true box
-    of its class it overlaps most, if that IoU reaches the threshold; else it is a false
-    positive (a second box on a matched face too). Classes with predictions but no true box
-    are not counted. NaN when `truth` has no box at all."""
-    if len(predictions) != len(truth):
-        raise ValueError(f"{len(predictions)} predictions for {len(truth)} images")
-    gt: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
-    for i, boxes in enumerate(truth):
-        per_class: dict[str, list] = defaultdict(list)
-        for label, x1, y1, x2, y2 in boxes:
-            per_class[str(label)].append((x1, y1, x2, y2))
-        for label, rows in per_class.items():
-            gt[label][i] = np.asarray(rows, np.float64)
-    if not gt:
-        return math.nan
-    preds: dict[str, list[tuple[float, int, tuple]]] = defaultdict(list)
-    for i, found in enumerate(predictions):
-        for d in found:
-            label, x1, y1, x2, y2, score = _as_prediction(d)
-            preds[label].append((score, i, (x1, y1, x2, y2)))
-    aps = []
-    for label, by_image in gt.items():
-        n_true = sum(len(b) for b in by_image.values())
-        matched = {i: np.zeros(len(b), bool) for i, b in by_image.items()}
-        ranked = sorted(preds.get(label, []), key=lambda p: -p[0])  # stable: ties keep input order
-        tp = np.zeros(len(ranked))
-        for k, (_, i, box) in enumerate(ranked):
-            boxes = by_image.get(i)
-            if boxes is None:
-                continue
-            ious = np.where(matched[i], -1.0, _iou(box, boxes))
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_threshold:
-                matched[i][j] = True
-                tp[k] = 1
-        cum_tp = np.cumsum(tp)
-        recall = cum_tp / n_true
-        precision = cum_tp / np.arange(1, len(ranked) + 1)
-        aps.append(average_precision(recall, precision))
-    return float(np.mean(aps))
-
-
 def evaluate_map50(
     weights: Path | str | Detector,
     images: Sequence[np.ndarray],
@@ -434,26 +379,22 @@ def teach_student(
     teacher: Detector,
     work_dir: Path,
     truth: Mapping[str, Iterable[Box]] | None = None,
-    epochs: int = 30,
-    imgsz: int = 320,
-    device: str = "auto",
-    model_yaml: str = "yolov8n.yaml",
-    batch: int = 16,
-    seed: int = 0,
+    settings: StudentDetectorSettings | None = None,
     **train_args: Any,
 ) -> StudentReport:
     """Label with the teacher, train the student, export it to ONNX, score it on the held-out
     groups: against the teacher's labels, and against `truth` when given (image id -> its true
     boxes; the held-out images with an entry are scored, so give an image with nothing to
-    find an empty list). Files: work_dir/dataset (YOLO layout), work_dir/runs/student."""
+    find an empty list). `settings` say what is trained how (train_student). Files:
+    work_dir/dataset (YOLO layout), work_dir/runs/student (settings.json beside best.pt)."""
+    settings = settings or StudentDetectorSettings()
     started = time.perf_counter()
     work_dir = Path(work_dir)
-    device = resolve_device(device)
+    init_weights(settings.init)  # a refused file fails before the teachers label anything
+    device = resolve_device(settings.device)
     data_yaml = build_yolo_dataset(images, teacher, work_dir / "dataset")
-    weights = train_student(
-        data_yaml, work_dir / "runs", model_yaml, epochs, imgsz, batch, device, seed, **train_args
-    )
-    onnx = export_onnx(weights)
+    weights = train_student(data_yaml, work_dir / "runs", settings, **train_args)
+    onnx = export_yolo_onnx(weights)
 
     val_paths, teacher_boxes = read_yolo_split(data_yaml, "val")
     val_images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in val_paths]
@@ -476,7 +417,7 @@ def teach_student(
         map50_vs_truth=vs_truth,
         train_images=n_train,
         val_images=len(manifest) - n_train,
-        epochs=epochs_run(weights) or epochs,
+        epochs=epochs_run(weights) or settings.epochs,
         seconds=time.perf_counter() - started,
         device=device,
     )

@@ -15,7 +15,9 @@ import stat
 import sys
 from pathlib import Path
 
+from warehouse.atomic import atomic_path
 from warehouse.errors import StorageError
+from warehouse.paths import configured_data_root
 
 FONT_NAME = "Arial.ttf"
 
@@ -31,9 +33,9 @@ def default_config_dir() -> Path:
     made private (see `private_dir`). Never ~/.config, which a data platform should not write
     to behind the user's back, nor a fixed name in the shared temp folder, which another user
     can create first and fill with settings that redirect ultralytics' runs and weights."""
-    home = os.environ.get("FERLAB_HOME")
+    home = configured_data_root()
     if home:
-        return Path(home).expanduser() / "ultralytics"
+        return home.expanduser() / "ultralytics"
     ours = user_cache_dir() / "ferlab"
     private_dir(ours)
     return private_dir(ours / "ultralytics")
@@ -82,9 +84,9 @@ def _install_font(folder: Path) -> None:
 
     source = Path(font_manager.findfont("DejaVu Sans", fallback_to_default=True))
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{FONT_NAME}.{os.getpid()}.tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)  # parallel workers may race here: the rename keeps it whole
+    # parallel workers may race here: the rename keeps it whole
+    with atomic_path(target, durable=False) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:

@@ -375,7 +375,7 @@ class TransferNet(nn.Module):
 def _mobilenet_v2(config: ModelConfig) -> tuple[nn.Sequential, list[nn.Module], int, bool, str]:
     net = torchvision.models.mobilenet_v2(weights=None, width_mult=config.alpha)
     if config.weights == "packaged":
-        from ferlab.weights import weight_path
+        from warehouse.packaged_weights import weight_path
 
         # torchvision's own file (byte-identical to IMAGENET1K_V1): it fits the full model strictly.
         state = torch.load(weight_path(PACKAGED_MOBILENET_V2), map_location="cpu", weights_only=True)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ferlab.demodata import BROKEN_SCRAPED, TRUTH_AUS, generate_demo_data
-from ferlab.weights import weight_path
 from warehouse import Warehouse
+from warehouse.packaged_weights import weight_path
 from warehouse.schemas import DISFA_AUS
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013

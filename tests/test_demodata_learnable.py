@@ -20,7 +20,7 @@ from skimage.feature import hog
 
 from ferlab.demodata import emotion_from_aus, face_box
 from ferlab.synth import RENDERABLE_AUS, emotion_aus, identity_variants, load_source_faces, render
-from ferlab.weights import weight_path
+from warehouse.packaged_weights import weight_path
 from warehouse.schemas import AU_PRESENT_THRESHOLD, EMOTIONS
 
 pytestmark = pytest.mark.slow  # renders and fits hundreds of faces: left out of `make test-fast`

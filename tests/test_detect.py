@@ -16,11 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import skimage.data
 
-from labeling.crops import clip_boxes, crop_faces, eye_angles
-from labeling.detect import detect_files, prefetch, run_detect_cli
-from labeling.detectors import Detection, Detector, load_detector, map_class_names, resolve_device
+from ferlab.cli import run_detect_cli
+from labeling.crops import crop_faces, eye_angles
+from labeling.detect import detect_files
+from labeling.detectors import Detection, Detector, load_detector, map_class_names
+from labeling.geometry import clip_boxes
 from labeling.landmarks import DlibEyes
+from labeling.prefetch import prefetch
 from labeling.yolo_env import prepare_ultralytics_offline
+from models.device import resolve_device
 from warehouse.errors import ConfigError, InputError, StorageError
 from warehouse.schemas import DETECTIONS
 
@@ -211,8 +215,8 @@ def test_user_onnx_weights(tmp_path, astronaut):
     """A user's exported YOLO (.onnx, run by onnxruntime through ultralytics), offline."""
     import shutil
 
-    from ferlab.weights import weight_path
     from labeling.yolo_env import prepare_ultralytics_offline
+    from warehouse.packaged_weights import weight_path
 
     prepare_ultralytics_offline()
     from ultralytics import YOLO

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from assets.resources import FACE_TRUTH_CSV
 from ferlab.demo import QUIET
-from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, TRUTH_CSV, demo_truth, face_recall
+from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, truth_for
+from labeling.geometry import face_recall
+from labeling.settings import SETTINGS_FILE, StudentDetectorSettings
 
 INGEST_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 15 x 64
 # Started from the packaged COCO YOLO11n (the asset's default), 20 epochs at 160 px in steps of 8
@@ -120,7 +123,11 @@ def test_face_detector_trains_installs_and_becomes_the_default(trained):
     )
     folder = home / "models" / "face_detector"
     assert (folder / STUDENT_PT).is_file() and (folder / STUDENT_ONNX).is_file()
-    assert {p.name for p in folder.iterdir()} == {STUDENT_PT, STUDENT_ONNX}, "the work folder is left"
+    assert {p.name for p in folder.iterdir()} == {STUDENT_PT, STUDENT_ONNX, SETTINGS_FILE}, (
+        "the work folder is left"
+    )
+    saved = StudentDetectorSettings.load(folder)
+    assert (saved.epochs, saved.imgsz, saved.device, saved.init) == (EPOCHS, IMGSZ, "cpu", "yolo11n-seg")
     assert meta["path"] == str(folder / STUDENT_PT)
     assert meta["images_by_source"] == {"disfa": 120, "scraped": meta["images_by_source"]["scraped"]}
     assert meta["train_images"] + meta["val_images"] == sum(meta["images_by_source"].values())
@@ -142,7 +149,7 @@ def test_ingestion_with_the_student_finds_the_demo_faces(trained):
     meta = _metadata(trained["result"])
     wh = Warehouse(home)
     images = select_training_images(wh, disfa_stride=1, max_images=10**6)  # every image, with its group
-    truth = demo_truth(images, home / TRUTH_CSV)
+    truth = truth_for(images, home / FACE_TRUTH_CSV)
     assert len(truth) == len(images) == sum(meta["images_by_source"].values())
     rows = wh.sql(
         "SELECT image_id, x1, y1, x2, y2 FROM detections WHERE label = 'face' AND detector = 'yolo:student' "

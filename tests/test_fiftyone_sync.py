@@ -24,7 +24,8 @@ from ferlab.samples.scraped import write_scraped_sample
 from labeling.crops import GRAY_SIZE, MARGIN, crop_faces
 from labeling.detect import detect_files, detection_id
 from labeling.detectors import load_detector
-from labeling.fiftyone_sync import SyncReport, launch_review, sync_fiftyone
+from labeling.fiftyone_app import launch_review
+from labeling.fiftyone_sync import SyncReport, sync_fiftyone
 from warehouse.hashing import stable_id
 from warehouse.schemas import TABLES
 from warehouse.sources.disfa import ingest_disfa
@@ -441,7 +442,7 @@ def test_launch_review_needs_a_synced_dataset(dataset_name):
 def test_review_app_serves_http_and_stops(built, dataset_name, tmp_path):
     sync_fiftyone(built["wh"], dataset_name)
     port = _free_port()
-    code = f"from labeling.fiftyone_sync import launch_review; launch_review({dataset_name!r}, port={port})"
+    code = f"from labeling.fiftyone_app import launch_review; launch_review({dataset_name!r}, port={port})"
     log = tmp_path / "app.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

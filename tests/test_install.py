@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ferlab.weights import PACKAGED_FILES, weight_path
 from warehouse.hashing import sha256_file
+from warehouse.packaged_weights import PACKAGED_FILES, weight_path
 
 
 def test_packaged_files_are_present_and_intact():

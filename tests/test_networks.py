@@ -81,7 +81,7 @@ def test_fer2013_cnn_shape():
 
 
 def test_packaged_mobilenet_v2_weights():
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     packaged = build_model(au_config("mobilenet_v2"))
     random = build_model(au_config("mobilenet_v2", weights=""))

@@ -122,7 +122,7 @@ def test_refused_names_are_cleaned_for_one_line(tmp_path):
 
 # ---- garbage ------------------------------------------------------------------------------
 def _packaged_pt() -> Path:
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     return weight_path("yolo11n-seg.pt")
 

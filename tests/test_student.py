@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 from labeling.detectors import Detection, TeacherDetector, load_detector, packaged_person_detector
+from labeling.geometry import map50
+from labeling.settings import StudentDetectorSettings
 from labeling.student import (
     StudentReport,
     build_yolo_dataset,
     evaluate_map50,
-    map50,
     read_yolo_split,
     split_groups,
     teach_student,
@@ -227,7 +228,7 @@ def test_evaluate_map50_runs_a_detector_over_images():
 def demo_images(demo: Path, stride: int = VIDEO_STRIDE):
     """(image id, image, group) for the demo's scenes (group: their folder) and every
     `stride`-th frame of its DISFA videos (group: the subject), and the true face boxes."""
-    from labeling.detect import Frame, iter_frames
+    from labeling.media import Frame, iter_frames
 
     with open(demo / "truth" / "faces.csv") as f:
         rows = [r for r in csv.DictReader(f) if not r["path"].startswith("fer2013")]
@@ -295,9 +296,13 @@ def trained(tmp_path_factory) -> tuple[StudentReport, dict, dict, list[str]]:
             teacher,
             root / "work",
             truth=truth,
-            epochs=STUDENT_EPOCHS,
-            imgsz=STUDENT_IMGSZ,
-            device="cpu",
+            settings=StudentDetectorSettings(
+                epochs=STUDENT_EPOCHS,
+                imgsz=STUDENT_IMGSZ,
+                device="cpu",
+                model_yaml="yolov8n.yaml",  # this test's recipe: a yolov8n from scratch
+                init="scratch",
+            ),
         )
     timing = {"teach_student_s": time.perf_counter() - started}
     return report, truth, timing, guard.attempts

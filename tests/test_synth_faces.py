@@ -18,7 +18,7 @@ from ferlab.synth import (
     render,
 )
 from ferlab.synth.landmarks import detect_landmarks, face_frame
-from ferlab.weights import weight_path
+from warehouse.packaged_weights import weight_path
 
 
 @pytest.fixture(scope="module")

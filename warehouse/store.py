@@ -27,7 +27,6 @@ import dataclasses
 import datetime as dt
 import fcntl
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.atomic import TMP_SUFFIX, atomic_path, is_stale_tmp
+from warehouse.atomic import TMP_SUFFIX, atomic_path, atomic_write_bytes, is_stale_tmp
 from warehouse.errors import StorageError, describe_os_error
 from warehouse.hashing import sha256_bytes, stable_id
 from warehouse.rejects import Reject, rejects_table
@@ -110,7 +109,6 @@ class Warehouse:
         self.catalog_path = self.home / "warehouse.duckdb"
         self.quarantine_dir = self.home / QUARANTINE
         self._home_str = str(self.home)
-        self._media_dirs: set[str] = set()
         try:
             if writable:
                 self.media_dir.mkdir(parents=True, exist_ok=True)
@@ -131,27 +129,17 @@ class Warehouse:
     def put_media(self, data: bytes, ext: str) -> str:
         """Store bytes under their sha256; return the path relative to the data root.
 
-        Hot path (tens of thousands of small files per ingest): plain string paths and
-        os calls; the file appears whole (temp + rename) or not at all."""
+        The file appears whole (warehouse.atomic: temp + rename) or not at all; StorageError
+        when it cannot be written."""
         digest = sha256_bytes(data)
         rel = self.media_relpath(digest, ext)
         target = f"{self._home_str}/{rel}"
         if not os.path.exists(target):
-            folder = target.rsplit("/", 1)[0]
-            if folder not in self._media_dirs:
-                os.makedirs(folder, exist_ok=True)
-                self._media_dirs.add(folder)
-            tmp = f"{folder}/.{digest}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, target)
+                # No fsync: content-addressed files, tens of thousands of them; a lost one is
+                # written again by the next ingestion of its source.
+                atomic_write_bytes(target, data, durable=False)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
                 raise storage_error(exc, self.home) from exc
         return rel
 

@@ -28,7 +28,7 @@ Which label (per crop, per task, and for AUs per AU)
   a label without one ranks after those with one), then the annotator's name, then the value
   (emotion name; for an AU, absent before present). The tables have no time of labeling, so
   "latest" cannot be told; this order is total, so the result never depends on row order.
-  It is the order the FiftyOne view shows (labeling/fiftyone_sync.py).
+  It is the order the FiftyOne view shows: one definition, warehouse/precedence.py.
 - AUs are resolved one by one, so a human correction of AU12 overrides only AU12 and keeps
   the gold labels of the other AUs; au_source is the weakest source among the row's AUs.
   Only DISFA's 12 AUs (AU_COLUMNS) are kept; label sources and emotions outside
@@ -54,6 +54,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from warehouse.precedence import au_order_sql, emotion_order_sql, rank_source_sql, source_rank_sql
 from warehouse.schemas import AU_COLUMNS, DATASET_MANIFEST, DISFA_AUS, EMOTIONS, LABEL_SOURCES
 from warehouse.store import Warehouse, quote_literal
 
@@ -86,19 +87,11 @@ def _sql_list(values: tuple) -> str:
     return ", ".join(quote_literal(v) if isinstance(v, str) else str(int(v)) for v in values)
 
 
-def _source_rank() -> str:
-    """0 for the strongest label source (human), 3 for the weakest (weak)."""
-    return (
-        "CASE label_source " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(LABEL_SOURCES)) + " END"
-    )
-
-
 def _manifest_sql(include_flagged: bool) -> str:
     one_face = _sql_list(ONE_FACE_SOURCES)
     sources = _sql_list(LABEL_SOURCES)
     au_pivot = ",\n".join(f"any_value(present) FILTER (WHERE au = {n}) AS au{n}" for n in DISFA_AUS)
     au_cols = ", ".join(f"a.au{n}" for n in DISFA_AUS)
-    source_of_rank = "CASE a.weakest " + " ".join(f"WHEN {i} THEN '{s}'" for i, s in enumerate(LABEL_SOURCES))
     return f"""
     WITH faces AS (
         SELECT c.crop_id, c.image_id, i.source, c.media_path, c.gray_media_path, c.face_px,
@@ -127,16 +120,15 @@ def _manifest_sql(include_flagged: bool) -> str:
     ),
     emo AS (
         SELECT image_id, emotion, label_source FROM (
-            SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY {_source_rank()},
-                confidence DESC NULLS LAST, annotator, emotion) AS pick
+            SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY {emotion_order_sql()}) AS pick
             FROM emotion_labels
             WHERE label_source IN ({sources}) AND emotion IN ({_sql_list(EMOTIONS)})
         ) WHERE pick = 1
     ),
     au_best AS (
         SELECT image_id, au, present, src FROM (
-            SELECT *, {_source_rank()} AS src, row_number() OVER (PARTITION BY image_id, au
-                ORDER BY {_source_rank()}, probability DESC NULLS LAST, annotator, present) AS pick
+            SELECT *, {source_rank_sql()} AS src, row_number() OVER (PARTITION BY image_id, au
+                ORDER BY {au_order_sql()}) AS pick
             FROM au_labels
             WHERE label_source IN ({sources}) AND au IN ({_sql_list(DISFA_AUS)})
         ) WHERE pick = 1
@@ -146,7 +138,7 @@ def _manifest_sql(include_flagged: bool) -> str:
     )
     SELECT k.crop_id, k.image_id, k.source, k."group", k.image_split AS split, k.media_path,
            k.gray_media_path, e.emotion, e.label_source AS emotion_source, {au_cols},
-           {source_of_rank} END AS au_source
+           {rank_source_sql("a.weakest")} AS au_source
     FROM kept k
     LEFT JOIN emo e ON k.takes_labels AND e.image_id = k.image_id
     LEFT JOIN au_wide a ON k.takes_labels AND a.image_id = k.image_id

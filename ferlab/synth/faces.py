@@ -654,12 +654,10 @@ def _aligned_crop(image: np.ndarray, lm: np.ndarray, box_w: float) -> tuple[np.n
 
 
 def _yunet_confirms(image: np.ndarray) -> bool:
-    from ferlab.weights import weight_path
+    from labeling.detectors import yunet_model
 
     h, w = image.shape[:2]
-    det = cv2.FaceDetectorYN.create(
-        str(weight_path("face_detection_yunet_2023mar.onnx")), "", (w, h), 0.6, 0.3, 5000
-    )
+    det = yunet_model(input_size=(w, h))
     _, faces = det.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if faces is None:
         return False
@@ -696,7 +694,7 @@ def _read_rgb(path: str | Path) -> np.ndarray:
 def _default_photos() -> list[tuple[str, np.ndarray]]:
     from skimage import data
 
-    from ferlab.weights import weight_path
+    from warehouse.packaged_weights import weight_path
 
     return [("astronaut", data.astronaut()), ("t1", _read_rgb(weight_path("insightface_t1.jpg")))]
 

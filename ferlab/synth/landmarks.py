@@ -101,11 +101,9 @@ def control_points(lm: np.ndarray, width: int, height: int) -> np.ndarray:
 def dlib_models() -> tuple[Any, Any]:
     import dlib
 
-    from ferlab.weights import weight_path
+    from labeling.landmarks import dlib_shape_predictor
 
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(weight_path("shape_predictor_68_face_landmarks.dat")))
-    return detector, predictor
+    return dlib.get_frontal_face_detector(), dlib_shape_predictor()
 
 
 def predict_landmarks(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:

@@ -46,6 +46,7 @@ from warehouse.rejects import Reject
 from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS
 from warehouse.sources.common import IngestReport, progress
 from warehouse.store import Warehouse
+from warehouse.video import VideoDecode, avi_cut, decode_frames, first_lost, truncation_detail
 
 SOURCE = "disfa"
 ANNOTATOR = "disfa"
@@ -263,115 +264,7 @@ def _au_rows(image_ids: list[str], frames: np.ndarray, labels: dict[int, _Labels
 
 
 # ---- video ---------------------------------------------------------------------------------
-def _avi_cut(path: Path) -> tuple[bool, str | None]:
-    """(is it an AVI, the chunk the file ends inside when its RIFF chunks run past its end:
-    "movi" for frame data, "idx1" for only the index; None when whole).
-
-    OpenCV decodes a cut AVI without complaint and hands back a half-grey last frame, and when
-    the cut falls in the last frame even the frame count agrees, so the container is the only
-    reliable witness."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-
-        def chunk(pos: int) -> tuple[bytes, int, bytes]:
-            f.seek(pos)
-            head = f.read(12)
-            return head[:4], int.from_bytes(head[4:8], "little"), head[8:12]
-
-        tag, _, form = chunk(0)
-        if tag != b"RIFF" or form != b"AVI ":
-            return False, None
-        pos = 0
-        while pos + 8 <= size:
-            tag, n, form = chunk(pos)
-            if tag != b"RIFF":  # trailing bytes after the last RIFF: not ours to judge
-                break
-            if pos + 8 + n > size:
-                sub = pos + 12
-                while sub + 8 <= size:
-                    stag, sn, sform = chunk(sub)
-                    if sub + 8 + sn > size:
-                        name = sform if stag == b"LIST" else stag
-                        return True, name.decode("latin-1").strip() or "?"
-                    sub += 8 + sn + (sn & 1)
-                return True, form.decode("latin-1").strip() or "RIFF"
-            pos += 8 + n + (n & 1)
-    return True, None
-
-
-@dataclass
-class _Decode:
-    header_frames: int  # what the container says (CAP_PROP_FRAME_COUNT); 0 when unknown
-    is_avi: bool
-    avi_cut: str | None  # see _avi_cut
-    decoded: int = 0  # frames grabbed
-    failed_at: int | None = None  # frame that was grabbed but could not be retrieved
-    dropped: int | None = None  # last frame, not stored because the cut may run through it
-
-    @property
-    def short(self) -> bool:
-        return self.failed_at is not None or self.decoded < self.header_frames or self.avi_cut is not None
-
-    @property
-    def lost_inside(self) -> bool:
-        """Fewer frames than declared from an AVI that is whole: FFmpeg skipped a damaged
-        packet somewhere inside, silently, so later frames are numbered one early."""
-        return self.short and self.is_avi and self.avi_cut is None and self.failed_at is None
-
-    @property
-    def last_suspect(self) -> bool:
-        # A cut through frame data (or a short non-AVI, where we cannot tell) may leave the
-        # last frame half decoded; a cut in the index only leaves every frame whole.
-        return self.short and not self.lost_inside and self.failed_at is None and self.avi_cut != "idx1"
-
-    @property
-    def expected(self) -> int:
-        """The video's frame count for checking labels: a truncated video still had all of them."""
-        return max(self.decoded, self.header_frames)
-
-
-def _frames(
-    cap: cv2.VideoCapture, state: _Decode, stride: int, stored: set[int]
-) -> Iterator[tuple[int, np.ndarray | None]]:
-    """Kept frames as (frame number, BGR image, or None when already stored).
-
-    Each kept frame is held back until the next grab succeeds: only then is it known not to be
-    the last frame of a file that may be cut through it."""
-    held: tuple[int, np.ndarray | None] | None = None
-    n = 0
-    while True:
-        try:
-            ok = cap.grab()
-        except cv2.error:
-            ok = False
-        if not ok:
-            break
-        n += 1
-        state.decoded = n
-        if held is not None:
-            yield held
-            held = None
-        if (n - 1) % stride:
-            continue
-        if n in stored:  # retrieving converts the frame; skip that work on a re-run
-            held = (n, None)
-            continue
-        try:
-            ok, img = cap.retrieve()
-        except cv2.error:
-            ok, img = False, None
-        if not ok or img is None:
-            state.failed_at = n
-            break
-        held = (n, img)
-    if held is not None:
-        if state.last_suspect:
-            state.dropped = held[0]
-        else:
-            yield held
-
-
-def _stored_only(state: _Decode, kept: range) -> Iterator[tuple[int, None]]:
+def _stored_only(state: VideoDecode, kept: range) -> Iterator[tuple[int, None]]:
     """The kept frames of a video known to be whole and stored, without decoding it."""
     state.decoded = state.header_frames
     for n in kept:
@@ -393,19 +286,6 @@ def _stored_frames(wh: Warehouse, video_id: str, digest: str, uri: str) -> tuple
     return stored, bool(flagged)
 
 
-def _truncation_detail(state: _Decode) -> str:
-    parts = [f"decoded {state.decoded} frames"]
-    if state.header_frames:
-        parts[0] += f" of {state.header_frames} the container declares"
-    if state.failed_at is not None:
-        parts.append(f"frame {state.failed_at} could not be decoded")
-    if state.avi_cut is not None:
-        parts.append(f"the file ends inside its AVI '{state.avi_cut}' chunk")
-    if state.dropped is not None:
-        parts.append(f"frame {state.dropped} not stored: the cut may run through it")
-    return "; ".join(parts)
-
-
 def _ingest_video(
     wh: Warehouse,
     report: IngestReport,
@@ -417,7 +297,7 @@ def _ingest_video(
     jpeg_quality: int,
     show_progress: bool,
     rejects: list[Reject],
-) -> _Decode | None:
+) -> VideoDecode | None:
     """Store one camera's kept frames and pass their AU labels to the store (which adds new
     ones and supersedes edited ones); None when the video is unreadable.
 
@@ -436,7 +316,7 @@ def _ingest_video(
     try:
         size = video.stat().st_size
         digest = sha256_file(video) if size else ""
-        is_avi, cut = _avi_cut(video) if size else (False, None)
+        is_avi, cut = avi_cut(video) if size else (False, None)
     except OSError as exc:
         unreadable(f"cannot read file: {exc}")
         return None
@@ -449,7 +329,7 @@ def _ingest_video(
             unreadable(f"OpenCV cannot open it ({size} bytes)")
             return None
         header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        state = _Decode(header_frames=max(header, 0), is_avi=is_avi, avi_cut=cut)
+        state = VideoDecode(header_frames=max(header, 0), is_avi=is_avi, avi_cut=cut)
         stored, flagged = _stored_frames(wh, video_id, digest, uri)
         kept = range(1, state.header_frames + 1, stride)
         whole = (
@@ -477,7 +357,7 @@ def _ingest_video(
             batch_frames.clear()
 
         total = -(-state.header_frames // stride) if state.header_frames else None
-        source = _stored_only(state, kept) if whole else _frames(cap, state, stride, stored)
+        source = _stored_only(state, kept) if whole else decode_frames(cap, state, stride, stored)
         frames = progress(source, total, f"disfa {video_id}", show_progress)
         for n, img in frames:
             image_id = stable_id(digest, n)
@@ -529,12 +409,10 @@ def _ingest_video(
             )
         )
     elif state.short:
-        first_lost = state.dropped or state.failed_at or (state.decoded + 1)
-        if first_lost > state.expected:
-            first_lost = None  # only the index was cut: every frame landed
-        rejects.append(
-            Reject(SOURCE, uri, "decode", "truncated_video", _truncation_detail(state), first_lost)
-        )
+        lost: int | None = first_lost(state)
+        if lost > state.expected:
+            lost = None  # only the index was cut: every frame landed
+        rejects.append(Reject(SOURCE, uri, "decode", "truncated_video", truncation_detail(state), lost))
     for lab in labels.values():
         if lab.n_lines != state.expected:
             rejects.append(
