@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import torch
 
-from models.checkpoint import resolve_device
 from models.data import Augment, Faces, decode_crops, iterate_batches, load_faces
+from models.device import torch_device
 from models.networks import ModelConfig, build_model, normalize
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
 from warehouse import Warehouse
@@ -176,7 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.home or demo_root(Path(tmp))
         version = snapshot_dataset_version(Warehouse(root), include_flagged=True).version
-        devices = [torch.device("cpu")] + ([resolve_device("cuda")] if torch.cuda.is_available() else [])
+        devices = [torch.device("cpu")] + ([torch_device("cuda")] if torch.cuda.is_available() else [])
         for device in devices:
             result = bench_device(root, version, device, args.steps)
             result.update(benchmark="train_throughput", cpus=os.cpu_count(), machine=platform.machine())

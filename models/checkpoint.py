@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.device import torch_device
 from models.networks import ModelConfig, WithProbabilities, build_model
 from warehouse.atomic import atomic_path
 
@@ -28,22 +29,6 @@ CHECKPOINT_FORMAT = 1
 ONNX_OPSET = 17
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "probabilities"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto" -> the GPU when CUDA is present, else the CPU; "cpu", "cuda", "cuda:1" ... as given, with
-    a clear error for a CUDA device this machine lacks."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device {device!r} requested but CUDA is not available here (use 'auto' or 'cpu')"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return dev
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -86,7 +71,7 @@ def load_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, ModelCo
     """(model in eval mode on `device`, its config, the saved extra). Needs no weights file: the
     network is rebuilt with random init and then receives the saved state dict."""
     path = Path(path)
-    dev = resolve_device(device)
+    dev = torch_device(device)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     ckpt = torch.load(path, map_location=dev, weights_only=True)

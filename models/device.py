@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from warehouse.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -24,3 +29,10 @@ def resolve_device(device: str = "auto") -> str:
             have = f"only {count} CUDA device(s)" if count else "no CUDA device"
             raise ConfigError(f"device {device!r} requested but this machine has {have}; use auto or cpu")
     return device
+
+
+def torch_device(device: str = "auto") -> torch.device:
+    """`resolve_device` as a torch.device (raises ConfigError as it does)."""
+    import torch
+
+    return torch.device(resolve_device(device))

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import resolve_device
 from models.data import Augment, Faces, group_kfold, iterate_batches, validation_split
+from models.device import torch_device
 from models.networks import ModelConfig, TransferNet, build_model, normalize
 from models.predictions import FoldPredictions
 from models.settings import TrainingSettings
@@ -211,7 +211,7 @@ def fit(
     if len(train_idx) < 2 or len(val_idx) < 1:
         raise ValueError(f"too few samples to train: {len(train_idx)} train, {len(val_idx)} validation")
     _seed_everything(settings.seed)
-    device = resolve_device(settings.device)
+    device = torch_device(settings.device)
     started = time.perf_counter()
     mc = settings.network()
     model = build_model(mc).to(device)
@@ -249,7 +249,7 @@ class FoldRun:
 def _fold_predictions(
     faces: Faces, fold: int, fitted: FitResult, val_idx, test_idx, settings: TrainingSettings
 ) -> FoldPredictions:
-    device, mc, task = resolve_device(settings.device), settings.network(), settings.task
+    device, mc, task = torch_device(settings.device), settings.network(), settings.task
 
     def prob(idx: np.ndarray) -> np.ndarray:
         logits = predict_logits(fitted.model, faces, idx, mc, device, amp=settings.amp)

@@ -11,7 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
-from models.checkpoint import export_onnx, load_checkpoint, onnx_predict, resolve_device, save_checkpoint
+from models.checkpoint import export_onnx, load_checkpoint, onnx_predict, save_checkpoint
+from models.device import torch_device
 from models.networks import (
     BACKBONES,
     PACKAGED_MOBILENET_V2,
@@ -25,6 +26,7 @@ from models.networks import (
     count_parameters,
     normalize,
 )
+from warehouse.errors import ConfigError
 
 AUS = ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
 EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -283,9 +285,9 @@ def test_config_dict_round_trip():
     assert set(BACKBONES) == {"mobilenet_v2", "mobilenet_v1", "densenet121", "densenet201"}
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_torch_device():
+    assert torch_device("cpu") == torch.device("cpu")
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
-            resolve_device("cuda")
+        with pytest.raises(ConfigError, match="CUDA"):
+            torch_device("cuda")
