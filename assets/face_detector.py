@@ -9,7 +9,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -17,29 +16,19 @@ from dagster import (
 from pydantic import Field
 
 from assets.automation import TRAINING_POOL
+from assets.config import settings_config
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
-from labeling.settings import MODEL_YAML
+from labeling.settings import StudentDetectorSettings
 
 GROUP = "autolabel"  # beside the detections and crops it serves
 
 
-class FaceDetectorConfig(Config):
-    epochs: int = Field(default=30, description="training epochs")
-    imgsz: int = Field(default=320, description="training (and inference) image size, px")
-    batch: int = Field(default=16, description="images per training step (8 trains a small set faster)")
-    max_images: int = Field(default=1000, description="at most this many images, evenly spaced")
-    disfa_stride: int = Field(default=8, description="every n-th stored frame of each DISFA video")
-    device: str = Field(default="auto", description="auto (cuda when present, else cpu) | cpu | cuda[:n]")
-    model_yaml: str = Field(default=MODEL_YAML, description="the student's ultralytics architecture")
-    init: str = Field(
-        default="yolo11n-seg",
-        description="what it starts from: yolo11n-seg (the packaged COCO person teacher: backbone, neck and "
-        "box head carry over, the face class is learned), scratch, or a .pt file",
-    )
-    map50_floor: float = Field(
-        default=0.7, description="least mAP50 vs the teachers' labels on held-out groups"
-    )
+FaceDetectorConfig = settings_config(
+    StudentDetectorSettings,
+    "FaceDetectorConfig",
+    map50_floor=(float, Field(0.7, description="least mAP50 vs the teachers' labels on held-out groups")),
+)
 
 
 @asset(
@@ -67,10 +56,9 @@ def face_detector(
     from assets.resources import face_truth_csv
     from labeling.detectors import load_detector
     from labeling.face_detector import train_face_detector
-    from labeling.settings import StudentDetectorSettings
     from labeling.yolo_env import prepare_ultralytics_offline
 
-    settings = StudentDetectorSettings(**config.model_dump())
+    settings = config.settings()
     wh = warehouse.get()
     prepare_ultralytics_offline(wh.home / "ultralytics")
     teacher = load_detector("teachers", device=settings.device)

@@ -3,20 +3,19 @@ Training and evaluation assets are partitioned by dataset version; each is a thi
 models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_origin
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
 )
-from pydantic import Field, create_model
+from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
+from assets.config import SettingsConfig, settings_config
 from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
@@ -28,7 +27,7 @@ from models.pipeline import (
     latest_model_id,
     train_model,
 )
-from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
+from models.settings import AUTrainingSettings, EmotionTrainingSettings
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -87,39 +86,9 @@ def _floor_check(task: str, model_id: str, ev) -> AssetCheckResult:
     )
 
 
-def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
-    # Dagster's config schema has lists, not tuples; the settings turn the list back into a tuple.
-    if get_origin(annotation) is tuple:
-        return list[get_args(annotation)[0]], list(default)
-    return annotation, default
-
-
-class TrainingConfig(Config):
-    """Base of the training assets' configs: the fields come from a settings class (see
-    `training_config`), never declared here."""
-
-    settings_type: ClassVar[type[TrainingSettings]]
-
-    def settings(self) -> TrainingSettings:
-        """The run's settings object (raises ConfigError, one line, on a bad value)."""
-        return self.settings_type(**{n: getattr(self, n) for n in self.settings_type.model_fields})
-
-
-def training_config(settings: type[TrainingSettings], name: str, **extra: Any) -> type[TrainingConfig]:
-    """A Dagster `Config` with the fields (types, defaults, descriptions) of a settings class, plus
-    `extra` fields ((type, Field) pairs); `.settings()` validates it into the settings object."""
-    fields = {}
-    for n, f in settings.model_fields.items():
-        annotation, default = _config_field(f.annotation, f.default)
-        fields[n] = (annotation, Field(default, description=f.description))
-    config = create_model(name, __base__=TrainingConfig, __doc__=settings.__doc__, **fields, **extra)
-    config.settings_type = settings
-    return config
-
-
-AUModelConfig = training_config(AUTrainingSettings, "AUModelConfig")
-EmotionModelConfig = training_config(EmotionTrainingSettings, "EmotionModelConfig")
-LossComparisonConfig = training_config(
+AUModelConfig = settings_config(AUTrainingSettings, "AUModelConfig")
+EmotionModelConfig = settings_config(EmotionTrainingSettings, "EmotionModelConfig")
+LossComparisonConfig = settings_config(
     AUTrainingSettings,
     "LossComparisonConfig",
     losses=(list[str], Field(["bce", "lsep", "pr"], description="the AU losses to compare")),
@@ -127,7 +96,7 @@ LossComparisonConfig = training_config(
 
 
 def _train(
-    context: AssetExecutionContext, warehouse: WarehouseResource, config: TrainingConfig
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: SettingsConfig
 ) -> MaterializeResult:
     settings = config.settings()
     run = train_model(warehouse.get(), context.partition_key, settings, log=context.log.info)

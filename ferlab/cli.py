@@ -189,7 +189,7 @@ def cmd_face_detector(args: argparse.Namespace) -> int:
     from labeling.face_detector import train_face_detector
     from labeling.yolo_env import prepare_ultralytics_offline
 
-    settings = StudentDetectorSettings.from_arguments(args)
+    settings = _settings(args, StudentDetectorSettings)
     wh = _warehouse(args)
     prepare_ultralytics_offline(wh.home / "ultralytics")
     teacher = load_detector("teachers", device=settings.device)
@@ -207,7 +207,7 @@ def cmd_autolabel(args: argparse.Namespace) -> int:
     from assets.resources import DetectorResource
     from labeling.autolabel import autolabel
 
-    settings = AutoLabelSettings.from_arguments(args)
+    settings = _settings(args, AutoLabelSettings)
     wh = _warehouse(args)
     where, params = ("WHERE source = ?", [args.source]) if args.source else ("", [])
     images = wh.sql(
@@ -386,7 +386,7 @@ def _flag_options(annotation: Any, default: Any) -> dict[str, Any]:
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, settings_type) -> None:
-    """One --flag per field of a settings class (models.settings), its description as the help.
+    """One --flag per field of a settings class (warehouse.settings.Settings), its description as the help.
     Flags not given are left out of the namespace, so the settings' own defaults apply."""
     for name, field in settings_type.model_fields.items():
         default = field.default
@@ -490,7 +490,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         "offline, and student.pt / student.onnx (with settings.json) replace <home>/models/face_detector/; "
         "the `auto` detector then uses it. The flags are labeling.settings.StudentDetectorSettings' fields.",
     )
-    StudentDetectorSettings.add_arguments(face)
+    add_settings_flags(face, StudentDetectorSettings)
     face.add_argument(
         "--truth",
         type=Path,
@@ -504,7 +504,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         help="detect and crop the faces of the warehouse's images (what the *_faces assets do)",
         description="The flags are labeling.settings.AutoLabelSettings' fields.",
     )
-    AutoLabelSettings.add_arguments(autolab)
+    add_settings_flags(autolab, AutoLabelSettings)
     autolab.add_argument("--source", help="only the images of this source (fer2013, disfa, scraped)")
     autolab.set_defaults(func=cmd_autolabel)
 

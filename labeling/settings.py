@@ -3,26 +3,19 @@
     StudentDetectorSettings   training the YOLO student face detector (labeling.face_detector)
     AutoLabelSettings         detecting and cropping faces of ingested images (labeling.autolabel)
 
-Each is what the library functions, the Dagster config and the `ferlab` flags take; the
-flags are derived from the fields (`add_arguments`, `from_arguments`), so a field is declared
-once. A bad value is a ConfigError naming the field. The student's settings are saved beside
-the model it makes (`save`, settings.json).
+Each is what the library functions, the Dagster config and the `ferlab` flags take; the flags
+and the config are generated from the fields, so a field is declared once. A bad value is a
+ConfigError naming the field (warehouse.settings.Settings). The student's settings are saved
+beside the model it makes (`save`, settings.json).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-from typing import Any, Self
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from labeling.crops import MARGIN
-from warehouse.atomic import atomic_write_bytes
-from warehouse.errors import ConfigError
+from warehouse.settings import Settings
 
-SETTINGS_FILE = "settings.json"
 # What the student starts from: the packaged COCO YOLO11n-seg (the person teacher), whose
 # backbone, neck and box head carry over to a YOLO11n detector; so the architecture is YOLO11n.
 MODEL_YAML = "yolo11n.yaml"
@@ -30,53 +23,7 @@ INIT_PACKAGED = "yolo11n-seg"
 INIT_SCRATCH = "scratch"
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"{type(self).__name__}: {problems}") from None
-
-    def save(self, folder: str | Path) -> Path:
-        """Write these settings as folder/settings.json (atomically); return its path."""
-        path = Path(folder) / SETTINGS_FILE
-        atomic_write_bytes(path, (self.model_dump_json(indent=2) + "\n").encode())
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Settings saved by `save` (a settings.json or its folder). ConfigError when they no
-        longer validate, OSError when the file cannot be read."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / SETTINGS_FILE
-        return cls(**json.loads(path.read_text()))
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One `--field-name` flag per field, with its type, default and description."""
-        for name, info in cls.model_fields.items():
-            kind = info.annotation if info.annotation in (int, float, str) else str
-            parser.add_argument(
-                f"--{name.replace('_', '-')}",
-                dest=name,
-                type=kind,
-                default=info.default,
-                help=f"{info.description} (default: {info.default})",
-            )
-
-    @classmethod
-    def from_arguments(cls, args: argparse.Namespace) -> Self:
-        """The settings parsed by the flags of `add_arguments`. ConfigError on a bad value."""
-        return cls(**{name: getattr(args, name) for name in cls.model_fields if hasattr(args, name)})
-
-
-class StudentDetectorSettings(_Settings):
+class StudentDetectorSettings(Settings):
     """How the YOLO student face detector is trained (labeling.face_detector, labeling.student)."""
 
     epochs: int = Field(30, ge=1, description="training epochs")
@@ -110,7 +57,7 @@ class StudentDetectorSettings(_Settings):
         return value
 
 
-class AutoLabelSettings(_Settings):
+class AutoLabelSettings(Settings):
     """How ingested images are auto-labeled: which detector, where, and how faces are cropped."""
 
     spec: str = Field(

@@ -18,36 +18,20 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from models.losses import LOSSES
 from models.networks import ARCHITECTURES, BACKBONE_INPUT, DEFAULT_WEIGHTS, NATIVE_INPUT, ModelConfig
 from models.tasks import SEED_AUS, TASKS, AUTask, Task
 from warehouse.errors import ConfigError
+from warehouse.settings import Settings
 
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 AULoss = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 
 
-def _describe(kind: str, error: ValidationError) -> str:
-    """A pydantic error as one line: `kind: field=value: what is wrong; ...`."""
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(x) for x in e["loc"])
-        msg = str(e["msg"]).removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown setting {where!r}")
-        elif where:
-            parts.append(f"{where}={e['input']!r}: {msg}")
-        else:
-            parts.append(msg)
-    return f"{kind}: " + "; ".join(parts)
-
-
-class TrainingSettings(BaseModel):
+class TrainingSettings(Settings):
     """What every training run takes; a subclass per task adds its own fields and defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
     kind: ClassVar[str]  # the task name; the key of SETTINGS
 
@@ -98,18 +82,6 @@ class TrainingSettings(BaseModel):
         0, ge=0, description="seed of initialisation, shuffling, augmentation, validation split"
     )
 
-    def __init__(self, **data: Any) -> None:
-        """Validate `data` into settings.
-
-        Raises:
-            ConfigError: an unknown setting, a value of the wrong type or out of range, or settings
-                that do not go together (e.g. packaged weights for an architecture without any).
-        """
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ConfigError(_describe(type(self).__name__, e)) from None
-
     @model_validator(mode="after")
     def _network_is_buildable(self) -> TrainingSettings:
         try:
@@ -159,14 +131,6 @@ class TrainingSettings(BaseModel):
         )
 
     # ---- copies and files -----------------------------------------------------------------------
-    def replace(self, **changes: Any) -> TrainingSettings:
-        """A validated copy with `changes` (the settings themselves never change).
-
-        Raises:
-            ConfigError: as the constructor.
-        """
-        return type(self)(**{**self.model_dump(), **changes})
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: {"kind": ..., "settings": {field: value}} (what run.json holds)."""
         return {"kind": self.kind, "settings": self.model_dump(mode="json")}

@@ -177,7 +177,9 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path):
     demo = subprocess.run([*ferlab, "demo"], cwd=REPO, env=env, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     demo_jobs = sorted(
-        line.split()[1] for line in demo.stdout.splitlines() if line.startswith(("ok ", "FAILED "))
+        line.split()[1].rstrip(":")
+        for line in demo.stdout.splitlines()
+        if line.startswith(("ok ", "FAILED "))
     )
     assert "training_job" in demo_jobs, demo.stdout
 

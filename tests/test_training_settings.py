@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field, ValidationError
 
-from assets.models import AUModelConfig, EmotionModelConfig, LossComparisonConfig, training_config
+from assets.config import settings_config
+from assets.models import AUModelConfig, EmotionModelConfig, LossComparisonConfig
 from ferlab.cli import build_parser
 from models.settings import (
     SETTINGS,
@@ -124,7 +125,7 @@ class _WithNewField(AUTrainingSettings):
 
 
 def test_a_new_field_appears_in_the_dagster_config_and_the_cli():
-    config = training_config(_WithNewField, "WithNewFieldConfig")
+    config = settings_config(_WithNewField, "WithNewFieldConfig")
     assert config.model_fields["warmup_epochs"].description == "a setting added in one place"
     assert config(warmup_epochs=4).settings().warmup_epochs == 4
 
