@@ -189,7 +189,7 @@ def cmd_face_detector(args: argparse.Namespace) -> int:
     from labeling.face_detector import train_face_detector
     from labeling.yolo_env import prepare_ultralytics_offline
 
-    settings = _settings(args, StudentDetectorSettings)
+    settings = settings_from_flags(args, StudentDetectorSettings)
     wh = _warehouse(args)
     prepare_ultralytics_offline(wh.home / "ultralytics")
     teacher = load_detector("teachers", device=settings.device)
@@ -207,7 +207,7 @@ def cmd_autolabel(args: argparse.Namespace) -> int:
     from assets.resources import DetectorResource
     from labeling.autolabel import autolabel
 
-    settings = _settings(args, AutoLabelSettings)
+    settings = settings_from_flags(args, AutoLabelSettings)
     wh = _warehouse(args)
     where, params = ("WHERE source = ?", [args.source]) if args.source else ("", [])
     images = wh.sql(
@@ -321,7 +321,7 @@ def _version_or_snapshot(wh, version: str | None) -> str:
     return v.version
 
 
-def _settings(args: argparse.Namespace, settings_type):
+def settings_from_flags(args: argparse.Namespace, settings_type):
     """The settings object from the flags given (the others keep the settings' defaults)."""
     return settings_type(**{n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)})
 
@@ -329,7 +329,7 @@ def _settings(args: argparse.Namespace, settings_type):
 def cmd_train(args: argparse.Namespace) -> int:
     from models.pipeline import evaluate_model, train_model
 
-    settings = _settings(args, args.settings_type)  # a bad flag fails before any snapshot
+    settings = settings_from_flags(args, args.settings_type)  # a bad flag fails before any snapshot
     wh = _warehouse(args)
     version = _version_or_snapshot(wh, args.version)
     run = train_model(wh, version, settings)
@@ -342,7 +342,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare_losses(args: argparse.Namespace) -> int:
     from models.pipeline import compare_losses
 
-    settings = _settings(args, args.settings_type)
+    settings = settings_from_flags(args, args.settings_type)
     for loss in args.losses:  # every loss checked before any training
         settings.replace(loss=loss)
     wh = _warehouse(args)

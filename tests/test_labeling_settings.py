@@ -8,7 +8,7 @@ import argparse
 import pydantic
 import pytest
 
-from ferlab.cli import main
+from ferlab.cli import add_settings_flags, main, settings_from_flags
 from labeling.settings import MODEL_YAML, AutoLabelSettings, StudentDetectorSettings
 from warehouse.errors import ConfigError
 
@@ -43,10 +43,12 @@ def test_settings_are_frozen_and_round_trip(tmp_path):
 @pytest.mark.parametrize("cls", [StudentDetectorSettings, AutoLabelSettings])
 def test_flags_are_the_fields(cls):
     parser = argparse.ArgumentParser()
-    cls.add_arguments(parser)
-    assert cls.from_arguments(parser.parse_args([])) == cls()
+    add_settings_flags(parser, cls)
+    assert settings_from_flags(parser.parse_args([]), cls) == cls()
     name, info = next((n, i) for n, i in cls.model_fields.items() if i.annotation is int)
-    changed = cls.from_arguments(parser.parse_args([f"--{name.replace('_', '-')}", str(info.default + 1)]))
+    changed = settings_from_flags(
+        parser.parse_args([f"--{name.replace('_', '-')}", str(info.default + 1)]), cls
+    )
     assert getattr(changed, name) == info.default + 1
 
 

@@ -131,12 +131,12 @@ def test_a_new_field_appears_in_the_dagster_config_and_the_cli():
 
     import argparse
 
-    from ferlab.cli import _settings, add_settings_flags
+    from ferlab.cli import add_settings_flags, settings_from_flags
 
     parser = argparse.ArgumentParser()
     add_settings_flags(parser, _WithNewField)
     args = parser.parse_args(["--warmup-epochs", "5", "--loss", "pr", "--no-augment"])
-    settings = _settings(args, _WithNewField)
+    settings = settings_from_flags(args, _WithNewField)
     assert (settings.warmup_epochs, settings.loss, settings.augment) == (5, "pr", False)
     assert settings.finetune_lr == 1e-5  # flags not given keep the settings' defaults
     assert "a setting added in one place" in parser.format_help()
@@ -151,12 +151,12 @@ def test_cli_train_flags_are_the_settings_fields():
         flags = {a.dest for a in help_text.choices[kind]._actions} - {"help", "version", "no_eval"}
         assert flags == set(settings_type.model_fields)
     args = parser.parse_args(["train", "au", "--aus", "1", "12", "--weights", "none", "--image-size", "96"])
-    from ferlab.cli import _settings
+    from ferlab.cli import settings_from_flags
 
-    s = _settings(args, AUTrainingSettings)
+    s = settings_from_flags(args, AUTrainingSettings)
     assert s == AUTrainingSettings(aus=(1, 12), weights=None, image_size=96)
     args = parser.parse_args(["train", "emotion", "--class-weight-mu", "none"])
-    assert _settings(args, EmotionTrainingSettings).class_weight_mu is None
+    assert settings_from_flags(args, EmotionTrainingSettings).class_weight_mu is None
 
 
 def test_tasks_are_types_not_string_branches():
