@@ -18,6 +18,8 @@ import pytest
 from ferlab.demo import run_demo, write_sample_sources
 from warehouse import Warehouse
 
+pytestmark = pytest.mark.slow  # runs the demo through Dagster: left out of `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -89,7 +91,7 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     from dagster_graphql import DagsterGraphQLClient
 
@@ -166,7 +168,7 @@ def _sensor_state(port: int, name: str) -> dict:
     return state
 
 
-@pytest.mark.slow
+@pytest.mark.server
 def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path):
     """`make demo` then `make dev` on the same data root: the UI lists every run of the demo, and
     the daemon, ticking the automation sensor, launches nothing (the demo's version is trained)."""

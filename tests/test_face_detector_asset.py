@@ -14,6 +14,8 @@ from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, truth_for
 from labeling.geometry import face_recall
 from labeling.settings import SETTINGS_FILE, StudentDetectorSettings
 
+pytestmark = pytest.mark.slow  # trains the YOLO student: left out of `make test-fast`
+
 INGEST_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 15 x 64
 # Started from the packaged COCO YOLO11n (the asset's default), 20 epochs at 160 px in steps of 8
 # images: ~90 s of CPU training. From scratch (labeling.student's yolov8n recipe), 40 epochs found
@@ -59,16 +61,15 @@ def _ingest_all(instance, home: Path, detector_spec: str | None = None) -> list:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, demo_renders):
     from dagster import DagsterInstance
 
     from assets.resources import DetectorResource
-    from ferlab.demodata import generate_demo_data
 
     home = tmp_path_factory.mktemp("face_detector") / "var"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FERLAB_HOME", str(home))
-        generate_demo_data(home / "sources", seed=0, size="small")
+        demo_renders.copy(home / "sources")
         instance = DagsterInstance.ephemeral()
         # The first ingestion with YuNet alone: its boxes are not what this file tests, and the
         # person teacher on every frame would double the time. The asset labels with both teachers.

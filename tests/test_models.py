@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.demodata import generate_demo_data
 from labeling.autolabel import autolabel
 from labeling.detectors import load_detector
 from models.checkpoint import load_checkpoint
@@ -23,18 +22,20 @@ from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.versions import snapshot_dataset_version
 
+pytestmark = pytest.mark.slow  # trains the models: left out of `make test-fast`
+
 # The test's CPU budget: small inputs, few epochs. The seeds' settings (224 px, lr 1e-5) are the
 # defaults of `ferlab train` and of the assets.
 AU_SIZE, AU_EPOCHS, AU_LR = 112, 3, 1e-4
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
+def home(tmp_path_factory, demo_renders) -> Path:
     """The small demo: 15 rendered people (5 photos x 3 variants), each a short DISFA video, +
     FER-2013 rows;
     ingested and auto-labeled (YuNet) into a data root, snapshotted as a dataset version."""
     root = tmp_path_factory.mktemp("models")
-    sources = generate_demo_data(root / "sources", seed=0, size="small")
+    sources = demo_renders.path("small", seed=0)
     wh = Warehouse(root / "home")
     ingest_disfa(wh, sources / "disfa", show_progress=False)
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)

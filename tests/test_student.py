@@ -278,11 +278,9 @@ _REAL_GETADDRINFO = socket.getaddrinfo
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[StudentReport, dict, dict, list[str]]:
-    from ferlab.demodata import generate_demo_data
-
+def trained(tmp_path_factory, demo_renders) -> tuple[StudentReport, dict, dict, list[str]]:
     root = tmp_path_factory.mktemp("student")
-    demo = generate_demo_data(root / "demo", seed=0, size="small")
+    demo = demo_renders.path("small", seed=0)
     images, truth = demo_images(demo)
     guard = _NoNetwork()
     started = time.perf_counter()
