@@ -1,5 +1,5 @@
 """Ultralytics without a network: call `prepare_ultralytics_offline()` before any
-`import ultralytics` (../shared/STACK.md, "Ultralytics offline").
+`import ultralytics`.
 
 Ultralytics reads its environment once, at import: where its settings live, whether it may
 go online, whether it may pip-install missing packages, whether it loads .pt files with

@@ -1,11 +1,11 @@
-"""The seeds' networks (../shared/SEEDS.md A and B).
+"""The seeds' networks (seeds 000/002 for AUs, 003 for emotions; see the README's papers).
 
 - `TransferNet`: an ImageNet-style backbone without its classifier -> global average pooling ->
   BatchNorm1d -> ReLU -> Dropout -> Linear(K), logits out (seeds 000/001/002; sigmoid for AUs,
   softmax for emotions, applied by the loss or by `WithProbabilities`). Backbones: torchvision
   MobileNetV2 (ImageNet weights from the packaged file by default), our MobileNet-v1 (Howard et al.
   2017, width multiplier alpha), torchvision DenseNet-121 / DenseNet-201. Only MobileNetV2 has
-  pretrained weights offline (../shared/STACK.md); the others start from random init unless the user
+  pretrained weights offline (warehouse.packaged_weights); the others start from random init unless the user
   gives a weights file, and `weights_source` says which, for the reports.
 - `Fer2013CNN`: seed 003's small CNN for 48x48 gray FER-2013 faces.
 

