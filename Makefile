@@ -36,6 +36,7 @@ test: setup
 # The development loop: no servers, no training (the full suite is `make test`, as CI runs it).
 test-fast: setup
 	$(VENV)/bin/ruff check .
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -m "not slow and not server"
 
 bench: setup
