@@ -12,7 +12,8 @@ from assets.resources import FACE_TRUTH_CSV
 from ferlab.demo import QUIET
 from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, truth_for
 from labeling.geometry import face_recall
-from labeling.settings import SETTINGS_FILE, StudentDetectorSettings
+from labeling.settings import StudentDetectorSettings
+from warehouse.settings import SETTINGS_FILE
 
 pytestmark = pytest.mark.slow  # trains the YOLO student: left out of `make test-fast`
 
