@@ -18,7 +18,7 @@ from dagster import (
 from assets.metadata import ingest_metadata
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import SourcesResource, WarehouseResource
-from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS, TABLES
+from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.sources.scraped import ingest_scraped
@@ -96,14 +96,7 @@ def _source_checks(asset_def: AssetsDefinition, source: str) -> list:
     def schema_matches_contract(
         context: AssetCheckExecutionContext, warehouse: WarehouseResource
     ) -> AssetCheckResult:
-        wh = warehouse.get()
-        problems = []
-        with wh.connect() as con:
-            for name, spec in TABLES.items():
-                stored = {r[0]: r[1] for r in con.sql(f"DESCRIBE {name}").fetchall()}
-                missing = [f.name for f in spec.schema if f.name not in stored]
-                if missing:
-                    problems.append(f"{name}: missing {missing}")
+        problems = warehouse.get().schema_mismatches()
         return AssetCheckResult(passed=not problems, metadata={"problems": problems or "none"})
 
     @asset_check(asset=key, name="has_images", blocking=True)

@@ -68,6 +68,19 @@ def test_no_images_stops_auto_labeling(tmp_path):
     assert done == {"fer2013_images"} and not result.success
 
 
+def test_a_part_off_the_contract_stops_auto_labeling(ingested):
+    home, csv = ingested
+    wh = Warehouse(home)
+    rows = wh.sql("SELECT * FROM emotion_labels LIMIT 1")
+    retyped = rows.set_column(
+        rows.schema.get_field_index("annotator"), "annotator", pa.array([7], pa.int64())
+    )  # an outside writer's part: readable by name, wrong in type
+    _add_raw_part(wh, "emotion_labels", retyped, "foreign")
+    result, checks, done = _run(home, csv, INGEST)
+    assert checks[("fer2013_images", "schema_matches_contract")] is False
+    assert done == {"fer2013_images"} and not result.success
+
+
 def test_duplicate_ids_stop_auto_labeling(ingested):
     home, csv = ingested
     wh = Warehouse(home)

@@ -160,6 +160,26 @@ class Warehouse:
     def parts(self, name: str) -> list[Path]:
         return sorted(self.table_dir(name).glob("*.parquet"))
 
+    def schema_mismatches(self) -> list[str]:
+        """Table parts whose schema is not the contract's (written by a foreign or outdated
+        writer): one "table/part: what differs" line each. The views read parts by column name,
+        so such a part would otherwise pass on missing or retyped columns without a word."""
+        found = []
+        for name, spec in TABLES.items():
+            want = {f.name: f.type for f in spec.schema}
+            for part in self.parts(name):
+                try:
+                    have = {f.name: f.type for f in pq.read_schema(part)}
+                except (OSError, pa.ArrowInvalid) as exc:
+                    found.append(f"{name}/{part.name}: unreadable ({exc})")
+                    continue
+                diff = [f"missing {c}" for c in want if c not in have]
+                diff += [f"unknown {c}" for c in have if c not in want]
+                diff += [f"{c} is {have[c]}, not {t}" for c, t in want.items() if c in have and have[c] != t]
+                if diff:
+                    found.append(f"{name}/{part.name}: {', '.join(diff)}")
+        return found
+
     def _ensure_schema_part(self, spec: TableSpec, write: bool = True) -> bool:
         """Make sure the table's empty schema part exists and is current; True if (re)written.
 
