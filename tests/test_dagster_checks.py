@@ -114,3 +114,35 @@ def test_a_crop_without_its_detection_stops_the_dataset_version(ingested):
     result, checks, done = _run(home, csv, [*INGEST, "dataset_version"])
     assert checks[("fer2013_crops", "every_crop_has_its_files_and_detection")] is False
     assert "dataset_version" not in done and set(INGEST) <= done and not result.success
+
+
+@pytest.mark.parametrize("scratch_lr, exploded", [(1e-3, False), (1e20, True)])
+def test_a_model_that_blew_up_is_not_evaluated(tmp_path, scratch_lr, exploded):
+    """A learning rate that sends the weights to inf/NaN fails the model's blocking export check,
+    and its report does not run; the same run at a sane rate reaches the report."""
+    home, csv = tmp_path / "var", tmp_path / "fer2013.csv"
+    write_fer2013_sample(csv, rows=60, seed=0)
+    result, checks, done = _run(home, csv, [*INGEST, "dataset_version"])
+    assert result.success, checks
+    (version,) = Warehouse(home).sql("SELECT DISTINCT version FROM dataset_versions").column(0).to_pylist()
+    train = {"architecture": "fer2013_cnn", "scratch_epochs": 2, "scratch_lr": scratch_lr}
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("dataset_versions", [version])
+        result = materialize(
+            DEFINITIONS,
+            selection=["emotion_model", "emotion_eval_report"],
+            instance=instance,
+            partition_key=version,
+            resources={
+                "warehouse": WarehouseResource(home=str(home)),
+                "sources": SourcesResource(fer2013_csv=str(csv)),
+                "detector": DetectorResource(device="cpu"),
+            },
+            run_config={**QUIET, "ops": {"emotion_model": {"config": train}}},
+            raise_on_error=False,
+        )
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert checks["emotion_model_finite_and_exports_agree"] is not exploded
+    assert result.success is not exploded
+    assert done == ({"emotion_model"} if exploded else {"emotion_model", "emotion_eval_report"})
