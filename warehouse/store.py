@@ -444,7 +444,7 @@ class Warehouse:
     def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
         """Run one query over the views (any statement: this is the library's own access)."""
         with self.connect() as con:
-            return con.execute(query, params).to_arrow_table() if params else con.sql(query).to_arrow_table()
+            return con.sql(query, params=params).to_arrow_table()
 
     def query(self, query: str, write: bool = False) -> pa.Table:
         """Run a user's SQL over the views, read-only unless `write`.
