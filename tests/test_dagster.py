@@ -3,6 +3,7 @@ daemon) started from workspace.yaml, driven over its GraphQL API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,36 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
+@contextlib.contextmanager
+def _dagster_server(command: list[str], port: int, env: dict, log_path: Path) -> Iterator[None]:
+    """A Dagster webserver + daemon started in its own process group; waits (minutes) until it
+    answers on `port`, and stops the whole group (by its pid) however the test ends."""
+    log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime, closed below
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+
+        def server_up() -> bool:
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        _wait(server_up, 600, "the webserver", log_path)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
 @pytest.mark.server
 def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     from dagster_graphql import DagsterGraphQLClient
@@ -102,27 +134,9 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
     env = {**os.environ, "FERLAB_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "dagster.log", "wb")  # noqa: SIM115 - open for the server's lifetime, closed in finally
     dagster = str(Path(sys.executable).parent / "dagster")
-    proc = subprocess.Popen(
-        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, stopped by pid below
-    )
-    try:
-
-        def server_up() -> bool:
-            assert proc.poll() is None, (tmp_path / "dagster.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        _wait(server_up, 600, "the webserver", tmp_path / "dagster.log")
+    command = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with _dagster_server(command, port, env, tmp_path / "dagster.log"):
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
         run_id = client.submit_job_execution("fer2013_ingest_job")
 
@@ -142,14 +156,6 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
         assert {r["status"] for r in runs} == {"SUCCESS"}
         partitions = {t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"}
         assert partitions == {"SN001", "SN002"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
     wh = Warehouse(home)
     counts = {
         r["source"]: r["n"] for r in wh.sql("SELECT source, count(*) AS n FROM images GROUP BY 1").to_pylist()
@@ -187,26 +193,7 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path):
 
     port = _free_port()
     log_path = tmp_path / "dev.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime, closed in finally
-    proc = subprocess.Popen(
-        [*ferlab, "dev", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, stopped by pid below
-    )
-    try:
-
-        def server_up() -> bool:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        _wait(server_up, 600, "the webserver", log_path)
+    with _dagster_server([*ferlab, "dev", "--port", str(port)], port, env, log_path):
         runs = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["jobName"] for r in runs) == demo_jobs
         assert {r["status"] for r in runs} == {"SUCCESS"}
@@ -221,14 +208,6 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path):
         _wait(ticks_done, 900, "three ticks of the automation sensor", log_path)
         after = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["runId"] for r in after) == sorted(r["runId"] for r in runs), after
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_sensors_add_new_partitions_once(tmp_path, monkeypatch):
