@@ -123,15 +123,22 @@ def _model_metadata(run: ModelRun) -> dict:
     }
 
 
-@asset(
-    group_name=GROUP,
-    deps=[dataset_version],
-    partitions_def=dataset_versions,
-    kinds={"pytorch", "onnx"},
-    automation_condition=TRAIN_NEW_VERSION,
-    pool=TRAINING_POOL,
-    check_specs=[_export_check_spec("au")],
-)
+def _model_asset(task: str):
+    """The asset decorator of a task's model: one partition per dataset version, trained once
+    per new version, one training at a time, its export check declared on it."""
+    return asset(
+        name=f"{task}_model",
+        group_name=GROUP,
+        deps=[dataset_version],
+        partitions_def=dataset_versions,
+        kinds={"pytorch", "onnx"},
+        automation_condition=TRAIN_NEW_VERSION,
+        pool=TRAINING_POOL,
+        check_specs=[_export_check_spec(task)],
+    )
+
+
+@_model_asset("au")
 def au_model(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: AUModelConfig
 ) -> MaterializeResult:
@@ -140,15 +147,7 @@ def au_model(
     return _train(context, warehouse, config)
 
 
-@asset(
-    group_name=GROUP,
-    deps=[dataset_version],
-    partitions_def=dataset_versions,
-    kinds={"pytorch", "onnx"},
-    automation_condition=TRAIN_NEW_VERSION,
-    pool=TRAINING_POOL,
-    check_specs=[_export_check_spec("emotion")],
-)
+@_model_asset("emotion")
 def emotion_model(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: EmotionModelConfig
 ) -> MaterializeResult:
