@@ -86,7 +86,7 @@ def train_model(wh: Warehouse, version: str, settings: TrainingSettings, log: Pr
     Raises:
         LookupError: no such dataset version.
         ValueError: the version has too few labelled crops or groups for the protocol.
-        RuntimeError: the settings' device is not present.
+        ConfigError: the settings' device is not on this machine (models.device).
     """
     task = settings.task
     mid = model_id_for(version, settings)

@@ -206,7 +206,7 @@ def fit(
 
     Raises:
         ValueError: fewer than 2 training or 1 validation samples.
-        RuntimeError: the settings' device is not present.
+        ConfigError: the settings' device is not on this machine (models.device).
     """
     if len(train_idx) < 2 or len(val_idx) < 1:
         raise ValueError(f"too few samples to train: {len(train_idx)} train, {len(val_idx)} validation")
