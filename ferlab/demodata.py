@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from ferlab.synth import (
     render,
 )
 from warehouse.atomic import atomic_path, atomic_write_bytes
-from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS
+from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, EMOTIONS, SEED_AUS
 
 FER_USAGE = ("Training", "PublicTest", "PrivateTest")
 FRAME_SIZE = (480, 360)  # DISFA's own videos are 1024x768; smaller keeps the demo quick
@@ -119,29 +119,48 @@ def _identities(seed: int, size: Size, photos: list[Path] | None) -> list[Source
 
 
 # ---- DISFA --------------------------------------------------------------------------------
-def _episodes(frames: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Integer AU intensities per frame: neutral gaps, then onset-apex-offset episodes of an
-    emotion (its AU pattern) or of one or two single AUs (so AUs are not always together)."""
+# Each subject shows every AU of the AU model's default set but one pair, the pair turning with
+# the subject number: an AU is then missing from at most a quarter of the subjects, so every
+# subject-exclusive fold (a third of them) holds people who show it.
+OMITTED_PAIRS: tuple[tuple[int, int], ...] = ((1, 26), (2, 9), (4, 25), (6, 12))
+
+
+def shown_aus(subject_index: int) -> tuple[int, ...]:
+    """The AUs of the model's default set that subject number `subject_index` shows."""
+    omitted = OMITTED_PAIRS[subject_index % len(OMITTED_PAIRS)]
+    return tuple(au for au in SEED_AUS if au not in omitted)
+
+
+def _episodes(frames: int, rng: np.random.Generator, required: Sequence[int] = ()) -> dict[int, np.ndarray]:
+    """Integer AU intensities per frame: neutral gaps, then onset-apex-offset episodes. The first
+    episodes show the `required` AUs, in random groups of three; the rest are an emotion (its AU
+    pattern) or one or two single AUs (so AUs are not always together)."""
     curves = {au: np.zeros(frames) for au in TRUTH_AUS}
-    t = int(rng.integers(5, 20))
+    pending = list(rng.permutation(np.asarray(required, dtype=np.int64))) if len(required) else []
+    t = int(rng.integers(3, 8)) if pending else int(rng.integers(5, 20))
     while t < frames:
-        length = int(rng.integers(25, 60))
+        if pending:
+            length = int(rng.integers(24, 29))  # short: the required episodes fit a short video
+            group, pending = pending[:3], pending[3:]
+            aus = {int(au): float(rng.uniform(2.5, 5)) for au in group}
+        else:
+            length = int(rng.integers(25, 60))
+            if rng.random() < 0.6:
+                aus = emotion_aus(str(rng.choice([e for e in EMOTION_AUS if e != "neutral"])), rng)
+            else:
+                aus = {
+                    int(au): float(rng.uniform(2.5, 5))
+                    for au in rng.choice(RENDERABLE_AUS, int(rng.integers(1, 3)))
+                }
         onset, apex = int(length * rng.uniform(0.2, 0.35)), int(length * rng.uniform(0.3, 0.5))
         offset = length - onset - apex
         shape = np.concatenate(
             [np.linspace(0, 1, onset, endpoint=False), np.ones(apex), np.linspace(1, 0, offset)]
         )
         end = min(frames, t + length)
-        if rng.random() < 0.6:
-            aus = emotion_aus(str(rng.choice([e for e in EMOTION_AUS if e != "neutral"])), rng)
-        else:
-            aus = {
-                int(au): float(rng.uniform(2.5, 5))
-                for au in rng.choice(RENDERABLE_AUS, int(rng.integers(1, 3)))
-            }
         for au, apex_value in aus.items():
             curves[au][t:end] = np.maximum(curves[au][t:end], apex_value * shape[: end - t])
-        t = end + int(rng.integers(5, 25))
+        t = end + (int(rng.integers(3, 8)) if pending else int(rng.integers(5, 25)))
     return {au: np.clip(np.rint(c), 0, 5).astype(np.int64) for au, c in curves.items()}
 
 
@@ -188,7 +207,7 @@ def write_disfa(out: Path, faces: list[SourceFace], size: Size, seed: int, truth
     for k, face in enumerate(faces[: size.disfa_subjects]):
         subject = f"SN{k + 1:03d}"
         rng = np.random.default_rng([seed, 2, k])
-        labels = _episodes(size.disfa_frames, rng)
+        labels = _episodes(size.disfa_frames, rng, shown_aus(k))
         shown = {
             au: np.clip(np.rint(v + face.base_aus.get(au, 0.0)), 0, 5).astype(np.int64)
             for au, v in labels.items()

@@ -100,14 +100,44 @@ def summary_rows(per_fold: list[Row], n_folds: int) -> list[Row]:
     return rows
 
 
-def pooled_ap_rows(folds: Sequence[FoldPredictions]) -> list[Row]:
-    """ap_pooled per label: average precision over all folds' predictions together."""
+def pooled_multilabel_rows(folds: Sequence[FoldPredictions]) -> list[Row]:
+    """What a fold without positives of a label cannot say, from all folds' held-out predictions
+    together (each thresholded by its own fold):
+
+    - per label: ap_pooled, f1_pooled, precision_pooled, recall_pooled; folds_without_positives
+      (folds where F1 is undefined: the seeds' per-fold protocol counts them as 0); f1_defined
+      (mean F1 over the folds that have positives; NaN when none has); f1_all_present (the F1 of
+      calling the label present on every face: its own trivial baseline);
+    - overall: avg_f1_pooled (mean of f1_pooled over labels) and avg_f1_defined.
+    """
     y_all = np.concatenate([np.asarray(f.y_true).astype(bool) for f in folds])
     p_all = np.concatenate([np.asarray(f.prob, dtype=np.float64) for f in folds])
-    return [
-        row(None, "ap_pooled", label, average_precision(y_all[:, j], p_all[:, j]))
-        for j, label in enumerate(folds[0].labels)
+    k = len(folds[0].labels)
+    cut = [np.full(k, 0.5) if f.thresholds is None else np.asarray(f.thresholds, np.float64) for f in folds]
+    predicted = np.concatenate([np.asarray(f.prob, np.float64) >= t for f, t in zip(folds, cut)])
+    pooled = multilabel_scores(y_all, predicted.astype(np.float64), np.full(k, 0.5))
+    per_fold = [
+        multilabel_scores(np.asarray(f.y_true).astype(bool), np.asarray(f.prob, np.float64), t)
+        for f, t in zip(folds, cut)
     ]
+    rows, defined_means = [], []
+    for j, label in enumerate(folds[0].labels):
+        defined = [s["f1"][j] for s in per_fold if s["support"][j] > 0]
+        defined_mean = float(np.mean(defined)) if defined else float("nan")
+        defined_means.append(defined_mean)
+        rows += [
+            row(None, "ap_pooled", label, average_precision(y_all[:, j], p_all[:, j])),
+            row(None, "f1_pooled", label, pooled["f1"][j]),
+            row(None, "precision_pooled", label, pooled["precision"][j]),
+            row(None, "recall_pooled", label, pooled["recall"][j]),
+            row(None, "folds_without_positives", label, len(folds) - len(defined)),
+            row(None, "f1_defined", label, defined_mean),
+            # the label's own trivial baseline: calling it present on every face
+            row(None, "f1_all_present", label, 2 * y_all[:, j].sum() / (y_all[:, j].sum() + len(y_all))),
+        ]
+    rows.append(row(None, "avg_f1_pooled", "", float(np.mean(pooled["f1"])) if k else 0.0))
+    rows.append(row(None, "avg_f1_defined", "", float(np.nanmean(defined_means)) if k else 0.0))
+    return rows
 
 
 def check_folds(folds: Sequence[FoldPredictions]) -> list[str]:

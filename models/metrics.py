@@ -44,7 +44,9 @@ def _ranked_counts(y_k: np.ndarray, p_k: np.ndarray) -> tuple[np.ndarray, np.nda
     return ps[last], tp[last], fp[last]
 
 
-def choose_thresholds(y_true: np.ndarray, prob: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+def choose_thresholds(
+    y_true: np.ndarray, prob: np.ndarray, grid: np.ndarray | None = None, prior: float = 0.0
+) -> np.ndarray:
     """Per-label decision threshold maximising F1 on this (validation) data; (N,K) -> (K,).
 
     grid=None: every distinct score is a candidate (exact optimum); the chosen threshold is the
@@ -52,7 +54,12 @@ def choose_thresholds(y_true: np.ndarray, prob: np.ndarray, grid: np.ndarray | N
     same on this data and leaves a margin for unseen data. With a grid, only its values are
     tried. Ties in F1 go to the higher threshold. A label with no positives gets a threshold just
     above its highest score (predict none: no false positives). Vectorised: one sort per label,
-    cumulative counts, no loop over thresholds or samples."""
+    cumulative counts, no loop over thresholds or samples.
+
+    prior > 0 pulls each threshold toward 0.5 as if `prior` positives had voted for 0.5:
+    t = (n_pos * t_best + prior * 0.5) / (n_pos + prior), so a label with few positives in the
+    validation data (a few faces of one or two people) is not cut where they happen to sit; a
+    label without positives then gets 0.5 instead of predicting none."""
     y, p = _check_2d(y_true, prob)
     n, k = y.shape
     out = np.full(k, 0.5, dtype=np.float64)
@@ -63,7 +70,7 @@ def choose_thresholds(y_true: np.ndarray, prob: np.ndarray, grid: np.ndarray | N
         y_k, p_k = y[:, j], p[:, j]
         n_pos = int(y_k.sum())
         if n_pos == 0:
-            out[j] = max(0.5, float(np.nextafter(p_k.max(), np.inf)))
+            out[j] = 0.5 if prior > 0 else max(0.5, float(np.nextafter(p_k.max(), np.inf)))
             continue
         cuts, tp, fp = _ranked_counts(y_k, p_k)
         if g is None:
@@ -80,6 +87,8 @@ def choose_thresholds(y_true: np.ndarray, prob: np.ndarray, grid: np.ndarray | N
             fp_g = np.where(idx >= 0, fp[np.maximum(idx, 0)], 0)
             f1 = _div(2 * tp_g, 2 * tp_g + fp_g + (n_pos - tp_g))
             out[j] = g[int(np.argmax(f1))]
+        if prior > 0:
+            out[j] = (n_pos * out[j] + prior * 0.5) / (n_pos + prior)
     return out
 
 

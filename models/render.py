@@ -44,7 +44,7 @@ Plots = dict[str, Callable[[Path], Any]]
 
 
 def fmt(v: float) -> str:
-    return f"{v:.3f}"
+    return "n/a" if v != v else f"{v:.3f}"  # NaN: undefined (e.g. no positives in any fold)
 
 
 def pct(v: float) -> str:
@@ -310,17 +310,42 @@ def multilabel_sections(doc: Doc, folds: Sequence[FoldPredictions], r: Rows, plo
         f"Precision / recall / F1 at the decision thresholds {thresholds}; zero division counts as 0; "
         "± is the sample standard deviation over folds; AP = average precision."
     )
+    undefined = {lab: int(r("folds_without_positives", lab)) for lab in labels}
+    doc.p(
+        f"Pooled over every fold's held-out faces (each at its own fold's thresholds): Avg.F1 "
+        f"{fmt(r('avg_f1_pooled'))}; mean over the folds where an AU has positives: "
+        f"{fmt(r('avg_f1_defined'))}."
+        + (
+            " Folds without positives of an AU (its F1 there is undefined; the per-fold mean above "
+            "counts it as 0): " + ", ".join(f"{lab} {n}" for lab, n in undefined.items() if n) + "."
+            if any(undefined.values())
+            else " Every fold has positives of every AU."
+        )
+    )
     doc.h(2, "Per-AU summary")
     doc.table(
-        ["AU", "F1", "Precision", "Recall", "AP (all folds)", "Positives"],
+        [
+            "AU",
+            "F1 (mean over folds)",
+            "F1 pooled",
+            "F1 (defined folds)",
+            "Precision",
+            "Recall",
+            "AP (all folds)",
+            "Positives",
+            "Folds without positives",
+        ],
         [
             [
                 lab,
                 r.pm("f1", lab),
+                fmt(r("f1_pooled", lab)),
+                fmt(r("f1_defined", lab)),
                 r.pm("precision", lab),
                 r.pm("recall", lab),
                 fmt(r("ap_pooled", lab)),
                 str(int(r("support_total", lab))),
+                str(undefined[lab]),
             ]
             for lab in labels
         ],

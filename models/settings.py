@@ -22,8 +22,9 @@ from pydantic import Field, field_validator, model_validator
 
 from models.losses import LOSSES
 from models.networks import ARCHITECTURES, BACKBONE_INPUT, DEFAULT_WEIGHTS, NATIVE_INPUT, ModelConfig
-from models.tasks import SEED_AUS, TASKS, AUTask, Task
+from models.tasks import TASKS, AUTask, Task
 from warehouse.errors import ConfigError
+from warehouse.schemas import SEED_AUS
 from warehouse.settings import Settings
 
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
@@ -147,6 +148,13 @@ class AUTrainingSettings(TrainingSettings):
     loss: AULoss = Field("bce", description="bce, lsep or pr (the precision-recall loss), seed 000")
     pos_weight: bool = Field(False, description="bce: weight positives by negatives/positives per AU")
     folds: int = Field(3, ge=2, description="subject-exclusive folds (seed 000: 3)")
+    threshold_prior: float = Field(
+        0.0,
+        ge=0,
+        description="pull each AU's validation threshold toward 0.5 as if this many positives voted for it "
+        "(0: the threshold of maximum validation F1, the seeds'; an AU without validation positives then "
+        "predicts none)",
+    )
 
     @field_validator("aus")
     @classmethod
@@ -157,7 +165,7 @@ class AUTrainingSettings(TrainingSettings):
 
     @property
     def task(self) -> AUTask:
-        return AUTask(self.aus)
+        return AUTask(self.aus, self.threshold_prior)
 
     @property
     def loss_name(self) -> str:

@@ -28,18 +28,17 @@ from models.evaluation import (
     majority_accuracy,
     multiclass_fold_rows,
     multilabel_fold_rows,
-    pooled_ap_rows,
+    pooled_multilabel_rows,
 )
 from models.losses import LOSSES, emotion_class_weights
 from models.metrics import choose_thresholds
 from models.predictions import FoldPredictions
 from warehouse.errors import ConfigError
-from warehouse.schemas import EMOTIONS
+from warehouse.schemas import EMOTIONS, SEED_AUS
 
 if TYPE_CHECKING:
     from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
 
-SEED_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8 DISFA AUs of seed 000 (Avg.F1)
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -114,6 +113,7 @@ class AUTask(Task):
     judged by Avg.F1 (mean F1 over the AUs, the seeds' metric)."""
 
     aus: tuple[int, ...] = SEED_AUS
+    threshold_prior: float = 0.0  # see models.metrics.choose_thresholds(prior=)
 
     name: ClassVar[str] = "au"
     headline: ClassVar[str] = "avg_f1"
@@ -174,13 +174,13 @@ class AUTask(Task):
 
     def thresholds(self, val_targets: np.ndarray, val_prob: Callable[[], np.ndarray]) -> np.ndarray:
         # chosen on validation data, never on the test fold
-        return choose_thresholds(val_targets.astype(bool), val_prob())
+        return choose_thresholds(val_targets.astype(bool), val_prob(), prior=self.threshold_prior)
 
     def fold_rows(self, fold: FoldPredictions) -> list[Row]:
         return multilabel_fold_rows(fold)
 
     def pooled_rows(self, folds: Sequence[FoldPredictions]) -> list[Row]:
-        return pooled_ap_rows(folds)
+        return pooled_multilabel_rows(folds)
 
     def trivial_baseline(self, folds: Sequence[FoldPredictions]) -> float:
         return all_present_avg_f1(folds)

@@ -311,3 +311,47 @@ def test_compare_losses_report(tmp_path):
         assert name in md
     assert "v3" in md and NOT_COMPARABLE in md
     assert "not evaluated on the same held-out groups" not in md
+
+
+def test_a_fold_without_positives_is_undefined_not_zero_and_pooled_f1_is_beside_it():
+    """Fold 0 has no positive of AU2: the seeds' per-fold mean counts it as F1 0, the defined
+    mean leaves it out, pooled F1 scores all held-out faces together (each fold's cut)."""
+    fold0 = FoldPredictions(
+        0,
+        ["AU1", "AU2"],
+        np.array([[1, 0], [0, 0], [1, 0]], bool),
+        np.array([[0.9, 0.1], [0.2, 0.6], [0.8, 0.2]]),
+        np.array([0.5, 0.5]),
+        ["a"],
+    )  # AU1: tp 2; AU2: one false positive, no positives
+    fold1 = FoldPredictions(
+        1,
+        ["AU1", "AU2"],
+        np.array([[1, 1], [0, 1], [0, 0]], bool),
+        np.array([[0.4, 0.9], [0.6, 0.7], [0.1, 0.1]]),
+        np.array([0.5, 0.5]),
+        ["b"],
+    )  # AU1: fn 1, fp 1 -> F1 0; AU2: tp 2 -> F1 1
+    rows = evaluate_folds("au", [fold0, fold1])
+    got = {(r["metric"], r["label"]): r["value"] for r in rows if r["fold"] is None}
+    assert got[("f1", "AU2")] == pytest.approx(0.5)  # the seeds' protocol: (0 + 1) / 2
+    assert got[("f1_defined", "AU2")] == pytest.approx(1.0) and got[("folds_without_positives", "AU2")] == 1
+    assert got[("folds_without_positives", "AU1")] == 0
+    # pooled AU2: tp 2, fp 1, fn 0 -> 4/5; AU1: tp 2, fp 1, fn 1 -> 4/6
+    assert got[("f1_pooled", "AU2")] == pytest.approx(0.8) and got[("f1_pooled", "AU1")] == pytest.approx(
+        2 / 3
+    )
+    assert got[("avg_f1_pooled", "")] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert got[("f1_all_present", "AU2")] == pytest.approx(2 * 2 / (2 + 6))  # 2 positives of 6 faces
+    assert got[("avg_f1_defined", "")] == pytest.approx((got[("f1_defined", "AU1")] + 1.0) / 2)
+
+
+def test_threshold_prior_pulls_few_positives_toward_one_half():
+    y = np.array([[1], [0], [0], [0]], dtype=bool)
+    p = np.array([[0.1], [0.05], [0.02], [0.01]])
+    best = choose_thresholds(y, p)[0]  # one positive at 0.1: the cut sits just under it
+    pulled = choose_thresholds(y, p, prior=3)[0]
+    assert best < 0.1 and pulled == pytest.approx((1 * best + 3 * 0.5) / 4)
+    none = np.zeros((4, 1), dtype=bool)
+    assert choose_thresholds(none, p, prior=3)[0] == 0.5  # no positives: 0.5, not "predict none"
+    assert choose_thresholds(none, p)[0] == 0.5  # (the max score is below 0.5 here)
