@@ -110,9 +110,9 @@ def _source_checks(asset_def: AssetsDefinition, source: str) -> list:
     ) -> AssetCheckResult:
         dup = warehouse.get().sql(
             "SELECT 'images' AS t, count(*) - count(DISTINCT image_id) AS n FROM images UNION ALL "
-            "SELECT 'emotion_labels', count(*) - count(DISTINCT (image_id, label_source, annotator)) "
+            "SELECT 'emotion_labels', count(*) - count(DISTINCT (image_id, crop_id, label_source, annotator)) "
             "FROM emotion_labels UNION ALL "
-            "SELECT 'au_labels', count(*) - count(DISTINCT (image_id, au, label_source, annotator)) "
+            "SELECT 'au_labels', count(*) - count(DISTINCT (image_id, crop_id, au, label_source, annotator)) "
             "FROM au_labels UNION ALL SELECT 'rejects', count(*) - count(DISTINCT reject_id) FROM rejects"
         )
         counts = dict(zip(dup.column("t").to_pylist(), dup.column("n").to_pylist(), strict=True))

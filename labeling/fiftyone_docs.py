@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from labeling.geometry import crop_squares
-from warehouse.precedence import au_order_sql, emotion_order_sql
+from warehouse.precedence import au_order_sql, counts_sql, emotion_order_sql
 from warehouse.store import Warehouse, quote_literal
 
 # Bump when the conversion below changes: every sample's digest changes and it is rewritten.
@@ -73,7 +73,7 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
             f"""SELECT image_id, emotion, label_source, confidence, annotator, n_labels FROM (
                   SELECT *, count(*) OVER (PARTITION BY image_id) AS n_labels,
                     row_number() OVER (PARTITION BY image_id ORDER BY {emotion_order_sql()}) AS rank
-                  FROM emotion_labels WHERE {in_scope}) WHERE rank = 1""",
+                  FROM emotion_labels WHERE {in_scope} AND {counts_sql("emotion")}) WHERE rank = 1""",
         ):
             images[r["image_id"]].ground_truth = (
                 r["emotion"],
@@ -87,7 +87,7 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
             con,
             f"""SELECT image_id, au, intensity, label_source, probability, annotator FROM (
                   SELECT *, row_number() OVER (PARTITION BY image_id, au ORDER BY {au_order_sql()}) AS rank
-                  FROM au_labels WHERE {in_scope}) WHERE rank = 1 AND present
+                  FROM au_labels WHERE {in_scope} AND {counts_sql("au")}) WHERE rank = 1 AND present
                 ORDER BY image_id, au""",
         ):
             aus[r["image_id"]].append(

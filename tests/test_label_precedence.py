@@ -4,6 +4,8 @@ the same AU labels of each image, and the ones human > gold > pseudo > weak says
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 import pytest
 
@@ -94,14 +96,14 @@ def _au(image_id, au, present, source, annotator, probability=None) -> dict:
 EMOTIONS = [
     # every source at once: gold beats the more confident pseudo and weak labels
     _emotion("I1", "happy", "weak", "folder:happy", 0.99),
-    _emotion("I1", "sad", "pseudo", "model-a", 0.95),
+    _emotion("I1", "sad", "pseudo", "model-y", 0.95),
     _emotion("I1", "angry", "gold", "fer2013"),
     _emotion("I2", "happy", "gold", "fer2013"),
     _emotion("I2", "fear", "human", "alice"),  # human beats gold
-    _emotion("I3", "sad", "pseudo", "model-z", 0.6),
-    _emotion("I3", "happy", "pseudo", "model-y", 0.9),  # one source: the most confident
-    _emotion("I4", "neutral", "pseudo", "model-a", None),  # no confidence ranks last
-    _emotion("I4", "surprise", "pseudo", "model-b", 0.2),
+    _emotion("I3", "sad", "pseudo", "model-z", 0.6),  # model-z is not the production model
+    _emotion("I3", "happy", "pseudo", "model-y", 0.9),
+    _emotion("I4", "neutral", "pseudo", "model-z", 0.99),  # not production: ignored, however sure
+    _emotion("I4", "surprise", "pseudo", "model-y", 0.2),
     _emotion("I5", "disgust", "weak", "folder:disgust"),
     _emotion("I6", "sad", "gold", "rater-b"),
     _emotion("I6", "happy", "gold", "rater-a"),  # a tie: the annotator's name decides
@@ -109,12 +111,12 @@ EMOTIONS = [
 AUS = [
     _au("I1", 12, True, "weak", "folder", 0.9),
     _au("I1", 12, False, "gold", "disfa"),  # gold says absent: absent
-    _au("I1", 1, True, "pseudo", "model-m", 0.3),
-    _au("I1", 1, False, "pseudo", "model-n", 0.8),  # the more probable pseudo label: absent
+    _au("I1", 1, True, "pseudo", "model-m", 0.9),  # model-m is not the production model
+    _au("I1", 1, False, "pseudo", "model-n", 0.8),
     _au("I2", 6, True, "human", "bob"),
     _au("I2", 6, False, "gold", "disfa"),  # human beats gold: present
-    _au("I3", 25, True, "pseudo", "model-a", None),
-    _au("I3", 25, False, "pseudo", "model-b", 0.1),  # no probability ranks last: absent
+    _au("I3", 25, True, "pseudo", "model-a", None),  # not production
+    _au("I3", 25, False, "pseudo", "model-n", 0.1),
 ]
 EXPECTED_EMOTION = {
     "I1": "angry",
@@ -136,7 +138,25 @@ def wh(tmp_path_factory) -> Warehouse:
     wh.append("crops", _table("crops", list(crops)))
     wh.append_labels("emotion_labels", _table("emotion_labels", EMOTIONS))
     wh.append_labels("au_labels", _table("au_labels", AUS))
+    # the production models, whose pseudo labels alone count
+    wh.append(
+        "model_promotions",
+        _table("model_promotions", [_promotion("emotion", "model-y"), _promotion("au", "model-n")]),
+    )
     return wh
+
+
+def _promotion(task: str, model_id: str) -> dict:
+    return {
+        "task": task,
+        "model_id": model_id,
+        "promoted": True,
+        "metric": "m",
+        "value": 1.0,
+        "dataset_version": "v-0000000000000000",
+        "reason": "test",
+        "decided_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
 
 
 def test_the_manifest_follows_the_precedence(wh):

@@ -84,12 +84,14 @@ def test_au_intensities_edited_at_the_source(wh):
 def test_a_warehouse_written_before_versioning_reads_and_migrates(tmp_path):
     home = tmp_path / "home"
     wh = Warehouse(home)
-    # A part as the store wrote it before label tables had `recorded_at`.
-    old_schema = pa.schema([f for f in EMOTION_LABELS if f.name != "recorded_at"])
-    old = _emotions({"a": "happy", "b": "sad"}).cast(old_schema)
+    # A part as the store wrote it before label tables had `recorded_at`, `crop_id`, `threshold`.
+    added = ("recorded_at", "crop_id", "threshold")
+    old_schema = pa.schema([f for f in EMOTION_LABELS if f.name not in added])
+    old = _emotions({"a": "happy", "b": "sad"}).select(old_schema.names).cast(old_schema)
     pq.write_table(old, home / "tables" / "emotion_labels" / "part-old.parquet")
-    old_au = pa.schema([f for f in AU_LABELS if f.name != "recorded_at"])
-    pq.write_table(_aus("f1", {1: 1.0}).cast(old_au), home / "tables" / "au_labels" / "part-old.parquet")
+    old_au = pa.schema([f for f in AU_LABELS if f.name not in added])
+    old_aus = _aus("f1", {1: 1.0}).select(old_au.names).cast(old_au)
+    pq.write_table(old_aus, home / "tables" / "au_labels" / "part-old.parquet")
     # ... and its schema part, too
     pq.write_table(old_schema.empty_table(), home / "tables" / "emotion_labels" / "part-0-schema.parquet")
 
@@ -102,6 +104,10 @@ def test_a_warehouse_written_before_versioning_reads_and_migrates(tmp_path):
     assert wh.append_labels("au_labels", _aus("f1", {1: 1.0})).updated == 0
     stamped = wh.sql("SELECT recorded_at FROM emotion_labels WHERE image_id = 'a'").column(0)[0].as_py()
     assert stamped > dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    # the write migrated the old parts: the contract's columns, null where the old rows had none
+    assert wh.schema_mismatches() == []
+    assert pq.read_schema(home / "tables" / "au_labels" / "part-old.parquet").names == AU_LABELS.names
+    assert wh.sql("SELECT count(*) FROM au_labels_history WHERE crop_id IS NULL").column(0)[0].as_py() == 1
 
 
 def test_the_catalog_file_shows_the_newest_labels(wh):

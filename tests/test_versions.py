@@ -3,6 +3,7 @@ snapshots; and the manifest of the demo data root when one has been built."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -152,8 +153,8 @@ def _fill(wh: Warehouse) -> None:
         _emotion("S2", "happy", "weak", "folder:happy"),
         _emotion("S3", "neutral", "weak", "folder:neutral"),
         _emotion("S4", "surprise", "weak", "folder:surprise"),
-        _emotion("S5", "fear", "pseudo", "model-b", 0.7),  # equal confidence: annotator name
-        _emotion("S5", "disgust", "pseudo", "model-a", 0.7),
+        _emotion("S5", "fear", "pseudo", "model-b", 0.7),
+        _emotion("S5", "disgust", "pseudo", "model-a", 0.7),  # model-a is not the production model
         _emotion("S5", "happy", "pseudo", "model-0", None),  # no confidence ranks last
     ]
     aus = [
@@ -174,6 +175,24 @@ def _fill(wh: Warehouse) -> None:
     wh.append("crops", _table("crops", list(crops)))
     wh.append("emotion_labels", _table("emotion_labels", emotions))
     wh.append("au_labels", _table("au_labels", aus))
+    # only the production model's pseudo labels count: model-b for emotions, model-a for AUs
+    wh.append(
+        "model_promotions",
+        _table("model_promotions", [_promotion("emotion", "model-b"), _promotion("au", "model-a")]),
+    )
+
+
+def _promotion(task: str, model_id: str) -> dict:
+    return {
+        "task": task,
+        "model_id": model_id,
+        "promoted": True,
+        "metric": "m",
+        "value": 1.0,
+        "dataset_version": "v-0000000000000000",
+        "reason": "test",
+        "decided_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
 
 
 @pytest.fixture
@@ -218,7 +237,7 @@ def test_precedence_faces_and_flags(filled):
     assert (rows["c-F2-yunet-0"]["emotion"], rows["c-F2-yunet-0"]["emotion_source"]) == ("angry", "gold")
     assert (rows["c-S1-yunet-0"]["emotion"], rows["c-S1-yunet-0"]["emotion_source"]) == ("sad", "pseudo")
     assert (rows["c-S3-yunet-0"]["emotion"], rows["c-S3-yunet-0"]["emotion_source"]) == ("neutral", "weak")
-    assert rows["c-S5-yunet-0"]["emotion"] == "disgust"  # 0.7 tie: model-a before model-b
+    assert rows["c-S5-yunet-0"]["emotion"] == "fear"  # model-a's pseudo label does not count
     assert rows["c-F4-yunet-0"]["emotion"] == "surprise"
     # the group photo keeps both faces, with no label of the image
     for crop in ("c-S2-yunet-0", "c-S2-yunet-1"):
@@ -247,6 +266,35 @@ def test_precedence_faces_and_flags(filled):
     flagged = _by_crop(build_manifest(filled, include_flagged=True))
     assert set(flagged) - set(rows) == {"c-D3-yunet-0"}
     assert flagged["c-D3-yunet-0"]["au1"] is True
+
+
+def test_labels_that_name_their_face(filled):
+    """Pseudo and human labels name their face (crop_id): each face of a group photo gets its own;
+    on a one-face source a face label is the image's; a human label beats the production model's
+    pseudo label of the same face; an excluded face leaves the version."""
+    face_labels = [
+        {**_emotion("S2", "happy", "human", "labelstudio:1"), "crop_id": "c-S2-yunet-0"},
+        {**_emotion("S2", "sad", "pseudo", "model-b", 0.95), "crop_id": "c-S2-yunet-1"},
+        {**_emotion("S1", "fear", "human", "labelstudio:1"), "crop_id": "c-S1-yunet-0"},
+        {**_emotion("F2", "sad", "human", "fiftyone"), "crop_id": "c-F2-other-crop-set"},
+    ]
+    filled.append("emotion_labels", _table("emotion_labels", [{**r, "threshold": None} for r in face_labels]))
+    filled.append(
+        "au_labels",
+        _table("au_labels", [{**_au("S2", 12, True, "pseudo", "model-a", 0.9), "crop_id": "c-S2-yunet-1"}]),
+    )
+    rows = _by_crop(build_manifest(filled))
+    assert (rows["c-S2-yunet-0"]["emotion"], rows["c-S2-yunet-0"]["emotion_source"]) == ("happy", "human")
+    assert (rows["c-S2-yunet-1"]["emotion"], rows["c-S2-yunet-1"]["emotion_source"]) == ("sad", "pseudo")
+    assert rows["c-S2-yunet-1"]["au12"] is True and rows["c-S2-yunet-0"]["au12"] is None
+    assert (rows["c-S1-yunet-0"]["emotion"], rows["c-S1-yunet-0"]["emotion_source"]) == ("fear", "human")
+    assert (rows["c-F2-yunet-0"]["emotion"], rows["c-F2-yunet-0"]["emotion_source"]) == ("sad", "human")
+    before = version_id(build_manifest(filled))
+    exclusion = {"crop_id": "c-S1-yunet-0", "excluded": True, "reason": "reject", "annotator": "fiftyone"}
+    filled.append("exclusions", _table("exclusions", [exclusion]))
+    assert "c-S1-yunet-0" not in _by_crop(build_manifest(filled))
+    filled.append("exclusions", _table("exclusions", [{**exclusion, "excluded": False}]))  # the tag removed
+    assert version_id(build_manifest(filled)) == before
 
 
 def test_group_split_is_fixed_and_near_70_15_15():

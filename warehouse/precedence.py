@@ -1,6 +1,7 @@
 """Which label of an image wins, defined once for every reader (dataset versions, FiftyOne).
 
-The strongest label source wins: human > gold > pseudo > weak (LABEL_SOURCES order); a source
+Only the production model's pseudo labels count (`counts_sql`): a task's production model is
+the newest one promoted in `model_promotions`. The strongest label source wins: human > gold > pseudo > weak (LABEL_SOURCES order); a source
 not in that list ranks below all of them (it is never NULL, whose place in an ORDER BY depends
 on the engine). Among labels of one source: the most confident (emotions) or probable (AUs)
 first, then the annotator's name, then the value itself, so the pick never depends on the
@@ -24,11 +25,38 @@ def rank_source_sql(column: str) -> str:
     return f"CASE {column} {whens} END"
 
 
-def emotion_order_sql() -> str:
-    """ORDER BY terms over emotion_labels rows: the first row of an image is its emotion label."""
-    return f"{source_rank_sql()}, confidence DESC NULLS LAST, annotator, emotion"
+def emotion_order_sql(alias: str = "") -> str:
+    """ORDER BY terms over emotion_labels rows (columns prefixed by `alias`, e.g. "e."): the
+    first row of a face is its emotion label."""
+    a = alias
+    return f"{source_rank_sql(a + 'label_source')}, {a}confidence DESC NULLS LAST, {a}annotator, {a}emotion"
 
 
-def au_order_sql() -> str:
-    """ORDER BY terms over au_labels rows: the first row of an (image, AU) is its AU label."""
-    return f"{source_rank_sql()}, probability DESC NULLS LAST, annotator, present"
+def au_order_sql(alias: str = "") -> str:
+    """ORDER BY terms over au_labels rows (columns prefixed by `alias`): the first row of a
+    (face, AU) is its AU label."""
+    a = alias
+    return f"{source_rank_sql(a + 'label_source')}, {a}probability DESC NULLS LAST, {a}annotator, {a}present"
+
+
+def production_models_sql() -> str:
+    """SQL for (task, model_id): each task's production model, the newest promoted one in
+    model_promotions (one row per task that has one)."""
+    return (
+        "SELECT task, model_id FROM model_promotions WHERE promoted "
+        "QUALIFY row_number() OVER (PARTITION BY task ORDER BY decided_at DESC, model_id) = 1"
+    )
+
+
+def counts_sql(task: str, alias: str = "") -> str:
+    """SQL condition over label rows (columns prefixed by `alias`) of `task` ("au", "emotion"):
+    true unless the row is a pseudo label of a model that is not the task's production model."""
+    a = alias
+    return (
+        f"({a}label_source <> 'pseudo' OR {a}annotator IN (SELECT model_id FROM "
+        f"({production_models_sql()}) WHERE task = {_literal(task)}))"
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

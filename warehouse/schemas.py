@@ -10,7 +10,10 @@ Tables
   recorded_at (when the store wrote it; null for rows written before labels were versioned).
 - au_labels: image_id, au (FACS number), intensity 0..5 (null when unknown), present
   (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator, recorded_at.
-  Label tables are versioned: a label is identified by its key (image, [au,] source, annotator);
+  Both label tables: crop_id names the face a label is about; null only for a label a source
+  gives a whole single-face image (DISFA, FER-2013 gold, a scraped folder). Pseudo and human
+  labels always name their face. threshold: the probability threshold a pseudo label passed.
+  Label tables are versioned: a label is identified by its key (image, crop, [au,] source, annotator);
   when a source corrects a label, the new value is a new row and supersedes the old one. The
   views `emotion_labels` / `au_labels` show the newest row per key; `<table>_history` shows all.
 - rejects: bad input, with where it was (source_uri, line) and why (reason code + detail).
@@ -44,6 +47,15 @@ Tables
   (packaged)", "random init", a file); checkpoint, onnx and report are paths relative to the
   data root (null when not written); headline_metric/value the one number a list shows
   (e.g. "avg_f1" for AUs, "accuracy" for emotions).
+- model_promotions: one row per promotion decision (models.registry): a newly evaluated model
+  of `task` against the production model of the time, on the same held-out evaluation
+  (`metric`, `value` vs `production_value`); `promoted` says whether it became production. The
+  production model of a task is the newest promoted one.
+- exclusions: a curator's verdict that a face must not be used (FiftyOne tag `reject`);
+  versioned like the labels, so removing the tag (excluded false) lifts it.
+- review_queue: faces for a curator, one row per (queue, face, reason): `queue` names the run
+  that built it (e.g. the model id it was built for), `priority` orders it (higher first).
+- label_studio_tasks: which face is which Label Studio task in which project (push adds none twice).
 - eval_metrics: every number of an evaluation. fold is null for the mean over folds; label is
   the AU ("AU12") or emotion the metric is about, "" for an overall figure.
 """
@@ -87,6 +99,8 @@ EMOTION_LABELS = pa.schema(
         pa.field("confidence", pa.float32()),
         pa.field("annotator", pa.string(), nullable=False),
         pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+        pa.field("crop_id", pa.string()),
+        pa.field("threshold", pa.float32()),
     ]
 )
 
@@ -100,6 +114,8 @@ AU_LABELS = pa.schema(
         pa.field("probability", pa.float32()),
         pa.field("annotator", pa.string(), nullable=False),
         pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+        pa.field("crop_id", pa.string()),
+        pa.field("threshold", pa.float32()),
     ]
 )
 
@@ -225,6 +241,54 @@ EVAL_METRICS = pa.schema(
     ]
 )
 
+MODEL_PROMOTIONS = pa.schema(
+    [
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("promoted", pa.bool_(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("production_model_id", pa.string()),
+        pa.field("production_value", pa.float64()),
+        pa.field("dataset_version", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("decided_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+EXCLUSIONS = pa.schema(
+    [
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("excluded", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("annotator", pa.string(), nullable=False),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+REVIEW_QUEUE = pa.schema(
+    [
+        pa.field("queue", pa.string(), nullable=False),
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("media_path", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("priority", pa.float64(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("queued_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+LABEL_STUDIO_TASKS = pa.schema(
+    [
+        pa.field("project_id", pa.int64(), nullable=False),
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("task_id", pa.int64(), nullable=False),
+        pa.field("pushed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -232,13 +296,15 @@ class TableSpec:
 
     `values` is set for versioned tables (labels): a row whose key is stored with other values
     supersedes the stored row instead of being dropped; `stamp` names the column the store fills
-    with the write time, which orders the versions of a key."""
+    with the write time, which orders the versions of a key. `optional` columns were added after
+    rows were written: a writer may leave them out, and parts without them read them as null."""
 
     name: str
     schema: pa.Schema
     key: tuple[str, ...]
     values: tuple[str, ...] = ()
     stamp: str | None = None
+    optional: tuple[str, ...] = ()  # nullable columns a writer may leave out (they are null)
 
     @property
     def versioned(self) -> bool:
@@ -252,16 +318,18 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(
             "emotion_labels",
             EMOTION_LABELS,
-            ("image_id", "label_source", "annotator"),
-            values=("emotion", "confidence"),
+            ("image_id", "crop_id", "label_source", "annotator"),
+            values=("emotion", "confidence", "threshold"),
             stamp="recorded_at",
+            optional=("crop_id", "threshold"),
         ),
         TableSpec(
             "au_labels",
             AU_LABELS,
-            ("image_id", "au", "label_source", "annotator"),
-            values=("intensity", "present", "probability"),
+            ("image_id", "crop_id", "au", "label_source", "annotator"),
+            values=("intensity", "present", "probability", "threshold"),
             stamp="recorded_at",
+            optional=("crop_id", "threshold"),
         ),
         TableSpec("rejects", REJECTS, ("reject_id",)),
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
@@ -271,5 +339,15 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("dataset_manifest", DATASET_MANIFEST, ("version", "crop_id")),
         TableSpec("model_runs", MODEL_RUNS, ("model_id",)),
         TableSpec("eval_metrics", EVAL_METRICS, ("model_id", "fold", "metric", "label")),
+        TableSpec("model_promotions", MODEL_PROMOTIONS, ("task", "model_id")),
+        TableSpec(
+            "exclusions",
+            EXCLUSIONS,
+            ("crop_id", "annotator"),
+            values=("excluded", "reason"),
+            stamp="recorded_at",
+        ),
+        TableSpec("review_queue", REVIEW_QUEUE, ("queue", "crop_id", "reason")),
+        TableSpec("label_studio_tasks", LABEL_STUDIO_TASKS, ("project_id", "crop_id")),
     )
 }

@@ -109,6 +109,7 @@ class Warehouse:
         self.catalog_path = self.home / "warehouse.duckdb"
         self.quarantine_dir = self.home / QUARANTINE
         self._home_str = str(self.home)
+        self._migrated: set[str] = set()  # tables whose parts _migrate has brought up to date
         try:
             if writable:
                 self.media_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,9 @@ class Warehouse:
     def conform(self, name: str, rows: pa.Table) -> pa.Table:
         """Cast rows to the table's schema, with a clear error naming what does not fit."""
         spec = TABLES[name]
-        if spec.stamp and spec.stamp not in rows.column_names:  # the store stamps it when writing
-            rows = rows.append_column(spec.stamp, pa.nulls(rows.num_rows, spec.schema.field(spec.stamp).type))
+        for column in (spec.stamp, *spec.optional) if spec.stamp else spec.optional:
+            if column not in rows.column_names:  # the store stamps the write time; optional ones are null
+                rows = rows.append_column(column, pa.nulls(rows.num_rows, spec.schema.field(column).type))
         missing = [f.name for f in spec.schema if f.name not in rows.column_names]
         extra = [c for c in rows.column_names if spec.schema.get_field_index(c) < 0]
         if missing or extra:
@@ -239,6 +241,7 @@ class Warehouse:
             return 0
         rows = _first_per_key(rows, spec.key)
         with self._locked(name):
+            self._migrate(spec)
             new = self._not_stored(spec, rows)
             if new.num_rows:
                 self._write_part(name, new, _key_strings(new, spec.key))
@@ -256,6 +259,7 @@ class Warehouse:
             return LabelWrite()
         rows = _first_per_key(rows, spec.key)
         with self._locked(name):
+            self._migrate(spec)
             changed = self._changed_labels(spec, rows)
             if changed.num_rows == 0:
                 return LabelWrite()
@@ -269,6 +273,33 @@ class Warehouse:
             self._write_part(name, changed, [*_key_strings(changed, spec.key), str(time.time_ns())])
         n_updated = int(existed.sum())
         return LabelWrite(added=changed.num_rows - n_updated, updated=n_updated)
+
+    def _migrate(self, spec: TableSpec) -> int:
+        """Rewrite the parts of a table written before its `optional` columns (or its stamp) existed,
+        with those columns null (each part atomically; the views read old parts meanwhile, by column name).
+        Runs under the table's lock, before a write; returns how many parts were rewritten."""
+        if not spec.optional or spec.name in self._migrated:
+            return 0
+        rewritten = 0
+        for part in self.parts(spec.name):
+            try:
+                have = set(pq.read_schema(part).names)
+            except (OSError, pa.ArrowInvalid):
+                continue  # a damaged part is the doctor's, not the migration's
+            missing = [c for c in (*spec.optional, spec.stamp) if c and c not in have]
+            if not missing or part.name == _SCHEMA_PART:
+                continue
+            rows = pq.read_table(part)
+            for column in missing:
+                rows = rows.append_column(column, pa.nulls(rows.num_rows, spec.schema.field(column).type))
+            try:
+                with atomic_path(part) as tmp:
+                    pq.write_table(rows.select(spec.schema.names).cast(spec.schema), tmp, compression="zstd")
+            except OSError as exc:
+                raise storage_error(exc, self.home) from exc
+            rewritten += 1
+        self._migrated.add(spec.name)
+        return rewritten
 
     def add_rejects(self, rejects: list[Reject]) -> int:
         return self.append("rejects", rejects_table(rejects)) if rejects else 0

@@ -11,9 +11,11 @@ Which crops
   face. DISFA frames and FER-2013 images hold one face by contract (ONE_FACE_SOURCES): each
   gets exactly one crop, the one with the largest face_px (then the smallest crop_id), and the
   others are dropped (a second "face" on such an image is a false detection or a background
-  person). Other sources (scraped) keep every crop, but an image's labels go to a crop only
-  when it is the image's only face: a group photo's folder label cannot say which face it
-  means, so those crops are kept unlabeled. Faces are counted per crop set (one detector and
+  person). Other sources (scraped) keep every crop, but an image's labels (crop_id null) go to
+  a crop only when it is the image's only face: a group photo's folder label cannot say which
+  face it means, so those crops are kept unlabeled. A label that names its face (crop_id: pseudo
+  and human labels) goes to that face; on a one-face source, to the image's one face.
+- A face a curator excluded (`exclusions`, e.g. FiftyOne's `reject` tag) is left out. Faces are counted per crop set (one detector and
   weights, one set of crop parameters), so re-detecting with another detector does not turn
   one face into "two"; each crop set's crops are kept. Quality flags are applied after this
   choice: a frame whose largest face is blurry is left out, not replaced by a smaller face.
@@ -24,6 +26,8 @@ Which crops
 
 Which label (per crop, per task, and for AUs per AU)
 - The highest label_source wins: human > gold > pseudo > weak (LABEL_SOURCES order).
+- Pseudo labels count only when written by the task's production model (model_promotions):
+  an older model's pseudo labels stay stored but no longer reach a version.
 - Within one source: the most confident (emotion_labels.confidence, au_labels.probability;
   a label without one ranks after those with one), then the annotator's name, then the value
   (emotion name; for an AU, absent before present). The tables have no time of labeling, so
@@ -54,7 +58,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.precedence import au_order_sql, emotion_order_sql, rank_source_sql, source_rank_sql
+from warehouse.precedence import (
+    au_order_sql,
+    counts_sql,
+    emotion_order_sql,
+    rank_source_sql,
+    source_rank_sql,
+)
 from warehouse.schemas import AU_COLUMNS, DATASET_MANIFEST, DISFA_AUS, EMOTIONS, LABEL_SOURCES
 from warehouse.store import Warehouse, quote_literal
 
@@ -117,31 +127,40 @@ def _manifest_sql(include_flagged: bool) -> str:
         SELECT *, (source IN ({one_face}) OR faces_in_set = 1) AS takes_labels
         FROM counted
         WHERE (source NOT IN ({one_face}) OR face_rank = 1) AND ({str(include_flagged).lower()} OR NOT flagged)
+          AND crop_id NOT IN (SELECT crop_id FROM exclusions WHERE excluded)
     ),
+    -- A label reaches a face when it names that face (crop_id), or names none and the face takes
+    -- its image's labels; on a one-face source every label of the image is the face's.
     emo AS (
-        SELECT image_id, emotion, label_source FROM (
-            SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY {emotion_order_sql()}) AS pick
-            FROM emotion_labels
-            WHERE label_source IN ({sources}) AND emotion IN ({_sql_list(EMOTIONS)})
+        SELECT crop_id, emotion, label_source FROM (
+            SELECT k.crop_id, e.*, row_number() OVER (PARTITION BY k.crop_id ORDER BY {emotion_order_sql("e.")}) AS pick
+            FROM kept k JOIN emotion_labels e ON e.image_id = k.image_id AND (
+                e.crop_id = k.crop_id OR (e.crop_id IS NULL AND k.takes_labels)
+                OR (e.crop_id IS NOT NULL AND k.source IN ({one_face})))
+            WHERE e.label_source IN ({sources}) AND e.emotion IN ({_sql_list(EMOTIONS)})
+              AND {counts_sql("emotion", "e.")}
         ) WHERE pick = 1
     ),
     au_best AS (
-        SELECT image_id, au, present, src FROM (
-            SELECT *, {source_rank_sql()} AS src, row_number() OVER (PARTITION BY image_id, au
-                ORDER BY {au_order_sql()}) AS pick
-            FROM au_labels
-            WHERE label_source IN ({sources}) AND au IN ({_sql_list(DISFA_AUS)})
+        SELECT crop_id, au, present, src FROM (
+            SELECT k.crop_id, a.*, {source_rank_sql("a.label_source")} AS src,
+                row_number() OVER (PARTITION BY k.crop_id, a.au ORDER BY {au_order_sql("a.")}) AS pick
+            FROM kept k JOIN au_labels a ON a.image_id = k.image_id AND (
+                a.crop_id = k.crop_id OR (a.crop_id IS NULL AND k.takes_labels)
+                OR (a.crop_id IS NOT NULL AND k.source IN ({one_face})))
+            WHERE a.label_source IN ({sources}) AND a.au IN ({_sql_list(DISFA_AUS)})
+              AND {counts_sql("au", "a.")}
         ) WHERE pick = 1
     ),
     au_wide AS (
-        SELECT image_id, {au_pivot}, max(src) AS weakest FROM au_best GROUP BY image_id
+        SELECT crop_id, {au_pivot}, max(src) AS weakest FROM au_best GROUP BY crop_id
     )
     SELECT k.crop_id, k.image_id, k.source, k."group", k.image_split AS split, k.media_path,
            k.gray_media_path, e.emotion, e.label_source AS emotion_source, {au_cols},
            {rank_source_sql("a.weakest")} AS au_source
     FROM kept k
-    LEFT JOIN emo e ON k.takes_labels AND e.image_id = k.image_id
-    LEFT JOIN au_wide a ON k.takes_labels AND a.image_id = k.image_id
+    LEFT JOIN emo e ON e.crop_id = k.crop_id
+    LEFT JOIN au_wide a ON a.crop_id = k.crop_id
     ORDER BY k.crop_id
     """
 
