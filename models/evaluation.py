@@ -154,6 +154,30 @@ def check_folds(folds: Sequence[FoldPredictions]) -> list[str]:
     return labels
 
 
+PER_AU_FIGURES = ("f1_pooled", "f1", "f1_all_present", "folds_without_positives")
+
+
+def per_label(rows: Sequence[Row], metrics: Sequence[str] = PER_AU_FIGURES) -> dict[str, dict[str, float]]:
+    """{label: {metric: value}} of the over-all-folds (fold=None) rows of `metrics`, labels in
+    the rows' order."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["fold"] is None and r["label"] and r["metric"] in metrics:
+            out.setdefault(r["label"], {})[r["metric"]] = float(r["value"])
+    return out
+
+
+def per_au_lines(rows: Sequence[Row]) -> list[str]:
+    """A table of an AU model's figures per AU against calling the AU present on every face."""
+    lines = ["AU       F1 pooled   F1 mean over folds   always present   folds without positives"]
+    for label, v in per_label(rows).items():
+        lines.append(
+            f"{label:8} {v.get('f1_pooled', float('nan')):9.3f}   {v.get('f1', float('nan')):18.3f}   "
+            f"{v.get('f1_all_present', float('nan')):14.3f}   {int(v.get('folds_without_positives', 0))}"
+        )
+    return lines
+
+
 def overall(rows: Sequence[Row], metric: str) -> float:
     """The fold=None, label="" value of `metric`.
 

@@ -36,7 +36,6 @@ from models.networks import WithProbabilities, normalize
 from models.predictions import FoldPredictions, load_predictions, save_predictions
 from models.report import compare_losses_report, evaluate_folds, write_report
 from models.settings import AUTrainingSettings, TrainingSettings, settings_from_dict
-from models.tasks import get_task
 from models.train import FoldRun, cross_validate, fit, holdout
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
@@ -209,8 +208,8 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
     """
     run = load_run(wh, model_id)
     info = run.info
-    task = get_task(run.task)
     settings = run.settings()
+    task = settings.task  # with the run's AUs, thresholds and headline
     mc = info["network"]
     rows = evaluate_folds(task, run.folds)
     metric = task.headline

@@ -148,6 +148,12 @@ class AUTrainingSettings(TrainingSettings):
     loss: AULoss = Field("bce", description="bce, lsep or pr (the precision-recall loss), seed 000")
     pos_weight: bool = Field(False, description="bce: weight positives by negatives/positives per AU")
     folds: int = Field(3, ge=2, description="subject-exclusive folds (seed 000: 3)")
+    headline: Literal["avg_f1", "avg_f1_pooled"] = Field(
+        "avg_f1",
+        description="the figure a model is judged and promoted by: avg_f1 (the seeds' protocol: F1 per "
+        "fold, mean over folds, a fold without positives of an AU counting 0) or avg_f1_pooled (one F1 "
+        "per AU over every fold's held-out faces)",
+    )
     threshold_prior: float = Field(
         0.0,
         ge=0,
@@ -165,7 +171,7 @@ class AUTrainingSettings(TrainingSettings):
 
     @property
     def task(self) -> AUTask:
-        return AUTask(self.aus, self.threshold_prior)
+        return AUTask(self.aus, self.threshold_prior, self.headline)
 
     @property
     def loss_name(self) -> str:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from ferlab.demo import DEMO_AU
 from labeling.autolabel import autolabel
 from labeling.detectors import load_detector
 from models.checkpoint import load_checkpoint
+from models.evaluation import overall, per_au_lines, per_label
 from models.pipeline import check_exports, evaluate_model, latest_model_id, load_run, train_model
 from models.settings import AUTrainingSettings, EmotionTrainingSettings
 from models.tasks import TASKS
@@ -24,18 +26,15 @@ from warehouse.versions import snapshot_dataset_version
 
 pytestmark = pytest.mark.slow  # trains the models: left out of `make test-fast`
 
-# The test's CPU budget: small inputs, few epochs. The seeds' settings (224 px, lr 1e-5) are the
-# defaults of `ferlab train` and of the assets.
-AU_SIZE, AU_EPOCHS, AU_LR = 112, 3, 1e-4
+# The test's CPU budget is the demo's (`ferlab demo`): small inputs, few epochs. The seeds'
+# settings (224 px, lr 1e-5) are the defaults of `ferlab train` and of the assets.
+AU_SETTINGS = AUTrainingSettings(**DEMO_AU)
+AU_LR = AU_SETTINGS.finetune_lr
+DEMO_SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, demo_renders) -> Path:
-    """The small demo: 15 rendered people (5 photos x 3 variants), each a short DISFA video, +
-    FER-2013 rows;
-    ingested and auto-labeled (YuNet) into a data root, snapshotted as a dataset version."""
-    root = tmp_path_factory.mktemp("models")
-    sources = demo_renders.path("small", seed=0)
+def _demo_home(root: Path, demo_renders, seed: int) -> Path:
+    sources = demo_renders.path("small", seed=seed)
     wh = Warehouse(root / "home")
     ingest_disfa(wh, sources / "disfa", show_progress=False)
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
@@ -45,38 +44,56 @@ def home(tmp_path_factory, demo_renders) -> Path:
 
 
 @pytest.fixture(scope="module")
+def home(tmp_path_factory, demo_renders) -> Path:
+    """The small demo (seed 0): 15 rendered people, each a short DISFA video, + FER-2013 rows;
+    ingested and auto-labeled (YuNet) into a data root."""
+    return _demo_home(tmp_path_factory.mktemp("models"), demo_renders, seed=0)
+
+
+@pytest.fixture(scope="module")
 def version(home) -> str:
     return snapshot_dataset_version(Warehouse(home)).version
 
 
 @pytest.fixture(scope="module")
 def au_run(home, version):
+    return train_model(Warehouse(home), version, AU_SETTINGS)
+
+
+@pytest.mark.parametrize("seed", DEMO_SEEDS)
+def test_au_model_learns_every_au_on_held_out_people(request, tmp_path_factory, demo_renders, seed):
+    """On each demo seed, with the demo's budget: Avg.F1 (the demo's headline, pooled over the
+    folds' held-out people) >= the always-present baseline + 0.20, and every AU's F1 >= calling
+    that AU present on every face."""
+    if seed == 0:  # the module's data root and model
+        home, run = request.getfixturevalue("home"), request.getfixturevalue("au_run")
+    else:
+        home = _demo_home(tmp_path_factory.mktemp(f"au-seed{seed}"), demo_renders, seed)
+        run = train_model(Warehouse(home), snapshot_dataset_version(Warehouse(home)).version, AU_SETTINGS)
     wh = Warehouse(home)
-    settings = AUTrainingSettings(
-        image_size=AU_SIZE, finetune_epochs=AU_EPOCHS, head_epochs=30, loss="bce", finetune_lr=AU_LR, folds=3
+    ev = evaluate_model(wh, run.model_id)
+    baseline = overall(ev.metrics, "trivial_baseline")
+    print(f"\nAU model, demo seed {seed}, demo budget {DEMO_AU}, subject-exclusive 3-fold:")
+    print(
+        f"  {ev.headline_metric} {ev.headline:.3f} vs always present {baseline:.3f}; "
+        f"per-fold mean {overall(ev.metrics, 'avg_f1'):.3f}"
     )
-    return train_model(wh, version, settings)
-
-
-def test_au_model_learns_on_held_out_people(home, au_run):
-    wh = Warehouse(home)
-    ev = evaluate_model(wh, au_run.model_id)
-    baseline = TASKS["au"].trivial_baseline(au_run.folds)
-    per_au = {
-        r["label"]: round(r["value"], 3) for r in ev.metrics if r["fold"] is None and r["metric"] == "f1"
-    }
-    print(f"\nAU model ({AU_SIZE} px, {AU_EPOCHS} fine-tuning epochs, subject-exclusive 3-fold):")
-    print(f"  Avg.F1 {ev.headline:.3f} vs all-present baseline {baseline:.3f}; per AU {per_au}")
+    print("\n".join("  " + line for line in per_au_lines(ev.metrics)))
     # every fold is tested on people it never saw
-    for fold in au_run.info["folds"]:
-        train_groups = set(au_run.info["groups"]) - set(fold["test_groups"])
+    for fold in run.info["folds"]:
+        train_groups = set(run.info["groups"]) - set(fold["test_groups"])
         assert not train_groups & set(fold["test_groups"])
-    assert ev.headline > baseline + 0.10
+    assert ev.headline_metric == "avg_f1_pooled"
+    assert ev.headline >= baseline + 0.20
+    for label, figures in per_label(ev.metrics).items():
+        assert figures["folds_without_positives"] == 0, label  # the demo shows every AU to enough people
+        assert figures["f1_pooled"] >= figures["f1_all_present"], label
     report = Path(ev.report["markdown"]).read_text()
     assert f"{ev.headline:.3f}" in report and "not comparable" in report
     stored = wh.sql(
-        f"SELECT value FROM eval_metrics WHERE model_id = '{au_run.model_id}' AND metric = 'avg_f1' "
-        "AND fold IS NULL AND label = ''"
+        "SELECT value FROM eval_metrics WHERE model_id = ? AND metric = 'avg_f1_pooled' "
+        "AND fold IS NULL AND label = ''",
+        [run.model_id],
     ).to_pylist()
     assert stored == [{"value": pytest.approx(ev.headline)}]
     # evaluating again duplicates nothing
@@ -89,7 +106,7 @@ def test_checkpoint_reloads_bit_exactly_and_onnx_agrees(au_run):
     model, config, extra = load_checkpoint(au_run.checkpoint)
     # the settings are saved beside the model (run.json, checkpoint) and come back equal
     assert au_run.settings() == AUTrainingSettings(**extra["settings"]["settings"])
-    assert au_run.settings().finetune_epochs == AU_EPOCHS and au_run.settings().network() == config
+    assert au_run.settings() == AU_SETTINGS and au_run.settings().network() == config
     trained = torch.load(au_run.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
     assert config.labels == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
