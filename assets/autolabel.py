@@ -182,3 +182,29 @@ def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResourc
             "open_with": MetadataValue.text("ferlab review  (FiftyOne App on 127.0.0.1:5151)"),
         }
     )
+
+
+@asset(
+    group_name="review",
+    deps=[fiftyone_dataset],
+    kinds={"fiftyone"},
+    description="Curators' work in the FiftyOne dataset, back in the warehouse: edited face emotions "
+    "(face_emotions) as human labels, faces tagged `reject` as exclusions the dataset versions honour, "
+    "faces tagged `relabel` in the review queue (labeling.fiftyone_corrections). Pulling twice adds nothing.",
+)
+def fiftyone_corrections(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    from labeling.fiftyone_corrections import pull_corrections
+
+    report = pull_corrections(warehouse.get(), FIFTYONE_DATASET)
+    context.log.info(str(report))
+    return MaterializeResult(
+        metadata={
+            "edits": MetadataValue.int(report.edits),
+            "rejects": MetadataValue.int(report.rejects),
+            "relabels": MetadataValue.int(report.relabels),
+            "exclusions_lifted": MetadataValue.int(report.unrejects),
+            "ambiguous_sample_tags": MetadataValue.int(report.ambiguous),
+            "invalid_edits": MetadataValue.json(report.invalid[:20]),
+            "dataset": MetadataValue.text(FIFTYONE_DATASET),
+        }
+    )
