@@ -7,6 +7,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    Config,
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
@@ -184,6 +185,13 @@ def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResourc
     )
 
 
+class CorrectionsConfig(Config):
+    """Which FiftyOne dataset to pull from, and who curated it (annotator fiftyone:<user>)."""
+
+    dataset: str = FIFTYONE_DATASET
+    user: str = "curator"
+
+
 @asset(
     group_name="review",
     deps=[fiftyone_dataset],
@@ -192,10 +200,12 @@ def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResourc
     "(face_emotions) as human labels, faces tagged `reject` as exclusions the dataset versions honour, "
     "faces tagged `relabel` in the review queue (labeling.fiftyone_corrections). Pulling twice adds nothing.",
 )
-def fiftyone_corrections(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+def fiftyone_corrections(
+    context: AssetExecutionContext, config: CorrectionsConfig, warehouse: WarehouseResource
+) -> MaterializeResult:
     from labeling.fiftyone_corrections import pull_corrections
 
-    report = pull_corrections(warehouse.get(), FIFTYONE_DATASET)
+    report = pull_corrections(warehouse.get(), config.dataset, user=config.user)
     context.log.info(str(report))
     return MaterializeResult(
         metadata={
@@ -205,6 +215,6 @@ def fiftyone_corrections(context: AssetExecutionContext, warehouse: WarehouseRes
             "exclusions_lifted": MetadataValue.int(report.unrejects),
             "ambiguous_sample_tags": MetadataValue.int(report.ambiguous),
             "invalid_edits": MetadataValue.json(report.invalid[:20]),
-            "dataset": MetadataValue.text(FIFTYONE_DATASET),
+            "dataset": MetadataValue.text(config.dataset),
         }
     )

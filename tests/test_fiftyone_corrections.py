@@ -361,3 +361,28 @@ def test_pull_needs_a_synced_dataset(wh, capsys):
     assert main(["--home", str(wh.home), "review", "pull", "--dataset", "no-such-dataset"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no FiftyOne dataset") and len(err.strip().splitlines()) == 1
+
+
+def test_the_fiftyone_corrections_asset(filled, dataset_name):
+    from dagster import materialize
+
+    from assets.autolabel import fiftyone_corrections
+    from assets.resources import WarehouseResource
+
+    wh = filled
+    sync_fiftyone(wh, dataset_name)
+    _edit(dataset_name, "c-S2-0", label="happy", tag="relabel")
+    _edit(dataset_name, "c-S1-0", tag="reject")
+    result = materialize(
+        [fiftyone_corrections],
+        resources={"warehouse": WarehouseResource(home=str(wh.home))},
+        run_config={"ops": {"fiftyone_corrections": {"config": {"dataset": dataset_name}}}},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("fiftyone_corrections")[0].metadata
+    assert (meta["edits"].value, meta["rejects"].value, meta["relabels"].value) == (1, 1, 1)
+    # relabeled in the same pull: queued, but not excluded, and no longer waiting
+    assert set(_manifest(wh)) == {"c-F1-0", "c-S2-0", "c-S2-1"}
+    assert wh.count("review_queue") == 3
+    sync_fiftyone(wh, dataset_name)
+    assert getattr(_faces(dataset_name)["c-S2-0"], "review_priority", None) is None
