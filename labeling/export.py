@@ -193,5 +193,5 @@ def export_version(
             raise
         finally:
             ds.delete()
-        paths.update({f: str(out_dir / f) for f in detection_formats})
+        paths.update({f: str(out_dir / f) for f in detection_formats if (out_dir / f).exists()})
     return ExportReport(version=version, images=len(image_split), boxes=counts, splits=splits, paths=paths)

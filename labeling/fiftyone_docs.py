@@ -8,8 +8,8 @@ crop_id, image and AU), so a re-sync gives a label the same id.
 
 Per face (one `face_emotions` detection per crop): the face's emotion label by the same
 precedence, over the labels that name the face (crop_id) and, when the face takes its image's
-labels (the image's only face, or the largest face of a one-face source, as in the dataset
-versions), the image's labels; whether a curator excluded it (`exclusions`, tags `reject` /
+labels (the only face of its crop set, or the largest face of a one-face source, as in the
+dataset versions), the image's labels; whether a curator excluded it (`exclusions`, tags `reject` /
 `relabel` from the exclusion's reason); its pending place in `review_queue` (the highest
 priority among queue rows not yet answered by a human label of the face written after the
 row was queued). `ferlab_label` / `ferlab_tags` repeat what was synced, so that
@@ -155,7 +155,9 @@ def _faces_sql(in_scope: str) -> str:
     return f"""
     WITH f AS (
         SELECT c.image_id, c.crop_id, d.x1, d.y1, d.x2, d.y2, d.width, d.height, i.source,
-            count(*) OVER (PARTITION BY c.image_id) AS n_faces,
+            -- faces are counted per crop set (detector, weights, crop parameters), as the versions do
+            count(*) OVER (PARTITION BY c.image_id, d.detector, d.weights_sha256, c.margin, c.size, c.gray_size)
+                AS n_faces,
             row_number() OVER (PARTITION BY c.image_id ORDER BY c.face_px DESC, c.crop_id) AS face_rank
         FROM crops c JOIN detections d USING (detection_id) JOIN scope i ON i.image_id = c.image_id
         WHERE c.{in_scope}
