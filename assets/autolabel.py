@@ -7,6 +7,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    Config,
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
@@ -180,5 +181,40 @@ def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResourc
             "removed": MetadataValue.int(report.removed),
             "dataset": MetadataValue.text(FIFTYONE_DATASET),
             "open_with": MetadataValue.text("ferlab review  (FiftyOne App on 127.0.0.1:5151)"),
+        }
+    )
+
+
+class CorrectionsConfig(Config):
+    """Which FiftyOne dataset to pull from, and who curated it (annotator fiftyone:<user>)."""
+
+    dataset: str = FIFTYONE_DATASET
+    user: str = "curator"
+
+
+@asset(
+    group_name="review",
+    deps=[fiftyone_dataset],
+    kinds={"fiftyone"},
+    description="Curators' work in the FiftyOne dataset, back in the warehouse: edited face emotions "
+    "(face_emotions) as human labels, faces tagged `reject` as exclusions the dataset versions honour, "
+    "faces tagged `relabel` in the review queue (labeling.fiftyone_corrections). Pulling twice adds nothing.",
+)
+def fiftyone_corrections(
+    context: AssetExecutionContext, config: CorrectionsConfig, warehouse: WarehouseResource
+) -> MaterializeResult:
+    from labeling.fiftyone_corrections import pull_corrections
+
+    report = pull_corrections(warehouse.get(), config.dataset, user=config.user)
+    context.log.info(str(report))
+    return MaterializeResult(
+        metadata={
+            "edits": MetadataValue.int(report.edits),
+            "rejects": MetadataValue.int(report.rejects),
+            "relabels": MetadataValue.int(report.relabels),
+            "exclusions_lifted": MetadataValue.int(report.unrejects),
+            "ambiguous_sample_tags": MetadataValue.int(report.ambiguous),
+            "invalid_edits": MetadataValue.json(report.invalid[:20]),
+            "dataset": MetadataValue.text(config.dataset),
         }
     )

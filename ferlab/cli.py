@@ -8,6 +8,8 @@ ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, 
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
 ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
+ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
+ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR demo            # demo data + every ingestion asset through Dagster
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
@@ -224,6 +226,11 @@ def cmd_review(args: argparse.Namespace) -> int:
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
+    if args.action == "pull":
+        from labeling.fiftyone_corrections import pull_corrections
+
+        print(pull_corrections(_warehouse(args), args.dataset, user=args.user))
+        return 0
     from labeling.fiftyone_app import launch_review
     from labeling.fiftyone_sync import sync_fiftyone
 
@@ -290,6 +297,23 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     print(
         f"demo data in {out}; ground truth: {out / 'truth' / 'faces.csv'}; look: {out / 'truth' / 'contact_sheet.png'}"
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ferlab.demo import prepare_dagster_home
+
+    prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
+    from labeling.export import export_version
+
+    report = export_version(
+        _warehouse(args, writable=False),
+        args.version,
+        args.out,
+        formats=args.format,
+        link_media=args.link_media,
+    )
+    print(report)
     return 0
 
 
@@ -509,7 +533,19 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     autolab.set_defaults(func=cmd_autolabel)
 
     review = sub.add_parser(
-        "review", help="sync the warehouse into a FiftyOne dataset and open the App for curators"
+        "review",
+        help="sync the warehouse into a FiftyOne dataset and open the App for curators; "
+        "`review pull` brings their edits back",
+        description="`ferlab review` (open): sync, then serve the App. `ferlab review pull`: curators' edited "
+        "face emotions (face_emotions) become human labels, faces tagged `reject` are excluded from dataset "
+        "versions (removing the tag lifts it), faces tagged `relabel` go to the review queue (and are "
+        "excluded until relabeled). Pulling twice adds nothing.",
+    )
+    review.add_argument("action", nargs="?", choices=["open", "pull"], default="open")
+    review.add_argument(
+        "--user",
+        default="curator",
+        help="who curated, for the annotator fiftyone:USER (pull; default curator)",
     )
     review.add_argument("--dataset", default="ferlab", help="FiftyOne dataset name (default ferlab)")
     review.add_argument("--port", type=int, default=5151)
@@ -559,6 +595,24 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         "--include-flagged", action="store_true", help="keep crops flagged too small / blurry"
     )
     version.set_defaults(func=cmd_version)
+
+    export = sub.add_parser(
+        "export",
+        help="write a dataset version as COCO and YOLO detection sets (faces, persons) and label tables",
+        description="Under --out: coco/ (data/ + <split>.json), yolo/ (dataset.yaml, images/<split>, "
+        "labels/<split>), tables/ (manifest and boxes as Parquet and CSV, version.json). Boxes: the version's "
+        "faces and the person detections on its images. Written by FiftyOne's exporters; a format's folder "
+        "must be new or empty.",
+    )
+    export.add_argument("version", help="a dataset version (see `ferlab version --list`)")
+    export.add_argument(
+        "--format", nargs="+", choices=["coco", "yolo", "tables"], default=["coco", "yolo", "tables"]
+    )
+    export.add_argument("--out", type=Path, required=True, help="the folder to write into")
+    export.add_argument(
+        "--link-media", action="store_true", help="symlink the images instead of copying them"
+    )
+    export.set_defaults(func=cmd_export)
 
     train = sub.add_parser(
         "train",

@@ -5,6 +5,15 @@ here: labeling.fiftyone_sync writes these documents into a dataset.
 Label precedence (which emotion / AU label an image shows) is warehouse.precedence's, the
 same the dataset versions use. Label ids are derived from the warehouse keys (detection_id,
 crop_id, image and AU), so a re-sync gives a label the same id.
+
+Per face (one `face_emotions` detection per crop): the face's emotion label by the same
+precedence, over the labels that name the face (crop_id) and, when the face takes its image's
+labels (the only face of its crop set, or the largest face of a one-face source, as in the
+dataset versions), the image's labels; whether a curator excluded it (`exclusions`, tags `reject` /
+`relabel` from the exclusion's reason); its pending place in `review_queue` (the highest
+priority among queue rows not yet answered by a human label of the face written after the
+row was queued). `ferlab_label` / `ferlab_tags` repeat what was synced, so that
+labeling.fiftyone_corrections can tell a curator's edit from the synced value.
 """
 
 from __future__ import annotations
@@ -20,11 +29,14 @@ import numpy as np
 from labeling.geometry import crop_squares
 from warehouse.precedence import au_order_sql, counts_sql, emotion_order_sql
 from warehouse.store import Warehouse, quote_literal
+from warehouse.versions import ONE_FACE_SOURCES
 
 # Bump when the conversion below changes: every sample's digest changes and it is rewritten.
-FORMAT = 1
+FORMAT = 2
 SCALARS = ("image_id", "source", "subject", "video_id", "split", "batch", "frame_index")
-DOCS = ("metadata", "ground_truth", "aus", "detections", "face_crops")
+DOCS = ("metadata", "ground_truth", "aus", "detections", "face_crops", "face_emotions", "predictions")
+# The curator's tags ferlab reads back (labeling.fiftyone_corrections) and shows for exclusions.
+CURATOR_TAGS = ("reject", "relabel")
 
 
 def _rows(con, query: str) -> list[dict[str, Any]]:
@@ -42,11 +54,14 @@ class WarehouseImage:
     aus: list[tuple] | None = None
     detections: list[tuple] | None = None
     crops: list[tuple] | None = None
+    faces: list[tuple] | None = None  # per crop: its emotion label, exclusion and review state
+    predictions: list[tuple] | None = None  # the production models' pseudo labels, per crop
     digest: str = ""
 
     def seal(self) -> None:
         parts = (FORMAT, self.filepath, self.scalars, self.size, self.ground_truth, self.aus)
-        self.digest = hashlib.sha1(repr((parts, self.detections, self.crops)).encode()).hexdigest()
+        more = (self.detections, self.crops, self.faces, self.predictions)
+        self.digest = hashlib.sha1(repr((parts, *more)).encode()).hexdigest()
 
 
 def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[str, WarehouseImage]:
@@ -111,6 +126,16 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
                 WHERE c.{in_scope} ORDER BY c.image_id, c.crop_id""",
         ):
             crops[r["image_id"]].append(tuple(r.values())[1:])
+        faces = defaultdict(list)
+        for r in _rows(con, _faces_sql(in_scope)):
+            faces[r.pop("image_id")].append(tuple(r.values()))
+        predictions = defaultdict(list)
+        for r in _rows(con, _predictions_sql(in_scope)):
+            predictions[r.pop("image_id")].append(tuple(r.values()))
+    for image_id, found in faces.items():
+        images[image_id].faces = found
+    for image_id, found in predictions.items():
+        images[image_id].predictions = found
     for image_id, found in aus.items():
         images[image_id].aus = found
     for image_id, found in dets.items():
@@ -122,6 +147,65 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
     return images
 
 
+def _faces_sql(in_scope: str) -> str:
+    """One row per crop of the images in scope: its box, its best emotion label, its exclusion
+    (tags from the current exclusions' reasons) and its pending review (module docstring)."""
+    one_face = ", ".join(map(quote_literal, ONE_FACE_SOURCES))
+    tags = ", ".join(map(quote_literal, CURATOR_TAGS))
+    return f"""
+    WITH f AS (
+        SELECT c.image_id, c.crop_id, d.x1, d.y1, d.x2, d.y2, d.width, d.height, i.source,
+            -- faces are counted per crop set (detector, weights, crop parameters), as the versions do
+            count(*) OVER (PARTITION BY c.image_id, d.detector, d.weights_sha256, c.margin, c.size, c.gray_size)
+                AS n_faces,
+            row_number() OVER (PARTITION BY c.image_id ORDER BY c.face_px DESC, c.crop_id) AS face_rank
+        FROM crops c JOIN detections d USING (detection_id) JOIN scope i ON i.image_id = c.image_id
+        WHERE c.{in_scope}
+    ),
+    emo AS (
+        SELECT * FROM (
+            SELECT f.crop_id, e.emotion, e.label_source, e.confidence, e.threshold, e.annotator,
+                row_number() OVER (PARTITION BY f.crop_id ORDER BY {emotion_order_sql("e.")}) AS pick
+            FROM f JOIN emotion_labels e ON e.image_id = f.image_id AND (e.crop_id = f.crop_id OR (
+                e.crop_id IS NULL AND (f.n_faces = 1 OR (f.source IN ({one_face}) AND f.face_rank = 1))))
+            WHERE {counts_sql("emotion", "e.")}
+        ) WHERE pick = 1
+    ),
+    excl AS (
+        SELECT crop_id, list_sort(list_distinct(list(reason) FILTER (WHERE reason IN ({tags})))) AS tags
+        FROM exclusions WHERE excluded GROUP BY crop_id
+    ),
+    answered AS (
+        SELECT crop_id, recorded_at FROM emotion_labels WHERE label_source = 'human' AND crop_id IS NOT NULL
+        UNION ALL
+        SELECT crop_id, recorded_at FROM au_labels WHERE label_source = 'human' AND crop_id IS NOT NULL
+    ),
+    queued AS (
+        SELECT q.crop_id, max(q.priority) AS priority, string_agg(DISTINCT q.reason, ',' ORDER BY q.reason) AS reason
+        FROM review_queue q
+        WHERE NOT EXISTS (SELECT 1 FROM answered a WHERE a.crop_id = q.crop_id AND a.recorded_at >= q.queued_at)
+        GROUP BY q.crop_id
+    )
+    SELECT f.image_id, f.crop_id, f.x1, f.y1, f.x2, f.y2, f.width, f.height, e.emotion, e.label_source,
+        e.confidence, e.threshold, e.annotator, x.crop_id IS NOT NULL AS excluded,
+        coalesce(x.tags, []) AS tags, q.priority, q.reason
+    FROM f LEFT JOIN emo e USING (crop_id) LEFT JOIN excl x USING (crop_id) LEFT JOIN queued q USING (crop_id)
+    ORDER BY f.image_id, f.crop_id"""
+
+
+def _predictions_sql(in_scope: str) -> str:
+    """The pseudo labels of the production models that name a face of an image in scope."""
+    return f"""
+    SELECT image_id, crop_id, 'emotion' AS kind, emotion AS label, confidence AS probability, threshold,
+        true AS present, annotator
+    FROM emotion_labels WHERE label_source = 'pseudo' AND crop_id IS NOT NULL AND {in_scope}
+        AND {counts_sql("emotion")}
+    UNION ALL
+    SELECT image_id, crop_id, 'au', 'AU' || au, probability, threshold, present, annotator
+    FROM au_labels WHERE label_source = 'pseudo' AND crop_id IS NOT NULL AND {in_scope} AND {counts_sql("au")}
+    ORDER BY image_id, crop_id, kind, label"""
+
+
 # ---- FiftyOne documents ---------------------------------------------------------------------
 # Labels are written in FiftyOne's stored form (what `label.to_mongo_dict()` gives): building
 # FiftyOne's document objects for 10k samples costs more than everything else in a sync.
@@ -131,15 +215,15 @@ def _oid(*parts: object):
     return ObjectId(hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:24])
 
 
-def _label(cls: str, _id, **fields) -> dict:
-    return {"_id": _id, "_cls": cls, "tags": [], **{k: v for k, v in fields.items() if v is not None}}
+def _label(cls: str, _id, tags: Sequence[str] = (), **fields) -> dict:
+    return {"_id": _id, "_cls": cls, "tags": list(tags), **{k: v for k, v in fields.items() if v is not None}}
 
 
 def _clip01(v: float) -> float:
     return min(max(v, 0.0), 1.0)
 
 
-def _relative(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> list[float]:
+def relative_box(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> list[float]:
     """Pixel corners -> FiftyOne's [x, y, width, height] in 0..1, clipped to the image."""
     w, h = max(w, 1), max(h, 1)
     left, top, right, bottom = _clip01(x1 / w), _clip01(y1 / h), _clip01(x2 / w), _clip01(y2 / h)
@@ -152,7 +236,7 @@ def _crop_square(x1, y1, x2, y2, w, h, margin) -> list[float]:
     y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
     (cx,), (cy,), (side,) = crop_squares(np.array([[x1, y1, x2, y2]]), margin)
     half = float(side) / 2
-    return _relative(cx - half, cy - half, cx + half, cy + half, w, h)
+    return relative_box(cx - half, cy - half, cx + half, cy + half, w, h)
 
 
 def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
@@ -197,7 +281,7 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
                     "Detection",
                     _oid(detection_id),
                     label=label,
-                    bounding_box=_relative(x1, y1, x2, y2, w, h),
+                    bounding_box=relative_box(x1, y1, x2, y2, w, h),
                     confidence=score,
                     detector=detector,
                     weights_sha256=sha,
@@ -254,6 +338,49 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
                     too_blurry=too_blurry,
                 )
             )
+    faces = None
+    if im.faces:
+        faces = {"_cls": "Detections", "detections": []}
+        for (crop_id, x1, y1, x2, y2, w, h, emotion, label_source, confidence, threshold, annotator,
+             excluded, tags, priority, reason) in im.faces:  # fmt: skip
+            faces["detections"].append(
+                _label(
+                    "Detection",
+                    _oid(crop_id, "emotion"),
+                    tags=tags,
+                    label=emotion,
+                    bounding_box=relative_box(x1, y1, x2, y2, w, h),
+                    confidence=confidence,
+                    crop_id=crop_id,
+                    label_source=label_source,
+                    annotator=annotator,
+                    threshold=threshold,
+                    excluded=excluded,
+                    review_priority=priority,
+                    review_reason=reason,
+                    ferlab_label=emotion,
+                    ferlab_tags=list(tags),
+                )
+            )
+    predictions = None
+    if im.predictions:
+        predictions = {
+            "_cls": "Classifications",
+            "classifications": [
+                _label(
+                    "Classification",
+                    _oid(crop_id, "prediction", kind, label, model),
+                    label=label,
+                    confidence=probability,
+                    crop_id=crop_id,
+                    kind=kind,
+                    threshold=threshold,
+                    present=present,
+                    model=model,
+                )
+                for crop_id, kind, label, probability, threshold, present, model in im.predictions
+            ],
+        }
     width, height = im.size
     metadata = {"_cls": "ImageMetadata", "width": width, "height": height}
     return {
@@ -262,4 +389,6 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
         "aus": aus,
         "detections": detections,
         "face_crops": crops,
+        "face_emotions": faces,
+        "predictions": predictions,
     }

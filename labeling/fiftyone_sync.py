@@ -21,7 +21,23 @@ warehouse: one sample per row of `images`, keyed by image_id.
                   attributes crop_path / gray_path (absolute paths of the 224 px and 48 px
                   files), crop_id, detection_id, size, gray_size, margin, angle, face_px,
                   blur, brightness, too_small, too_blurry
+    face_emotions fo.Detections: one per face (`crops` row), on the face's detection box:
+                  label = the face's emotion by the same precedence (None when it has none),
+                  confidence, label_source, annotator, threshold of that label; crop_id;
+                  excluded (a curator's exclusion holds), tags `reject` / `relabel` when an
+                  exclusion with that reason holds; review_priority / review_reason while the
+                  face waits in `review_queue`; ferlab_label / ferlab_tags: what ferlab synced
+                  (do not edit: they tell a curator's edit from the synced value). Curators
+                  edit a face's emotion here (its label) and tag a face `reject` / `relabel`;
+                  labeling.fiftyone_corrections brings both back to the warehouse.
+    predictions   fo.Classifications: the production models' pseudo labels of each face
+                  (label "happy" / "AU12", confidence = the model's probability, threshold,
+                  present, kind emotion|au, model, crop_id)
+    ferlab_tags   (sample) the sample tags `reject` / `relabel` the last pull saw
     warehouse_hash  a digest of all of the above, to find what changed
+
+The saved view `review_queue` shows the faces waiting in `review_queue` as patches, highest
+priority first (`dataset.load_saved_view("review_queue")`).
 
 Crops are a patches field, not a second dataset: in FiftyOne a per-object view is
 `to_patches(field)`, which gives one patch per crop with its quality attributes in the
@@ -31,9 +47,11 @@ sees is named in crop_path.
 
 Re-syncing is idempotent: new images are added, images whose warehouse rows changed are
 rewritten in place (sample ids, tags and fields curators added survive), samples of images no
-longer in the warehouse are removed. The fields above belong to the sync: a label corrected
-in the App is overwritten when its image next changes, so corrections go to the warehouse
-(as human labels), from where they come back here. All writes are batched (`add_samples`, one
+longer in the warehouse are removed. The fields above belong to the sync, except a face whose
+label or tags a curator changed and nobody pulled yet (they differ from ferlab_label /
+ferlab_tags): that face keeps the curator's label, tags and ferlab_* values, so a re-sync
+never erases an edit; after `pull_corrections` the edit is a human label in the warehouse and
+comes back from there. All writes are batched (`add_samples`, one
 `set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
 What each field holds is built by labeling.fiftyone_docs; the App is labeling.fiftyone_app.
 """
@@ -46,11 +64,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from labeling.fiftyone_docs import DOCS, FORMAT, SCALARS, WarehouseImage, documents, read_warehouse
+from labeling.fiftyone_docs import (
+    CURATOR_TAGS,
+    DOCS,
+    FORMAT,
+    SCALARS,
+    WarehouseImage,
+    documents,
+    read_warehouse,
+)
 from warehouse.schemas import EMOTIONS, SOURCES
 from warehouse.store import Warehouse
 
 DEFAULT_NAME = "ferlab"
+REVIEW_VIEW = "review_queue"  # the saved view of the faces waiting for a curator
 _MARK = "ferlab_sync"  # key in dataset.info that says a dataset is this module's
 
 
@@ -101,7 +128,30 @@ def _declare_schema(ds) -> None:
         ("detections.detections.weights_sha256", fo.StringField, {}),
         ("detections.detections.detection_id", fo.StringField, {}),
         ("face_crops", doc, {"embedded_doc_type": fo.Detections}),
+        ("face_emotions", doc, {"embedded_doc_type": fo.Detections}),
+        ("predictions", doc, {"embedded_doc_type": fo.Classifications}),
+        ("ferlab_tags", fo.ListField, {"subfield": fo.StringField}),
     ]
+    face_attrs = {
+        "crop_id": fo.StringField,
+        "label_source": fo.StringField,
+        "annotator": fo.StringField,
+        "threshold": fo.FloatField,
+        "excluded": fo.BooleanField,
+        "review_priority": fo.FloatField,
+        "review_reason": fo.StringField,
+        "ferlab_label": fo.StringField,
+    }
+    fields += [(f"face_emotions.detections.{k}", t, {}) for k, t in face_attrs.items()]
+    fields.append(("face_emotions.detections.ferlab_tags", fo.ListField, {"subfield": fo.StringField}))
+    prediction_attrs = {
+        "crop_id": fo.StringField,
+        "kind": fo.StringField,
+        "threshold": fo.FloatField,
+        "present": fo.BooleanField,
+        "model": fo.StringField,
+    }
+    fields += [(f"predictions.classifications.{k}", t, {}) for k, t in prediction_attrs.items()]
     crop_attrs = {
         "crop_id": fo.StringField,
         "detection_id": fo.StringField,
@@ -142,8 +192,59 @@ def _open_dataset(name: str, home: str):
     ds.create_index("image_id", unique=True, partialFilterExpression={"image_id": {"$type": "string"}})
     ds.info[_MARK] = {"version": FORMAT, "warehouse": home}
     ds.classes["ground_truth"] = list(EMOTIONS)
+    ds.classes["face_emotions"] = list(EMOTIONS)
     ds.save()
     return ds
+
+
+def _save_review_view(ds) -> None:
+    """The saved view REVIEW_VIEW: the faces waiting in review_queue, as patches, highest
+    priority first. Its stages filter on the field, so it follows every later sync."""
+    from fiftyone import ViewField as F
+
+    view = (
+        ds.filter_labels("face_emotions", F("review_priority").exists(), only_matches=True)
+        .to_patches("face_emotions")
+        .sort_by("face_emotions.review_priority", reverse=True)
+    )
+    ds.save_view(
+        REVIEW_VIEW,
+        view,
+        description="Faces waiting in ferlab's review_queue, highest priority first",
+        overwrite=True,
+    )
+
+
+_FACE_PATHS = ("crop_id", "label", "tags", "ferlab_label", "ferlab_tags")
+
+
+def _pending_edits(ds, ids: list[str]) -> dict[str, dict[str, tuple]]:
+    """sample id -> crop_id -> (label, tags, ferlab_label, ferlab_tags) of the faces a curator
+    changed (label or curator tags) that no pull has seen yet."""
+    paths = [f"face_emotions.detections.{p}" for p in _FACE_PATHS]
+    sids, *columns = ds.select(ids).values(["id", *paths])
+    pending: dict[str, dict[str, tuple]] = {}
+    for k, sid in enumerate(sids):
+        for crop_id, label, tags, synced, synced_tags in zip(*(c[k] or [] for c in columns)):
+            curator = sorted(set(tags or ()) & set(CURATOR_TAGS))
+            if label != synced or curator != sorted(synced_tags or ()):
+                pending.setdefault(sid, {})[crop_id] = (label, list(tags or ()), synced, synced_tags)
+    return pending
+
+
+def _keep_edits(doc: dict | None, edits: dict[str, tuple]) -> None:
+    """Put the curator's pending changes back into a face_emotions document being written."""
+    for face in (doc or {}).get("detections", []):
+        edit = edits.get(face.get("crop_id"))
+        if edit is None:
+            continue
+        label, tags, synced, synced_tags = edit
+        face["tags"] = tags
+        for key, value in (("label", label), ("ferlab_label", synced), ("ferlab_tags", synced_tags)):
+            if value is None:
+                face.pop(key, None)
+            else:
+                face[key] = value
 
 
 def _set_fields(
@@ -161,6 +262,11 @@ def _set_fields(
         for k, field in enumerate(SCALARS[1:], start=1):
             values[field] = [im.scalars[k] for im in images]
     docs = [documents(i, im, home) for i, im in zip(image_ids, images)]
+    if not new:
+        pending = _pending_edits(ds, ids)
+        for sid, d in zip(ids, docs):
+            if sid in pending:
+                _keep_edits(d["face_emotions"], pending[sid])
     for field in DOCS[0 if not new else 1 :]:
         values[field] = [d[field] for d in docs]
     for field, column in values.items():
@@ -227,6 +333,7 @@ def sync_fiftyone(
 
     if stale:
         ds.delete_samples(stale)
+    _save_review_view(ds)
     ds.info[_MARK] = {
         "version": FORMAT,
         "warehouse": home,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -127,6 +128,25 @@ def built(tmp_path_factory) -> dict:
                     confidence=0.75,
                     annotator="model-1",
                 ),
+            ],
+        ),
+    )
+    # only the production model's pseudo labels count: model-1 is the emotion model in production
+    wh.append(
+        "model_promotions",
+        _table(
+            "model_promotions",
+            [
+                dict(
+                    task="emotion",
+                    model_id="model-1",
+                    promoted=True,
+                    metric="accuracy",
+                    value=1.0,
+                    dataset_version="v-0000000000000000",
+                    reason="test",
+                    decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+                )
             ],
         ),
     )
