@@ -1,10 +1,15 @@
 """Wiring only: assets and their checks are discovered from the `assets` package (adding an
 asset is adding it to a module there); jobs, sensors and resources come from their modules."""
 
-from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
+from dagster import (
+    Definitions,
+    EnvVar,
+    load_asset_checks_from_package_module,
+    load_assets_from_package_module,
+)
 
 import assets
-from assets.resources import DetectorResource, SourcesResource, WarehouseResource
+from assets.resources import DetectorResource, LabelStudioResource, SourcesResource, WarehouseResource
 from dagster_project.jobs import jobs
 from dagster_project.sensors import sensors
 
@@ -17,5 +22,7 @@ defs = Definitions(
         "warehouse": WarehouseResource(),
         "sources": SourcesResource(),
         "detector": DetectorResource(),
+        # The key from the environment at run time: never in the run's stored configuration.
+        "labelstudio": LabelStudioResource(api_key=EnvVar("LABEL_STUDIO_API_KEY")),
     },
 )

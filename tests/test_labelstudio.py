@@ -1,0 +1,369 @@
+"""Label Studio: the label config and the annotation -> label conversion on their own, then the
+whole round trip against a real server (its own virtualenv, started here on a free port on
+127.0.0.1 in its own process group): push a queue, annotate through the REST API as a curator
+would, pull, and find the human labels winning in the next dataset version."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import secrets
+import socket
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from labeling.labelstudio import (
+    AU_NAMES,
+    LabelStudioClient,
+    LabelStudioError,
+    LabelStudioSettings,
+    label_config_xml,
+    label_tables,
+    labels_from_annotation,
+    prediction_for,
+    predictions_for,
+    pull_annotations,
+    push_faces,
+    queued_faces,
+)
+from warehouse import Warehouse
+from warehouse.errors import ConfigError
+from warehouse.schemas import DISFA_AUS, EMOTIONS, TABLES
+from warehouse.versions import build_manifest, snapshot_dataset_version
+
+
+# ---- a warehouse with faces in the review queue ----------------------------------------------------
+def _table(name: str, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=TABLES[name].schema)  # columns left out are null
+
+
+def _jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+        buf, "JPEG"
+    )
+    return buf.getvalue()
+
+
+def fill_queue(wh: Warehouse, n: int, model_id: str = "emo-model-1") -> list[str]:
+    """n scraped one-face images with a weak 'happy' folder label, each face queued; returns the crop ids."""
+    images, detections, crops, labels, queue = [], [], [], [], []
+    now = dt.datetime.now(dt.UTC)
+    for i in range(n):
+        media = wh.put_media(_jpeg(i), "jpg")
+        image_id, det_id, crop_id = f"img{i:05d}", f"det{i:05d}", f"crop{i:05d}"
+        images.append(
+            {"image_id": image_id, "source": "scraped", "source_uri": f"/in/{i}.jpg", "batch": "b1"}
+            | {"width": 64, "height": 64, "media_path": media}
+        )
+        detections.append(
+            {
+                "detection_id": det_id,
+                "image_id": image_id,
+                "source_uri": f"/in/{i}.jpg",
+                "width": 64,
+                "height": 64,
+            }
+            | {"label": "face", "x1": 0.0, "y1": 0.0, "x2": 60.0, "y2": 60.0, "score": 0.9}
+            | {"detector": "yunet", "weights_sha256": "w"}
+        )
+        crops.append(
+            {"crop_id": crop_id, "image_id": image_id, "detection_id": det_id, "media_path": media}
+            | {"gray_media_path": media, "size": 224, "gray_size": 48, "margin": 0.25, "angle": 0.0}
+            | {"face_px": 60.0, "blur": 100.0, "brightness": 120.0, "too_small": False, "too_blurry": False}
+        )
+        labels.append(
+            {"image_id": image_id, "emotion": "happy", "label_source": "weak", "annotator": "folder:happy"}
+        )
+        queue.append(
+            {
+                "queue": "q1",
+                "crop_id": crop_id,
+                "image_id": image_id,
+                "media_path": media,
+                "reason": "uncertain",
+            }
+            | {"priority": float(n - i), "model_id": model_id, "queued_at": now}
+        )
+    for name, rows in (
+        ("images", images),
+        ("detections", detections),
+        ("crops", crops),
+        ("emotion_labels", labels),
+        ("review_queue", queue),
+    ):
+        wh.append(name, _table(name, rows))
+    return [c["crop_id"] for c in crops]
+
+
+# ---- no server -------------------------------------------------------------------------------------
+def test_label_config():
+    root = ET.fromstring(label_config_xml())
+    image = root.find("Image")
+    assert image.get("name") == "image" and image.get("value") == "$image"
+    choices = {c.get("name"): c for c in root.iter("Choices")}
+    assert choices["emotion"].get("choice") == "single" and choices["aus"].get("choice") == "multiple"
+    assert [c.get("value") for c in choices["emotion"]] == list(EMOTIONS)
+    assert [c.get("value") for c in choices["aus"]] == [f"AU{n}" for n in DISFA_AUS]
+    assert AU_NAMES[0] == "AU1" and AU_NAMES[-1] == "AU26" and len(AU_NAMES) == 12
+
+
+def test_prediction_prefill():
+    p = prediction_for(
+        {"emotion": {"sad": 0.7, "happy": 0.3}, "aus": {"AU1": 0.9, "AU4": 0.5, "AU12": 0.1}}, "m1"
+    )
+    assert p["model_version"] == "m1" and p["score"] == pytest.approx(0.7)
+    by_name = {r["from_name"]: r["value"]["choices"] for r in p["result"]}
+    assert by_name == {"emotion": ["sad"], "aus": ["AU1", "AU4"]}
+    only_aus = prediction_for({"aus": {"AU1": 0.9, "AU2": 0.2}}, "m2")
+    assert only_aus["score"] == pytest.approx(0.85) and len(only_aus["result"]) == 1
+    assert prediction_for({}, "m") is None
+
+
+def test_settings_never_show_the_key(monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "s3cretkey")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    s = LabelStudioSettings.from_env()
+    assert s.url == "http://127.0.0.1:8089" and s.api_key == "s3cretkey" and "s3cret" not in repr(s)
+    assert "s3cret" not in repr(LabelStudioClient(s))
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+    with pytest.raises(ConfigError, match="LABEL_STUDIO_API_KEY is not set"):
+        LabelStudioClient(LabelStudioSettings.from_env())
+
+
+def _annotation(user, emotion=None, aus=(), cancelled=False, updated="2026-01-01T00:00:00Z"):
+    result = []
+    if emotion:
+        result.append(
+            {"from_name": "emotion", "to_name": "image", "type": "choices", "value": {"choices": [emotion]}}
+        )
+    if aus:
+        result.append(
+            {"from_name": "aus", "to_name": "image", "type": "choices", "value": {"choices": list(aus)}}
+        )
+    return {"completed_by": user, "result": result, "was_cancelled": cancelled, "updated_at": updated}
+
+
+def test_annotation_to_labels():
+    lab = labels_from_annotation("c1", _annotation(7, "sad", ["AU1", "AU4"]))
+    assert lab.annotator == "labelstudio:7" and lab.emotion == "sad" and lab.aus_present == {"AU1", "AU4"}
+    assert labels_from_annotation("c1", _annotation(7, "sad", cancelled=True)) is None
+    older = labels_from_annotation("c1", _annotation(7, "happy", ["AU12"], updated="2025-01-01T00:00:00Z"))
+    emotions, aus = label_tables([lab, older], {"c1": "i1"})
+    assert emotions.num_rows == 1
+    assert emotions.column("emotion").to_pylist() == ["sad"]  # the newest annotation of a user wins
+    present = dict(zip(aus.column("au").to_pylist(), aus.column("present").to_pylist()))
+    assert len(present) == 12 and {a for a, p in present.items() if p} == {1, 4}
+    assert set(aus.column("annotator").to_pylist()) == {"labelstudio:7"}
+    assert label_tables([lab], {})[1].num_rows == 0  # a face this warehouse does not know
+
+
+class FakeClient:
+    """Stands in for the server in pull: returns a fixed export."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def export_annotated(self, project_id):
+        return self.tasks
+
+
+def test_pull_supersedes_and_is_idempotent(wh):
+    crop = fill_queue(wh, 2)
+    tasks = [{"data": {"crop_id": crop[0]}, "annotations": [_annotation(3, "sad", ["AU1", "AU4"])]}]
+    tasks.append({"data": {"crop_id": crop[1]}, "annotations": [_annotation(3, cancelled=True)]})
+    first = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    assert (first.annotations, first.skipped, first.emotion_added, first.au_added) == (1, 1, 1, 12)
+    again = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    assert (again.emotion_added, again.emotion_updated, again.au_added, again.au_updated) == (0, 0, 0, 0)
+    # The curator changes the emotion and un-ticks AU4: both supersede, AU4 becomes absent.
+    tasks[0]["annotations"] = [_annotation(3, "angry", ["AU1"], updated="2026-02-01T00:00:00Z")]
+    changed = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    assert (changed.emotion_updated, changed.au_updated, changed.au_added) == (1, 1, 0)
+    human = wh.sql("SELECT au, present FROM au_labels WHERE label_source = 'human' ORDER BY au").to_pylist()
+    assert [r["au"] for r in human if r["present"]] == [1]
+    assert wh.sql("SELECT emotion FROM emotion_labels WHERE label_source = 'human'").to_pylist() == [
+        {"emotion": "angry"}
+    ]
+
+
+def test_queue_and_stored_predictions(wh):
+    crops = fill_queue(wh, 3)
+    rows = queued_faces(wh)
+    assert [r["crop_id"] for r in rows] == crops  # highest priority first
+    pseudo = [
+        {"image_id": rows[0]["image_id"], "crop_id": crops[0], "emotion": "fear", "label_source": "pseudo"}
+        | {"confidence": 0.6, "annotator": "emo-model-1"}
+    ]
+    wh.append("emotion_labels", _table("emotion_labels", pseudo))
+    au = [
+        {
+            "image_id": rows[0]["image_id"],
+            "crop_id": crops[0],
+            "au": 12,
+            "present": True,
+            "label_source": "pseudo",
+        }
+        | {"probability": 0.8, "annotator": "emo-model-1"}
+    ]
+    wh.append("au_labels", _table("au_labels", au))
+    assert predictions_for(wh, crops, "emo-model-1") == {
+        crops[0]: {"emotion": {"fear": 0.6}, "aus": {"AU12": 0.8}}
+    }
+    assert predictions_for(wh, crops, "another-model") == {}
+
+
+# ---- against the real server -------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, home: Path, port: int, key: str, log: Path, proc):
+        self.home, self.port, self.key, self.log, self.proc = home, port, key, log, proc
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, key: str | None = None) -> LabelStudioClient:
+        return LabelStudioClient(LabelStudioSettings(url=self.url, api_key=key or self.key))
+
+
+@pytest.fixture(scope="module")
+def ls_server(tmp_path_factory):
+    from labeling.labelstudio_server import find_executable, start_server, stop_server, wait_healthy
+
+    try:
+        find_executable()
+    except ConfigError as exc:
+        pytest.fail(f"{exc} (`make test` builds it)")
+    root = tmp_path_factory.mktemp("labelstudio")
+    (root / "home").mkdir()
+    env = {**os.environ, "HOME": str(root / "home")}  # ~/.config/label-studio etc. go there
+    key = secrets.token_hex(20)
+    port, log = _free_port(), root / "labelstudio.log"
+    proc = start_server(root / "var", port, key, log, base_env=env)
+    try:
+        seconds = wait_healthy(proc, port, timeout=900, log_path=str(log))
+        print(f"Label Studio answered /health after {seconds:.0f} s")
+        yield Server(root / "var", port, key, log, proc)
+    finally:
+        stop_server(proc)
+        assert key not in log.read_text(errors="replace"), "the API key reached the server's log"
+
+
+def _annotate(server: Server, task_id: int, emotion=None, aus=(), cancelled=False) -> int:
+    """What a curator's submit sends: POST /api/tasks/{id}/annotations/."""
+    result = _annotation(None, emotion, aus)["result"]
+    ann = server.client().sdk.annotations.create(id=task_id, result=result, was_cancelled=cancelled)
+    return int(ann.id)
+
+
+@pytest.mark.server
+def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
+    from ferlab.cli import main
+
+    wh = Warehouse(ls_server.home)
+    crops = fill_queue(wh, 4)
+    preds = {crops[0]: {"emotion": {"surprise": 0.9}, "aus": {"AU1": 0.8, "AU2": 0.7, "AU26": 0.6}}}
+    report = push_faces(wh, queued_faces(wh), preds, client=ls_server.client())
+    assert (report.pushed, report.with_prediction, report.recorded) == (4, 1, 4)
+    task_of = {r["crop_id"]: r["task_id"] for r in wh.read("label_studio_tasks").to_pylist()}
+    assert set(task_of) == set(crops)
+    sdk = ls_server.client().sdk
+    task = sdk.tasks.get(id=str(task_of[crops[0]]))
+    assert task.data["crop_id"] == crops[0]
+    pred = sdk.predictions.list(task=task_of[crops[0]])[0]
+    assert pred.model_version == "emo-model-1" and pred.score == pytest.approx(0.9)
+    # The crop is served by Label Studio, byte for byte.
+    req = urllib.request.Request(
+        ls_server.url + task.data["image"], headers={"Authorization": f"Token {ls_server.key}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.read() == wh.path(queued_faces(wh)[0]["media_path"]).read_bytes()
+
+    # Re-push through the CLI: nothing new, on the server or in the warehouse.
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.key)
+    assert main(["--home", str(ls_server.home), "labelstudio", "push"]) == 0
+    assert "0 tasks pushed" in capsys.readouterr().out
+    assert sdk.projects.get(id=report.project_id).task_number == 4 and wh.count("label_studio_tasks") == 4
+
+    # Curators: a full label, an emotion only, a skip.
+    first = _annotate(ls_server, task_of[crops[0]], "sad", ["AU1", "AU4", "AU15"])
+    _annotate(ls_server, task_of[crops[1]], "neutral")
+    _annotate(ls_server, task_of[crops[2]], cancelled=True)
+    pulled = pull_annotations(wh, client=ls_server.client())
+    assert (pulled.annotations, pulled.skipped, pulled.emotion_added, pulled.au_added) == (2, 1, 2, 24)
+    me = ls_server.client().check()["id"]
+    assert set(
+        wh.sql("SELECT annotator FROM au_labels WHERE label_source = 'human'").column(0).to_pylist()
+    ) == {f"labelstudio:{me}"}
+    again_cli = main(["--home", str(ls_server.home), "labelstudio", "pull"])
+    assert again_cli == 0 and "+0 ~0, AU labels +0 ~0" in capsys.readouterr().out
+
+    # The human label wins in the next dataset version.
+    rows = {r["crop_id"]: r for r in build_manifest(wh).to_pylist()}
+    assert (rows[crops[0]]["emotion"], rows[crops[0]]["emotion_source"]) == ("sad", "human")
+    assert (
+        rows[crops[0]]["au1"]
+        and rows[crops[0]]["au4"]
+        and rows[crops[0]]["au15"]
+        and not rows[crops[0]]["au12"]
+    )
+    assert rows[crops[1]]["emotion"] == "neutral" and rows[crops[1]]["au_source"] == "human"
+    assert (rows[crops[2]]["emotion"], rows[crops[2]]["emotion_source"]) == ("happy", "weak")  # skipped
+    v1 = snapshot_dataset_version(wh)
+    assert v1.created
+
+    # An updated annotation replaces the earlier one: AU4 un-ticked becomes absent.
+    sdk.annotations.update(id=first, result=_annotation(None, "angry", ["AU1", "AU15"])["result"])
+    updated = pull_annotations(wh, client=ls_server.client())
+    assert (updated.emotion_added, updated.emotion_updated, updated.au_added, updated.au_updated) == (
+        0,
+        1,
+        0,
+        1,
+    )
+    row = {r["crop_id"]: r for r in build_manifest(wh).to_pylist()}[crops[0]]
+    assert row["emotion"] == "angry" and row["au1"] and not row["au4"]
+    assert snapshot_dataset_version(wh, parent=v1.version).version != v1.version
+
+    assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
+    assert "4 tasks (4 recorded" in capsys.readouterr().out
+
+
+@pytest.mark.server
+def test_wrong_token_and_stopped_server_are_clear_errors(ls_server, tmp_path, capsys, monkeypatch):
+    from ferlab.cli import main
+    from labeling.labelstudio_server import stop_server
+
+    wh = Warehouse(ls_server.home)
+    before = {t: wh.count(t) for t in ("emotion_labels", "au_labels", "label_studio_tasks")}
+    bad = ls_server.client(key="0" * 40)
+    with pytest.raises(ConfigError, match="refused the token") as err:
+        pull_annotations(wh, client=bad)
+    assert ls_server.url in str(err.value) and "0" * 40 not in str(err.value)
+    with pytest.raises(ConfigError, match="refused the token"):
+        push_faces(wh, queued_faces(wh), client=bad)
+    monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    assert main(["--home", str(ls_server.home), "labelstudio", "pull"]) == 2
+    err_line = capsys.readouterr().err.strip()
+    assert err_line.startswith("error: Label Studio at") and len(err_line.splitlines()) == 1
+
+    stop_server(ls_server.proc)  # the last test of the module: the fixture's stop is then a no-op
+    with pytest.raises(LabelStudioError, match="not reachable at") as down:
+        pull_annotations(wh, client=ls_server.client())
+    assert "ferlab labelstudio serve" in str(down.value)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.key)
+    assert main(["--home", str(ls_server.home), "labelstudio", "push"]) == 1
+    assert "not reachable at " + ls_server.url in capsys.readouterr().err
+    assert {t: wh.count(t) for t in before} == before  # nothing lost, nothing half-written
