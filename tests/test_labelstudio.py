@@ -5,8 +5,6 @@ would, pull, and find the human labels winning in the next dataset version."""
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 import os
 import secrets
 import socket
@@ -14,11 +12,10 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
 
+from benchmarks.labelstudio_roundtrip import fill_queue
 from labeling.labelstudio import (
     AU_NAMES,
     LabelStudioClient,
@@ -39,68 +36,9 @@ from warehouse.schemas import DISFA_AUS, EMOTIONS, TABLES
 from warehouse.versions import build_manifest, snapshot_dataset_version
 
 
-# ---- a warehouse with faces in the review queue ----------------------------------------------------
+# ---- a warehouse with faces in the review queue: benchmarks.labelstudio_roundtrip.fill_queue ----------
 def _table(name: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TABLES[name].schema)  # columns left out are null
-
-
-def _jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
-        buf, "JPEG"
-    )
-    return buf.getvalue()
-
-
-def fill_queue(wh: Warehouse, n: int, model_id: str = "emo-model-1") -> list[str]:
-    """n scraped one-face images with a weak 'happy' folder label, each face queued; returns the crop ids."""
-    images, detections, crops, labels, queue = [], [], [], [], []
-    now = dt.datetime.now(dt.UTC)
-    for i in range(n):
-        media = wh.put_media(_jpeg(i), "jpg")
-        image_id, det_id, crop_id = f"img{i:05d}", f"det{i:05d}", f"crop{i:05d}"
-        images.append(
-            {"image_id": image_id, "source": "scraped", "source_uri": f"/in/{i}.jpg", "batch": "b1"}
-            | {"width": 64, "height": 64, "media_path": media}
-        )
-        detections.append(
-            {
-                "detection_id": det_id,
-                "image_id": image_id,
-                "source_uri": f"/in/{i}.jpg",
-                "width": 64,
-                "height": 64,
-            }
-            | {"label": "face", "x1": 0.0, "y1": 0.0, "x2": 60.0, "y2": 60.0, "score": 0.9}
-            | {"detector": "yunet", "weights_sha256": "w"}
-        )
-        crops.append(
-            {"crop_id": crop_id, "image_id": image_id, "detection_id": det_id, "media_path": media}
-            | {"gray_media_path": media, "size": 224, "gray_size": 48, "margin": 0.25, "angle": 0.0}
-            | {"face_px": 60.0, "blur": 100.0, "brightness": 120.0, "too_small": False, "too_blurry": False}
-        )
-        labels.append(
-            {"image_id": image_id, "emotion": "happy", "label_source": "weak", "annotator": "folder:happy"}
-        )
-        queue.append(
-            {
-                "queue": "q1",
-                "crop_id": crop_id,
-                "image_id": image_id,
-                "media_path": media,
-                "reason": "uncertain",
-            }
-            | {"priority": float(n - i), "model_id": model_id, "queued_at": now}
-        )
-    for name, rows in (
-        ("images", images),
-        ("detections", detections),
-        ("crops", crops),
-        ("emotion_labels", labels),
-        ("review_queue", queue),
-    ):
-        wh.append(name, _table(name, rows))
-    return [c["crop_id"] for c in crops]
 
 
 # ---- no server -------------------------------------------------------------------------------------
@@ -338,6 +276,57 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
 
     assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
     assert "4 tasks (4 recorded" in capsys.readouterr().out
+
+
+@pytest.mark.server
+def test_dagster_assets_and_sensor(ls_server, tmp_path):
+    from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
+
+    from assets.labelstudio import label_studio_annotations, label_studio_tasks
+    from assets.resources import LabelStudioResource, WarehouseResource
+    from dagster_project.sensors import label_studio_sensor
+
+    title = "ferlab faces (dagster test)"  # a project of its own; the warehouse's faces are queued already
+    resources = {
+        "warehouse": WarehouseResource(home=str(ls_server.home)),
+        "labelstudio": LabelStudioResource(url=ls_server.url, api_key=ls_server.key, project_title=title),
+    }
+    wh = Warehouse(ls_server.home)
+    with DagsterInstance.ephemeral() as instance:
+        pushed = materialize([label_studio_tasks], resources=resources, instance=instance)
+        meta = pushed.asset_materializations_for_node("label_studio_tasks")[0].metadata
+        assert meta["tasks_pushed"].value == meta["faces_queued"].value == 4
+        project_id = meta["project_id"].value
+
+        def tick(cursor):
+            context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+            return label_studio_sensor(context), context.cursor
+
+        _, cursor = tick(None)  # the first look: nothing annotated yet, but a state to compare with
+        assert isinstance(tick(cursor)[0], SkipReason)
+        task_id = wh.sql(  # the one face the round trip test left unannotated
+            "SELECT task_id FROM label_studio_tasks WHERE project_id = ? AND crop_id = 'crop00003'",
+            [project_id],
+        )
+        _annotate(ls_server, int(task_id.column(0)[0].as_py()), "fear", ["AU5"])
+        request, cursor = tick(cursor)
+        assert isinstance(request, RunRequest) and isinstance(tick(cursor)[0], SkipReason)
+
+        pulled = materialize([label_studio_annotations], resources=resources, instance=instance)
+        meta = pulled.asset_materializations_for_node("label_studio_annotations")[0].metadata
+        assert (
+            meta["annotations"].value,
+            meta["au_labels_added"].value,
+            meta["emotion_labels_added"].value,
+        ) == (
+            1,
+            12,
+            1,
+        )
+    down = {"labelstudio": LabelStudioResource(url=f"http://127.0.0.1:{_free_port()}", api_key="k")}
+    with DagsterInstance.ephemeral() as instance:
+        skip = label_studio_sensor(build_sensor_context(instance=instance, resources=down))
+    assert isinstance(skip, SkipReason) and "not reachable" in skip.skip_message
 
 
 @pytest.mark.server
