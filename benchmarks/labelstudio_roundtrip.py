@@ -1,5 +1,5 @@
 """Label Studio round trip: push N queued faces as tasks (with predictions), annotate them all
-through the REST API (one bulk request), pull them back as human labels; seconds for each step.
+through the REST API (one request each, 4 at once), pull them back as human labels; seconds for each step.
 Starts its own server (the .venv-labelstudio one) on a free port over a temporary data root.
 Prints one JSON object; prints a `skipped:` line and exits 0 when Label Studio is not installed.
 
@@ -18,6 +18,7 @@ import secrets
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,14 @@ def main() -> None:
                 },
             ]
             t = time.perf_counter()
-            client.sdk.annotations.create_bulk(tasks=task_ids, result=result, project=pushed.project_id)
+            # One POST /api/tasks/{id}/annotations/ per task, as curators submit them (the bulk
+            # endpoint is not in the Community edition); a few at once.
+            with ThreadPoolExecutor(4) as pool:
+                list(
+                    pool.map(
+                        lambda task_id: client.sdk.annotations.create(id=task_id, result=result), task_ids
+                    )
+                )
             annotate_s = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -177,7 +185,7 @@ def main() -> None:
                 "server_startup_s": round(startup, 1),
                 "push_s": round(push_s, 2),
                 "repush_s": round(repush_s, 2),
-                "annotate_bulk_s": round(annotate_s, 2),
+                "annotate_s": round(annotate_s, 2),
                 "pull_s": round(pull_s, 2),
                 "repull_s": round(repull_s, 2),
                 "labels_written": pulled.emotion_added + pulled.au_added,

@@ -285,16 +285,20 @@ def _labelstudio_client(args: argparse.Namespace):
 
 
 def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
-    from labeling.labelstudio_server import ADMIN_USER, DATA_SUBDIR, HOST, serve
+    from labeling.labelstudio_server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
 
     home = _home(args).resolve()
+    server_env(
+        home, os.environ.get("LABEL_STUDIO_API_KEY", "")
+    )  # a missing or bad key: one line, before anything
+    find_executable()
     home.mkdir(parents=True, exist_ok=True)
     print(
         f"Label Studio on http://{HOST}:{args.port} (data: {home / DATA_SUBDIR}; sign in as {ADMIN_USER} with "
         f"$LABEL_STUDIO_PASSWORD, else the API key; Ctrl-C to stop)",
         flush=True,
     )
-    return serve(home, port=args.port)
+    serve(home, port=args.port)  # execs the server: does not return
 
 
 def cmd_labelstudio_push(args: argparse.Namespace) -> int:

@@ -154,18 +154,14 @@ def stop_server(proc: subprocess.Popen, grace: float = 30) -> None:
     proc.wait()
 
 
-def serve(home: str | os.PathLike, port: int = DEFAULT_PORT, api_key: str | None = None) -> int:
-    """Run the server in the foreground until Ctrl-C (then stop its process group)."""
+def serve(home: str | os.PathLike, port: int = DEFAULT_PORT, api_key: str | None = None) -> None:
+    """Run the server in the foreground: this process becomes `label-studio start` (exec), so
+    Ctrl-C, SIGTERM and a stop by process group reach the server itself. Does not return."""
     env = server_env(home, api_key if api_key is not None else os.environ.get(KEY_ENV, ""))
     Path(env["LABEL_STUDIO_BASE_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        start_command(port), env=env, cwd=env["LABEL_STUDIO_BASE_DATA_DIR"], start_new_session=True
-    )
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        stop_server(proc)
-        return 130
+    command = start_command(port)
+    os.chdir(env["LABEL_STUDIO_BASE_DATA_DIR"])
+    os.execve(command[0], command, env)
 
 
 def _tail(log_path: str | os.PathLike | None, chars: int = 3000) -> str:

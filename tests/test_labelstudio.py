@@ -76,6 +76,21 @@ def test_settings_never_show_the_key(monkeypatch):
         LabelStudioClient(LabelStudioSettings.from_env())
 
 
+def test_server_env(tmp_path):
+    from labeling.labelstudio_server import server_env
+
+    env = server_env(tmp_path, "abc123", base_env={})
+    assert (
+        env["LABEL_STUDIO_USER_TOKEN"] == "abc123" and env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
+    )
+    assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str(tmp_path.resolve() / "labelstudio")
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(tmp_path.resolve())
+    assert env["LABEL_STUDIO_COLLECT_ANALYTICS"] == "false" and env["SENTRY_DSN"] == ""
+    for bad in ("", "x" * 41, "a b"):
+        with pytest.raises(ConfigError, match="LABEL_STUDIO_API_KEY"):
+            server_env(tmp_path, bad, base_env={})
+
+
 def _annotation(user, emotion=None, aus=(), cancelled=False, updated="2026-01-01T00:00:00Z"):
     result = []
     if emotion:
@@ -176,7 +191,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def ls_server(tmp_path_factory):
-    from labeling.labelstudio_server import find_executable, start_server, stop_server, wait_healthy
+    """The server as a user starts it: `ferlab labelstudio serve --port N` (which execs Label Studio),
+    in its own process group, stopped by that group."""
+    import subprocess
+    import sys
+
+    from labeling.labelstudio_server import find_executable, stop_server, wait_healthy
 
     try:
         find_executable()
@@ -184,17 +204,35 @@ def ls_server(tmp_path_factory):
         pytest.fail(f"{exc} (`make test` builds it)")
     root = tmp_path_factory.mktemp("labelstudio")
     (root / "home").mkdir()
-    env = {**os.environ, "HOME": str(root / "home")}  # ~/.config/label-studio etc. go there
     key = secrets.token_hex(20)
-    port, log = _free_port(), root / "labelstudio.log"
-    proc = start_server(root / "var", port, key, log, base_env=env)
+    env = {
+        **os.environ,
+        "HOME": str(root / "home"),
+        "LABEL_STUDIO_API_KEY": key,
+    }  # ~/.config/label-studio: there
+    port, log_path, home = _free_port(), root / "labelstudio.log", root / "var"
+    command = [
+        sys.executable,
+        "-m",
+        "ferlab",
+        "--home",
+        str(home),
+        "labelstudio",
+        "serve",
+        "--port",
+        str(port),
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        seconds = wait_healthy(proc, port, timeout=900, log_path=str(log))
+        seconds = wait_healthy(proc, port, timeout=900, log_path=str(log_path))
         print(f"Label Studio answered /health after {seconds:.0f} s")
-        yield Server(root / "var", port, key, log, proc)
+        yield Server(home, port, key, log_path, proc)
     finally:
         stop_server(proc)
-        assert key not in log.read_text(errors="replace"), "the API key reached the server's log"
+        assert key not in log_path.read_text(errors="replace"), "the API key reached the server's log"
 
 
 def _annotate(server: Server, task_id: int, emotion=None, aus=(), cancelled=False) -> int:
