@@ -317,6 +317,19 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
 
 
 @pytest.mark.server
+def test_push_killed_before_recording_imports_nothing_twice(ls_server):
+    wh = Warehouse(ls_server.home)
+    client, title = ls_server.client(), "ferlab faces (killed push)"
+    rows = queued_faces(wh)
+    project_id = client.ensure_project(wh.home, title)
+    # A push that imported two faces and died before writing label_studio_tasks:
+    client.import_tasks(project_id, [{"data": {"image": "x", "crop_id": r["crop_id"]}} for r in rows[:2]])
+    report = push_faces(wh, rows, client=client, title=title)
+    assert (report.pushed, report.already, report.recorded) == (len(rows) - 2, 2, len(rows))
+    assert client.sdk.projects.get(id=project_id).task_number == len(rows)
+
+
+@pytest.mark.server
 def test_dagster_assets_and_sensor(ls_server, tmp_path):
     from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
 
