@@ -3,6 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferlab-setup
+# Label Studio's server conflicts with the main venv (Django, pyarrow<25): it gets its own.
+LS_VENV := .venv-labelstudio
+LS_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.ferlab-setup-$(LS_VERSION)
 export FERLAB_HOME ?= $(CURDIR)/var
 export DAGSTER_HOME ?= $(FERLAB_HOME)/dagster
 export DAGSTER_DISABLE_TELEMETRY := 1
@@ -10,7 +14,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export YOLO_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench dev lint format clean
+.PHONY: setup labelstudio-setup labelstudio demo test test-fast bench dev lint format clean
 
 setup: $(STAMP)
 
@@ -24,10 +28,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m ferlab weights fetch
 	touch $(STAMP)
 
+# Idempotent: redone only when LS_VERSION changes (the stamp names it). ~80 s from a warm pip cache.
+labelstudio-setup: $(LS_STAMP)
+
+$(LS_STAMP):
+	rm -rf $(LS_VENV)
+	python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
+	touch $(LS_STAMP)
+
+# Label Studio on http://127.0.0.1:8089 over the data root (needs LABEL_STUDIO_API_KEY; see README).
+labelstudio: setup labelstudio-setup
+	$(PY) -m ferlab --home $(FERLAB_HOME) labelstudio serve
+
 demo: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) demo
 
-test: setup
+test: setup labelstudio-setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
@@ -44,6 +62,7 @@ bench: setup
 	$(PY) -m benchmarks.detect_video
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.thresholds
+	$(PY) -m benchmarks.labelstudio_roundtrip
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev

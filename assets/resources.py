@@ -93,3 +93,21 @@ class DetectorResource(ConfigurableResource):
         return AutoLabelSettings(
             spec=self.spec, device=self.device, batch_size=self.batch_size, margin=self.margin
         )
+
+
+class LabelStudioResource(ConfigurableResource):
+    """The Label Studio server (labeling.labelstudio). Empty fields fall back to
+    $LABEL_STUDIO_URL (default http://127.0.0.1:8089) and $LABEL_STUDIO_API_KEY, read when the
+    client is made; set `api_key` only through `EnvVar("LABEL_STUDIO_API_KEY")` so it never lands
+    in the run's configuration."""
+
+    url: str = ""
+    api_key: str = ""
+    project_title: str = "ferlab faces"
+
+    def client(self):
+        from labeling.labelstudio import LabelStudioClient, LabelStudioSettings
+
+        return LabelStudioClient(
+            LabelStudioSettings.from_env(url=self.url or None, api_key=self.api_key or None)
+        )

@@ -4,7 +4,7 @@ asset is adding it to a module there); jobs, sensors and resources come from the
 from dagster import Definitions, load_asset_checks_from_package_module, load_assets_from_package_module
 
 import assets
-from assets.resources import DetectorResource, SourcesResource, WarehouseResource
+from assets.resources import DetectorResource, LabelStudioResource, SourcesResource, WarehouseResource
 from dagster_project.jobs import jobs
 from dagster_project.sensors import sensors
 
@@ -17,5 +17,8 @@ defs = Definitions(
         "warehouse": WarehouseResource(),
         "sources": SourcesResource(),
         "detector": DetectorResource(),
+        # URL and key from $LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY when the client is made: the key is
+        # never in a run's stored configuration, and without one the sensor skips instead of failing.
+        "labelstudio": LabelStudioResource(),
     },
 )

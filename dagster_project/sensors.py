@@ -18,8 +18,9 @@ from dagster import (
     sensor,
 )
 
+from assets.labelstudio import label_studio_annotations
 from assets.partitions import disfa_subjects, scraped_batches
-from assets.resources import SourcesResource
+from assets.resources import LabelStudioResource, SourcesResource
 from dagster_project.jobs import disfa_ingest_job, scraped_ingest_job
 from warehouse.sources.disfa import find_disfa_subjects
 from warehouse.sources.scraped import find_scraped_batches
@@ -86,4 +87,33 @@ automation_sensor = AutomationConditionSensorDefinition(
     "once and their reports; the weekly dataset version snapshot.",
 )
 
-sensors = [disfa_subject_sensor, scraped_batch_sensor, automation_sensor]
+
+@sensor(
+    name="label_studio_sensor",
+    asset_selection=[label_studio_annotations],
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Polls the Label Studio face project (annotation counts and its newest task update: two "
+    "small requests) and requests `label_studio_annotations` when they changed.",
+)
+def label_studio_sensor(
+    context: SensorEvaluationContext, labelstudio: LabelStudioResource
+) -> RunRequest | SkipReason:
+    from labeling.labelstudio import LabelStudioError
+    from warehouse.errors import ConfigError
+
+    try:
+        client = labelstudio.client()
+        project_id = client.find_project(labelstudio.project_title)
+        if project_id is None:
+            return SkipReason(f"no Label Studio project {labelstudio.project_title!r} yet")
+        signature = f"{project_id}:{client.project_signature(project_id)}"
+    except (LabelStudioError, ConfigError) as exc:
+        return SkipReason(str(exc))  # a server that is down is not a sensor error: retried next tick
+    if signature == context.cursor:
+        return SkipReason("no new or updated annotations")
+    context.update_cursor(signature)
+    return RunRequest(run_key=f"label_studio:{signature}")
+
+
+sensors = [disfa_subject_sensor, scraped_batch_sensor, automation_sensor, label_studio_sensor]

@@ -12,6 +12,7 @@ ferlab --home DIR review [pull]            # FiftyOne App for curators; pull the
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR demo            # demo data + every ingestion asset through Dagster
+ferlab --home DIR labelstudio serve [--port N] | push [--queue Q] | pull | status   # $LABEL_STUDIO_API_KEY
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
 """
 
@@ -282,6 +283,71 @@ def cmd_dev(args: argparse.Namespace) -> int:
     cmd = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     os.execv(dagster, cmd)
+
+
+def _labelstudio_client(args: argparse.Namespace):
+    from labeling.labelstudio import LabelStudioClient, LabelStudioSettings
+
+    return LabelStudioClient(LabelStudioSettings.from_env(url=args.url))
+
+
+def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
+    from labeling.labelstudio_server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
+
+    home = _home(args).resolve()
+    server_env(
+        home, os.environ.get("LABEL_STUDIO_API_KEY", "")
+    )  # a missing or bad key: one line, before anything
+    find_executable()
+    home.mkdir(parents=True, exist_ok=True)
+    print(
+        f"Label Studio on http://{HOST}:{args.port} (data: {home / DATA_SUBDIR}; sign in as {ADMIN_USER} with "
+        f"$LABEL_STUDIO_PASSWORD, else the API key; Ctrl-C to stop)",
+        flush=True,
+    )
+    serve(home, port=args.port)  # execs the server: does not return
+
+
+def cmd_labelstudio_push(args: argparse.Namespace) -> int:
+    from labeling.labelstudio import predictions_for, push_faces, queued_faces
+
+    wh = _warehouse(args)
+    rows = queued_faces(wh, args.queue)
+    predictions: dict = {}
+    if not args.no_predictions:
+        by_model: dict = {}
+        for r in rows:
+            by_model.setdefault(r.get("model_id"), []).append(r["crop_id"])
+        for model, ids in by_model.items():
+            predictions.update(predictions_for(wh, ids, model))
+    report = push_faces(wh, rows, predictions, client=_labelstudio_client(args))
+    print(report.summary())
+    return 0
+
+
+def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
+    from labeling.labelstudio import pull_annotations
+
+    print(pull_annotations(_warehouse(args), client=_labelstudio_client(args)).summary())
+    return 0
+
+
+def cmd_labelstudio_status(args: argparse.Namespace) -> int:
+    client = _labelstudio_client(args)
+    me = client.check()
+    print(f"Label Studio at {client.settings.url}: signed in as {me['email']} (user {me['id']})")
+    project_id = client.find_project()
+    if project_id is None:
+        print("no face project yet: `ferlab labelstudio push` creates it")
+        return 0
+    p = client.sdk.projects.get(id=project_id)
+    wh = _warehouse(args, writable=False)
+    recorded = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [project_id])
+    print(
+        f"project {project_id} {p.title!r}: {p.task_number} tasks ({recorded.column('n')[0].as_py()} recorded "
+        f"in {wh.home}), {p.total_annotations_number} annotations, {p.skipped_annotations_number} skipped"
+    )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -583,6 +649,39 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(func=cmd_dev)
+
+    ls = sub.add_parser(
+        "labelstudio",
+        help="Label Studio: run the server, push queued faces as tasks, pull annotations as human labels",
+        description="The server runs from its own virtualenv (`make labelstudio-setup`) on 127.0.0.1 with its "
+        "data under <home>/labelstudio/. Clients find it at $LABEL_STUDIO_URL (default http://127.0.0.1:8089); "
+        "$LABEL_STUDIO_API_KEY is both the admin's token (set it before the first `serve`) and the clients' "
+        "token. It is never printed.",
+    )
+    ls_sub = ls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve = ls_sub.add_parser("serve", help="run the server in the foreground (Ctrl-C stops it)")
+    serve.add_argument("--port", type=int, default=8089)
+    serve.set_defaults(func=cmd_labelstudio_serve)
+    push = ls_sub.add_parser(
+        "push",
+        help="push the review_queue's faces as tasks (prediction pre-filled); a face already pushed adds nothing",
+    )
+    push.add_argument("--queue", help="only this queue (default: every queued face)")
+    push.add_argument("--no-predictions", action="store_true", help="push without pre-filled predictions")
+    pull = ls_sub.add_parser(
+        "pull",
+        help="write submitted annotations as human labels (updated ones supersede; skipped add nothing)",
+    )
+    status = ls_sub.add_parser("status", help="check the server and the token; count tasks and annotations")
+    for parser_, func in (
+        (push, cmd_labelstudio_push),
+        (pull, cmd_labelstudio_pull),
+        (status, cmd_labelstudio_status),
+    ):
+        parser_.add_argument(
+            "--url", help="the server (default: $LABEL_STUDIO_URL, else http://127.0.0.1:8089)"
+        )
+        parser_.set_defaults(func=func)
 
     version = sub.add_parser(
         "version",

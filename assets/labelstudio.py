@@ -1,0 +1,86 @@
+"""Label Studio: queued faces go out as tasks with the model's prediction pre-filled, curators'
+annotations come back as `human` labels. Thin calls into labeling.labelstudio; the sensor that
+polls for new annotations is in dagster_project.sensors."""
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from assets.resources import LabelStudioResource, WarehouseResource
+
+GROUP = "labeling"
+
+
+class LabelStudioPushConfig(Config):
+    queue: str = Field("", description="only this review_queue queue (empty: every queued face)")
+    predictions: bool = Field(True, description="pre-fill each task with the stored model prediction")
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"labelstudio"},
+    description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
+    "emotion, the AUs present), pre-filled with the queue model's stored pseudo labels "
+    "(labeling.labelstudio.predictions_for); a face already pushed is not pushed again. Rows: "
+    "`label_studio_tasks`.",
+)
+def label_studio_tasks(
+    context: AssetExecutionContext,
+    config: LabelStudioPushConfig,
+    warehouse: WarehouseResource,
+    labelstudio: LabelStudioResource,
+) -> MaterializeResult:
+    from labeling.labelstudio import predictions_for, push_faces, queued_faces
+
+    wh = warehouse.get()
+    rows = queued_faces(wh, config.queue or None)
+    predictions = {}
+    if config.predictions and rows:
+        by_model: dict[str | None, list[str]] = {}  # a face's prediction is its queue model's
+        for r in rows:
+            by_model.setdefault(r.get("model_id"), []).append(r["crop_id"])
+        for model, ids in by_model.items():
+            predictions.update(predictions_for(wh, ids, model))
+    report = push_faces(wh, rows, predictions, client=labelstudio.client(), title=labelstudio.project_title)
+    context.log.info(report.summary())
+    total = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [report.project_id])
+    return MaterializeResult(
+        metadata={
+            "project_id": MetadataValue.int(report.project_id),
+            "faces_queued": MetadataValue.int(len(rows)),
+            "tasks_pushed": MetadataValue.int(report.pushed),
+            "with_prediction": MetadataValue.int(report.with_prediction),
+            "already_pushed": MetadataValue.int(report.already),
+            "tasks_total": MetadataValue.int(int(total.column("n")[0].as_py())),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"labelstudio"},
+    deps=[label_studio_tasks],
+    description="The face project's submitted annotations as `human` emotion and AU labels of their faces "
+    "(annotator labelstudio:<user id>; ticked AUs present, the others absent). An updated annotation "
+    "supersedes the earlier labels; skipped tasks add nothing; requested by `label_studio_sensor` when the "
+    "project's annotations change.",
+)
+def label_studio_annotations(
+    context: AssetExecutionContext, warehouse: WarehouseResource, labelstudio: LabelStudioResource
+) -> MaterializeResult:
+    from labeling.labelstudio import pull_annotations
+
+    report = pull_annotations(warehouse.get(), client=labelstudio.client(), title=labelstudio.project_title)
+    context.log.info(report.summary())
+    return MaterializeResult(
+        metadata={
+            "project_id": MetadataValue.int(report.project_id),
+            "annotations": MetadataValue.int(report.annotations),
+            "skipped": MetadataValue.int(report.skipped),
+            "unknown_faces": MetadataValue.int(report.unknown_faces),
+            "emotion_labels_added": MetadataValue.int(report.emotion_added),
+            "emotion_labels_updated": MetadataValue.int(report.emotion_updated),
+            "au_labels_added": MetadataValue.int(report.au_added),
+            "au_labels_updated": MetadataValue.int(report.au_updated),
+            "human_emotions": MetadataValue.json(report.emotions),
+        }
+    )
