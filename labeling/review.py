@@ -1,0 +1,261 @@
+"""The review queue: faces a curator should look at, one `review_queue` row per (queue, face,
+reason), with a priority in [0, 1] (higher first) and a detail line saying why.
+
+    report = build_review_queue(wh, "au", ReviewSettings())
+
+Reasons (REASONS), over the usable faces of a dataset version and the task's production model:
+- `between_thresholds`: the model is unsure: for some label the probability is between the
+  pseudo-label thresholds (labeling.pseudo), so the face got no pseudo label there. Priority:
+  the share of the model's labels that are unsure.
+- `weak_disagrees` (emotion): the face's weak label (its scraped folder) is not the model's top
+  class. Priority: p(top class) - p(weak label).
+- `low_detection_score`: the detector's score of the face is under `min_detection_score`.
+  Priority: 1 - score.
+- `likely_mistake`: the face's label (gold, weak or human) disagrees with the model: 1 - p(label)
+  for an emotion, the mean |label - p| over the labeled AUs. Computed here in numpy (the idea of
+  FiftyOne Brain's mistakenness, not its code); queued from `mistake_threshold` up.
+- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour) from every
+  other face in the model's own backbone embedding: the rare looks a data set has few of. Computed
+  here in numpy (no model-zoo download); the `unique_top` most unique faces are queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from labeling.curation_settings import ReviewSettings
+from labeling.pseudo import face_predictions, latest_version, pseudo_thresholds, resolve_model
+from models.pipeline import load_run
+from models.predict import Predictor
+from warehouse import Warehouse
+from warehouse.versions import read_manifest
+
+Progress = Callable[[str], None]
+REASONS = ("between_thresholds", "weak_disagrees", "low_detection_score", "likely_mistake", "most_unique")
+
+
+@dataclass
+class ReviewReport:
+    queue: str
+    model_id: str
+    dataset_version: str
+    faces: int
+    by_reason: dict[str, int]
+    added: int
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in self.by_reason.items())
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return f"review queue {self.queue}: {sum(self.by_reason.values())} rows over {self.faces} faces: {reasons}; {self.added} new{notes}"
+
+
+def knn_uniqueness(z: np.ndarray, k: int = 3) -> np.ndarray:
+    """Cosine distance of each row to its k-th nearest other row (0..2); NaN rows get NaN."""
+    out = np.full(len(z), np.nan)
+    ok = ~np.isnan(z).any(1)
+    zn = z[ok] / np.maximum(np.linalg.norm(z[ok], axis=1, keepdims=True), 1e-12)
+    if len(zn) < 2:
+        return out
+    k = min(k, len(zn) - 1)
+    dist = np.empty(len(zn))
+    for start in range(0, len(zn), 1024):  # bounded memory: 1024 x N at a time
+        d = 1.0 - zn[start : start + 1024] @ zn.T
+        rows = np.arange(d.shape[0])
+        d[rows, start + rows] = np.inf  # not its own neighbour
+        dist[start : start + 1024] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    out[ok] = dist
+    return out
+
+
+def build_review_queue(
+    wh: Warehouse, task: str, settings: ReviewSettings | None = None, log: Progress = print
+) -> ReviewReport:
+    """Queue the version's faces for the reasons of the module docstring (rows keyed by queue,
+    face and reason: building the same queue again adds nothing).
+
+    Raises:
+        LookupError: no dataset version, or no production model for the task (and none given).
+    """
+    s = settings or ReviewSettings()
+    model_id = resolve_model(wh, task, s.model_id)
+    version = s.version or latest_version(wh)
+    queue = s.queue or f"{task}:{model_id}"
+    faces = read_manifest(wh, version)
+    predictor = Predictor.load(wh, model_id, backend=s.backend, device=s.device)
+    predicted, _ = face_predictions(wh, predictor, faces, s.batch_size)
+    labels = predictor.labels
+    idx = {c: i for i, c in enumerate(faces.column("crop_id").to_pylist())}
+    rows_at = np.array([idx[c] for c in predicted.column("crop_id").to_pylist()], dtype=np.int64)
+    prob = np.stack([predicted.column(lab).to_numpy(zero_copy_only=False) for lab in labels], 1).astype(
+        np.float64
+    )
+    found: list[tuple[int, str, float, str]] = []  # (face row, reason, priority, detail)
+    notes: list[str] = []
+
+    # between the pseudo-label thresholds
+    cuts = pseudo_thresholds(load_run(wh, model_id).folds, s.target_precision, s.min_support)
+    if task == "au":
+        unsure = np.zeros_like(prob, dtype=bool)
+        for k, lab in enumerate(labels):
+            c = cuts.get(lab)
+            if c is not None:
+                hi = prob[:, k] >= c.upper if c.upper is not None else np.zeros(len(prob), bool)
+                lo = prob[:, k] <= c.lower if c.lower is not None else np.zeros(len(prob), bool)
+                unsure[:, k] = ~(hi | lo)
+        with_cut = sum(cuts.get(lab) is not None for lab in labels)
+        for i in np.flatnonzero(unsure.any(1)):
+            detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
+            found.append((rows_at[i], "between_thresholds", unsure[i].sum() / max(with_cut, 1), detail))
+    else:
+        top, pred = prob.max(1), prob.argmax(1)
+        for i in range(len(prob)):
+            c = cuts.get(labels[pred[i]])
+            if c is not None and top[i] < c.upper:
+                found.append(
+                    (
+                        rows_at[i],
+                        "between_thresholds",
+                        1 - top[i],
+                        f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}",
+                    )
+                )
+
+    # the face's own label against the model
+    if task == "emotion":
+        weak = _weak_emotions(wh, faces)
+        for i, r in enumerate(rows_at):
+            cid = faces.column("crop_id")[int(r)].as_py()
+            w = weak.get(cid)
+            if w in labels and labels[int(prob[i].argmax())] != w:
+                k = labels.index(w)
+                top = labels[int(prob[i].argmax())]
+                gap = float(prob[i].max() - prob[i, k])
+                found.append(
+                    (r, "weak_disagrees", gap, f"weak {w} {prob[i, k]:.2f}, model {top} {prob[i].max():.2f}")
+                )
+        label_col = faces.column("emotion").to_pylist()
+        source_col = faces.column("emotion_source").to_pylist()
+        for i, r in enumerate(rows_at):
+            lab, src = label_col[r], source_col[r]
+            if lab in labels and src != "pseudo":
+                score = 1.0 - prob[i, labels.index(lab)]
+                if score >= s.mistake_threshold:
+                    found.append(
+                        (r, "likely_mistake", score, f"{src} {lab}, model p={prob[i, labels.index(lab)]:.2f}")
+                    )
+    else:
+        cols = [f"au{lab.removeprefix('AU')}" for lab in labels]
+        y = np.stack(
+            [
+                np.array([np.nan if v is None else float(v) for v in faces.column(c).to_pylist()])
+                for c in cols
+            ],
+            1,
+        )[rows_at]
+        src = faces.column("au_source").to_pylist()
+        diff = np.abs(y - prob)
+        n_labeled = (~np.isnan(diff)).sum(1)
+        has = n_labeled > 0
+        score = np.nansum(diff, axis=1) / np.maximum(n_labeled, 1)
+        for i in np.flatnonzero(has & (score >= s.mistake_threshold)):
+            if src[rows_at[i]] == "pseudo":
+                continue
+            worst = int(np.nanargmax(diff[i]))
+            found.append(
+                (
+                    rows_at[i],
+                    "likely_mistake",
+                    float(score[i]),
+                    f"{src[rows_at[i]]} labels; worst {labels[worst]} p={prob[i, worst]:.2f}",
+                )
+            )
+
+    # the detector's score
+    for crop_id, score in _detection_scores(wh, faces).items():
+        if score < s.min_detection_score:
+            found.append((idx[crop_id], "low_detection_score", 1.0 - score, f"score {score:.2f}"))
+
+    # uniqueness in the model's backbone embedding
+    if s.unique_top:
+        try:
+            z = predictor.embed(faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size)
+            dist = knn_uniqueness(z, s.neighbours)
+            order = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
+            top_d = np.nanmax(dist) if np.isfinite(dist).any() else 1.0
+            for r in order:
+                if np.isfinite(dist[r]):
+                    found.append(
+                        (
+                            int(r),
+                            "most_unique",
+                            float(dist[r] / top_d),
+                            f"{s.neighbours}-NN cosine distance {dist[r]:.3f}",
+                        )
+                    )
+        except ValueError as exc:
+            notes.append(f"most_unique skipped: {exc}")
+
+    now = dt.datetime.now(dt.UTC)
+    crop_ids = faces.column("crop_id").to_pylist()
+    image_ids = faces.column("image_id").to_pylist()
+    media = faces.column("media_path").to_pylist()
+    rows = pa.table(
+        {
+            "queue": [queue] * len(found),
+            "crop_id": [crop_ids[r] for r, *_ in found],
+            "image_id": [image_ids[r] for r, *_ in found],
+            "media_path": [media[r] for r, *_ in found],
+            "reason": [reason for _, reason, _, _ in found],
+            "priority": pa.array([float(np.clip(p, 0, 1)) for _, _, p, _ in found], pa.float64()),
+            "detail": [d for *_, d in found],
+            "model_id": [model_id] * len(found),
+            "queued_at": pa.array([now] * len(found), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    added = wh.append("review_queue", rows)
+    by_reason = {r: sum(1 for _, reason, _, _ in found if reason == r) for r in REASONS}
+    report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, notes)
+    log(report.summary())
+    return report
+
+
+def _weak_emotions(wh: Warehouse, faces: pa.Table) -> dict[str, str]:
+    """crop_id -> its weak emotion label: one naming the face, or its image's when the face is
+    the image's only face in the version."""
+    with wh.connect() as con:
+        con.register("m", faces.select(["crop_id", "image_id"]))
+        rows = con.sql(
+            """
+            WITH alone AS (SELECT crop_id, image_id, count(*) OVER (PARTITION BY image_id) AS n FROM m)
+            SELECT a.crop_id, min(e.emotion) AS emotion FROM alone a JOIN emotion_labels e ON e.image_id = a.image_id
+            WHERE e.label_source = 'weak' AND (e.crop_id = a.crop_id OR (e.crop_id IS NULL AND a.n = 1))
+            GROUP BY a.crop_id HAVING count(DISTINCT e.emotion) = 1
+            """
+        ).fetchall()
+    return dict(rows)
+
+
+def _detection_scores(wh: Warehouse, faces: pa.Table) -> dict[str, float]:
+    with wh.connect() as con:
+        con.register("m", faces.select(["crop_id"]))
+        rows = con.sql(
+            "SELECT m.crop_id, d.score FROM m JOIN crops c USING (crop_id) JOIN detections d USING (detection_id)"
+        ).fetchall()
+    return {c: float(s) for c, s in rows}
+
+
+def queue_table(wh: Warehouse, queue: str | None = None, limit: int = 50) -> pa.Table:
+    """The queue's rows, highest priority first (every queue when None)."""
+    where = "WHERE queue = $q" if queue else ""
+    params = {"q": queue, "n": limit} if queue else {"n": limit}
+    return wh.sql(
+        f"SELECT queue, reason, round(priority, 3) AS priority, crop_id, detail, media_path FROM review_queue {where} "
+        "ORDER BY priority DESC, reason, crop_id LIMIT $n",
+        params=params,
+    )
