@@ -13,7 +13,8 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_au
 from dagster_project.definitions import defs
 
 MODELS = ("au_model", "emotion_model")
-REPORTS = ("au_eval_report", "emotion_eval_report")
+# The reports follow their model, the promotion decisions their report.
+REPORTS = ("au_eval_report", "emotion_eval_report", "au_promotion", "emotion_promotion")
 SATURDAY = dt.datetime(2030, 1, 5, 12, tzinfo=dt.UTC)  # the weekly snapshot's cron: Sundays 03:00
 
 
@@ -68,6 +69,8 @@ def test_a_new_version_gets_its_models_once_and_the_reports_follow(instance):
     _materialized(instance, "au_model", "v1")
     assert tick() == {"au_eval_report": {"v1"}}
     _materialized(instance, "au_eval_report", "v1")
+    assert tick() == {"au_promotion": {"v1"}}  # the retrained model is judged against production
+    _materialized(instance, "au_promotion", "v1")
     assert tick() == {}
     # An unchanged snapshot keeps its id (no new partition): nothing to train.
     _materialized(instance, "dataset_version")
