@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m benchmarks.detect_video
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.thresholds
+	$(PY) -m benchmarks.pseudo_label_throughput
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev
