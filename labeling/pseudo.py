@@ -184,9 +184,10 @@ def face_predictions(
     wh: Warehouse, predictor: Predictor, faces: pa.Table, batch_size: int = 64
 ) -> tuple[pa.Table, list[tuple[str, str]]]:
     """The predictor's probabilities of the faces (manifest rows), cached per model in
-    `<home>/predictions/<model_id>.parquet` (crop_id, image_id, one column per label): a face
-    predicted once is read back, only new faces run. Returns (rows in the faces' order, skipped)."""
-    cache = wh.home / "predictions" / f"{predictor.model_id}.parquet"
+    `<home>/predictions/<model_id>-<weights fingerprint>.parquet` (crop_id, image_id, one column per
+    label): a face predicted once is read back, only new faces run (crops are content-addressed, so a
+    crop id is one picture). Returns (rows in the faces' order, skipped (crop_id, path))."""
+    cache = wh.home / "predictions" / f"{predictor.model_id}-{predictor.fingerprint}.parquet"
     stored = pq.read_table(cache) if cache.is_file() else None
     known = set(stored.column("crop_id").to_pylist()) if stored is not None else set()
     ids = faces.column("crop_id").to_pylist()

@@ -129,9 +129,9 @@ def build_review_queue(
     # the face's own label against the model
     if task == "emotion":
         weak = _weak_emotions(wh, faces)
+        all_ids = faces.column("crop_id").to_pylist()
         for i, r in enumerate(rows_at):
-            cid = faces.column("crop_id")[int(r)].as_py()
-            w = weak.get(cid)
+            w = weak.get(all_ids[r])
             if w in labels and labels[int(prob[i].argmax())] != w:
                 k = labels.index(w)
                 top = labels[int(prob[i].argmax())]

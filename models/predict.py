@@ -15,6 +15,7 @@ and FiftyOne all predict through this class.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -203,6 +204,18 @@ class Predictor:
         for ok, z in rows:
             out[ok] = z
         return out
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 of the model's exported weights (model.onnx): what a cache
+        of its predictions is keyed by, since retraining the same settings reuses the model id."""
+        if not hasattr(self, "_fingerprint"):
+            digest = hashlib.sha256()
+            with open(self._onnx, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def media_column(self) -> str:
         """The crops column this model reads: `gray_media_path` (48 px) for a gray model, else `media_path`."""
