@@ -185,20 +185,25 @@ class Predictor:
 
     def embed(self, media_paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
         """Pooled backbone features (N, D) float32 (the torch checkpoint; NaN rows for unreadable
-        crops): what the review queue measures uniqueness with.
+        crops): the transfer networks' GAP output, the seed-003 CNN's last conv block average-pooled.
+        What the review queue measures uniqueness with.
 
         Raises:
             ValueError: the architecture has no backbone to embed with (fer2013_cnn).
         """
         model = self._torch_model()
-        if not hasattr(model, "embed"):
+        if hasattr(model, "embed"):  # the transfer networks: their GAP output
+            pooled = model.embed
+        elif hasattr(model, "features"):  # seed 003's CNN: its last conv block, average-pooled
+            pooled = lambda x: torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)  # noqa: E731
+        else:
             raise ValueError(f"model {self.model_id} ({self.config.architecture}) has no backbone embedding")
         rows: list[tuple[list[int], np.ndarray]] = []
         for _, images, ok, _ in self._batches(media_paths, batch_size):
             if ok:
                 with torch.no_grad():
                     x = normalize(torch.from_numpy(images).to(self.device), self.config)
-                    rows.append((ok, model.embed(x).float().cpu().numpy()))
+                    rows.append((ok, pooled(x).float().cpu().numpy()))
         dim = rows[0][1].shape[1] if rows else 0
         out = np.full((len(media_paths), dim), np.nan, dtype=np.float32)
         for ok, z in rows:
