@@ -50,3 +50,8 @@ class ReviewSettings(Settings):
     model_id: str | None = Field(None, description="unset: the task's production model")
     version: str | None = Field(None, description="unset: the latest dataset version")
     queue: str | None = Field(None, description="the queue's name (unset: <task>:<model id>)")
+    brain: bool = Field(
+        False,
+        description="most_unique and (emotion) likely_mistake by FiftyOne Brain on our embeddings and "
+        "probabilities (starts FiftyOne's database) instead of the numpy measures",
+    )

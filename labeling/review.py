@@ -12,17 +12,22 @@ Reasons (REASONS), over the usable faces of a dataset version and the task's pro
 - `low_detection_score`: the detector's score of the face is under `min_detection_score`.
   Priority: 1 - score.
 - `likely_mistake`: the face's label (gold, weak or human) disagrees with the model: 1 - p(label)
-  for an emotion, the mean |label - p| over the labeled AUs. Computed here in numpy (the idea of
-  FiftyOne Brain's mistakenness, not its code); queued from `mistake_threshold` up.
-- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour) from every
-  other face in the model's own backbone embedding: the rare looks a data set has few of. Computed
-  here in numpy (no model-zoo download); the `unique_top` most unique faces are queued.
+  for an emotion, the mean |label - p| over the labeled AUs, computed here in numpy; queued from
+  `mistake_threshold` up. With `brain`, emotions use FiftyOne Brain's mistakenness instead.
+- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour, numpy) from
+  the other faces in the model's own backbone embedding: the rare looks a data set has few of; the
+  `unique_top` most unique are queued. With `brain`, FiftyOne Brain's uniqueness on the same
+  embeddings (passed in: no model-zoo download).
+
+FiftyOne Brain works offline here (fiftyone-brain 0.25) and takes ~1-2 s on 300 faces, but needs
+FiftyOne's database (its mongod starts in ~10 s), hence opt-in (`brain=True`); the numpy measures
+need nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +76,49 @@ def knn_uniqueness(z: np.ndarray, k: int = 3) -> np.ndarray:
         dist[start : start + 1024] = np.partition(d, k - 1, axis=1)[:, k - 1]
     out[ok] = dist
     return out
+
+
+def brain_scores(
+    media_paths: Sequence[str],
+    embeddings: np.ndarray,
+    prob: np.ndarray | None = None,
+    labels: Sequence[str] = (),
+    label_index: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """FiftyOne Brain's uniqueness (from `embeddings`: no model-zoo download) and, given class
+    probabilities and each face's label index (-1: none), its mistakenness, on a temporary
+    dataset in FiftyOne's database (deleted after). Rows in the order given; mistakenness NaN
+    for faces without a label. Starts FiftyOne's mongod when it is not running (~10 s)."""
+    import fiftyone as fo
+    import fiftyone.brain as fob
+
+    dataset = fo.Dataset()
+    try:
+        samples = []
+        for i, path in enumerate(media_paths):
+            sample = fo.Sample(filepath=str(path), row=i)
+            if prob is not None and label_index is not None and label_index[i] >= 0:
+                p = np.clip(prob[i].astype(np.float64), 1e-7, 1.0)
+                sample["truth"] = fo.Classification(label=labels[int(label_index[i])])
+                sample["model"] = fo.Classification(
+                    label=labels[int(p.argmax())], confidence=float(p.max()), logits=np.log(p)
+                )
+            samples.append(sample)
+        dataset.add_samples(samples, progress=False)
+        rows = np.array(dataset.values("row"))
+        fob.compute_uniqueness(dataset, embeddings=embeddings[rows], progress=False)
+        uniqueness = np.empty(len(rows))
+        uniqueness[rows] = dataset.values("uniqueness")
+        mistakenness = None
+        if prob is not None and label_index is not None and (label_index >= 0).any():
+            labeled = dataset.exists("truth")
+            fob.compute_mistakenness(labeled, "model", label_field="truth", use_logits=True, progress=False)
+            mistakenness = np.full(len(rows), np.nan)
+            for row, value in zip(*labeled.values(["row", "mistakenness"])):
+                mistakenness[row] = value
+        return uniqueness, mistakenness
+    finally:
+        dataset.delete()
 
 
 def build_review_queue(
@@ -141,13 +189,35 @@ def build_review_queue(
                 )
         label_col = faces.column("emotion").to_pylist()
         source_col = faces.column("emotion_source").to_pylist()
+        label_index = np.array(
+            [
+                labels.index(label_col[r]) if label_col[r] in labels and source_col[r] != "pseudo" else -1
+                for r in rows_at
+            ]
+        )
+        brain_mistakes = None
+        if s.brain:
+            z_brain = _embeddings(predictor, faces, s)
+            uniqueness_brain, brain_mistakes = brain_scores(
+                faces.column(predictor.media_column()).to_pylist(),
+                z_brain,
+                _full(prob, rows_at, len(faces)),
+                labels,
+                _full(label_index[:, None], rows_at, len(faces), fill=-1)[:, 0].astype(int),
+            )
         for i, r in enumerate(rows_at):
             lab, src = label_col[r], source_col[r]
-            if lab in labels and src != "pseudo":
-                score = 1.0 - prob[i, labels.index(lab)]
+            if label_index[i] >= 0:
+                score = 1.0 - prob[i, label_index[i]] if brain_mistakes is None else brain_mistakes[r]
+                how = "" if brain_mistakes is None else " (FiftyOne Brain mistakenness)"
                 if score >= s.mistake_threshold:
                     found.append(
-                        (r, "likely_mistake", score, f"{src} {lab}, model p={prob[i, labels.index(lab)]:.2f}")
+                        (
+                            r,
+                            "likely_mistake",
+                            score,
+                            f"{src} {lab}, model p={prob[i, label_index[i]]:.2f}{how}",
+                        )
                     )
     else:
         cols = [f"au{lab.removeprefix('AU')}" for lab in labels]
@@ -184,20 +254,24 @@ def build_review_queue(
     # uniqueness in the model's backbone embedding
     if s.unique_top:
         try:
-            z = predictor.embed(faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size)
-            dist = knn_uniqueness(z, s.neighbours)
+            if s.brain:
+                if task == "emotion":
+                    dist = uniqueness_brain
+                else:
+                    z = _embeddings(predictor, faces, s)
+                    dist, _ = brain_scores(faces.column(predictor.media_column()).to_pylist(), z)
+                measure = "FiftyOne Brain uniqueness"
+            else:
+                z = predictor.embed(
+                    faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size
+                )
+                dist = knn_uniqueness(z, s.neighbours)  # unreadable crops: NaN, never queued
+                measure = f"{s.neighbours}-NN cosine distance"
             order = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
             top_d = np.nanmax(dist) if np.isfinite(dist).any() else 1.0
             for r in order:
                 if np.isfinite(dist[r]):
-                    found.append(
-                        (
-                            int(r),
-                            "most_unique",
-                            float(dist[r] / top_d),
-                            f"{s.neighbours}-NN cosine distance {dist[r]:.3f}",
-                        )
-                    )
+                    found.append((int(r), "most_unique", float(dist[r] / top_d), f"{measure} {dist[r]:.3f}"))
         except ValueError as exc:
             notes.append(f"most_unique skipped: {exc}")
 
@@ -223,6 +297,19 @@ def build_review_queue(
     report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, notes)
     log(report.summary())
     return report
+
+
+def _embeddings(predictor: Predictor, faces: pa.Table, s: ReviewSettings) -> np.ndarray:
+    """The faces' backbone embeddings (zeros for an unreadable crop, which has NaN)."""
+    z = predictor.embed(faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size)
+    return np.nan_to_num(z)
+
+
+def _full(values: np.ndarray, rows_at: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
+    """`values` of the predicted faces placed at their rows of the n faces (`fill` elsewhere)."""
+    out = np.full((n, values.shape[1]), fill, dtype=np.float64)
+    out[rows_at] = values
+    return out
 
 
 def _weak_emotions(wh: Warehouse, faces: pa.Table) -> dict[str, str]:
