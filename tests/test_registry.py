@@ -121,3 +121,21 @@ def test_models_listing_shows_production_and_decisions(wh):
 def test_unknown_model_is_a_clear_error(wh, missing):
     with pytest.raises(FileNotFoundError, match=missing):
         decide_promotion(wh, missing, log=lambda m: None)
+
+
+def test_cli_says_what_is_missing_in_one_line(wh, capsys):
+    from ferlab.cli import main
+
+    home = str(wh.home)
+    assert main(["--home", home, "models"]) == 0
+    assert capsys.readouterr().out.startswith("task,model_id,dataset_version,metric,value,production")
+    assert main(["--home", home, "pseudo-label", "au"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no production au model") or err.startswith("error: no dataset version")
+    assert len(err.strip().splitlines()) == 1
+    assert main(["--home", home, "predict", "emotion", "--out", str(wh.home / "p.parquet")]) == 2
+    assert "no production emotion model" in capsys.readouterr().err
+    assert main(["--home", home, "review-queue", "au", "--unique-top", "-1"]) == 2
+    assert "unique_top" in capsys.readouterr().err
+    assert main(["--home", home, "models", "--decide", "au-nope"]) == 2
+    assert "au-nope" in capsys.readouterr().err
