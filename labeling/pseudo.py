@@ -197,11 +197,12 @@ def face_predictions(
     prob = predictor.predict([paths[i] for i in todo], batch_size=batch_size, skip_unreadable=True)
     readable = ~np.isnan(prob).any(1) if len(todo) else np.zeros(0, bool)
     skipped = [(ids[todo[i]], paths[todo[i]]) for i in np.flatnonzero(~readable)]
+    keep = np.flatnonzero(readable)
     fresh = pa.table(
         {
-            "crop_id": [ids[todo[i]] for i in np.flatnonzero(readable)],
-            "image_id": [images[todo[i]] for i in np.flatnonzero(readable)],
-            **{lab: pa.array(prob[readable, k], pa.float32()) for k, lab in enumerate(predictor.labels)},
+            "crop_id": pa.array([ids[todo[i]] for i in keep], pa.string()),
+            "image_id": pa.array([images[todo[i]] for i in keep], pa.string()),
+            **{lab: pa.array(prob[keep, k], pa.float32()) for k, lab in enumerate(predictor.labels)},
         }
     )
     merged = pa.concat_tables([stored, fresh]) if stored is not None else fresh

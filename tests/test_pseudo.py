@@ -89,3 +89,38 @@ def test_settings_are_validated():
         PseudoLabelSettings(target_precision=1.5)
     with pytest.raises(ConfigError, match="backend"):
         PseudoLabelSettings(backend="tensorrt")
+
+
+class _FakePredictor:
+    """What face_predictions asks of a Predictor; counts the faces it is asked to score."""
+
+    model_id, fingerprint, labels = "au-fake", "0123", ["AU1", "AU2"]
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def media_column(self) -> str:
+        return "media_path"
+
+    def predict(self, paths, batch_size=64, skip_unreadable=False):
+        self.asked += list(paths)
+        out = np.array([[0.1, 0.9] if "bad" not in p else [np.nan, np.nan] for p in paths], np.float32)
+        return out.reshape(len(paths), 2)
+
+
+def test_face_predictions_are_cached_per_model_and_only_new_faces_run(wh):
+    import pyarrow as pa
+
+    from labeling.pseudo import face_predictions
+
+    faces = pa.table(
+        {"crop_id": ["a", "b", "c"], "image_id": ["i", "i", "j"], "media_path": ["a.png", "bad.png", "c.png"]}
+    )
+    p = _FakePredictor()
+    got, skipped = face_predictions(wh, p, faces)
+    assert got.column("crop_id").to_pylist() == ["a", "c"] and skipped == [("b", "bad.png")]
+    again, _ = face_predictions(wh, p, faces)  # nothing new: only the unreadable one is tried again
+    assert again.equals(got) and p.asked == ["a.png", "bad.png", "c.png", "bad.png"]
+    more = pa.concat_tables([faces, pa.table({"crop_id": ["d"], "image_id": ["k"], "media_path": ["d.png"]})])
+    got, _ = face_predictions(wh, p, more)
+    assert got.column("crop_id").to_pylist() == ["a", "c", "d"] and p.asked[-1] == "d.png"
