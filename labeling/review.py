@@ -4,9 +4,10 @@ reason), with a priority in [0, 1] (higher first) and a detail line saying why.
     report = build_review_queue(wh, "au", ReviewSettings())
 
 Reasons (REASONS), over the usable faces of a dataset version and the task's production model:
-- `between_thresholds`: the model is unsure: for some label the probability is between the
-  pseudo-label thresholds (labeling.pseudo), so the face got no pseudo label there. Priority:
-  the share of the model's labels that are unsure.
+- `between_thresholds`: a face the pseudo-labeler labels (no human or gold label for the task)
+  on which the model is unsure: for some AU with both pseudo-label thresholds its probability is
+  between them (emotion: the top probability is under its class's cut), so it got no pseudo
+  label there. Priority: the share of those AUs that are unsure (emotion: 1 - top probability).
 - `weak_disagrees` (emotion): the face's weak label (its scraped folder) is not the model's top
   class. Priority: p(top class) - p(weak label).
 - `low_detection_score`: the detector's score of the face is under `min_detection_score`.
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from labeling.curation_settings import ReviewSettings
-from labeling.pseudo import face_predictions, latest_version, pseudo_thresholds, resolve_model
+from labeling.pseudo import STRONG_SOURCES, face_predictions, latest_version, pseudo_thresholds, resolve_model
 from models.pipeline import load_run
 from models.predict import Predictor
 from warehouse import Warehouse
@@ -146,33 +147,32 @@ def build_review_queue(
     found: list[tuple[int, str, float, str]] = []  # (face row, reason, priority, detail)
     notes: list[str] = []
 
-    # between the pseudo-label thresholds
+    # between the pseudo-label thresholds, on the faces the pseudo-labeler labels (no human or
+    # gold label for the task); an AU counts where it has both thresholds (a one-sided AU is not
+    # unsure between them: the model cannot call that side at all)
     cuts = pseudo_thresholds(load_run(wh, model_id).folds, s.target_precision, s.min_support)
+    strong = faces.column("au_source" if task == "au" else "emotion_source").to_pylist()
+    candidate = np.array([strong[r] not in STRONG_SOURCES for r in rows_at], dtype=bool)
     if task == "au":
+        two_sided = [
+            k
+            for k, lab in enumerate(labels)
+            if cuts.get(lab) and None not in (cuts[lab].lower, cuts[lab].upper)
+        ]
         unsure = np.zeros_like(prob, dtype=bool)
-        for k, lab in enumerate(labels):
-            c = cuts.get(lab)
-            if c is not None:
-                hi = prob[:, k] >= c.upper if c.upper is not None else np.zeros(len(prob), bool)
-                lo = prob[:, k] <= c.lower if c.lower is not None else np.zeros(len(prob), bool)
-                unsure[:, k] = ~(hi | lo)
-        with_cut = sum(cuts.get(lab) is not None for lab in labels)
-        for i in np.flatnonzero(unsure.any(1)):
+        for k in two_sided:
+            c = cuts[labels[k]]
+            unsure[:, k] = (prob[:, k] > c.lower) & (prob[:, k] < c.upper)
+        for i in np.flatnonzero(unsure.any(1) & candidate):
             detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
-            found.append((rows_at[i], "between_thresholds", unsure[i].sum() / max(with_cut, 1), detail))
+            found.append((rows_at[i], "between_thresholds", unsure[i].sum() / len(two_sided), detail))
     else:
         top, pred = prob.max(1), prob.argmax(1)
-        for i in range(len(prob)):
+        for i in np.flatnonzero(candidate):
             c = cuts.get(labels[pred[i]])
             if c is not None and top[i] < c.upper:
-                found.append(
-                    (
-                        rows_at[i],
-                        "between_thresholds",
-                        1 - top[i],
-                        f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}",
-                    )
-                )
+                detail = f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}"
+                found.append((rows_at[i], "between_thresholds", 1 - top[i], detail))
 
     # the face's own label against the model
     if task == "emotion":
