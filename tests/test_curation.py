@@ -191,6 +191,7 @@ def test_au_pseudo_labels_are_precise_on_faces_never_trained_on(home):
         pytest.xfail(f"pseudo-label precision on unseen sources: present {present:.3f}, absent {absent:.3f}")
 
 
+@pytest.mark.server  # brain=True starts FiftyOne's database
 def test_review_queue_and_emotion_pseudo_labels(home):
     wh = Warehouse(home)
     emo = pseudo_label(wh, "emotion", log=QUIET)
@@ -205,6 +206,12 @@ def test_review_queue_and_emotion_pseudo_labels(home):
             wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10), log=QUIET
         )
         assert again.added == 0  # keyed by (queue, face, reason)
+    brain = ReviewSettings(brain=True, unique_top=10, queue="brain")
+    r = build_review_queue(wh, "emotion", brain, log=QUIET)
+    print(r.summary())
+    assert r.by_reason["most_unique"] == 10
+    details = wh.sql("SELECT detail FROM review_queue WHERE queue = 'brain' AND reason = 'most_unique'")
+    assert all("FiftyOne Brain" in d for d in details.column("detail").to_pylist())
     rows = wh.sql(
         "SELECT reason, min(priority) AS lo, max(priority) AS hi FROM review_queue GROUP BY 1"
     ).to_pylist()
