@@ -62,6 +62,7 @@ bench: setup
 	$(PY) -m benchmarks.detect_video
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.thresholds
+	$(PY) -m benchmarks.pseudo_label_throughput
 	$(PY) -m benchmarks.labelstudio_roundtrip
 
 dev: setup

@@ -43,12 +43,19 @@ dataset_version_job = define_asset_job(
     selection=AssetSelection.assets("dataset_version"),
     description="Snapshot the usable crops + labels + splits as a dataset version (a new partition).",
 )
-# The models and what follows them (their evaluation reports).
+# The models and what follows them on the version (their evaluation reports, then the promotion
+# decisions); the curation assets are not partitioned, so they run in a job of their own.
 MODELS = AssetSelection.assets("au_model", "emotion_model")
 training_job = define_asset_job(
     "training_job",
-    selection=MODELS | MODELS.downstream(depth=1),
-    description="Train and evaluate the AU and emotion models on one dataset version.",
+    selection=MODELS | MODELS.downstream(depth=2),
+    description="Train and evaluate the AU and emotion models on one dataset version, and promote each "
+    "if it beats the production model.",
+)
+curation_job = define_asset_job(
+    "curation_job",
+    selection=AssetSelection.groups("curation"),
+    description="Pseudo-label with the production models, then build the review queue.",
 )
 loss_comparison_job = define_asset_job(
     "loss_comparison_job",
@@ -64,5 +71,6 @@ jobs = [
     face_detector_job,
     dataset_version_job,
     training_job,
+    curation_job,
     loss_comparison_job,
 ]

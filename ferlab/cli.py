@@ -11,6 +11,10 @@ ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
+ferlab --home DIR models [--task au] [--decide MODEL_ID]  # models, production, promotion decisions
+ferlab --home DIR predict MODEL_ID|au|emotion [--version V | --all-crops] [--out F.parquet]
+ferlab --home DIR pseudo-label au|emotion [--target-precision 0.9] ...
+ferlab --home DIR review-queue au|emotion [--show N] ...
 ferlab --home DIR demo            # demo data + every ingestion asset through Dagster
 ferlab --home DIR labelstudio serve [--port N] | push [--queue Q] | pull | status   # $LABEL_STUDIO_API_KEY
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
@@ -27,6 +31,7 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
 from labeling.settings import AutoLabelSettings, StudentDetectorSettings
 from warehouse.paths import data_root
 
@@ -457,6 +462,83 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- the curation loop: models and promotion, inference, pseudo-labels, review queue ----------
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.registry import decide_promotion, list_models
+
+    wh = _warehouse(args, writable=bool(args.decide))
+    if args.decide:
+        print(decide_promotion(wh, args.decide, log=lambda m: None).summary())
+    _write_csv(list_models(wh, args.task))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labeling.pseudo import latest_version, resolve_model
+    from models.predict import Predictor
+    from models.tasks import TASKS
+    from warehouse.versions import read_manifest
+
+    wh = _warehouse(args, writable=False)
+    model_id = resolve_model(wh, args.model, None) if args.model in TASKS else args.model
+    out = check_out_file(args.out or f"{model_id}-predictions.parquet")
+    predictor = Predictor.load(wh, model_id, backend=args.backend, device=args.device)
+    if args.all_crops:
+        crop_ids = wh.sql("SELECT crop_id FROM crops ORDER BY crop_id").column("crop_id").to_pylist()
+    else:
+        crop_ids = read_manifest(wh, args.version or latest_version(wh)).column("crop_id").to_pylist()
+    found = predictor.predict_crops(wh, crop_ids, batch_size=args.batch_size)
+    table = pa.table(
+        {
+            "crop_id": found.crop_ids,
+            "image_id": found.image_ids,
+            "model_id": [model_id] * len(found.crop_ids),
+            **{label: pa.array(found.prob[:, k], pa.float32()) for k, label in enumerate(found.labels)},
+        }
+    )
+    pq.write_table(table, out)
+    print(f"{table.num_rows} faces scored by {model_id} ({args.backend}) -> {out}")
+    for crop_id, why in found.skipped[:10]:
+        print(f"  skipped {crop_id}: {why}")
+    if len(found.skipped) > 10:
+        print(f"  ... and {len(found.skipped) - 10} more skipped")
+    return 0
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from labeling.pseudo import pseudo_label
+
+    settings = settings_from_flags(args, PseudoLabelSettings)
+    report = pseudo_label(_warehouse(args), args.task, settings, log=lambda m: None)
+    print(report.summary())
+    for label, cut in report.thresholds.items():
+        if cut is None:
+            print(f"  {label:>9}: no pseudo labels (target precision not met on held-out predictions)")
+            continue
+        low = "-" if cut.lower is None else f"{cut.lower:.3f}"
+        up = "-" if cut.upper is None else f"{cut.upper:.3f}"
+        print(
+            f"  {label:>9}: absent <= {low}, present >= {up}, held-out coverage {cut.coverage:.2f}; "
+            f"labeled {report.per_label.get(label)}"
+        )
+    return 0
+
+
+def cmd_review_queue(args: argparse.Namespace) -> int:
+    from labeling.review import build_review_queue, queue_table
+
+    settings = settings_from_flags(args, ReviewSettings)
+    wh = _warehouse(args)
+    report = build_review_queue(wh, args.task, settings, log=lambda m: None)
+    print(report.summary())
+    if args.show:
+        _write_csv(queue_table(wh, report.queue, limit=args.show))
+    return 0
+
+
 def _flag_options(annotation: Any, default: Any) -> dict[str, Any]:
     """argparse options for a settings field of this type."""
     origin, args = get_origin(annotation), get_args(annotation)
@@ -733,6 +815,52 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="a model id, or au|emotion with --version for its latest model")
     evaluate.add_argument("--version", help="dataset version (with au|emotion)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser(
+        "models",
+        help="list the trained models: headline figure, production model, promotion decisions",
+        description="A model becomes a task's production model only when it beats the production model on "
+        "the same held-out evaluation (models.registry); --decide records that decision for one model.",
+    )
+    models.add_argument("--task", choices=["au", "emotion"], help="only this task's models")
+    models.add_argument(
+        "--decide", metavar="MODEL_ID", help="decide (and record) the promotion of this model"
+    )
+    models.set_defaults(func=cmd_models)
+
+    predict = sub.add_parser(
+        "predict",
+        help="probabilities of a model for the faces of a dataset version (or every crop), as Parquet",
+    )
+    predict.add_argument("model", help="a model id, or au|emotion for the task's production model")
+    predict.add_argument("--version", help="the dataset version's faces (default: the latest)")
+    predict.add_argument("--all-crops", action="store_true", help="every stored crop, not a version's")
+    predict.add_argument("--out", help="Parquet file (default: ./<model id>-predictions.parquet)")
+    predict.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, ...")
+    predict.set_defaults(func=cmd_predict)
+
+    pseudo = sub.add_parser(
+        "pseudo-label",
+        help="label the faces without a human or gold label with the production model, where it is precise",
+        description="Thresholds per label are chosen on the model's out-of-fold predictions so that each side "
+        "reaches --target-precision; labels go to au_labels / emotion_labels as label_source pseudo. "
+        "The flags are labeling.curation_settings.PseudoLabelSettings' fields.",
+    )
+    pseudo.add_argument("task", choices=["au", "emotion"])
+    add_settings_flags(pseudo, PseudoLabelSettings)
+    pseudo.set_defaults(func=cmd_pseudo_label)
+
+    queue = sub.add_parser(
+        "review-queue",
+        help="queue faces for curators: unsure, weak label disagrees, low detection score, likely mistake, unique",
+        description="The flags are labeling.curation_settings.ReviewSettings' fields.",
+    )
+    queue.add_argument("task", choices=["au", "emotion"])
+    queue.add_argument("--show", type=int, default=20, help="print this many rows, highest priority first")
+    add_settings_flags(queue, ReviewSettings)
+    queue.set_defaults(func=cmd_review_queue)
 
     demo = sub.add_parser(
         "demo",

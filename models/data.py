@@ -47,7 +47,13 @@ class Faces:
         return len(self.crop_ids)
 
 
-def _decode(path: Path, size: int, channels: int) -> np.ndarray:
+def decode_crop(path: Path, size: int, channels: int) -> np.ndarray:
+    """One crop file as the (C, S, S) uint8 array training sees: gray (1 channel) or RGB, resized
+    to `size` (area when shrinking). The one decoder of training and inference (models.predict).
+
+    Raises:
+        OSError: the file is missing or not a readable image.
+    """
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     img = cv2.imread(str(path), flag)
     if img is None:
@@ -82,7 +88,7 @@ def decode_crops(
         return np.memmap(cache, dtype=np.uint8, mode="r", shape=shape)
     out = np.empty(shape, dtype=np.uint8)
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for i, img in enumerate(pool.map(lambda p: _decode(root / p, image_size, channels), paths)):
+        for i, img in enumerate(pool.map(lambda p: decode_crop(root / p, image_size, channels), paths)):
             out[i] = img
     if cache is None:
         return out

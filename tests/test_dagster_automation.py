@@ -13,7 +13,8 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_au
 from dagster_project.definitions import defs
 
 MODELS = ("au_model", "emotion_model")
-REPORTS = ("au_eval_report", "emotion_eval_report")
+# The reports follow their model, the promotion decisions their report.
+REPORTS = ("au_eval_report", "emotion_eval_report", "au_promotion", "emotion_promotion")
 SATURDAY = dt.datetime(2030, 1, 5, 12, tzinfo=dt.UTC)  # the weekly snapshot's cron: Sundays 03:00
 
 
@@ -54,7 +55,7 @@ def instance():
         yield instance
 
 
-def test_a_new_version_gets_its_models_once_and_the_reports_follow(instance):
+def test_a_new_version_gets_its_models_once_and_the_reports_and_promotions_follow(instance):
     tick = Ticks(instance)
     assert tick() == {}  # first evaluation: nothing is new yet
     _new_version(instance, "v1")
@@ -66,8 +67,10 @@ def test_a_new_version_gets_its_models_once_and_the_reports_follow(instance):
     assert tick() == {}
     # A model trained again by hand (new settings): its report follows, the model is not retrained.
     _materialized(instance, "au_model", "v1")
-    assert tick() == {"au_eval_report": {"v1"}}
+    # ... and the retrained model is judged against production, in the same run.
+    assert tick() == {"au_eval_report": {"v1"}, "au_promotion": {"v1"}}
     _materialized(instance, "au_eval_report", "v1")
+    _materialized(instance, "au_promotion", "v1")
     assert tick() == {}
     # An unchanged snapshot keeps its id (no new partition): nothing to train.
     _materialized(instance, "dataset_version")

@@ -1,0 +1,118 @@
+"""The curation loop: promotion of evaluated models, pseudo-labels by the production model, and
+the review queue. Thin calls into models.registry, labeling.pseudo and labeling.review (the same
+functions `ferlab models`, `ferlab pseudo-label` and `ferlab review-queue` use)."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets.automation import FOLLOW_UPSTREAM, TRAINING_POOL
+from assets.config import settings_config
+from assets.metadata import table_metadata
+from assets.models import GROUP as MODELS_GROUP
+from assets.partitions import dataset_versions
+from assets.resources import WarehouseResource
+from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
+from labeling.pseudo import pseudo_label
+from labeling.review import REASONS, build_review_queue, queue_table
+from models.pipeline import latest_model_id
+from models.registry import decide_promotion, production_model
+
+GROUP = "curation"
+PseudoLabelConfig = settings_config(PseudoLabelSettings, "PseudoLabelConfig")
+ReviewQueueConfig = settings_config(ReviewSettings, "ReviewQueueConfig")
+
+
+def _promotion_asset(task: str):
+    @asset(
+        name=f"{task}_promotion",
+        group_name=MODELS_GROUP,
+        deps=[f"{task}_eval_report"],
+        partitions_def=dataset_versions,
+        kinds={"duckdb"},
+        automation_condition=FOLLOW_UPSTREAM,
+        pool=TRAINING_POOL,  # may train the production model's settings on this version
+        description=f"Promote the version's latest {task} model if it beats the production model on the same "
+        "held-out evaluation; the decision and both figures go to `model_promotions`.",
+    )
+    def _promotion(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+        wh = warehouse.get()
+        d = decide_promotion(wh, latest_model_id(wh, task, context.partition_key), log=context.log.info)
+        return MaterializeResult(
+            metadata={
+                "model_id": MetadataValue.text(d.model_id),
+                "promoted": MetadataValue.bool(d.promoted),
+                d.metric: MetadataValue.float(d.value),
+                f"production_{d.metric}": MetadataValue.float(d.production_value)
+                if d.production_value is not None
+                else MetadataValue.text("none"),
+                "production_model_before": MetadataValue.text(d.production_model_id or "none"),
+                "production_model_now": MetadataValue.text(production_model(wh, task) or "none"),
+                "reason": MetadataValue.text(d.reason),
+            }
+        )
+
+    return _promotion
+
+
+au_promotion = _promotion_asset("au")
+emotion_promotion = _promotion_asset("emotion")
+
+
+def _pseudo_asset(task: str):
+    @asset(
+        name=f"{task}_pseudo_labels",
+        group_name=GROUP,
+        deps=[f"{task}_promotion"],
+        kinds={"onnx", "parquet"},
+        description=f"{task} pseudo labels by the production model on the latest dataset version's faces "
+        "without a human or gold label, where its out-of-fold predictions reach the target precision.",
+    )
+    def _pseudo(
+        context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoLabelConfig
+    ) -> MaterializeResult:
+        r = pseudo_label(warehouse.get(), task, config.settings(), log=context.log.info)
+        return MaterializeResult(
+            metadata={
+                "model_id": MetadataValue.text(r.model_id),
+                "dataset_version": MetadataValue.text(r.dataset_version),
+                "faces": MetadataValue.int(r.faces),
+                "labeled_faces": MetadataValue.int(r.labeled_faces),
+                "dagster/row_count": MetadataValue.int(r.rows),
+                "rows_added": MetadataValue.int(r.added),
+                "rows_updated": MetadataValue.int(r.updated),
+                "unreadable_crops": MetadataValue.int(r.skipped),
+                "labels_per_class": MetadataValue.json(r.per_label),
+                "thresholds": MetadataValue.json(r.thresholds_json()),
+                "no_pseudo_labels_target_not_met": MetadataValue.json(r.unmet),
+                "settings": MetadataValue.path(str(r.folder / "settings.json")),
+            }
+        )
+
+    return _pseudo
+
+
+au_pseudo_labels = _pseudo_asset("au")
+emotion_pseudo_labels = _pseudo_asset("emotion")
+
+
+@asset(group_name=GROUP, deps=[au_pseudo_labels, emotion_pseudo_labels], kinds={"parquet"})
+def review_queue(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: ReviewQueueConfig
+) -> MaterializeResult:
+    """Faces for curators, per task with a production model: unsure between the pseudo-label
+    thresholds, weak label against the model, low detection score, likely label mistakes, most unique."""
+    wh = warehouse.get()
+    settings = config.settings()
+    metadata = {}
+    total = 0
+    tasks = [settings.model_id.split("-", 1)[0]] if settings.model_id else ["au", "emotion"]
+    for task in tasks:
+        if settings.model_id is None and production_model(wh, task) is None:
+            metadata[f"{task}_skipped"] = MetadataValue.text("no production model")
+            continue
+        r = build_review_queue(wh, task, settings, log=context.log.info)
+        total += sum(r.by_reason.values())
+        metadata[f"{task}_queue"] = MetadataValue.text(r.queue)
+        metadata[f"{task}_by_reason"] = MetadataValue.json({k: r.by_reason[k] for k in REASONS})
+        metadata[f"{task}_preview"] = table_metadata(queue_table(wh, r.queue, limit=20), max_rows=20)
+    metadata["dagster/row_count"] = MetadataValue.int(total)
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,342 @@
+"""Pseudo-labels: the production model labels every usable face that has no human or gold label
+for the task, where its out-of-fold predictions say it is precise enough.
+
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
+    print(report.summary())
+
+Thresholds (`pseudo_thresholds`) are chosen on the model's out-of-fold predictions
+(predictions.npz: every face scored by a fold model that never saw its person), never on the
+faces being labeled. Per AU, two: a face with probability >= `upper` is labeled present, <= `lower`
+absent, none in between; `upper` is the lowest cut whose faces above it are at least
+`target_precision` truly present (the most coverage at that precision), `lower` the highest cut
+below `upper` whose faces below it are at least `target_precision` truly absent. A side whose
+target cannot be met (with at least `min_support` held-out faces) gets no labels; an AU with
+neither side gets none, and the report says so. Emotion: per predicted class, one cut on the
+softmax's top probability, chosen the same way (its precision: the top class is the true one).
+
+Each label row carries the probability, the model id (annotator) and the threshold it passed;
+label_source "pseudo". Only the production model's pseudo labels count in a dataset version
+(warehouse.precedence). Labels are keyed (image, face, AU, source, model): re-running writes
+nothing new, and a changed probability supersedes the old row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labeling.curation_settings import PseudoLabelSettings
+from models.pipeline import load_run
+from models.predict import Predictor
+from models.predictions import FoldPredictions
+from models.registry import production_model
+from warehouse import Warehouse
+from warehouse.atomic import atomic_path, atomic_write_bytes
+from warehouse.errors import ConfigError
+from warehouse.rejects import Reject
+from warehouse.versions import list_versions, read_manifest
+
+Progress = Callable[[str], None]
+STRONG_SOURCES = ("human", "gold")  # a face with these for the task is never pseudo-labeled
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One label's thresholds and what they reach on the out-of-fold predictions."""
+
+    lower: float | None  # absent when probability <= lower (AU); None: no absent labels
+    upper: float | None  # present (AU) / this class (emotion) when probability >= upper
+    precision_lower: float | None = None
+    precision_upper: float | None = None
+    coverage: float = 0.0  # share of the held-out faces that would get a label
+
+
+def _best_cut(
+    scores: np.ndarray, correct: np.ndarray, target: float, min_support: int
+) -> tuple[float, float, int] | None:
+    """Over the faces sorted by `scores` descending: the lowest cut t with precision(correct |
+    score >= t) >= target and at least `min_support` faces; (t, precision, n) or None. Ties at a
+    cut are all in or all out."""
+    if len(scores) == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order].astype(np.float64)
+    precision = np.cumsum(c) / np.arange(1, len(s) + 1)
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a cut sits after the last face of equal score
+    ok = np.flatnonzero(last_of_tie & (precision >= target) & (np.arange(1, len(s) + 1) >= min_support))
+    if len(ok) == 0:
+        return None
+    n = int(ok[-1]) + 1
+    return float(s[n - 1]), float(precision[n - 1]), n
+
+
+def pseudo_thresholds(
+    folds: Sequence[FoldPredictions], target_precision: float = 0.9, min_support: int = 10
+) -> dict[str, Cut | None]:
+    """Per label, the thresholds of the module docstring from out-of-fold predictions (all folds
+    pooled); None for a label with no side that reaches `target_precision`."""
+    labels = list(folds[0].labels)
+    prob = np.concatenate([f.prob for f in folds])
+    y = np.concatenate([f.y_true for f in folds])
+    out: dict[str, Cut | None] = {}
+    if y.ndim == 2:  # AUs: multi-label
+        for k, label in enumerate(labels):
+            p, t = prob[:, k].astype(np.float64), y[:, k].astype(bool)
+            up = _best_cut(p, t, target_precision, min_support)
+            below = p < up[0] if up else np.ones(len(p), bool)
+            low = _best_cut(-p[below], ~t[below], target_precision, min_support)
+            if up is None and low is None:
+                out[label] = None
+                continue
+            covered = (p >= up[0] if up else 0) | (p <= -low[0] if low else 0)
+            out[label] = Cut(
+                lower=-low[0] if low else None,
+                upper=up[0] if up else None,
+                precision_lower=low[1] if low else None,
+                precision_upper=up[1] if up else None,
+                coverage=float(np.mean(covered)),
+            )
+        return out
+    top, pred = prob.max(1).astype(np.float64), prob.argmax(1)
+    for k, label in enumerate(labels):
+        mine = pred == k
+        up = _best_cut(top[mine], y[mine] == k, target_precision, min_support)
+        out[label] = (
+            None
+            if up is None
+            else Cut(lower=None, upper=up[0], precision_upper=up[1], coverage=up[2] / max(len(top), 1))
+        )
+    return out
+
+
+# ---- labeling ---------------------------------------------------------------------------------
+@dataclass
+class PseudoLabelReport:
+    task: str
+    model_id: str
+    dataset_version: str
+    faces: int  # faces without a human or gold label for the task
+    labeled_faces: int  # faces that got at least one pseudo label
+    rows: int  # label rows made
+    added: int
+    updated: int
+    skipped: int  # unreadable crops (rejects)
+    thresholds: dict[str, Cut | None]
+    per_label: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {present, absent} / {n}
+    folder: Path | None = None
+
+    @property
+    def unmet(self) -> list[str]:
+        """Labels that get no pseudo labels: their target precision cannot be met."""
+        return [k for k, c in self.thresholds.items() if c is None]
+
+    def summary(self) -> str:
+        unmet = f"; no pseudo labels (target not met): {', '.join(self.unmet)}" if self.unmet else ""
+        return (
+            f"{self.task} pseudo labels by {self.model_id} on {self.dataset_version}: {self.labeled_faces} of "
+            f"{self.faces} faces labeled, {self.rows} rows ({self.added} new, {self.updated} updated), "
+            f"{self.skipped} unreadable{unmet}"
+        )
+
+    def thresholds_json(self) -> dict[str, Any]:
+        return {k: (asdict(c) if c else None) for k, c in self.thresholds.items()}
+
+
+def candidate_faces(wh: Warehouse, task: str, version: str) -> pa.Table:
+    """The version's usable faces without a human or gold label for `task` (manifest rows)."""
+    manifest = read_manifest(wh, version)
+    source = manifest.column("au_source" if task == "au" else "emotion_source").to_pylist()
+    keep = [s not in STRONG_SOURCES for s in source]
+    return manifest.filter(pa.array(keep, pa.bool_()))
+
+
+def latest_version(wh: Warehouse) -> str:
+    """The newest dataset version. Raises LookupError when there is none."""
+    versions = list_versions(wh)
+    if not versions.num_rows:
+        raise LookupError(f"no dataset version in {wh.home}: run `ferlab version` first")
+    return versions.column("version")[-1].as_py()
+
+
+def resolve_model(wh: Warehouse, task: str, model_id: str | None) -> str:
+    """`model_id`, or the task's production model. Raises LookupError when there is none."""
+    if model_id:
+        if not model_id.startswith(task + "-"):
+            raise ConfigError(f"model {model_id} is not a {task} model")
+        return model_id
+    found = production_model(wh, task)
+    if found is None:
+        raise LookupError(
+            f"no production {task} model in {wh.home}: train one (`ferlab train {task}`) and promote it "
+            "(`ferlab models --decide MODEL_ID`)"
+        )
+    return found
+
+
+def face_predictions(
+    wh: Warehouse, predictor: Predictor, faces: pa.Table, batch_size: int = 64
+) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The predictor's probabilities of the faces (manifest rows), cached per model in
+    `<home>/predictions/<model_id>-<weights fingerprint>.parquet` (crop_id, image_id, one column per
+    label): a face predicted once is read back, only new faces run (crops are content-addressed, so a
+    crop id is one picture). Returns (rows in the faces' order, skipped (crop_id, path))."""
+    cache = wh.home / "predictions" / f"{predictor.model_id}-{predictor.fingerprint}.parquet"
+    stored = pq.read_table(cache) if cache.is_file() else None
+    known = set(stored.column("crop_id").to_pylist()) if stored is not None else set()
+    ids = faces.column("crop_id").to_pylist()
+    paths = faces.column(predictor.media_column()).to_pylist()
+    images = faces.column("image_id").to_pylist()
+    todo = [i for i, c in enumerate(ids) if c not in known]
+    prob = predictor.predict([paths[i] for i in todo], batch_size=batch_size, skip_unreadable=True)
+    readable = ~np.isnan(prob).any(1) if len(todo) else np.zeros(0, bool)
+    skipped = [(ids[todo[i]], paths[todo[i]]) for i in np.flatnonzero(~readable)]
+    keep = np.flatnonzero(readable)
+    fresh = pa.table(
+        {
+            "crop_id": pa.array([ids[todo[i]] for i in keep], pa.string()),
+            "image_id": pa.array([images[todo[i]] for i in keep], pa.string()),
+            **{lab: pa.array(prob[keep, k], pa.float32()) for k, lab in enumerate(predictor.labels)},
+        }
+    )
+    merged = pa.concat_tables([stored, fresh]) if stored is not None else fresh
+    if fresh.num_rows:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            pq.write_table(merged, tmp, compression="zstd")
+    index = {c: i for i, c in enumerate(merged.column("crop_id").to_pylist())}
+    take = [index[c] for c in ids if c in index]
+    return merged.take(pa.array(take, pa.int64())), skipped
+
+
+def pseudo_label(
+    wh: Warehouse, task: str, settings: PseudoLabelSettings | None = None, log: Progress = print
+) -> PseudoLabelReport:
+    """Label the faces of the module docstring; write au_labels / emotion_labels rows, the
+    unreadable crops as rejects, and the settings + thresholds + report beside the model's
+    predictions in `<home>/pseudo_labels/<task>/<model_id>/`.
+
+    Raises:
+        LookupError: no dataset version, or no production model for the task (and none given).
+        ConfigError: a model of another task, or settings the predictor refuses.
+    """
+    settings = settings or PseudoLabelSettings()
+    model_id = resolve_model(wh, task, settings.model_id)
+    version = settings.version or latest_version(wh)
+    run = load_run(wh, model_id)
+    cuts = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
+    faces = candidate_faces(wh, task, version)
+    log(f"{model_id}: {faces.num_rows} faces of {version} without a human or gold {task} label")
+    predictor = Predictor.load(wh, model_id, backend=settings.backend, device=settings.device)
+    predicted, skipped = face_predictions(wh, predictor, faces, settings.batch_size)
+    if skipped:
+        wh.add_rejects(
+            [
+                Reject(
+                    "crops", path, "pseudo_label", "unreadable_crop", f"crop {cid}: missing or corrupt file"
+                )
+                for cid, path in skipped
+            ]
+        )
+    rows, per_label = (_au_rows if task == "au" else _emotion_rows)(
+        predicted, predictor.labels, cuts, model_id
+    )
+    table_name = "au_labels" if task == "au" else "emotion_labels"
+    written = wh.append_labels(table_name, rows)
+    report = PseudoLabelReport(
+        task=task,
+        model_id=model_id,
+        dataset_version=version,
+        faces=faces.num_rows,
+        labeled_faces=len(set(rows.column("crop_id").to_pylist())),
+        rows=rows.num_rows,
+        added=written.added,
+        updated=written.updated,
+        skipped=len(skipped),
+        thresholds=cuts,
+        per_label=per_label,
+    )
+    folder = wh.home / "pseudo_labels" / task / model_id
+    settings.save(folder)
+    payload = {
+        **{k: v for k, v in asdict(report).items() if k not in ("thresholds", "folder")},
+        "thresholds": report.thresholds_json(),
+        "unmet": report.unmet,
+    }
+    atomic_write_bytes(folder / "report.json", json.dumps(payload, indent=1, default=str).encode())
+    report.folder = folder
+    log(report.summary())
+    return report
+
+
+def _au_rows(
+    predicted: pa.Table, labels: list[str], cuts: dict[str, Cut | None], model_id: str
+) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    crop_ids = np.array(predicted.column("crop_id").to_pylist(), dtype=object)
+    image_ids = np.array(predicted.column("image_id").to_pylist(), dtype=object)
+    parts: list[dict[str, Any]] = []
+    per_label: dict[str, dict[str, int]] = {}
+    for label in labels:
+        cut = cuts.get(label)
+        p = predicted.column(label).to_numpy(zero_copy_only=False).astype(np.float32)
+        present = p >= cut.upper if cut and cut.upper is not None else np.zeros(len(p), bool)
+        absent = p <= cut.lower if cut and cut.lower is not None else np.zeros(len(p), bool)
+        absent &= ~present
+        per_label[label] = {"present": int(present.sum()), "absent": int(absent.sum())}
+        for mask, is_present, thr in ((present, True, cut and cut.upper), (absent, False, cut and cut.lower)):
+            n = int(mask.sum())
+            if n:
+                parts.append(
+                    {
+                        "image_id": image_ids[mask].tolist(),
+                        "crop_id": crop_ids[mask].tolist(),
+                        "au": [int(label.removeprefix("AU"))] * n,
+                        "present": [is_present] * n,
+                        "probability": p[mask].tolist(),
+                        "threshold": [float(thr)] * n,
+                    }
+                )
+    cols: dict[str, list] = {
+        k: [] for k in ("image_id", "crop_id", "au", "present", "probability", "threshold")
+    }
+    for part in parts:
+        for k in cols:
+            cols[k].extend(part[k])
+    n = len(cols["image_id"])
+    return pa.table(
+        {
+            **cols,
+            "intensity": pa.nulls(n, pa.float32()),
+            "label_source": ["pseudo"] * n,
+            "annotator": [model_id] * n,
+        }
+    ), per_label
+
+
+def _emotion_rows(
+    predicted: pa.Table, labels: list[str], cuts: dict[str, Cut | None], model_id: str
+) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    prob = np.stack([predicted.column(lab).to_numpy(zero_copy_only=False) for lab in labels], 1)
+    top, pred = (prob.max(1), prob.argmax(1)) if len(prob) else (np.zeros(0), np.zeros(0, int))
+    upper = np.array([cuts[lab].upper if cuts.get(lab) else np.inf for lab in labels], np.float64)
+    keep = np.flatnonzero(top >= upper[pred]) if len(prob) else np.zeros(0, int)
+    per_label = {lab: {"labeled": int((pred[keep] == k).sum())} for k, lab in enumerate(labels)}
+    crop_ids = predicted.column("crop_id").to_pylist()
+    image_ids = predicted.column("image_id").to_pylist()
+    return pa.table(
+        {
+            "image_id": [image_ids[i] for i in keep],
+            "crop_id": [crop_ids[i] for i in keep],
+            "emotion": [labels[pred[i]] for i in keep],
+            "label_source": ["pseudo"] * len(keep),
+            "confidence": pa.array([float(top[i]) for i in keep], pa.float32()),
+            "annotator": [model_id] * len(keep),
+            "threshold": pa.array([float(upper[pred[i]]) for i in keep], pa.float32()),
+        }
+    ), per_label

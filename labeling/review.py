@@ -1,0 +1,348 @@
+"""The review queue: faces a curator should look at, one `review_queue` row per (queue, face,
+reason), with a priority in [0, 1] (higher first) and a detail line saying why.
+
+    report = build_review_queue(wh, "au", ReviewSettings())
+
+Reasons (REASONS), over the usable faces of a dataset version and the task's production model:
+- `between_thresholds`: a face the pseudo-labeler labels (no human or gold label for the task)
+  on which the model is unsure: for some AU with both pseudo-label thresholds its probability is
+  between them (emotion: the top probability is under its class's cut), so it got no pseudo
+  label there. Priority: the share of those AUs that are unsure (emotion: 1 - top probability).
+- `weak_disagrees` (emotion): the face's weak label (its scraped folder) is not the model's top
+  class. Priority: p(top class) - p(weak label).
+- `low_detection_score`: the detector's score of the face is under `min_detection_score`.
+  Priority: 1 - score.
+- `likely_mistake`: the face's label (gold, weak or human) disagrees with the model: 1 - p(label)
+  for an emotion, the mean |label - p| over the labeled AUs, computed here in numpy; queued from
+  `mistake_threshold` up. With `brain`, emotions use FiftyOne Brain's mistakenness instead.
+- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour, numpy) from
+  the other faces in the model's own backbone embedding: the rare looks a data set has few of; the
+  `unique_top` most unique are queued. With `brain`, FiftyOne Brain's uniqueness on the same
+  embeddings (passed in: no model-zoo download).
+
+FiftyOne Brain works offline here (fiftyone-brain 0.25) and takes ~1-2 s on 300 faces, but needs
+FiftyOne's database (its mongod starts in ~10 s), hence opt-in (`brain=True`); the numpy measures
+need nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from labeling.curation_settings import ReviewSettings
+from labeling.pseudo import STRONG_SOURCES, face_predictions, latest_version, pseudo_thresholds, resolve_model
+from models.pipeline import load_run
+from models.predict import Predictor
+from warehouse import Warehouse
+from warehouse.versions import read_manifest
+
+Progress = Callable[[str], None]
+REASONS = ("between_thresholds", "weak_disagrees", "low_detection_score", "likely_mistake", "most_unique")
+
+
+@dataclass
+class ReviewReport:
+    queue: str
+    model_id: str
+    dataset_version: str
+    faces: int
+    by_reason: dict[str, int]
+    added: int
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in self.by_reason.items())
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return f"review queue {self.queue}: {sum(self.by_reason.values())} rows over {self.faces} faces: {reasons}; {self.added} new{notes}"
+
+
+def knn_uniqueness(z: np.ndarray, k: int = 3) -> np.ndarray:
+    """Cosine distance of each row to its k-th nearest other row (0..2); NaN rows get NaN."""
+    out = np.full(len(z), np.nan)
+    ok = ~np.isnan(z).any(1)
+    zn = z[ok] / np.maximum(np.linalg.norm(z[ok], axis=1, keepdims=True), 1e-12)
+    if len(zn) < 2:
+        return out
+    k = min(k, len(zn) - 1)
+    dist = np.empty(len(zn))
+    for start in range(0, len(zn), 1024):  # bounded memory: 1024 x N at a time
+        d = 1.0 - zn[start : start + 1024] @ zn.T
+        rows = np.arange(d.shape[0])
+        d[rows, start + rows] = np.inf  # not its own neighbour
+        dist[start : start + 1024] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    out[ok] = dist
+    return out
+
+
+def brain_scores(
+    media_paths: Sequence[str],
+    embeddings: np.ndarray,
+    prob: np.ndarray | None = None,
+    labels: Sequence[str] = (),
+    label_index: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """FiftyOne Brain's uniqueness (from `embeddings`: no model-zoo download) and, given class
+    probabilities and each face's label index (-1: none), its mistakenness, on a temporary
+    dataset in FiftyOne's database (deleted after). Rows in the order given; mistakenness NaN
+    for faces without a label. Starts FiftyOne's mongod when it is not running (~10 s)."""
+    import fiftyone as fo
+    import fiftyone.brain as fob
+
+    dataset = fo.Dataset()
+    try:
+        samples = []
+        for i, path in enumerate(media_paths):
+            sample = fo.Sample(filepath=str(path), row=i)
+            if prob is not None and label_index is not None and label_index[i] >= 0:
+                p = np.clip(prob[i].astype(np.float64), 1e-7, 1.0)
+                sample["truth"] = fo.Classification(label=labels[int(label_index[i])])
+                sample["model"] = fo.Classification(
+                    label=labels[int(p.argmax())], confidence=float(p.max()), logits=np.log(p)
+                )
+            samples.append(sample)
+        dataset.add_samples(samples, progress=False)
+        rows = np.array(dataset.values("row"))
+        fob.compute_uniqueness(dataset, embeddings=embeddings[rows], progress=False)
+        uniqueness = np.empty(len(rows))
+        uniqueness[rows] = dataset.values("uniqueness")
+        mistakenness = None
+        if prob is not None and label_index is not None and (label_index >= 0).any():
+            labeled = dataset.exists("truth")
+            fob.compute_mistakenness(labeled, "model", label_field="truth", use_logits=True, progress=False)
+            mistakenness = np.full(len(rows), np.nan)
+            for row, value in zip(*labeled.values(["row", "mistakenness"])):
+                mistakenness[row] = value
+        return uniqueness, mistakenness
+    finally:
+        dataset.delete()
+
+
+def build_review_queue(
+    wh: Warehouse, task: str, settings: ReviewSettings | None = None, log: Progress = print
+) -> ReviewReport:
+    """Queue the version's faces for the reasons of the module docstring (rows keyed by queue,
+    face and reason: building the same queue again adds nothing).
+
+    Raises:
+        LookupError: no dataset version, or no production model for the task (and none given).
+    """
+    s = settings or ReviewSettings()
+    model_id = resolve_model(wh, task, s.model_id)
+    version = s.version or latest_version(wh)
+    queue = s.queue or f"{task}:{model_id}"
+    faces = read_manifest(wh, version)
+    predictor = Predictor.load(wh, model_id, backend=s.backend, device=s.device)
+    predicted, _ = face_predictions(wh, predictor, faces, s.batch_size)
+    labels = predictor.labels
+    idx = {c: i for i, c in enumerate(faces.column("crop_id").to_pylist())}
+    rows_at = np.array([idx[c] for c in predicted.column("crop_id").to_pylist()], dtype=np.int64)
+    prob = np.stack([predicted.column(lab).to_numpy(zero_copy_only=False) for lab in labels], 1).astype(
+        np.float64
+    )
+    found: list[tuple[int, str, float, str]] = []  # (face row, reason, priority, detail)
+    notes: list[str] = []
+
+    # between the pseudo-label thresholds, on the faces the pseudo-labeler labels (no human or
+    # gold label for the task); an AU counts where it has both thresholds (a one-sided AU is not
+    # unsure between them: the model cannot call that side at all)
+    cuts = pseudo_thresholds(load_run(wh, model_id).folds, s.target_precision, s.min_support)
+    strong = faces.column("au_source" if task == "au" else "emotion_source").to_pylist()
+    candidate = np.array([strong[r] not in STRONG_SOURCES for r in rows_at], dtype=bool)
+    if task == "au":
+        two_sided = [
+            k
+            for k, lab in enumerate(labels)
+            if cuts.get(lab) and None not in (cuts[lab].lower, cuts[lab].upper)
+        ]
+        unsure = np.zeros_like(prob, dtype=bool)
+        for k in two_sided:
+            c = cuts[labels[k]]
+            unsure[:, k] = (prob[:, k] > c.lower) & (prob[:, k] < c.upper)
+        for i in np.flatnonzero(unsure.any(1) & candidate):
+            detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
+            found.append((rows_at[i], "between_thresholds", unsure[i].sum() / len(two_sided), detail))
+    else:
+        top, pred = prob.max(1), prob.argmax(1)
+        for i in np.flatnonzero(candidate):
+            c = cuts.get(labels[pred[i]])
+            if c is not None and top[i] < c.upper:
+                detail = f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}"
+                found.append((rows_at[i], "between_thresholds", 1 - top[i], detail))
+
+    # the face's own label against the model
+    if task == "emotion":
+        weak = _weak_emotions(wh, faces)
+        all_ids = faces.column("crop_id").to_pylist()
+        for i, r in enumerate(rows_at):
+            w = weak.get(all_ids[r])
+            if w in labels and labels[int(prob[i].argmax())] != w:
+                k = labels.index(w)
+                top = labels[int(prob[i].argmax())]
+                gap = float(prob[i].max() - prob[i, k])
+                found.append(
+                    (r, "weak_disagrees", gap, f"weak {w} {prob[i, k]:.2f}, model {top} {prob[i].max():.2f}")
+                )
+        label_col = faces.column("emotion").to_pylist()
+        source_col = faces.column("emotion_source").to_pylist()
+        label_index = np.array(
+            [
+                labels.index(label_col[r]) if label_col[r] in labels and source_col[r] != "pseudo" else -1
+                for r in rows_at
+            ]
+        )
+        brain_mistakes = None
+        if s.brain:
+            z_brain = _embeddings(predictor, faces, s)
+            uniqueness_brain, brain_mistakes = brain_scores(
+                faces.column(predictor.media_column()).to_pylist(),
+                z_brain,
+                _full(prob, rows_at, len(faces)),
+                labels,
+                _full(label_index[:, None], rows_at, len(faces), fill=-1)[:, 0].astype(int),
+            )
+        for i, r in enumerate(rows_at):
+            lab, src = label_col[r], source_col[r]
+            if label_index[i] >= 0:
+                score = 1.0 - prob[i, label_index[i]] if brain_mistakes is None else brain_mistakes[r]
+                how = "" if brain_mistakes is None else " (FiftyOne Brain mistakenness)"
+                if score >= s.mistake_threshold:
+                    found.append(
+                        (
+                            r,
+                            "likely_mistake",
+                            score,
+                            f"{src} {lab}, model p={prob[i, label_index[i]]:.2f}{how}",
+                        )
+                    )
+    else:
+        cols = [f"au{lab.removeprefix('AU')}" for lab in labels]
+        y = np.stack(
+            [
+                np.array([np.nan if v is None else float(v) for v in faces.column(c).to_pylist()])
+                for c in cols
+            ],
+            1,
+        )[rows_at]
+        src = faces.column("au_source").to_pylist()
+        diff = np.abs(y - prob)
+        n_labeled = (~np.isnan(diff)).sum(1)
+        has = n_labeled > 0
+        score = np.nansum(diff, axis=1) / np.maximum(n_labeled, 1)
+        for i in np.flatnonzero(has & (score >= s.mistake_threshold)):
+            if src[rows_at[i]] == "pseudo":
+                continue
+            worst = int(np.nanargmax(diff[i]))
+            found.append(
+                (
+                    rows_at[i],
+                    "likely_mistake",
+                    float(score[i]),
+                    f"{src[rows_at[i]]} labels; worst {labels[worst]} p={prob[i, worst]:.2f}",
+                )
+            )
+
+    # the detector's score
+    for crop_id, score in _detection_scores(wh, faces).items():
+        if score < s.min_detection_score:
+            found.append((idx[crop_id], "low_detection_score", 1.0 - score, f"score {score:.2f}"))
+
+    # uniqueness in the model's backbone embedding
+    if s.unique_top:
+        try:
+            if s.brain:
+                if task == "emotion":
+                    dist = uniqueness_brain
+                else:
+                    z = _embeddings(predictor, faces, s)
+                    dist, _ = brain_scores(faces.column(predictor.media_column()).to_pylist(), z)
+                measure = "FiftyOne Brain uniqueness"
+            else:
+                z = predictor.embed(
+                    faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size
+                )
+                dist = knn_uniqueness(z, s.neighbours)  # unreadable crops: NaN, never queued
+                measure = f"{s.neighbours}-NN cosine distance"
+            order = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
+            top_d = np.nanmax(dist) if np.isfinite(dist).any() else 1.0
+            for r in order:
+                if np.isfinite(dist[r]):
+                    found.append((int(r), "most_unique", float(dist[r] / top_d), f"{measure} {dist[r]:.3f}"))
+        except ValueError as exc:
+            notes.append(f"most_unique skipped: {exc}")
+
+    now = dt.datetime.now(dt.UTC)
+    crop_ids = faces.column("crop_id").to_pylist()
+    image_ids = faces.column("image_id").to_pylist()
+    media = faces.column("media_path").to_pylist()
+    rows = pa.table(
+        {
+            "queue": [queue] * len(found),
+            "crop_id": [crop_ids[r] for r, *_ in found],
+            "image_id": [image_ids[r] for r, *_ in found],
+            "media_path": [media[r] for r, *_ in found],
+            "reason": [reason for _, reason, _, _ in found],
+            "priority": pa.array([float(np.clip(p, 0, 1)) for _, _, p, _ in found], pa.float64()),
+            "detail": [d for *_, d in found],
+            "model_id": [model_id] * len(found),
+            "queued_at": pa.array([now] * len(found), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    added = wh.append("review_queue", rows)
+    by_reason = {r: sum(1 for _, reason, _, _ in found if reason == r) for r in REASONS}
+    report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, notes)
+    log(report.summary())
+    return report
+
+
+def _embeddings(predictor: Predictor, faces: pa.Table, s: ReviewSettings) -> np.ndarray:
+    """The faces' backbone embeddings (zeros for an unreadable crop, which has NaN)."""
+    z = predictor.embed(faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size)
+    return np.nan_to_num(z)
+
+
+def _full(values: np.ndarray, rows_at: np.ndarray, n: int, fill: float = 0.0) -> np.ndarray:
+    """`values` of the predicted faces placed at their rows of the n faces (`fill` elsewhere)."""
+    out = np.full((n, values.shape[1]), fill, dtype=np.float64)
+    out[rows_at] = values
+    return out
+
+
+def _weak_emotions(wh: Warehouse, faces: pa.Table) -> dict[str, str]:
+    """crop_id -> its weak emotion label: one naming the face, or its image's when the face is
+    the image's only face in the version."""
+    with wh.connect() as con:
+        con.register("m", faces.select(["crop_id", "image_id"]))
+        rows = con.sql(
+            """
+            WITH alone AS (SELECT crop_id, image_id, count(*) OVER (PARTITION BY image_id) AS n FROM m)
+            SELECT a.crop_id, min(e.emotion) AS emotion FROM alone a JOIN emotion_labels e ON e.image_id = a.image_id
+            WHERE e.label_source = 'weak' AND (e.crop_id = a.crop_id OR (e.crop_id IS NULL AND a.n = 1))
+            GROUP BY a.crop_id HAVING count(DISTINCT e.emotion) = 1
+            """
+        ).fetchall()
+    return dict(rows)
+
+
+def _detection_scores(wh: Warehouse, faces: pa.Table) -> dict[str, float]:
+    with wh.connect() as con:
+        con.register("m", faces.select(["crop_id"]))
+        rows = con.sql(
+            "SELECT m.crop_id, d.score FROM m JOIN crops c USING (crop_id) JOIN detections d USING (detection_id)"
+        ).fetchall()
+    return {c: float(s) for c, s in rows}
+
+
+def queue_table(wh: Warehouse, queue: str | None = None, limit: int = 50) -> pa.Table:
+    """The queue's rows, highest priority first (every queue when None)."""
+    where = "WHERE queue = $q" if queue else ""
+    params = {"q": queue, "n": limit} if queue else {"n": limit}
+    return wh.sql(
+        f"SELECT queue, reason, round(priority, 3) AS priority, crop_id, detail, media_path FROM review_queue {where} "
+        "ORDER BY priority DESC, reason, crop_id LIMIT $n",
+        params=params,
+    )

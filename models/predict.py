@@ -1,0 +1,259 @@
+"""Inference: one predictor over a trained AU or emotion model, crops in, probabilities out.
+
+    predictor = Predictor.load(wh, model_id)                 # ONNX Runtime on the CPU (default)
+    prob = predictor.predict(["media/ab/ab12....png", ...])  # (N, K): sigmoid per AU / softmax
+    found = predictor.predict_crops(wh, crop_ids)            # by crop id; unreadable crops skipped
+    z = predictor.embed(paths)                               # pooled backbone features (torch)
+
+Crops are decoded exactly as training decodes them (models.data.decode_crop: the 224 px RGB crop,
+or the 48 px gray one for a gray model, resized to the model's input) and normalised by
+models.networks.normalize, so a face scores the same here as in its model's evaluation. Batches
+stream: the next batch is decoded in threads while the model runs on this one, and memory holds
+two batches, whatever the number of crops. The pseudo-labeler, the review queue, `ferlab predict`
+and FiftyOne all predict through this class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.data import decode_crop
+from models.device import resolve_device
+from models.networks import ModelConfig, WithProbabilities, normalize
+from models.pipeline import load_run
+from warehouse import Warehouse
+from warehouse.errors import ConfigError
+
+Backend = Literal["onnx", "torch"]
+BACKENDS: tuple[str, ...] = ("onnx", "torch")
+
+
+@dataclass
+class CropPredictions:
+    """Probabilities of the crops that could be read, in the order asked, and the ones that could not."""
+
+    labels: list[str]
+    crop_ids: list[str]
+    image_ids: list[str]
+    prob: np.ndarray  # (N, K) float32
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (crop_id, why)
+
+
+class Predictor:
+    """A trained model (models.pipeline: model.pt / model.onnx) as a batched predictor.
+
+    Attributes:
+        model_id: the model's id.
+        task: "au" or "emotion".
+        labels: its outputs in order (["AU1", ...] or the emotion names).
+        config: the network's ModelConfig (input size and channels, architecture).
+        backend: "onnx" (ONNX Runtime) or "torch".
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        model_id: str,
+        config: ModelConfig,
+        checkpoint: Path,
+        onnx: Path,
+        backend: Backend = "onnx",
+        device: str = "auto",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
+        self.root = Path(root)
+        self.model_id = model_id
+        self.config = config
+        self.task = config.task
+        self.labels = list(config.labels)
+        self.backend = backend
+        self.device = resolve_device(device)
+        self._checkpoint = Path(checkpoint)
+        self._onnx = Path(onnx)
+        self._session = None
+        self._torch: torch.nn.Module | None = None
+        if backend == "onnx":
+            self._session = self._onnx_session()
+        else:
+            self._torch_model()
+
+    @classmethod
+    def load(cls, wh: Warehouse, model_id: str, backend: Backend = "onnx", device: str = "auto") -> Predictor:
+        """The trained model `model_id` of the data root, ready to predict.
+
+        Raises:
+            FileNotFoundError: no such model, or its model.onnx / model.pt is missing.
+            ConfigError: an unknown backend, or a device this machine lacks.
+        """
+        run = load_run(wh, model_id)
+        config = ModelConfig.from_dict(run.info["network"])
+        needed = run.onnx if backend == "onnx" else run.checkpoint
+        if not Path(needed).is_file():
+            raise FileNotFoundError(f"model {model_id}: {needed} is missing; train the model again")
+        return cls(wh.home, model_id, config, run.checkpoint, run.onnx, backend=backend, device=device)
+
+    # ---- the two runtimes ----------------------------------------------------------------------
+    def _onnx_session(self):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # no warnings about unused initializers on every load
+        return ort.InferenceSession(str(self._onnx), sess_options=options, providers=providers)
+
+    def _torch_model(self) -> torch.nn.Module:
+        if self._torch is None:
+            model, _, _ = load_checkpoint(self._checkpoint, device=self.device)  # weights_only=True
+            self._torch = model
+        return self._torch
+
+    def _run(self, x_uint8: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(x_uint8)
+        if self.backend == "onnx":
+            x = normalize(x, self.config).numpy()
+            name = self._session.get_inputs()[0].name
+            return self._session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        model = self._torch_model()
+        with torch.no_grad():
+            x = normalize(x.to(self.device), self.config)
+            return WithProbabilities(model, self.task)(x).float().cpu().numpy()
+
+    # ---- decoding, streamed in batches ---------------------------------------------------------
+    def _decode_one(self, path: str | Path) -> np.ndarray | str:
+        try:
+            return decode_crop(self.root / path, self.config.image_size, self.config.channels)
+        except OSError as exc:
+            return str(exc)
+
+    def _batches(
+        self, paths: Sequence[str | Path], batch_size: int
+    ) -> Iterator[tuple[int, np.ndarray, list[int], list[tuple[int, str]]]]:
+        """(start, uint8 batch of the readable crops, their indices, [(index, why) unreadable])."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
+        starts = range(0, len(paths), batch_size)
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+
+            def submit(start: int) -> list[Future]:
+                return [pool.submit(self._decode_one, p) for p in paths[start : start + batch_size]]
+
+            pending = submit(0) if len(paths) else []
+            for start in starts:
+                decoded = [f.result() for f in pending]
+                pending = submit(start + batch_size) if start + batch_size < len(paths) else []
+                ok = [start + i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                bad = [(start + i, d) for i, d in enumerate(decoded) if isinstance(d, str)]
+                shape = (0, self.config.channels, self.config.image_size, self.config.image_size)
+                images = (
+                    np.stack([d for d in decoded if not isinstance(d, str)])
+                    if ok
+                    else np.empty(shape, np.uint8)
+                )
+                yield start, images, ok, bad
+
+    # ---- public API ----------------------------------------------------------------------------
+    def predict(
+        self, media_paths: Sequence[str | Path], batch_size: int = 64, skip_unreadable: bool = False
+    ) -> np.ndarray:
+        """Probabilities (N, K) float32 of the crop files (paths relative to the data root, or
+        absolute): sigmoid per AU, softmax over the emotions.
+
+        Raises:
+            OSError: a crop file is missing or unreadable, naming it (with `skip_unreadable`, its
+                row is NaN instead and the run goes on).
+        """
+        out = np.full((len(media_paths), len(self.labels)), np.nan, dtype=np.float32)
+        for _, images, ok, bad in self._batches(media_paths, batch_size):
+            if bad and not skip_unreadable:
+                raise OSError(bad[0][1])
+            if ok:
+                out[ok] = self._run(images)
+        return out
+
+    def embed(self, media_paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
+        """Pooled backbone features (N, D) float32 (the torch checkpoint; NaN rows for unreadable
+        crops): the transfer networks' GAP output, the seed-003 CNN's last conv block average-pooled.
+        What the review queue measures uniqueness with.
+
+        Raises:
+            ValueError: the architecture has no backbone to embed with (fer2013_cnn).
+        """
+        model = self._torch_model()
+        if hasattr(model, "embed"):  # the transfer networks: their GAP output
+            pooled = model.embed
+        elif hasattr(model, "features"):  # seed 003's CNN: its last conv block, average-pooled
+            pooled = lambda x: torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)  # noqa: E731
+        else:
+            raise ValueError(f"model {self.model_id} ({self.config.architecture}) has no backbone embedding")
+        rows: list[tuple[list[int], np.ndarray]] = []
+        for _, images, ok, _ in self._batches(media_paths, batch_size):
+            if ok:
+                with torch.no_grad():
+                    x = normalize(torch.from_numpy(images).to(self.device), self.config)
+                    rows.append((ok, pooled(x).float().cpu().numpy()))
+        dim = rows[0][1].shape[1] if rows else 0
+        out = np.full((len(media_paths), dim), np.nan, dtype=np.float32)
+        for ok, z in rows:
+            out[ok] = z
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 of the model's exported weights (model.onnx): what a cache
+        of its predictions is keyed by, since retraining the same settings reuses the model id."""
+        if not hasattr(self, "_fingerprint"):
+            digest = hashlib.sha256()
+            with open(self._onnx, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def media_column(self) -> str:
+        """The crops column this model reads: `gray_media_path` (48 px) for a gray model, else `media_path`."""
+        return "gray_media_path" if self.config.channels == 1 else "media_path"
+
+    def predict_crops(self, wh: Warehouse, crop_ids: Sequence[str], batch_size: int = 64) -> CropPredictions:
+        """Probabilities of stored crops, by crop id. A crop id that is not stored, or whose file
+        cannot be read, is skipped with the reason (never the end of the run)."""
+        column = self.media_column()
+        with wh.connect() as con:
+            con.register("wanted", _ids_table(crop_ids))
+            found = con.sql(
+                f"SELECT w.crop_id, c.image_id, c.{column} AS path FROM wanted w "
+                "LEFT JOIN crops c USING (crop_id) ORDER BY w.i"
+            ).fetchall()
+        skipped = [(cid, "not in the crops table") for cid, _, path in found if path is None]
+        known = [(cid, iid, path) for cid, iid, path in found if path is not None]
+        prob = self.predict([p for _, _, p in known], batch_size=batch_size, skip_unreadable=True)
+        readable = ~np.isnan(prob).any(1) if len(known) else np.zeros(0, bool)
+        skipped += [(known[i][0], "unreadable crop file") for i in np.flatnonzero(~readable)]
+        keep = np.flatnonzero(readable)
+        return CropPredictions(
+            labels=self.labels,
+            crop_ids=[known[i][0] for i in keep],
+            image_ids=[known[i][1] for i in keep],
+            prob=prob[keep],
+            skipped=skipped,
+        )
+
+
+def _ids_table(crop_ids: Sequence[str]):
+    import pyarrow as pa
+
+    return pa.table(
+        {"i": pa.array(range(len(crop_ids)), pa.int64()), "crop_id": pa.array(list(crop_ids), pa.string())}
+    )
