@@ -63,6 +63,7 @@ def _pseudo_asset(task: str):
         group_name=GROUP,
         deps=[f"{task}_promotion"],
         kinds={"onnx", "parquet"},
+        automation_condition=FOLLOW_UPSTREAM,  # a promotion decision refreshes them (none: adds nothing)
         description=f"{task} pseudo labels by the production model on the latest dataset version's faces "
         "without a human or gold label, where its out-of-fold predictions reach the target precision.",
     )
@@ -94,7 +95,12 @@ au_pseudo_labels = _pseudo_asset("au")
 emotion_pseudo_labels = _pseudo_asset("emotion")
 
 
-@asset(group_name=GROUP, deps=[au_pseudo_labels, emotion_pseudo_labels], kinds={"parquet"})
+@asset(
+    group_name=GROUP,
+    deps=[au_pseudo_labels, emotion_pseudo_labels],
+    kinds={"parquet"},
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def review_queue(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: ReviewQueueConfig
 ) -> MaterializeResult:

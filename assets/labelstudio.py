@@ -18,6 +18,7 @@ class LabelStudioPushConfig(Config):
 @asset(
     group_name=GROUP,
     kinds={"labelstudio"},
+    deps=["review_queue"],
     description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
     "emotion, the AUs present), pre-filled with the queue model's stored pseudo labels "
     "(labeling.labelstudio.predictions_for); a face already pushed is not pushed again. Rows: "

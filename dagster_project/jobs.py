@@ -57,6 +57,11 @@ curation_job = define_asset_job(
     selection=AssetSelection.groups("curation"),
     description="Pseudo-label with the production models, then build the review queue.",
 )
+label_studio_push_job = define_asset_job(
+    "label_studio_push_job",
+    selection=AssetSelection.assets("label_studio_tasks"),
+    description="Push the review queue's faces to Label Studio (its server must be up: `make labelstudio`).",
+)
 loss_comparison_job = define_asset_job(
     "loss_comparison_job",
     selection=AssetSelection.assets("au_loss_comparison"),
@@ -72,5 +77,6 @@ jobs = [
     dataset_version_job,
     training_job,
     curation_job,
+    label_studio_push_job,
     loss_comparison_job,
 ]

@@ -141,21 +141,16 @@ def _iou(box, t) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def test_au_pseudo_labels_are_precise_on_faces_never_trained_on(home):
-    wh = Warehouse(home)
-    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET)
-    print("\n" + report.summary())
+def _au_pseudo_precision(wh: Warehouse, home: Path, report) -> tuple[float, int, float, int]:
+    """Precision of the present and absent AU pseudo labels on the FER-2013 + scraped faces (never
+    trained on), scored against the renderer's truth; prints the per-AU table."""
     truth = _truth_matches(wh, home / "truth.csv")
     labels = wh.sql(
-        "SELECT crop_id, au, present, probability, threshold, annotator FROM au_labels WHERE label_source = 'pseudo'"
+        "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ?",
+        [report.model_id],
     ).to_pylist()
-    assert labels and {r["annotator"] for r in labels} == {report.model_id}
-    assert all(
-        (r["probability"] >= r["threshold"]) if r["present"] else (r["probability"] <= r["threshold"])
-        for r in labels
-    )
     scored = [r for r in labels if r["crop_id"] in truth]
-    n_faces = len({c for c in truth})
+    n_faces = len(truth)
     print(f"scored against the renderer's truth: {len(scored)} labels on {n_faces} FER-2013 + scraped faces")
     print(f"{'AU':>5} {'pos prec':>9} {'n pos':>6} {'neg prec':>9} {'n neg':>6} {'coverage':>9}")
     tp = np_ = tn = nn = 0
@@ -173,6 +168,23 @@ def test_au_pseudo_labels_are_precise_on_faces_never_trained_on(home):
         )
     present, absent = tp / max(np_, 1), tn / max(nn, 1)
     print(f"overall: present precision {present:.3f} ({np_}), absent precision {absent:.3f} ({nn})")
+    return present, np_, absent, nn
+
+
+def test_au_pseudo_labels_on_faces_never_trained_on(home):
+    wh = Warehouse(home)
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET)
+    print("\n" + report.summary())
+    labels = wh.sql(
+        "SELECT crop_id, au, present, probability, threshold, annotator FROM au_labels WHERE label_source = 'pseudo'"
+    ).to_pylist()
+    assert labels and {r["annotator"] for r in labels} == {report.model_id}
+    assert all(
+        (r["probability"] >= r["threshold"]) if r["present"] else (r["probability"] <= r["threshold"])
+        for r in labels
+    )
+    _, n_present, _, n_absent = _au_pseudo_precision(wh, home, report)
+    assert n_present >= 20 and n_absent >= 100
 
     # re-running writes nothing new; the production model's pseudo labels reach a new version
     again = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET)
@@ -181,14 +193,22 @@ def test_au_pseudo_labels_are_precise_on_faces_never_trained_on(home):
     new = snapshot_dataset_version(wh)
     assert new.created and new.counts["au_source"].get("pseudo", 0) > 0
 
-    assert np_ >= 20 and nn >= 100
-    if not (present >= 0.85 and absent >= 0.85):
-        # Measured on this demo (the table above): the thresholds hold on the held-out DISFA people
-        # they were chosen on, but the demo's AU model does not transfer to FER-2013's tight 48 px
-        # gray crops and the small scraped faces (AU6/AU12 fire on identities whose resting face
-        # keeps a residual smile of intensity 1.2-1.9, labeled absent). A model matter, not a
-        # threshold one: raising the thresholds does not help (precision falls with them).
-        pytest.xfail(f"pseudo-label precision on unseen sources: present {present:.3f}, absent {absent:.3f}")
+
+# Measured on this demo: the thresholds hold on the held-out DISFA people they were chosen on,
+# but the demo's AU model does not transfer to FER-2013's tight 48 px gray crops and the small
+# scraped faces (AU6/AU12 fire on identities whose resting face keeps a residual smile of
+# intensity 1.2-1.9, labeled absent). A model matter, not a threshold one: raising the thresholds
+# does not help. strict: when a better model meets the bar, this marker must go.
+@pytest.mark.xfail(
+    strict=True, reason="issue 12: the demo AU model's pseudo labels miss 0.85 precision on unseen sources"
+)
+def test_au_pseudo_labels_meet_the_precision_bar(home):
+    wh = Warehouse(home)
+    report = pseudo_label(
+        wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET
+    )  # stored: adds nothing
+    present, _, absent, _ = _au_pseudo_precision(wh, home, report)
+    assert present >= 0.85 and absent >= 0.85
 
 
 @pytest.mark.server  # brain=True starts FiftyOne's database

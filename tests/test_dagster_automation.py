@@ -15,6 +15,7 @@ from dagster_project.definitions import defs
 MODELS = ("au_model", "emotion_model")
 # The reports follow their model, the promotion decisions their report.
 REPORTS = ("au_eval_report", "emotion_eval_report", "au_promotion", "emotion_promotion")
+CURATION = {name: {None} for name in ("au_pseudo_labels", "emotion_pseudo_labels", "review_queue")}
 SATURDAY = dt.datetime(2030, 1, 5, 12, tzinfo=dt.UTC)  # the weekly snapshot's cron: Sundays 03:00
 
 
@@ -64,6 +65,11 @@ def test_a_new_version_gets_its_models_once_and_the_reports_and_promotions_follo
     assert tick() == {}  # requested once: not again while the run goes on, nor if it fails
     for name in (*MODELS, *REPORTS):  # what the requested run materializes
         _materialized(instance, name, "v1")
+    # The promotion decisions refresh the pseudo labels, and the review queue follows them.
+    assert tick() == {**CURATION}
+    assert tick() == {}
+    for name in CURATION:
+        _materialized(instance, name)
     assert tick() == {}
     # A model trained again by hand (new settings): its report follows, the model is not retrained.
     _materialized(instance, "au_model", "v1")
@@ -71,6 +77,9 @@ def test_a_new_version_gets_its_models_once_and_the_reports_and_promotions_follo
     assert tick() == {"au_eval_report": {"v1"}, "au_promotion": {"v1"}}
     _materialized(instance, "au_eval_report", "v1")
     _materialized(instance, "au_promotion", "v1")
+    assert tick() == {"au_pseudo_labels": {None}, "review_queue": {None}}
+    _materialized(instance, "au_pseudo_labels")
+    _materialized(instance, "review_queue")
     assert tick() == {}
     # An unchanged snapshot keeps its id (no new partition): nothing to train.
     _materialized(instance, "dataset_version")
