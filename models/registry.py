@@ -74,7 +74,7 @@ _COLUMNS = (
 )
 
 # Trains + evaluates `settings` on `version`; returns (model_id, headline). Replaceable in tests.
-Retrain = Callable[[Warehouse, str, TrainingSettings, Progress], tuple[str, float]]
+Retrain = Callable[[Warehouse, str, TrainingSettings, Progress, str], tuple[str, float]]
 
 
 def production_model(wh: Warehouse, task: str) -> str | None:
@@ -96,10 +96,13 @@ def _stored_decision(wh: Warehouse, task: str, model_id: str) -> PromotionDecisi
     return PromotionDecision(**{k: rows[0][k] for k in _COLUMNS}, recorded=False) if rows else None
 
 
-def headline(wh: Warehouse, model_id: str, version: str | None = None) -> float | None:
-    """The model's stored headline figure (mean over folds), on `version` when given."""
+def headline(
+    wh: Warehouse, model_id: str, version: str | None = None, metric: str | None = None
+) -> float | None:
+    """The model's stored overall figure `metric` (default: its task's headline), on `version`
+    when given."""
     task = get_task(model_id.split("-", 1)[0])
-    params: dict[str, Any] = {"m": model_id, "metric": task.headline}
+    params: dict[str, Any] = {"m": model_id, "metric": metric or task.headline}
     where = "model_id = $m AND metric = $metric AND fold IS NULL AND label = ''"
     if version is not None:
         where += " AND dataset_version = $v"
@@ -108,9 +111,12 @@ def headline(wh: Warehouse, model_id: str, version: str | None = None) -> float 
     return float(rows.column("value")[0].as_py()) if rows.num_rows else None
 
 
-def _retrain(wh: Warehouse, version: str, settings: TrainingSettings, log: Progress) -> tuple[str, float]:
+def _retrain(
+    wh: Warehouse, version: str, settings: TrainingSettings, log: Progress, metric: str
+) -> tuple[str, float]:
     run = train_model(wh, version, settings, log=log)
-    return run.model_id, evaluate_model(wh, run.model_id, log=log).headline
+    evaluate_model(wh, run.model_id, log=log)
+    return run.model_id, headline(wh, run.model_id, version, metric) or 0.0
 
 
 def _comparable(candidate: TrainingSettings, production: TrainingSettings) -> str | None:
@@ -131,15 +137,16 @@ def decide_promotion(
         FileNotFoundError: no trained model of that id.
     """
     run = load_run(wh, model_id)
-    task = get_task(run.task)
+    task = run.settings().task  # judged by the candidate's own headline (e.g. avg_f1_pooled)
     stored = _stored_decision(wh, task.name, model_id)
     if stored is not None:
         log(f"already decided: {stored.summary()}")
         return stored
     version = run.dataset_version
-    value = headline(wh, model_id, version)
+    value = headline(wh, model_id, version, task.headline)
     if value is None:
-        value = evaluate_model(wh, model_id, log=log).headline
+        evaluate_model(wh, model_id, log=log)
+        value = headline(wh, model_id, version, task.headline)
     production = production_model(wh, task.name)
     theirs: float | None = None
     if production is None:
@@ -153,9 +160,10 @@ def decide_promotion(
         if why_not:
             promoted, reason = False, f"not comparable with production: {why_not}"
         elif prod_run.dataset_version == version and same_protocol:
-            theirs = headline(wh, production, version)
+            theirs = headline(wh, production, version, task.headline)
             if theirs is None:
-                theirs = evaluate_model(wh, production, log=log).headline
+                evaluate_model(wh, production, log=log)
+                theirs = headline(wh, production, version, task.headline)
             how = "its stored evaluation"
         else:
             replay = prod_settings.replace(folds=cand_settings.folds)
@@ -163,7 +171,7 @@ def decide_promotion(
                 f"production {production} was evaluated on {prod_run.dataset_version} ({prod_settings.protocol}); "
                 f"training its settings on {version} ({cand_settings.protocol}) for the same held-out faces"
             )
-            replay_id, theirs = retrain(wh, version, replay, log)
+            replay_id, theirs = retrain(wh, version, replay, log, task.headline)
             how = f"its settings retrained on this version as {replay_id}"
         if theirs is not None:
             promoted = value > theirs

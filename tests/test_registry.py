@@ -18,7 +18,9 @@ from models.settings import AUTrainingSettings
 from warehouse.precedence import counts_sql
 
 
-def _model(wh, model_id: str, version: str, avg_f1: float | None, **settings) -> str:
+def _model(
+    wh, model_id: str, version: str, avg_f1: float | None, pooled: float | None = None, **settings
+) -> str:
     """A model record as train_model + evaluate_model leave it (without weights)."""
     s = AUTrainingSettings(image_size=64, **settings)
     out = model_dir(wh, "au", model_id)
@@ -35,7 +37,22 @@ def _model(wh, model_id: str, version: str, avg_f1: float | None, **settings) ->
             model_id=model_id, dataset_version=version, task="au", fold=None, metric="avg_f1", label=""
         )
         wh.append("eval_metrics", pa.Table.from_pylist([{**row, "value": avg_f1}]))
+    if pooled is not None:
+        row = dict(
+            model_id=model_id, dataset_version=version, task="au", fold=None, metric="avg_f1_pooled", label=""
+        )
+        wh.append("eval_metrics", pa.Table.from_pylist([{**row, "value": pooled}]))
     return model_id
+
+
+def test_a_model_is_judged_by_its_own_headline(wh):
+    quiet = lambda m: None  # noqa: E731
+    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.50, pooled=0.55), log=quiet)
+    # worse by the seeds' per-fold mean, better pooled, and pooled is what it is judged by
+    d = decide_promotion(
+        wh, _model(wh, "au-p", "v-1", 0.40, pooled=0.60, headline="avg_f1_pooled"), log=quiet
+    )
+    assert d.promoted and d.metric == "avg_f1_pooled" and (d.value, d.production_value) == (0.60, 0.55)
 
 
 def test_only_a_better_model_on_the_same_evaluation_is_promoted(wh):
@@ -69,7 +86,7 @@ def test_production_from_another_version_is_replayed_on_the_candidates_version(w
     decide_promotion(wh, _model(wh, "au-old", "v-1", 0.70, loss="pr"), log=quiet)
     replays = []
 
-    def retrain(wh_, version, settings, log):
+    def retrain(wh_, version, settings, log, metric):
         replays.append((version, settings))
         return "au-replayed", 0.60  # the production recipe scores 0.60 on v-2's folds
 
