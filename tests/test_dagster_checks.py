@@ -15,7 +15,7 @@ from dagster import (
 )
 
 import assets
-from assets.resources import DetectorResource, SourcesResource, WarehouseResource
+from assets.resources import DetectorResource, LabelStudioResource, SourcesResource, WarehouseResource
 from ferlab.samples.fer2013 import write_fer2013_sample
 from warehouse import Warehouse
 
@@ -34,6 +34,7 @@ def _run(home, csv, selection: list[str]):
                 "warehouse": WarehouseResource(home=str(home)),
                 "sources": SourcesResource(fer2013_csv=str(csv)),
                 "detector": DetectorResource(device="cpu"),
+                "labelstudio": LabelStudioResource(),  # every asset's resources, used or not
             },
             run_config=QUIET,
             raise_on_error=False,
@@ -137,6 +138,7 @@ def test_a_model_that_blew_up_is_not_evaluated(tmp_path, scratch_lr, exploded):
                 "warehouse": WarehouseResource(home=str(home)),
                 "sources": SourcesResource(fer2013_csv=str(csv)),
                 "detector": DetectorResource(device="cpu"),
+                "labelstudio": LabelStudioResource(),  # every asset's resources, used or not
             },
             run_config={**QUIET, "ops": {"emotion_model": {"config": train}}},
             raise_on_error=False,
