@@ -98,7 +98,7 @@ def test_au_model_learns_every_au_on_held_out_people(request, tmp_path_factory, 
     assert stored == [{"value": pytest.approx(ev.headline)}]
     # evaluating again duplicates nothing
     n = wh.count("eval_metrics")
-    evaluate_model(wh, au_run.model_id)
+    evaluate_model(wh, run.model_id)
     assert wh.count("eval_metrics") == n
 
 
