@@ -66,3 +66,49 @@ class DemoRenders:
 @pytest.fixture(scope="session")
 def demo_renders(tmp_path_factory) -> DemoRenders:
     return DemoRenders(tmp_path_factory.mktemp("demo-renders"))
+
+
+def _promote(wh, **production: str) -> None:
+    """Record `task=model_id` as each task's production model (a promotion decision), so that
+    model's pseudo labels count in dataset versions."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from warehouse.schemas import TABLES
+
+    rows = [
+        {
+            "task": task,
+            "model_id": model_id,
+            "promoted": True,
+            "metric": "m",
+            "value": 1.0,
+            "production_model_id": None,
+            "production_value": None,
+            "dataset_version": "v-0000000000000000",
+            "reason": "test",
+            "decided_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        }
+        for task, model_id in production.items()
+    ]
+    wh.append("model_promotions", pa.Table.from_pylist(rows, schema=TABLES["model_promotions"].schema))
+
+
+@pytest.fixture(scope="session")
+def promote():
+    """`promote(wh, au="model-a", emotion="model-b")`: production models whose pseudo labels count."""
+    return _promote
+
+
+@pytest.fixture
+def dataset_name():
+    """A unique FiftyOne dataset name (the database may be shared), deleted afterwards."""
+    import uuid
+
+    import fiftyone as fo
+
+    name = f"ferlab-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)

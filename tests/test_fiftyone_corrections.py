@@ -179,16 +179,6 @@ def filled(wh):
     return wh
 
 
-@pytest.fixture
-def dataset_name():
-    import fiftyone as fo
-
-    name = f"ferlab-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
-
-
 def _faces(name: str) -> dict:
     """crop_id -> its face_emotions detection."""
     import fiftyone as fo

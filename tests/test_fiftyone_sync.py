@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -198,17 +197,6 @@ def built(tmp_path_factory) -> dict:
         boxed=boxed["image_id"],
         au_absent=frame,
     )
-
-
-@pytest.fixture
-def dataset_name():
-    """A unique dataset name (the database may be shared), deleted afterwards."""
-    import fiftyone as fo
-
-    name = f"ferlab-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    if fo.dataset_exists(name):
-        fo.delete_dataset(name)
 
 
 def _by_image(name: str) -> dict:

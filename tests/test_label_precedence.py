@@ -4,8 +4,6 @@ the same AU labels of each image, and the ones human > gold > pseudo > weak says
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pyarrow as pa
 import pytest
 
@@ -130,7 +128,7 @@ EXPECTED_PRESENT = {"I1": set(), "I2": {6}, "I3": set(), "I4": set(), "I5": set(
 
 
 @pytest.fixture(scope="module")
-def wh(tmp_path_factory) -> Warehouse:
+def wh(tmp_path_factory, promote) -> Warehouse:
     wh = Warehouse(tmp_path_factory.mktemp("precedence"))
     images, dets, crops = zip(*(_image(f"I{n}") for n in range(1, 7)))
     wh.append("images", _table("images", list(images)))
@@ -138,25 +136,8 @@ def wh(tmp_path_factory) -> Warehouse:
     wh.append("crops", _table("crops", list(crops)))
     wh.append_labels("emotion_labels", _table("emotion_labels", EMOTIONS))
     wh.append_labels("au_labels", _table("au_labels", AUS))
-    # the production models, whose pseudo labels alone count
-    wh.append(
-        "model_promotions",
-        _table("model_promotions", [_promotion("emotion", "model-y"), _promotion("au", "model-n")]),
-    )
+    promote(wh, emotion="model-y", au="model-n")  # the production models: their pseudo labels alone count
     return wh
-
-
-def _promotion(task: str, model_id: str) -> dict:
-    return {
-        "task": task,
-        "model_id": model_id,
-        "promoted": True,
-        "metric": "m",
-        "value": 1.0,
-        "dataset_version": "v-0000000000000000",
-        "reason": "test",
-        "decided_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    }
 
 
 def test_the_manifest_follows_the_precedence(wh):

@@ -3,7 +3,6 @@ snapshots; and the manifest of the demo data root when one has been built."""
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -175,29 +174,13 @@ def _fill(wh: Warehouse) -> None:
     wh.append("crops", _table("crops", list(crops)))
     wh.append("emotion_labels", _table("emotion_labels", emotions))
     wh.append("au_labels", _table("au_labels", aus))
-    # only the production model's pseudo labels count: model-b for emotions, model-a for AUs
-    wh.append(
-        "model_promotions",
-        _table("model_promotions", [_promotion("emotion", "model-b"), _promotion("au", "model-a")]),
-    )
-
-
-def _promotion(task: str, model_id: str) -> dict:
-    return {
-        "task": task,
-        "model_id": model_id,
-        "promoted": True,
-        "metric": "m",
-        "value": 1.0,
-        "dataset_version": "v-0000000000000000",
-        "reason": "test",
-        "decided_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    }
 
 
 @pytest.fixture
-def filled(wh):
+def filled(wh, promote):
     _fill(wh)
+    # only the production model's pseudo labels count: model-b for emotions, model-a for AUs
+    promote(wh, emotion="model-b", au="model-a")
     return wh
 
 
