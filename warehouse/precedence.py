@@ -11,6 +11,7 @@ order rows were stored in.
 from __future__ import annotations
 
 from warehouse.schemas import LABEL_SOURCES
+from warehouse.store import quote_literal
 
 
 def source_rank_sql(column: str = "label_source") -> str:
@@ -54,9 +55,5 @@ def counts_sql(task: str, alias: str = "") -> str:
     a = alias
     return (
         f"({a}label_source <> 'pseudo' OR {a}annotator IN (SELECT model_id FROM "
-        f"({production_models_sql()}) WHERE task = {_literal(task)}))"
+        f"({production_models_sql()}) WHERE task = {quote_literal(task)}))"
     )
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
