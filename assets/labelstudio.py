@@ -12,7 +12,7 @@ GROUP = "labeling"
 
 class LabelStudioPushConfig(Config):
     queue: str = Field("", description="only this review_queue queue (empty: every queued face)")
-    predictions: bool = Field(True, description="pre-fill each task with the stored model prediction")
+    predictions: bool = Field(True, description="pre-fill each task with the queue model's prediction")
 
 
 @asset(
@@ -20,8 +20,8 @@ class LabelStudioPushConfig(Config):
     kinds={"labelstudio"},
     deps=["review_queue"],
     description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
-    "emotion, the AUs present), pre-filled with the queue model's stored pseudo labels "
-    "(labeling.labelstudio.predictions_for); a face already pushed is not pushed again. Rows: "
+    "emotion, the AUs present), pre-filled with the queue model's output on the face "
+    "(labeling.labelstudio.queue_predictions); a face already pushed is not pushed again. Rows: "
     "`label_studio_tasks`.",
 )
 def label_studio_tasks(
@@ -30,17 +30,11 @@ def label_studio_tasks(
     warehouse: WarehouseResource,
     labelstudio: LabelStudioResource,
 ) -> MaterializeResult:
-    from labeling.labelstudio import predictions_for, push_faces, queued_faces
+    from labeling.labelstudio import push_faces, queue_predictions, queued_faces
 
     wh = warehouse.get()
     rows = queued_faces(wh, config.queue or None)
-    predictions = {}
-    if config.predictions and rows:
-        by_model: dict[str | None, list[str]] = {}  # a face's prediction is its queue model's
-        for r in rows:
-            by_model.setdefault(r.get("model_id"), []).append(r["crop_id"])
-        for model, ids in by_model.items():
-            predictions.update(predictions_for(wh, ids, model))
+    predictions = queue_predictions(wh, rows) if config.predictions else {}
     report = push_faces(wh, rows, predictions, client=labelstudio.client(), title=labelstudio.project_title)
     context.log.info(report.summary())
     total = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [report.project_id])

@@ -19,6 +19,8 @@ from assets.config import SettingsConfig, settings_config
 from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
+from labeling.curation_settings import PseudoExperimentSettings
+from labeling.pseudo_experiment import pseudo_label_experiment
 from models.pipeline import (
     ModelRun,
     check_exports,
@@ -92,6 +94,15 @@ LossComparisonConfig = settings_config(
     AUTrainingSettings,
     "LossComparisonConfig",
     losses=(list[str], Field(["bce", "lsep", "pr"], description="the AU losses to compare")),
+)
+
+PseudoExperimentConfig = settings_config(
+    AUTrainingSettings,
+    "PseudoExperimentConfig",
+    **{
+        n: (f.annotation, Field(f.default, description=f.description))
+        for n, f in PseudoExperimentSettings.model_fields.items()
+    },
 )
 
 
@@ -217,6 +228,40 @@ def au_loss_comparison(
         metadata={
             "avg_f1_by_loss": MetadataValue.json({k: round(v, 4) for k, v in result.avg_f1.items()}),
             "model_ids": MetadataValue.json(result.model_ids),
+            "report": MetadataValue.path(str(result.report["markdown"])),
+            "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "markdown"},
+    pool=TRAINING_POOL,
+)
+def au_pseudo_label_experiment(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoExperimentConfig
+) -> MaterializeResult:
+    """Does pseudo-labeling help? Per subject-exclusive fold, the AU model on gold labels only and
+    on gold + the pseudo labels of that fold's gold model, tested on the same held-out gold faces."""
+    experiment = PseudoExperimentSettings(
+        **{n: getattr(config, n) for n in PseudoExperimentSettings.model_fields}
+    )
+    result = pseudo_label_experiment(
+        warehouse.get(), context.partition_key, config.settings(), experiment, log=context.log.info
+    )
+    return MaterializeResult(
+        metadata={
+            "experiment_id": MetadataValue.text(result.experiment_id),
+            "metric": MetadataValue.text(result.metric),
+            "scores": MetadataValue.json({k: round(v, 4) for k, v in result.scores.items()}),
+            "gain": MetadataValue.float(round(result.gain, 4)),
+            "per_au_f1_pooled": MetadataValue.json(
+                {arm: {k: round(v, 4) for k, v in f1.items()} for arm, f1 in result.per_au_f1.items()}
+            ),
+            "pseudo_labeled_faces_per_fold": MetadataValue.json([a["faces"] for a in result.pseudo_per_fold]),
             "report": MetadataValue.path(str(result.report["markdown"])),
             "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
         }

@@ -67,6 +67,11 @@ loss_comparison_job = define_asset_job(
     selection=AssetSelection.assets("au_loss_comparison"),
     description="Seed 000's experiment: BCE, LSEP and precision-recall loss on the same folds.",
 )
+pseudo_label_experiment_job = define_asset_job(
+    "pseudo_label_experiment_job",
+    selection=AssetSelection.assets("au_pseudo_label_experiment"),
+    description="Does pseudo-labeling help? The AU model on gold vs gold + pseudo labels, same folds.",
+)
 
 jobs = [
     fer2013_ingest_job,
@@ -79,4 +84,5 @@ jobs = [
     curation_job,
     label_studio_push_job,
     loss_comparison_job,
+    pseudo_label_experiment_job,
 ]

@@ -8,6 +8,7 @@ ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, 
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
 ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
+ferlab --home DIR pseudo-experiment [--target-precision 0.9] [AU training flags]  # gold vs gold + pseudo
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
@@ -314,17 +315,11 @@ def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_labelstudio_push(args: argparse.Namespace) -> int:
-    from labeling.labelstudio import predictions_for, push_faces, queued_faces
+    from labeling.labelstudio import push_faces, queue_predictions, queued_faces
 
     wh = _warehouse(args)
     rows = queued_faces(wh, args.queue)
-    predictions: dict = {}
-    if not args.no_predictions:
-        by_model: dict = {}
-        for r in rows:
-            by_model.setdefault(r.get("model_id"), []).append(r["crop_id"])
-        for model, ids in by_model.items():
-            predictions.update(predictions_for(wh, ids, model))
+    predictions = {} if args.no_predictions else queue_predictions(wh, rows)
     report = push_faces(wh, rows, predictions, client=_labelstudio_client(args))
     print(report.summary())
     return 0
@@ -443,6 +438,20 @@ def cmd_compare_losses(args: argparse.Namespace) -> int:
     wh = _warehouse(args)
     result = compare_losses(wh, _version_or_snapshot(wh, args.version), settings, losses=args.losses)
     print(f"Avg.F1 by loss: {result.avg_f1}; report {result.report['markdown']}")
+    return 0
+
+
+def cmd_pseudo_experiment(args: argparse.Namespace) -> int:
+    from labeling.curation_settings import PseudoExperimentSettings
+    from labeling.pseudo_experiment import pseudo_label_experiment
+    from models.settings import AUTrainingSettings
+
+    training = settings_from_flags(args, AUTrainingSettings)
+    experiment = settings_from_flags(args, PseudoExperimentSettings)
+    wh = _warehouse(args)
+    result = pseudo_label_experiment(wh, _version_or_snapshot(wh, args.version), training, experiment)
+    print(result.summary())
+    print(f"report: {result.report['markdown']}")
     return 0
 
 
@@ -602,8 +611,20 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
     add_settings_flags(compare, AUTrainingSettings)
     compare.set_defaults(func=cmd_compare_losses)
 
+    from labeling.curation_settings import PseudoExperimentSettings
 
-TRAINING_COMMANDS = ("train", "compare-losses")
+    experiment = sub.add_parser(
+        "pseudo-experiment",
+        help="does pseudo-labeling help? the AU model on gold vs gold + pseudo labels, same folds",
+        description=PseudoExperimentSettings.__doc__,
+    )
+    experiment.add_argument("--version", help="dataset version (default: snapshot the current data)")
+    add_settings_flags(experiment, AUTrainingSettings)
+    add_settings_flags(experiment, PseudoExperimentSettings)
+    experiment.set_defaults(func=cmd_pseudo_experiment)
+
+
+TRAINING_COMMANDS = ("train", "compare-losses", "pseudo-experiment")
 
 
 def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:

@@ -55,3 +55,18 @@ class ReviewSettings(Settings):
         description="most_unique and (emotion) likely_mistake by FiftyOne Brain on our embeddings and "
         "probabilities (starts FiftyOne's database) instead of the numpy measures",
     )
+
+
+class PseudoExperimentSettings(Settings):
+    """Does pseudo-labeling help? Per fold, the gold-only model (the teacher) pseudo-labels the
+    faces without a gold or human AU label; a second model trains on gold + those pseudo labels."""
+
+    target_precision: float = Field(
+        0.9, gt=0, lt=1, description="each side's precision on the teacher's validation people"
+    )
+    min_support: int = Field(
+        10, ge=1, description="a side needs at least this many validation faces beyond its threshold"
+    )
+    max_unlabeled: int = Field(
+        20000, ge=1, description="at most this many faces to pseudo-label (a fixed sample of the rest)"
+    )

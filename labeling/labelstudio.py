@@ -351,14 +351,65 @@ def record_tasks(wh: Warehouse, rows: list[dict[str, Any]]) -> int:
     return wh.append("label_studio_tasks", pa.Table.from_pylist([{**r, "pushed_at": now} for r in rows]))
 
 
+def queue_predictions(
+    wh: Warehouse, rows: Iterable[Mapping[str, Any]], batch_size: int = 64
+) -> dict[str, dict[str, dict[str, float]]]:
+    """What pre-fills the tasks of queued faces (`queued_faces` rows): each face's queue model run on
+    it (`model_predictions`), or that model's stored pseudo labels (`predictions_for`) where its
+    files are gone or the row names no model."""
+    by_model: dict[str | None, list[str]] = {}
+    for r in rows:
+        by_model.setdefault(r.get("model_id"), []).append(str(r["crop_id"]))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, ids in by_model.items():
+        try:
+            out.update(model_predictions(wh, ids, model, batch_size) if model else predictions_for(wh, ids))
+        except FileNotFoundError:
+            out.update(predictions_for(wh, ids, model))
+    return out
+
+
+def model_predictions(
+    wh: Warehouse, crop_ids: Iterable[str], model_id: str, batch_size: int = 64
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The model's output on these faces, as {crop_id: {"emotion": {every class: probability}} or
+    {"aus": {"AU1": probability, ...}}}: every label, also those between the pseudo-label thresholds
+    (the faces a curator is asked about). Through `labeling.pseudo.face_predictions`, so a face the
+    pseudo-labeler or the review queue already ran is read from the model's cache. Unreadable crops
+    are left out.
+
+    Raises:
+        FileNotFoundError: no such model, or its files are missing.
+    """
+    from labeling.pseudo import face_predictions
+    from models.predict import Predictor
+
+    ids = sorted(set(crop_ids))
+    if not ids:
+        return {}
+    predictor = Predictor.load(wh, model_id)
+    faces = wh.sql(
+        "SELECT crop_id, image_id, media_path, gray_media_path FROM crops WHERE list_contains($ids, crop_id) "
+        "ORDER BY crop_id",
+        {"ids": ids},
+    )
+    table, _ = face_predictions(wh, predictor, faces, batch_size)
+    key = "aus" if predictor.task == "au" else "emotion"
+    columns = {lab: table.column(lab).to_pylist() for lab in predictor.labels}
+    return {
+        crop_id: {key: {lab: round(float(columns[lab][i]), 6) for lab in predictor.labels}}
+        for i, crop_id in enumerate(table.column("crop_id").to_pylist())
+    }
+
+
 def predictions_for(
     wh: Warehouse, crop_ids: Iterable[str], model_id: str | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """The seam for pre-filled predictions: the stored `pseudo` labels of these faces (of
-    `model_id` when given: the pseudo labels' annotator is the model id), as
-    {crop_id: {"emotion": {name: confidence}, "aus": {"AU1": probability, ...}}}. Emotion pseudo
-    labels store only the winning emotion and its confidence; a Predictor computing full
-    distributions can replace this function. Faces without pseudo labels are left out."""
+    """The stored `pseudo` labels of these faces (of `model_id` when given: the pseudo labels'
+    annotator is the model id), as {crop_id: {"emotion": {name: confidence}, "aus": {"AU1":
+    probability, ...}}}: the fallback of `queue_predictions` when the model's files are gone. Emotion
+    pseudo labels store only the winning emotion and its confidence. Faces without pseudo labels are
+    left out."""
     ids = sorted(set(crop_ids))
     if not ids:
         return {}

@@ -116,6 +116,24 @@ def pseudo_thresholds(
     return out
 
 
+def au_decisions(prob: np.ndarray, cut: Cut | None) -> tuple[np.ndarray, np.ndarray]:
+    """One AU's pseudo labels: (present, absent) masks of the probabilities; neither between the
+    thresholds, nor where the AU has no cut."""
+    present = prob >= cut.upper if cut and cut.upper is not None else np.zeros(len(prob), bool)
+    absent = prob <= cut.lower if cut and cut.lower is not None else np.zeros(len(prob), bool)
+    return present, absent & ~present
+
+
+def au_pseudo_targets(prob: np.ndarray, labels: Sequence[str], cuts: dict[str, Cut | None]) -> np.ndarray:
+    """Training targets of pseudo labels, (N, K) float32: 1 present, 0 absent, NaN unknown (between
+    the thresholds, or an AU without a cut)."""
+    out = np.full(prob.shape, np.nan, np.float32)
+    for k, label in enumerate(labels):
+        present, absent = au_decisions(prob[:, k], cuts.get(label))
+        out[present, k], out[absent, k] = 1.0, 0.0
+    return out
+
+
 # ---- labeling ---------------------------------------------------------------------------------
 @dataclass
 class PseudoLabelReport:
@@ -285,9 +303,7 @@ def _au_rows(
     for label in labels:
         cut = cuts.get(label)
         p = predicted.column(label).to_numpy(zero_copy_only=False).astype(np.float32)
-        present = p >= cut.upper if cut and cut.upper is not None else np.zeros(len(p), bool)
-        absent = p <= cut.lower if cut and cut.lower is not None else np.zeros(len(p), bool)
-        absent &= ~present
+        present, absent = au_decisions(p, cut)
         per_label[label] = {"present": int(present.sum()), "absent": int(absent.sum())}
         for mask, is_present, thr in ((present, True, cut and cut.upper), (absent, False, cut and cut.lower)):
             n = int(mask.sum())

@@ -28,11 +28,19 @@ def bce(logits: Tensor, targets: Tensor, pos_weight: Tensor | None = None) -> Te
     """Binary cross-entropy `-y log p - (1-y) log(1-p)` with p = sigmoid(logits).
 
     Averaged over labels and samples (Keras' binary_crossentropy, as the seeds used). `pos_weight`
-    (K,) multiplies the positive term per label, e.g. n_neg / n_pos against AU imbalance."""
+    (K,) multiplies the positive term per label, e.g. n_neg / n_pos against AU imbalance. A NaN
+    target is an unknown label (a pseudo-labeled face whose AU fell between the thresholds): it
+    adds nothing to the loss or its gradient, and the mean is over the known labels."""
     x, y = _as_float(logits, targets)
     if pos_weight is not None:
         pos_weight = pos_weight.to(device=x.device, dtype=x.dtype)
-    return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="mean")
+    known = ~torch.isnan(y)
+    if bool(known.all()):
+        return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="mean")
+    each = F.binary_cross_entropy_with_logits(
+        x, torch.where(known, y, torch.zeros_like(y)), pos_weight=pos_weight, reduction="none"
+    )
+    return (each * known).sum() / known.sum().clamp_min(1)
 
 
 def lsep(logits: Tensor, targets: Tensor) -> Tensor:

@@ -96,22 +96,51 @@ def compare_losses_report(
 
     `results` maps a loss name ("bce", "lsep", "pr") to its AU folds; all must share the labels
     (and should share the folds: the report says when the held-out groups differ)."""
+    return au_side_by_side_report(
+        out_dir,
+        title="Loss comparison: " + " vs ".join(results),
+        about="seed 000: BCE, LSEP and the precision-recall loss on the same folds",
+        column="Loss",
+        dataset_version=dataset_version,
+        results=results,
+        on_published_data=on_published_data,
+    )
+
+
+def au_side_by_side_report(
+    out_dir: Path,
+    *,
+    title: str,
+    about: str,
+    column: str,
+    dataset_version: str,
+    results: dict[str, list[FoldPredictions]],
+    notes: Sequence[str] = (),
+    on_published_data: bool = False,
+) -> dict[str, Path]:
+    """AU models trained differently on the same folds, side by side: Avg.F1 per fold, per-AU F1
+    mean ± std over folds, pooled F1 and average precision. `results` maps each arm's name (a
+    `column` value: a loss, "gold", ...) to its folds; `notes` are listed under the header.
+
+    Raises:
+        ValueError: no results, or arms with different labels.
+    """
     if not results:
         raise ValueError("no results")
-    losses = list(results)
+    arms = list(results)
     au = get_task("au")
     rs = {name: Rows(evaluate_folds(au, folds)) for name, folds in results.items()}
     labels = list(next(iter(results.values()))[0].labels)
     if any(list(folds[0].labels) != labels for folds in results.values()):
-        raise ValueError("all losses must be evaluated on the same labels")
-    title = "Loss comparison: " + " vs ".join(losses)
+        raise ValueError(f"every {column.lower()} must be evaluated on the same labels")
     doc = render.Doc([])
     doc.h(1, title)
     doc.ul(
         [
             f"Dataset version: {dataset_version}",
-            "Task: au (seed 000: BCE, LSEP and the precision-recall loss on the same folds)",
+            f"Task: au ({about})",
             f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            *notes,
         ]
     )
     splits = {
@@ -119,40 +148,46 @@ def compare_losses_report(
         for name, folds in results.items()
     }
     if len({json.dumps(s) for s in splits.values()}) > 1:
-        doc.p("Warning: the losses were not evaluated on the same held-out groups.", bold=True)
-    doc.h(2, "Avg.F1 per loss")
+        doc.p(f"Warning: the {column.lower()}s were not evaluated on the same held-out groups.", bold=True)
+    doc.h(2, f"Avg.F1 per {column.lower()}")
     fold_ids = sorted({k for r in rs.values() for k in r.folds})
     doc.table(
-        ["Loss"] + [f"fold {k}" for k in fold_ids] + ["mean ± std"],
+        [column] + [f"fold {k}" for k in fold_ids] + ["mean ± std", "pooled"],
         [
             [name]
             + [render.fmt(rs[name]("avg_f1", fold=k)) if k in rs[name].folds else "-" for k in fold_ids]
-            + [rs[name].pm("avg_f1")]
-            for name in losses
+            + [rs[name].pm("avg_f1"), render.fmt(rs[name]("avg_f1_pooled"))]
+            for name in arms
         ],
     )
     doc.h(2, "Per-AU F1 (mean ± std over folds)")
     doc.table(
-        ["AU"] + losses,
-        [[lab] + [rs[name].pm("f1", lab) for name in losses] for lab in labels]
-        + [["Avg.F1"] + [rs[name].pm("avg_f1") for name in losses]],
+        ["AU"] + arms,
+        [[lab] + [rs[name].pm("f1", lab) for name in arms] for lab in labels]
+        + [["Avg.F1"] + [rs[name].pm("avg_f1") for name in arms]],
     )
-    doc.img("f1_by_loss.png", "per-AU F1 per loss, mean over folds with std error bars")
-    doc.h(2, "Per-AU average precision (all folds pooled)")
+    plot = f"f1_by_{column.lower().replace(' ', '_')}.png"
+    doc.img(plot, f"per-AU F1 per {column.lower()}, mean over folds with std error bars")
+    doc.h(2, "Per-AU F1 and average precision (all folds pooled)")
     doc.table(
-        ["AU"] + losses,
-        [[lab] + [render.fmt(rs[name]("ap_pooled", lab)) for name in losses] for lab in labels],
+        ["AU"] + [f"{name} F1" for name in arms] + [f"{name} AP" for name in arms],
+        [
+            [lab]
+            + [render.fmt(rs[name]("f1_pooled", lab)) for name in arms]
+            + [render.fmt(rs[name]("ap_pooled", lab)) for name in arms]
+            for lab in labels
+        ],
     )
     render.baselines_section(
         doc,
         au.headline_name,
         au.published_baselines,
-        [(f"This run, {name}", rs[name]("avg_f1"), "mean over folds") for name in losses],
+        [(f"This run, {name}", rs[name]("avg_f1"), "mean over folds") for name in arms],
         on_published_data,
     )
     series = {
         name: ([rs[name]("f1", lab) for lab in labels], [rs[name]("f1_std", lab) for lab in labels])
-        for name in losses
+        for name in arms
     }
-    plots = {"f1_by_loss.png": lambda path: render.plot_bars(path, labels, series, "F1")}
+    plots = {plot: lambda path: render.plot_bars(path, labels, series, "F1")}
     return render.write_folder(Path(out_dir), doc, title, plots)

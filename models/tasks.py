@@ -160,11 +160,14 @@ class AUTask(Task):
     def criterion(
         self, settings: AUTrainingSettings, train_targets: np.ndarray, device: torch.device
     ) -> Criterion:
-        if settings.loss == "bce" and settings.pos_weight:
-            pos = train_targets.sum(0)
-            pw = torch.tensor(
-                (len(train_targets) - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device
+        if settings.loss != "bce" and np.isnan(train_targets).any():
+            raise ConfigError(
+                f"loss {settings.loss} cannot train on faces with unknown AUs (partial pseudo labels); use bce"
             )
+        if settings.loss == "bce" and settings.pos_weight:
+            pos = np.nansum(train_targets, 0)
+            known = (~np.isnan(train_targets)).sum(0)
+            pw = torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device)
             return lambda logits, y: LOSSES["bce"](logits.float(), y, pos_weight=pw)
         loss = LOSSES[settings.loss]
         return lambda logits, y: loss(logits.float(), y)

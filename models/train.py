@@ -246,9 +246,11 @@ class FoldRun:
     test_idx: np.ndarray
 
 
-def _fold_predictions(
+def fold_predictions(
     faces: Faces, fold: int, fitted: FitResult, val_idx, test_idx, settings: TrainingSettings
 ) -> FoldPredictions:
+    """A fitted model's probabilities on faces[test_idx], with the task's thresholds chosen on
+    faces[val_idx] (never on the test faces)."""
     device, mc, task = torch_device(settings.device), settings.network(), settings.task
 
     def prob(idx: np.ndarray) -> np.ndarray:
@@ -281,7 +283,7 @@ def cross_validate(faces: Faces, settings: TrainingSettings, log: Progress = pri
         log(f"fold {fold + 1}/{k}: {len(train_idx)} train, {len(val_idx)} val ({how}), {len(test_idx)} test")
         fitted = fit(faces, train_idx, val_idx, settings, log)
         fitted.validation = how
-        preds = _fold_predictions(faces, fold, fitted, val_idx, test_idx, settings)
+        preds = fold_predictions(faces, fold, fitted, val_idx, test_idx, settings)
         runs.append(FoldRun(preds, fitted, val_idx, test_idx))
     return runs
 
@@ -307,7 +309,7 @@ def holdout(faces: Faces, settings: TrainingSettings, log: Progress = print) -> 
     fitted.validation = "the version's val split"
     return [
         FoldRun(
-            _fold_predictions(faces, 0, fitted, val_idx, test_idx, settings),
+            fold_predictions(faces, 0, fitted, val_idx, test_idx, settings),
             fitted,
             val_idx,
             test_idx,

@@ -6,6 +6,7 @@ assets over the same data root."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from labeling.autolabel import autolabel
-from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
+from labeling.curation_settings import PseudoExperimentSettings, PseudoLabelSettings, ReviewSettings
 from labeling.detectors import load_detector
 from labeling.pseudo import pseudo_label
+from labeling.pseudo_experiment import ARMS, pseudo_label_experiment
 from labeling.review import REASONS, build_review_queue
 from models.pipeline import evaluate_model, train_model
 from models.predict import Predictor
@@ -266,3 +268,42 @@ def test_cli_and_dagster_reach_the_same_code(home, tmp_path, capsys):
     assert meta["model_id"].value == production_model(Warehouse(home), "au")
     assert "thresholds" in meta and "no_pseudo_labels_target_not_met" in meta
     assert result.asset_materializations_for_node("review_queue")[0].metadata["dagster/row_count"].value >= 0
+
+
+def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
+    """Issue 12 part 9 on a tiny budget: what is measured, not whether pseudo labels help here."""
+    wh = Warehouse(home)
+    version = read_manifest_version(wh)
+    tiny = AU_SETTINGS.replace(image_size=64, head_epochs=5, finetune_epochs=1)
+    settings = PseudoExperimentSettings(target_precision=0.8)
+    result = pseudo_label_experiment(wh, version, tiny, settings, log=QUIET)
+    print("\n" + result.summary())
+    gold, both = (result.folds[arm] for arm in ARMS)
+    assert [f.groups for f in gold] == [f.groups for f in both] and len(gold) == 3
+    assert all(g.startswith("disfa:") for f in gold for g in f.groups)  # tested on gold people only
+    assert all(np.array_equal(a.y_true, b.y_true) for a, b in zip(gold, both))
+    assert sum(a["faces"] for a in result.pseudo_per_fold) > 0
+    md = result.report["markdown"].read_text()
+    assert "gold + pseudo" in md and f"{result.scores['gold']:.3f}" in md
+    saved = json.loads((result.folder / "result.json").read_text())
+    assert saved["scores"] == pytest.approx(result.scores) and saved["metric"] == tiny.headline
+    assert PseudoExperimentSettings.load(result.folder) == settings
+
+
+def test_label_studio_prefill_is_the_queue_models_output(home):
+    """Queued faces are pre-filled with the model's probabilities of every label (also the AUs
+    between the pseudo-label thresholds, which have no stored label), as Predictor gives them."""
+    from labeling.labelstudio import prediction_for, queue_predictions, queued_faces
+
+    wh = Warehouse(home)
+    build_review_queue(wh, "au", ReviewSettings(queue="prefill", unique_top=5), log=QUIET)
+    rows = queued_faces(wh, "prefill")
+    preds = queue_predictions(wh, rows)
+    model_id = production_model(wh, "au")
+    assert rows and set(preds) == {r["crop_id"] for r in rows}
+    predictor = Predictor.load(wh, model_id)
+    direct = predictor.predict([r["media_path"] for r in rows[:5]])
+    for r, p in zip(rows[:5], direct):
+        assert preds[r["crop_id"]]["aus"] == pytest.approx(dict(zip(predictor.labels, p.tolist())), abs=1e-5)
+    made = prediction_for(preds[rows[0]["crop_id"]], model_id)
+    assert made["model_version"] == model_id and made["result"][0]["from_name"] == "aus"

@@ -150,6 +150,27 @@ def test_bce_by_hand_and_pos_weight():
     assert got.item() == pytest.approx(sum(weighted) / 4, rel=1e-6)
 
 
+def test_bce_masks_unknown_labels():
+    """NaN targets (a pseudo-labeled face's AUs between the thresholds) add nothing: the loss is the
+    mean over the known labels, and the masked logits get no gradient."""
+    logits = _t([[0.5, -1.0, 3.0], [2.0, 0.0, -4.0]]).requires_grad_()
+    targets = _t([[1, float("nan"), 0], [float("nan"), 1, float("nan")]])
+    known = [(0, 0), (0, 2), (1, 1)]
+    w = torch.tensor([2.0, 3.0, 0.5])
+    loss = bce(logits, targets, pos_weight=w)
+    by_hand = torch.stack(
+        [
+            bce(logits[i : i + 1, k : k + 1], targets[i : i + 1, k : k + 1], pos_weight=w[k : k + 1])
+            for i, k in known
+        ]
+    ).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-9)
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[1, 0] == 0 and logits.grad[1, 2] == 0
+    assert all(logits.grad[i, k] != 0 for i, k in known)
+    assert torch.isfinite(bce(_t([[1.0]]), _t([[float("nan")]])))  # nothing known: 0, not NaN
+
+
 @pytest.mark.parametrize("name", ["bce", "lsep", "pr"])
 def test_half_precision_logits_give_float32_loss(name):
     logits = torch.tensor(LOGITS, dtype=torch.bfloat16)
