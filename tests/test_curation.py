@@ -5,13 +5,13 @@ assets over the same data root."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ferlab.demotruth import score_au_pseudo_labels, truth_faces
 from labeling.autolabel import autolabel
 from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
 from labeling.detectors import load_detector
@@ -22,7 +22,6 @@ from models.predict import Predictor
 from models.registry import decide_promotion, production_model
 from models.settings import AUTrainingSettings, EmotionTrainingSettings
 from warehouse import Warehouse
-from warehouse.schemas import AU_PRESENT_THRESHOLD
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.sources.scraped import ingest_scraped
@@ -103,72 +102,22 @@ def test_predictor_backends_agree_and_bad_crops_do_not_stop_a_run(home, tmp_path
     assert z.shape[0] == 5 and np.isfinite(z).all()
 
 
-def _truth_matches(wh: Warehouse, truth_csv: Path) -> dict[str, dict[int, bool]]:
-    """crop_id -> {AU: present} for the FER-2013 and scraped faces the renderer drew (a scraped
-    crop matched by IoU >= 0.5 of its detection with a drawn face)."""
-    with open(truth_csv, newline="") as f:
-        truth = list(csv.DictReader(f))
-    aus = [int(c[2:]) for c in truth[0] if c.startswith("au")]
-    rows = wh.sql(
-        "SELECT c.crop_id, i.source, i.source_uri, d.x1, d.y1, d.x2, d.y2 FROM crops c JOIN images i USING (image_id) "
-        "LEFT JOIN detections d USING (detection_id) WHERE i.source IN ('fer2013', 'scraped')"
-    ).to_pylist()
-    by_path: dict[str, list[dict]] = {}
-    for t in truth:
-        by_path.setdefault(t["path"], []).append(t)
-    out = {}
-    for r in rows:
-        uri = r["source_uri"]
-        key = (
-            "fer2013.csv#" + uri.split("#", 1)[1]
-            if r["source"] == "fer2013"
-            else uri[uri.index("scraped/") :]
-        )
-        faces = by_path.get(key, [])
-        if r["source"] == "scraped":
-            faces = [t for t in faces if _iou((r["x1"], r["y1"], r["x2"], r["y2"]), t) >= 0.5]
-        if len(faces) == 1:
-            out[r["crop_id"]] = {au: float(faces[0][f"au{au}"]) >= AU_PRESENT_THRESHOLD for au in aus}
-    return out
-
-
-def _iou(box, t) -> float:
-    tb = [float(t[k]) for k in ("x1", "y1", "x2", "y2")]
-    ix = max(0.0, min(box[2], tb[2]) - max(box[0], tb[0]))
-    iy = max(0.0, min(box[3], tb[3]) - max(box[1], tb[1]))
-    inter = ix * iy
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (tb[2] - tb[0]) * (tb[3] - tb[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _au_pseudo_precision(wh: Warehouse, home: Path, report) -> tuple[float, int, float, int]:
     """Precision of the present and absent AU pseudo labels on the FER-2013 + scraped faces (never
-    trained on), scored against the renderer's truth; prints the per-AU table."""
-    truth = _truth_matches(wh, home / "truth.csv")
-    labels = wh.sql(
-        "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ?",
-        [report.model_id],
-    ).to_pylist()
-    scored = [r for r in labels if r["crop_id"] in truth]
-    n_faces = len(truth)
-    print(f"scored against the renderer's truth: {len(scored)} labels on {n_faces} FER-2013 + scraped faces")
-    print(f"{'AU':>5} {'pos prec':>9} {'n pos':>6} {'neg prec':>9} {'n neg':>6} {'coverage':>9}")
-    tp = np_ = tn = nn = 0
-    for label, cut in report.thresholds.items():
-        au = int(label[2:])
-        mine = [r for r in scored if r["au"] == au]
-        pos = [truth[r["crop_id"]][au] for r in mine if r["present"]]
-        neg = [not truth[r["crop_id"]][au] for r in mine if not r["present"]]
-        tp, np_, tn, nn = tp + sum(pos), np_ + len(pos), tn + sum(neg), nn + len(neg)
-        cov = len(mine) / max(n_faces, 1)
-        fmt = lambda v, n: f"{v / n:9.3f}" if n else f"{'-':>9}"  # noqa: E731
-        note = "  (no pseudo labels: target not met)" if cut is None else ""
-        print(
-            f"{label:>5} {fmt(sum(pos), len(pos))} {len(pos):6d} {fmt(sum(neg), len(neg))} {len(neg):6d} {cov:9.2f}{note}"
-        )
-    present, absent = tp / max(np_, 1), tn / max(nn, 1)
-    print(f"overall: present precision {present:.3f} ({np_}), absent precision {absent:.3f} ({nn})")
-    return present, np_, absent, nn
+    trained on), scored against the renderer's truth (ferlab.demotruth, as
+    benchmarks/pseudo_label_precision); prints the per-AU table."""
+    truth = truth_faces(wh, home / "truth.csv")
+    score = score_au_pseudo_labels(wh, truth, report.model_id, [int(k[2:]) for k in report.thresholds])
+    t = score.overall()
+    print(
+        f"scored against the renderer's truth: {t.n_present + t.n_absent} labels on {len(truth)} FER-2013 + scraped faces"
+    )
+    print(score.table(unmet=report.unmet))
+    present, absent = t.present_precision or 0.0, t.absent_precision or 0.0
+    print(
+        f"overall: present precision {present:.3f} ({t.n_present}), absent precision {absent:.3f} ({t.n_absent})"
+    )
+    return present, t.n_present, absent, t.n_absent
 
 
 def test_au_pseudo_labels_on_faces_never_trained_on(home):
