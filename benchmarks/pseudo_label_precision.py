@@ -54,7 +54,8 @@ from warehouse.sources.scraped import ingest_scraped
 from warehouse.versions import snapshot_dataset_version
 
 QUIET = lambda m: None  # noqa: E731
-# tests/test_curation.py's AU_SETTINGS (test_models.py's budget)
+# tests/test_curation.py's AU_SETTINGS (test_models.py's budget) but `degrade`, the variants' one
+# difference (the test trains with degrade=0.5)
 TEST_SETTINGS = dict(image_size=112, finetune_epochs=3, head_epochs=30, loss="bce", finetune_lr=1e-4, folds=3)
 BANDS = ("0", "(0,1)", "[1,2)", ">=2")  # truth intensity bands
 

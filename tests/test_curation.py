@@ -31,8 +31,10 @@ pytestmark = pytest.mark.slow  # trains three models (~3 minutes on 2 CPU cores)
 
 QUIET = lambda m: None  # noqa: E731
 # test_models.py's budget: the AU model that reaches Avg.F1 ~0.56 on held-out people
+# with degraded training faces (gray, low resolution: the look of the FER-2013 and scraped faces
+# it pseudo-labels), which lifts its pseudo labels' precision there (benchmarks.pseudo_label_precision)
 AU_SETTINGS = AUTrainingSettings(
-    image_size=112, finetune_epochs=3, head_epochs=30, loss="bce", finetune_lr=1e-4, folds=3
+    image_size=112, finetune_epochs=3, head_epochs=30, loss="bce", finetune_lr=1e-4, folds=3, degrade=0.5
 )
 ONE_EPOCH = AU_SETTINGS.replace(head_epochs=1, finetune_epochs=0)  # deliberately worse
 EMOTION_SETTINGS = EmotionTrainingSettings(architecture="fer2013_cnn", scratch_epochs=15, folds=0)
@@ -143,13 +145,20 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
     assert new.created and new.counts["au_source"].get("pseudo", 0) > 0
 
 
-# Measured on this demo: the thresholds hold on the held-out DISFA people they were chosen on,
-# but the demo's AU model does not transfer to FER-2013's tight 48 px gray crops and the small
-# scraped faces (AU6/AU12 fire on identities whose resting face keeps a residual smile of
-# intensity 1.2-1.9, labeled absent). A model matter, not a threshold one: raising the thresholds
-# does not help. strict: when a better model meets the bar, this marker must go.
+# Measured on this demo (benchmarks.pseudo_label_precision): the thresholds hold on the held-out
+# DISFA people they were chosen on; on FER-2013 + scraped faces present / absent precision is
+# 0.420 / 0.849 without degraded training faces, 0.546 / 0.886 with degrade=0.5. The absent side
+# meets the bar; the present side cannot by a model trained on these labels: most wrong present
+# labels are AU6/AU12/AU25 on identities whose resting face keeps a residual of intensity 1.5-1.9,
+# which the DISFA label files round to 2 (present: what the model is taught) while the FER-2013 /
+# scraped truth keeps it unrounded (absent). Scored as the DISFA files round (present from 1.5),
+# present / absent precision is 0.809 / 0.847 without, 0.878 / 0.885 with degrade=0.5. strict: when
+# a better model (or demo labels rounded the same way for every source) meets the bar, this marker
+# must go.
 @pytest.mark.xfail(
-    strict=True, reason="issue 12: the demo AU model's pseudo labels miss 0.85 precision on unseen sources"
+    strict=True,
+    reason="issue 12: present AU pseudo labels miss 0.85 precision on unseen sources (the demo's "
+    "DISFA labels round resting residuals of 1.5-1.9 to present)",
 )
 def test_au_pseudo_labels_meet_the_precision_bar(home):
     wh = Warehouse(home)
