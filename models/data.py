@@ -181,13 +181,26 @@ def validation_split(
 @dataclass(frozen=True)
 class Augment:
     """Batch augmentation on the device: horizontal flip (seed 004), zoom-out (seed 004: the
-    face shrinks inside the frame, padded with the edge colour) and the seed-002 half-face
-    join (the left half of one face with the right half of another with the same labels)."""
+    face shrinks inside the frame, padded with the edge colour), the seed-002 half-face
+    join (the left half of one face with the right half of another with the same labels) and,
+    when `degrade` > 0, degraded faces: the look of sources the model never trains on (FER-2013's
+    48 px gray crops, small faces of scraped photos) made from the training frames: grayscale
+    and zoomed in up to `max_zoom_in` (half of them: FER-2013's crops are gray and tight),
+    down-scaled to `degrade_px` and back up (three quarters; one size per batch)
+    and brightness/contrast jitter (all). `mean`/`std`: the normalisation of x (undone for the
+    pixel operations, then redone); None: x is pixels / 255."""
 
     flip: float = 0.5
     zoom_out: float = 0.3  # share of the batch zoomed out
     min_scale: float = 0.75
     half_join: float = 0.2  # share of the batch replaced by joined halves
+    degrade: float = 0.0  # share of the batch degraded (after the rest)
+    degrade_px: tuple[int, int] = (40, 64)  # the low resolution's range, px (inclusive)
+    max_zoom_in: float = 1.4  # degraded: a tighter crop, the face up to this much larger
+    brightness: float = 0.15  # degraded: offset in [-b, b] of the 0..1 pixel range
+    contrast: float = 0.3  # degraded: contrast factor in [1 - c, 1 + c]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """x: a normalised float batch (N, C, H, W), changed in place; y: its targets (for the
@@ -210,7 +223,44 @@ class Augment:
             partner = same_label_partner(y, gen)
             half = w // 2
             x[join, :, :, half:] = x[partner[join], :, :, half:]
+        if self.degrade > 0:  # drawn only then: without it, the random stream is the one before
+            pick = (torch.rand(n, generator=gen) < self.degrade).to(dev)
+            if pick.any():
+                x[pick] = self.degraded(x[pick], gen)
         return x
+
+    def degraded(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """x (normalised, (M, C, H, W)) as gray / low-resolution / differently lit faces (a new tensor)."""
+        m, c, h, w = x.shape
+        dev, dtype = x.device, x.dtype
+        shape = (1, c, 1, 1)
+        mean = torch.tensor(self.mean, device=dev, dtype=dtype).view(shape) if self.mean else None
+        std = torch.tensor(self.std, device=dev, dtype=dtype).view(shape) if self.std else None
+        px = x * std + mean if mean is not None else x.clone()  # 0..1 pixels
+        rand = torch.rand(m, 4, generator=gen).to(dev)
+        gray = rand[:, 0] < 0.5
+        if c == 3 and gray.any():
+            luma = torch.tensor((0.299, 0.587, 0.114), device=dev, dtype=dtype).view(1, 3, 1, 1)
+            px[gray] = (px[gray] * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+        tight = gray  # cropped tighter too, as FER-2013's gray crops are
+        if tight.any() and self.max_zoom_in > 1:
+            k = int(tight.sum())
+            scale = 1 + (self.max_zoom_in - 1) * torch.rand(k, generator=gen).to(dev)
+            theta = torch.zeros(k, 2, 3, device=dev, dtype=dtype)
+            theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale  # a smaller window: the face grows
+            grid = F.affine_grid(theta, [k, c, h, w], align_corners=False)
+            px[tight] = F.grid_sample(px[tight], grid, padding_mode="border", align_corners=False)
+        low = rand[:, 1] < 0.75
+        lo, hi = self.degrade_px
+        size = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        if low.any() and size < min(h, w):
+            small = F.interpolate(px[low], size=(size, size), mode="area")
+            px[low] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        gain = (1 + self.contrast * (2 * rand[:, 2] - 1)).view(m, 1, 1, 1)
+        offset = (self.brightness * (2 * rand[:, 3] - 1)).view(m, 1, 1, 1)
+        centre = px.mean(dim=(1, 2, 3), keepdim=True)
+        px = ((px - centre) * gain + centre + offset).clamp_(0, 1)
+        return (px - mean) / std if mean is not None else px
 
 
 def same_label_partner(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

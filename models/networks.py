@@ -491,6 +491,12 @@ def build_model(config: ModelConfig) -> nn.Module:
     )
 
 
+def normalization(config: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) `normalize` applies after /255: ImageNet's for the RGB backbones, none
+    for fer2013_cnn."""
+    return None if config.architecture == "fer2013_cnn" else (IMAGENET_MEAN, IMAGENET_STD)
+
+
 def normalize(x_uint8: Tensor, config: ModelConfig) -> Tensor:
     """(N, C, H, W) uint8 -> float32 model input on the same device: /255, then ImageNet mean/std
     for the RGB backbones (their pretrained weights expect it), /255 only for fer2013_cnn (seed 003).
@@ -510,10 +516,11 @@ def normalize(x_uint8: Tensor, config: ModelConfig) -> Tensor:
             x = (x * luma).sum(dim=1, keepdim=True)
         else:
             raise ValueError(f"{c}-channel batch for a {config.channels}-channel model")
-    if config.architecture == "fer2013_cnn":
+    stats = normalization(config)
+    if stats is None:
         return x
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(stats[0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(stats[1], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     if x.is_contiguous() and x.data_ptr() != x_uint8.data_ptr():  # our own copy: in place, no new batch
         return x.sub_(mean).div_(std)
     return (x - mean) / std

@@ -77,6 +77,14 @@ class TrainingSettings(Settings):
     plateau_patience: int = Field(10, ge=0, description="epochs without improvement before the lr is cut")
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="lr factor on a plateau (seed 004: 0.5)")
     augment: bool = Field(True, description="flip, zoom-out and half-face join on training batches")
+    degrade: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of each augmented training batch degraded to look like the sources the model "
+        "labels but never trains on (FER-2013's 48 px gray crops, small faces in scraped photos): gray, "
+        "down-scaled to 40-64 px and back, brightness/contrast jitter; 0: none (needs augment)",
+    )
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     amp: bool = Field(True, description="float16 autocast on CUDA")
     seed: int = Field(

@@ -6,7 +6,8 @@
 Stage 1 (head only): the backbone is frozen and its BatchNorm layers stay in eval mode, so
 its pooled features are a fixed function of the input: they are computed once and the head
 trains on them (epochs cost milliseconds instead of a backbone pass each), with early
-stopping on the validation loss. Stage 2 (fine-tuning): all or the last N backbone blocks
+stopping on the validation loss (with `degrade`, the features of degraded copies of a share of
+the training faces join them: see models.data.Augment). Stage 2 (fine-tuning): all or the last N backbone blocks
 train with the head at a low learning rate (Adam 1e-5, seeds 000/002), on augmented batches,
 learning rate x0.5 after a plateau of the validation loss (seed 004), keeping the best epoch.
 The same code runs on CUDA (with float16 autocast and a grad scaler) and on the CPU.
@@ -27,7 +28,7 @@ from torch import nn
 
 from models.data import Augment, Faces, group_kfold, iterate_batches, validation_split
 from models.device import torch_device
-from models.networks import ModelConfig, TransferNet, build_model, normalize
+from models.networks import ModelConfig, TransferNet, build_model, normalization, normalize
 from models.predictions import FoldPredictions
 from models.settings import TrainingSettings
 
@@ -93,13 +94,31 @@ def predict_logits(
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _augmentation(mc: ModelConfig, tc: TrainingSettings, **fields: Any) -> Augment:
+    stats = normalization(mc)
+    return Augment(**{"degrade": tc.degrade, "mean": stats and stats[0], "std": stats and stats[1], **fields})
+
+
 @torch.no_grad()
-def _embed(model: TransferNet, faces: Faces, idx: np.ndarray, mc: ModelConfig, device, tc: TrainingSettings):
+def _embed(
+    model: TransferNet,
+    faces: Faces,
+    idx: np.ndarray,
+    mc: ModelConfig,
+    device,
+    tc: TrainingSettings,
+    degrade=None,
+):
+    """Pooled features of faces[idx] (and their targets); `degrade`: an Augment that degrades them all."""
     model.eval()
     feats = []
-    for x, _ in iterate_batches(faces, idx, 128, device):
+    gen = torch.Generator().manual_seed(tc.seed + 1)
+    for x, y in iterate_batches(faces, idx, 128, device):
+        x = normalize(x, mc)
+        if degrade is not None:
+            x = degrade(x, y, gen)
         with _autocast(device, tc):
-            feats.append(model.embed(normalize(x, mc)).float())
+            feats.append(model.embed(x).float())
     return torch.cat(feats), torch.from_numpy(faces.targets[idx]).to(device)
 
 
@@ -107,6 +126,12 @@ def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion
     """Stage 1 on cached pooled features: only the head's parameters move."""
     model.freeze_backbone(0)
     z_train, y_train = _embed(model, faces, train_idx, mc, device, tc)
+    if tc.augment and tc.degrade > 0:  # the head learns on degraded copies of a `degrade` share too
+        rng = np.random.default_rng(tc.seed)
+        some = np.sort(rng.permutation(train_idx)[: round(len(train_idx) * tc.degrade)])
+        only_degrade = _augmentation(mc, tc, flip=0.0, zoom_out=0.0, half_join=0.0, degrade=1.0)
+        z_deg, y_deg = _embed(model, faces, some, mc, device, tc, only_degrade)
+        z_train, y_train = torch.cat([z_train, z_deg]), torch.cat([y_train, y_deg])
     z_val, y_val = _embed(model, faces, val_idx, mc, device, tc)
     head = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(head, lr=tc.head_lr, weight_decay=tc.weight_decay)
@@ -148,7 +173,7 @@ def _train_full(
         opt, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience
     )
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp and device.type == "cuda")
-    augment = Augment() if tc.augment else None
+    augment = _augmentation(mc, tc) if tc.augment else None
     gen = torch.Generator().manual_seed(tc.seed)
     keeper, history = BestEpoch(tc.patience), []
     seen, busy = 0, 0.0

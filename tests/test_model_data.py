@@ -61,6 +61,30 @@ def test_augment_keeps_shape_and_labels_and_joins_only_twins():
     assert zoomed.shape == (4, 3, 16, 16) and torch.isfinite(zoomed).all()
 
 
+def test_degrade_makes_gray_low_resolution_faces_and_is_off_by_default():
+    y = torch.zeros(64, 2)
+    x = torch.rand(64, 3, 32, 32)
+    plain = Augment()(x.clone(), y, torch.Generator().manual_seed(1))
+    off = Augment(degrade=0.0)(x.clone(), y, torch.Generator().manual_seed(1))
+    assert torch.equal(plain, off)  # the default draws no extra random numbers
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    norm = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    quiet = dict(flip=0.0, zoom_out=0.0, half_join=0.0, brightness=0.0, contrast=0.0)
+    out = Augment(degrade=1.0, mean=mean, std=std, degrade_px=(8, 8), **quiet)(
+        norm.clone(), y, torch.Generator().manual_seed(0)
+    )
+    px = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert out.shape == x.shape and torch.isfinite(out).all() and px.min() >= -1e-5 and px.max() <= 1 + 1e-5
+    gray = (px[:, 0] - px[:, 1]).abs().amax((1, 2)) < 1e-5
+    blurred = (px[:, :, 1:] - px[:, :, :-1]).abs().mean((1, 2, 3)) < 0.5 * (
+        x[:, :, 1:] - x[:, :, :-1]
+    ).abs().mean()
+    assert 16 < gray.sum() < 48 and 32 < blurred.sum() < 64  # half gray, three quarters at 8 px
+    untouched = Augment(degrade=0.5, **quiet)(x.clone(), y, torch.Generator().manual_seed(0))
+    same = (untouched == x).flatten(1).all(1)
+    assert 16 < same.sum() < 48  # about half the batch degraded
+
+
 def test_crops_decode_once_into_a_reusable_memmap(tmp_path):
     rng = np.random.default_rng(0)
     paths = []

@@ -1,0 +1,185 @@
+"""The demo renderer's truth (`truth/faces.csv`, ferlab.demodata) matched to the data root's
+FER-2013 and scraped crops, and AU pseudo labels scored against it: faces no AU model trained on
+(they carry no AU label), so their truth is the only honest measure of the pseudo labels.
+
+    truth = truth_faces(wh, sources / "truth" / "faces.csv")
+    score = score_au_pseudo_labels(wh, truth, model_id)
+    print(score.table())                      # per AU: present / absent precision, coverage
+    score.overall().present_precision         # all AUs, both sources
+
+The truth holds the rendered, unrounded intensities. The DISFA label files the AU model learns
+from hold them rounded to integers (ferlab.demodata), so a DISFA frame is labeled present from 1.5
+on: scoring with `threshold=DISFA_LABEL_RULE` asks the same question of every source; the default,
+AU_PRESENT_THRESHOLD (2) on the unrounded value, counts a resting residual of 1.5-1.9 as absent
+although the DISFA files taught it as present.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from warehouse import Warehouse
+from warehouse.schemas import AU_PRESENT_THRESHOLD
+
+SOURCES = ("fer2013", "scraped")  # the sources the renderer drew that carry no AU label
+MIN_IOU = 0.5  # a scraped crop is the drawn face its detection overlaps this much
+# The DISFA label files hold integer intensities (the rendered one rounded), so a DISFA frame is
+# labeled present from intensity 1.5 on; FER-2013 and scraped truth keep the unrounded value.
+DISFA_LABEL_RULE = 1.5
+
+
+@dataclass(frozen=True)
+class TruthFace:
+    """One drawn face a crop was matched to: its source and rendered AU intensities."""
+
+    source: str
+    intensities: Mapping[int, float]
+    identity: str
+
+    def present(self, au: int, threshold: float = AU_PRESENT_THRESHOLD) -> bool:
+        return self.intensities[au] >= threshold
+
+
+def iou(box: Sequence[float], t: Mapping[str, str]) -> float:
+    """Intersection over union of `box` (x1, y1, x2, y2) and a truth row's box."""
+    tb = [float(t[k]) for k in ("x1", "y1", "x2", "y2")]
+    ix = max(0.0, min(box[2], tb[2]) - max(box[0], tb[0]))
+    iy = max(0.0, min(box[3], tb[3]) - max(box[1], tb[1]))
+    inter = ix * iy
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (tb[2] - tb[0]) * (tb[3] - tb[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def truth_faces(wh: Warehouse, truth_csv: Path) -> dict[str, TruthFace]:
+    """crop_id -> the drawn face, for the FER-2013 and scraped crops of the data root (a scraped crop
+    matched by IoU >= MIN_IOU of its detection with exactly one drawn face; others are left out)."""
+    with open(truth_csv, newline="") as f:
+        truth = list(csv.DictReader(f))
+    aus = [int(c[2:]) for c in truth[0] if c.startswith("au")]
+    rows = wh.sql(
+        "SELECT c.crop_id, i.source, i.source_uri, d.x1, d.y1, d.x2, d.y2 FROM crops c JOIN images i USING (image_id) "
+        "LEFT JOIN detections d USING (detection_id) WHERE i.source IN ('fer2013', 'scraped')"
+    ).to_pylist()
+    by_path: dict[str, list[dict]] = {}
+    for t in truth:
+        by_path.setdefault(t["path"], []).append(t)
+    out = {}
+    for r in rows:
+        uri = r["source_uri"]
+        key = (
+            "fer2013.csv#" + uri.split("#", 1)[1]
+            if r["source"] == "fer2013"
+            else uri[uri.index("scraped/") :]
+        )
+        faces = by_path.get(key, [])
+        if r["source"] == "scraped":
+            faces = [t for t in faces if iou((r["x1"], r["y1"], r["x2"], r["y2"]), t) >= MIN_IOU]
+        if len(faces) == 1:
+            t = faces[0]
+            out[r["crop_id"]] = TruthFace(r["source"], {au: float(t[f"au{au}"]) for au in aus}, t["identity"])
+    return out
+
+
+@dataclass
+class Tally:
+    """Pseudo labels of one AU (or all) on one source (or both), against the truth."""
+
+    faces: int = 0  # scored faces (x AUs when several are pooled)
+    n_present: int = 0  # labels "present"
+    true_present: int = 0  # ... truly present
+    n_absent: int = 0
+    true_absent: int = 0
+
+    @property
+    def present_precision(self) -> float | None:
+        return self.true_present / self.n_present if self.n_present else None
+
+    @property
+    def absent_precision(self) -> float | None:
+        return self.true_absent / self.n_absent if self.n_absent else None
+
+    @property
+    def coverage(self) -> float:
+        """Share of the (face, AU) decisions that got a label."""
+        return (self.n_present + self.n_absent) / self.faces if self.faces else 0.0
+
+    def add(self, other: Tally) -> None:
+        for k in ("faces", "n_present", "true_present", "n_absent", "true_absent"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+@dataclass
+class PseudoScore:
+    """A model's AU pseudo labels scored against the truth: one Tally per (AU, source)."""
+
+    model_id: str
+    aus: list[int]
+    cells: dict[tuple[int, str], Tally] = field(default_factory=dict)
+
+    def tally(self, au: int | None = None, source: str | None = None) -> Tally:
+        """One AU's (or, with None, all AUs') labels on one source (None: both)."""
+        out = Tally()
+        for (a, s), t in self.cells.items():
+            if (au is None or a == au) and (source is None or s == source):
+                out.add(t)
+        return out
+
+    def overall(self, source: str | None = None) -> Tally:
+        return self.tally(None, source)
+
+    def table(self, sources: Iterable[str | None] = (None,), unmet: Iterable[str] = ()) -> str:
+        """Per AU and source: precision of the present and absent labels (with their counts) and
+        coverage; then the overall row. `unmet`: labels ("AU9") with no thresholds (noted)."""
+        unmet = set(unmet)
+        fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9}"  # noqa: E731
+        lines = [
+            f"{'AU':>5} {'source':>8} {'pos prec':>9} {'n pos':>6} {'neg prec':>9} {'n neg':>6} {'coverage':>9}"
+        ]
+        for au in [*self.aus, None]:
+            for source in sources:
+                t = self.tally(au, source)
+                name = f"AU{au}" if au is not None else "all"
+                note = "  (no pseudo labels: target not met)" if f"AU{au}" in unmet else ""
+                lines.append(
+                    f"{name:>5} {source or 'both':>8} {fmt(t.present_precision)} {t.n_present:6d} "
+                    f"{fmt(t.absent_precision)} {t.n_absent:6d} {t.coverage:9.2f}{note}"
+                )
+        return "\n".join(lines)
+
+
+def score_au_pseudo_labels(
+    wh: Warehouse,
+    truth: Mapping[str, TruthFace],
+    model_id: str,
+    aus: Sequence[int] | None = None,
+    threshold: float = AU_PRESENT_THRESHOLD,
+) -> PseudoScore:
+    """`model_id`'s AU pseudo labels (au_labels, label_source pseudo) on the faces of `truth`
+    (see `truth_faces`), per AU (default: every AU it labeled) and source; an AU truly present
+    at intensity >= `threshold` (DISFA_LABEL_RULE: as the DISFA label files round it)."""
+    labels = wh.sql(
+        "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ?",
+        [model_id],
+    ).to_pylist()
+    labels = [r for r in labels if r["crop_id"] in truth]
+    aus = sorted({r["au"] for r in labels}) if aus is None else list(aus)
+    score = PseudoScore(model_id, aus)
+    n_faces = {s: sum(f.source == s for f in truth.values()) for s in SOURCES}
+    for au in aus:
+        for s in SOURCES:
+            score.cells[(au, s)] = Tally(faces=n_faces[s])
+    for r in labels:
+        if r["au"] not in aus:
+            continue
+        face = truth[r["crop_id"]]
+        t = score.cells[(r["au"], face.source)]
+        if r["present"]:
+            t.n_present += 1
+            t.true_present += face.present(r["au"], threshold)
+        else:
+            t.n_absent += 1
+            t.true_absent += not face.present(r["au"], threshold)
+    return score
