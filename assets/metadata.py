@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +21,16 @@ PREVIEW_COLUMNS = (
     "height",
     "media_path",
 )
+
+
+def report_metadata(markdown: str | Path) -> dict[str, MetadataValue]:
+    """A Markdown report as asset metadata: its path, and its text shown in the UI (cut to what the
+    UI keeps)."""
+    markdown = Path(markdown)
+    return {
+        "report": MetadataValue.path(str(markdown)),
+        "summary": MetadataValue.md(markdown.read_text()[:20000]),
+    }
 
 
 def table_metadata(table: pa.Table, max_rows: int = 10) -> MetadataValue:

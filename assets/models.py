@@ -16,7 +16,7 @@ from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
 from assets.config import SettingsConfig, settings_config
-from assets.metadata import table_metadata
+from assets.metadata import report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from labeling.curation_settings import PseudoExperimentSettings
@@ -194,9 +194,8 @@ def _report_asset(task: str, upstream):
                 "per_label": MetadataValue.json(
                     {f"{r['metric']} {r['label']}": round(r["value"], 3) for r in per_label}
                 ),
-                "report": MetadataValue.path(str(markdown)),
+                **report_metadata(markdown),
                 "report_html": MetadataValue.url(Path(ev.report["html"]).resolve().as_uri()),
-                "summary": MetadataValue.md(markdown.read_text()[:20000]),
                 "dagster/row_count": MetadataValue.int(len(ev.metrics)),
             },
             check_results=[_floor_check(task, model_id, ev)],
@@ -228,8 +227,7 @@ def au_loss_comparison(
         metadata={
             "avg_f1_by_loss": MetadataValue.json({k: round(v, 4) for k, v in result.avg_f1.items()}),
             "model_ids": MetadataValue.json(result.model_ids),
-            "report": MetadataValue.path(str(result.report["markdown"])),
-            "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
+            **report_metadata(result.report["markdown"]),
         }
     )
 
@@ -262,7 +260,6 @@ def au_pseudo_label_experiment(
                 {arm: {k: round(v, 4) for k, v in f1.items()} for arm, f1 in result.per_au_f1.items()}
             ),
             "pseudo_labeled_faces_per_fold": MetadataValue.json([a["faces"] for a in result.pseudo_per_fold]),
-            "report": MetadataValue.path(str(result.report["markdown"])),
-            "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
+            **report_metadata(result.report["markdown"]),
         }
     )

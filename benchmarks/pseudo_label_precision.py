@@ -36,22 +36,17 @@ from ferlab.demotruth import (
     SOURCES,
     PseudoScore,
     TruthFace,
+    ingest_demo_sources,
     score_au_pseudo_labels,
     truth_faces,
 )
-from labeling.autolabel import autolabel
 from labeling.curation_settings import PseudoLabelSettings
-from labeling.detectors import load_detector
 from labeling.pseudo import PseudoLabelReport, candidate_faces, face_predictions, pseudo_label
 from models.pipeline import evaluate_model, train_model
 from models.predict import Predictor
 from models.registry import decide_promotion
 from models.settings import AUTrainingSettings
 from warehouse import Warehouse
-from warehouse.sources.disfa import ingest_disfa
-from warehouse.sources.fer2013 import ingest_fer2013
-from warehouse.sources.scraped import ingest_scraped
-from warehouse.versions import snapshot_dataset_version
 
 QUIET = lambda m: None  # noqa: E731
 # tests/test_curation.py's AU_SETTINGS (test_models.py's budget) but `degrade`, the variants' one
@@ -68,13 +63,7 @@ def prepare(work: Path) -> Path:
     if work.exists():
         shutil.rmtree(work)
     sources = generate_demo_data(work / "sources", seed=0, size="small")
-    wh = Warehouse(home)
-    ingest_disfa(wh, sources / "disfa", show_progress=False)
-    ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    snapshot_dataset_version(wh)
+    ingest_demo_sources(Warehouse(home), sources)
     shutil.copy(sources / "truth" / "faces.csv", home / "truth.csv")
     (work / ".prepared").touch()
     return home

@@ -21,14 +21,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labeling.autolabel import autolabel
+from labeling.detectors import load_detector
 from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
+from warehouse.sources.disfa import ingest_disfa
+from warehouse.sources.fer2013 import ingest_fer2013
+from warehouse.sources.scraped import ingest_scraped
+from warehouse.versions import snapshot_dataset_version
 
 SOURCES = ("fer2013", "scraped")  # the sources the renderer drew that carry no AU label
 MIN_IOU = 0.5  # a scraped crop is the drawn face its detection overlaps this much
 # The DISFA label files hold integer intensities (the rendered one rounded), so a DISFA frame is
 # labeled present from intensity 1.5 on; FER-2013 and scraped truth keep the unrounded value.
 DISFA_LABEL_RULE = 1.5
+
+
+def ingest_demo_sources(wh: Warehouse, sources: Path) -> str:
+    """The small demo's rendered sources (DISFA, FER-2013, the first scraped batch) ingested into
+    `wh`, auto-labeled by YuNet and snapshotted: the data root the truth is matched against.
+    Returns the dataset version."""
+    ingest_disfa(wh, sources / "disfa", show_progress=False)
+    ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
+    ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
+    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
+    autolabel(wh, images, load_detector("yunet"), show_progress=False)
+    return snapshot_dataset_version(wh).version
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,11 @@ def experiment_faces(
     complete = np.logical_and.reduce(
         [manifest[c].is_valid().to_numpy(zero_copy_only=False) for c in task.columns]
     )
-    is_gold = complete & np.array([s in STRONG_SOURCES for s in source], bool)
+    strong = np.array([s in STRONG_SOURCES for s in source], bool)
+    is_gold = complete & strong
     if not is_gold.any():
         raise ValueError(f"dataset version {version} has no face with gold or human labels of {task.labels}")
-    unlabeled = np.flatnonzero(~np.array([s in STRONG_SOURCES for s in source], bool))
+    unlabeled = np.flatnonzero(~strong)
     if len(unlabeled) > max_unlabeled:
         ids = manifest.column("crop_id").to_pylist()
         rank = sorted(unlabeled, key=lambda i: stable_id("pseudo-experiment", ids[i]))
@@ -197,7 +198,7 @@ def pseudo_label_experiment(
 
 
 def _added(
-    fold: int, cuts: dict[str, Cut | None], pseudo: np.ndarray, labeled: np.ndarray, labels
+    fold: int, cuts: dict[str, Cut | None], pseudo: np.ndarray, labeled: np.ndarray, labels: list[str]
 ) -> dict[str, Any]:
     return {
         "fold": fold,
@@ -208,7 +209,15 @@ def _added(
     }
 
 
-def _write(wh, eid, version, training, settings, results, added) -> PseudoExperiment:
+def _write(
+    wh: Warehouse,
+    eid: str,
+    version: str,
+    training: AUTrainingSettings,
+    settings: PseudoExperimentSettings,
+    results: dict[str, list[FoldPredictions]],
+    added: list[dict[str, Any]],
+) -> PseudoExperiment:
     task = training.task
     rows = {arm: evaluate_folds(task, folds) for arm, folds in results.items()}
     scores = {arm: overall(r, task.headline) for arm, r in rows.items()}
@@ -243,5 +252,4 @@ def _write(wh, eid, version, training, settings, results, added) -> PseudoExperi
         "pseudo_per_fold": added,
     }
     atomic_write_bytes(folder / "result.json", json.dumps(payload, indent=1).encode())
-    result = PseudoExperiment(eid, version, task.headline, scores, per_au, results, added, report, folder)
-    return result
+    return PseudoExperiment(eid, version, task.headline, scores, per_au, results, added, report, folder)

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ferlab.demotruth import DISFA_LABEL_RULE, score_au_pseudo_labels, truth_faces
-from labeling.autolabel import autolabel
+from ferlab.demotruth import DISFA_LABEL_RULE, ingest_demo_sources, score_au_pseudo_labels, truth_faces
 from labeling.curation_settings import PseudoExperimentSettings, PseudoLabelSettings, ReviewSettings
-from labeling.detectors import load_detector
 from labeling.pseudo import pseudo_label
 from labeling.pseudo_experiment import ARMS, pseudo_label_experiment
 from labeling.review import REASONS, build_review_queue
@@ -25,9 +23,6 @@ from models.registry import decide_promotion, production_model
 from models.settings import AUTrainingSettings, EmotionTrainingSettings
 from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
-from warehouse.sources.disfa import ingest_disfa
-from warehouse.sources.fer2013 import ingest_fer2013
-from warehouse.sources.scraped import ingest_scraped
 from warehouse.versions import snapshot_dataset_version
 
 pytestmark = pytest.mark.slow  # trains three models (~3 minutes on 2 CPU cores)
@@ -50,12 +45,7 @@ def home(tmp_path_factory, demo_renders) -> Path:
     root = tmp_path_factory.mktemp("curation") / "home"
     sources = demo_renders.path("small", seed=0)
     wh = Warehouse(root)
-    ingest_disfa(wh, sources / "disfa", show_progress=False)
-    ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    version = snapshot_dataset_version(wh).version
+    version = ingest_demo_sources(wh, sources)
     for settings in (AU_SETTINGS, EMOTION_SETTINGS):
         run = train_model(wh, version, settings, log=QUIET)
         evaluate_model(wh, run.model_id, log=QUIET)
