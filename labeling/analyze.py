@@ -104,8 +104,20 @@ class SourceInfo:
         }
 
 
+def _open_camera(index: int) -> cv2.VideoCapture:
+    """The camera, opened without OpenCV's own warnings on stderr (a missing one is our one error line)."""
+    if not (hasattr(cv2, "getLogLevel") and hasattr(cv2, "setLogLevel")):
+        return cv2.VideoCapture(index)
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # silent
+    try:
+        return cv2.VideoCapture(index)
+    finally:
+        cv2.setLogLevel(level)
+
+
 def _camera_frames(index: int, info: SourceInfo, sid: int, offset: int) -> Iterator[_Frame]:
-    cap = cv2.VideoCapture(index)
+    cap = _open_camera(index)
     try:
         if not cap.isOpened():
             raise InputError(
@@ -361,8 +373,9 @@ class AnnotatedVideo:
             cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
             tid = "-" if f["track_id"] is None else str(f["track_id"])
             lines = [f"#{tid} {f['emotion']} {f['p']:.2f}", f"AUs {f['aus'] or '-'}"]
+            above = y1 - 6 - 14 * (len(lines) - 1) >= 12  # else inside the box, under its top
             for k, text in enumerate(lines):
-                y = max(12, y1 - 6 - 14 * (len(lines) - 1 - k))
+                y = y1 - 6 - 14 * (len(lines) - 1 - k) if above else y1 + 16 + 14 * k
                 cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
                 cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
         if (out.shape[1], out.shape[0]) != self.size:
@@ -394,6 +407,7 @@ def analyze(
     """Analyze `sources` (a video, an image, a folder of them, or a camera index "0"; or a list):
     one row per face per frame (the columns of this module's docstring), with `video_out` an
     annotated MP4 of every analyzed frame. `detector` overrides `settings.detector` (tests, benchmarks).
+    A camera runs until `settings.max_frames` or Ctrl-C, which ends the run with what was seen.
 
     Raises:
         InputError: nothing to analyze, or a camera that does not open.
@@ -486,7 +500,7 @@ def analyze(
                 c["frame"].append(frame.frame)
                 c["timestamp"].append(float(frame.timestamp))
                 for key, v in zip(("x1", "y1", "x2", "y2"), crop.box):
-                    c[key].append(v)
+                    c[key].append(round(v, 2))  # as the detections table rounds them
                 c["score"].append(d.score)
                 c["track_id"].append(tid)
                 for j, col in enumerate(au_cols):
@@ -512,19 +526,25 @@ def analyze(
         batch.clear()
 
     ok = False
+    camera = any(is_camera(s) for s in items)
     try:
         stream = _input_frames(items, settings.stride, infos)
-        for item in prefetch(stream, depth=settings.batch_size):
-            if isinstance(item, _Frame):
-                batch.append(item)
-                if len(batch) >= settings.batch_size:
-                    flush()
-                if settings.max_frames and frames + len(batch) >= settings.max_frames:
-                    break
-            elif isinstance(item, _Skipped):
-                corrupt.extend(item.frames)
-            elif isinstance(item, Reject):
-                rejects.append(item)
+        try:
+            for item in prefetch(stream, depth=settings.batch_size):
+                if isinstance(item, _Frame):
+                    batch.append(item)
+                    if len(batch) >= settings.batch_size:
+                        flush()
+                    if settings.max_frames and frames + len(batch) >= settings.max_frames:
+                        break
+                elif isinstance(item, _Skipped):
+                    corrupt.extend(item.frames)
+                elif isinstance(item, Reject):
+                    rejects.append(item)
+        except KeyboardInterrupt:
+            if not camera:
+                raise
+            # Ctrl-C is how a camera run ends: keep what was seen
         if batch:
             flush()
         ok = True

@@ -64,6 +64,52 @@ def test_lapjv_fallback_matches_with_a_cost_limit():
     assert len(x) == 0 and y.tolist() == [-1, -1, -1]
 
 
+def test_face_tracker_keeps_ids_through_a_gap_and_numbers_new_faces_after_first_id():
+    from labeling.detectors import Detection
+    from labeling.tracking import FaceTracker
+
+    tracker = FaceTracker(buffer=10, first_id=100)
+    image = np.zeros((360, 960, 3), np.uint8)
+    seen: list[list[int | None]] = []
+    for i in range(20):
+        faces = [Detection("face", 100 + i, 80, 300 + i, 300, 0.9)]  # drifts right
+        if not 8 <= i < 11:  # the second face leaves for three frames
+            faces.append(Detection("face", 600 - i, 60, 780 - i, 290, 0.95))
+        if i >= 15:  # a third face comes in
+            faces.append(Detection("face", 380, 200, 460, 300, 0.8))
+        seen.append(tracker.update(image, faces))
+    assert seen[0] == [101, 102]  # ids from the first frame on, after first_id
+    assert all(ids[0] == 101 for ids in seen)
+    assert {ids[1] for i, ids in enumerate(seen) if not 8 <= i < 11} == {102}  # back with its id
+    assert {ids[2] for ids in seen[15:]} == {103} and tracker.last_id == 103
+    assert tracker.update(image, []) == []
+
+
+def _small_avi(path: Path, n: int = 20, fps: int = 10) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    for i in range(n):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def test_damaged_frames_are_skipped_and_the_rest_keep_their_numbers(tmp_path):
+    from warehouse.video import decode_frames_skipping
+
+    path = _small_avi(tmp_path / "clip.avi")
+    damage_avi_frames(path, (5, 6, 12))
+    skips, frames = decode_frames_skipping(cv2.VideoCapture(str(path)))
+    got = [(n, round(t, 3), int(img.mean())) for n, t, img in frames]
+    assert [n for n, _, _ in got] == [n for n in range(1, 21) if n not in (5, 6, 12)]
+    assert all(t == pytest.approx((n - 1) / 10) for n, t, _ in got)
+    assert all(abs(v - 10 * (n - 1)) <= 2 for n, _, v in got)  # each frame is the one its number says
+    assert skips.corrupt == [5, 6, 12] and skips.decoded == 17 and skips.header_frames == 20
+
+    skips, frames = decode_frames_skipping(cv2.VideoCapture(str(path)), stride=4)
+    assert [n for n, _, _ in frames] == [1, 9, 13, 17]  # 5 was damaged
+    assert skips.corrupt == [5, 6, 12]
+
+
 # ---- a data root with tiny production models ------------------------------------------------------
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, demo_renders, promote) -> Path:
@@ -331,6 +377,8 @@ def test_cli_errors_are_one_line(home, video, tmp_path, capsys):
         assert main(["--home", str(home), *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
+    assert main(["--home", str(home), "analyze", "7", "--max-frames", "3"]) == 2  # no such camera
+    assert "error: camera 7: OpenCV cannot open it" in capsys.readouterr().err
     empty = tmp_path / "empty-home"
     assert main(["--home", str(empty), "analyze", str(video)]) == 2
     assert "no production au model" in capsys.readouterr().err
