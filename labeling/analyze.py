@@ -116,7 +116,7 @@ def _open_camera(index: int) -> cv2.VideoCapture:
         cv2.setLogLevel(level)
 
 
-def _camera_frames(index: int, info: SourceInfo, sid: int, offset: int) -> Iterator[_Frame]:
+def _camera_frames(index: int, info: SourceInfo, sid: int, offset: int, stride: int) -> Iterator[_Frame]:
     cap = _open_camera(index)
     try:
         if not cap.isOpened():
@@ -133,7 +133,8 @@ def _camera_frames(index: int, info: SourceInfo, sid: int, offset: int) -> Itera
                 return
             n += 1
             info.frames = n
-            yield _Frame(offset + n, time.monotonic() - start, sid, image)
+            if (n - 1) % stride == 0:
+                yield _Frame(offset + n, time.monotonic() - start, sid, image)
     finally:
         cap.release()
 
@@ -176,7 +177,7 @@ def _input_frames(sources: Sequence[str | Path], stride: int, infos: list[Source
         if is_camera(source):
             info = SourceInfo(f"camera:{int(source)}", "camera", offset + 1)
             infos.append(info)
-            yield from _camera_frames(int(source), info, len(infos) - 1, offset)
+            yield from _camera_frames(int(source), info, len(infos) - 1, offset, stride)
             offset += info.frames
             continue
         for path in media_files([source]):
@@ -278,7 +279,8 @@ class AnalysisResult:
         return (
             f"{self.frames} frames ({self.frames_with_faces} with a face), {self.faces} faces in "
             f"{self.tracks} tracks, {self.corrupt_frames} corrupt frames skipped, {len(self.rejects)} "
-            f"unreadable files; {self.frames_per_second:.1f} frames/s; detector {self.detector}, "
+            f"rejects (unreadable files, boxes outside the frame); {self.frames_per_second:.1f} frames/s; "
+            f"detector {self.detector}, "
             f"AU model {self.au_model}, emotion model {self.emotion_model}"
         )
 

@@ -72,6 +72,10 @@ class FaceTracker:
     trackers of successive inputs of a run never reuse one; `last_id` is the highest given."""
 
     def __init__(self, buffer: int = 30, match: float = 0.8, first_id: int = 0):
+        if "ultralytics" not in sys.modules:  # offline, settings in our folder (labeling.yolo_env)
+            from labeling.yolo_env import prepare_ultralytics_offline
+
+            prepare_ultralytics_offline()
         ensure_lap()
         from ultralytics.trackers.byte_tracker import BYTETracker
 
