@@ -216,6 +216,26 @@ def check_sources(sources: Sequence[str | Path]) -> None:
             )
 
 
+def expected_frames(sources: Sequence[str | Path], stride: int = 1) -> int | None:
+    """How many frames the run will analyze, as the containers declare them (for the progress bar);
+    None with a camera."""
+    total = 0
+    for source in sources:
+        if is_camera(source):
+            return None
+        for path in media_files([source]):
+            if path.suffix.lower() not in VIDEO_EXTS:
+                total += 1
+                continue
+            cap = cv2.VideoCapture(str(path))
+            try:
+                declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0) if cap.isOpened() else 0
+            finally:
+                cap.release()
+            total += -(-declared // stride)
+    return total
+
+
 # ---- models -----------------------------------------------------------------------------------
 def resolve_detector(home: Path, spec: str) -> str:
     """ "auto": this data root's trained YOLO student when there is one, else YuNet (the face
@@ -451,7 +471,10 @@ def analyze(
     last_id = 0
     frames = with_faces = 0
     batch: list[_Frame] = []
-    bar = progress(desc="analyze", unit="frame", enabled=show_progress)
+    total = expected_frames(items, settings.stride) if show_progress else None
+    if total is not None and settings.max_frames:
+        total = min(total, settings.max_frames)
+    bar = progress(desc="analyze", unit="frame", enabled=show_progress, total=total)
     started = time.perf_counter()
 
     def tracker_for(sid: int) -> FaceTracker:
@@ -567,7 +590,8 @@ def analyze(
         au_model=au_id,
         emotion_model=emo_id,
         seconds=time.perf_counter() - started,
-        settings=settings,
+        # what ran: the models' ids, not "the production model" of whenever it is read
+        settings=settings.replace(au_model=au_id, emotion_model=emo_id),
         video=written,
         corrupt=sorted(corrupt),
     )

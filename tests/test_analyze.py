@@ -351,6 +351,7 @@ def test_cli_writes_csv_parquet_video_and_settings(home, video, tmp_path, capsys
     assert header[-2:] == ["emotion", "emotion_from_aus"]
     saved = AnalyzeSettings.load(tmp_path / "rows.csv.settings.json")
     assert saved.average == 3 and saved.min_probability == 0.3 and saved.batch_size == 8
+    assert saved.au_model.startswith("au-") and saved.emotion_model.startswith("emotion-")  # the ids that ran
     assert len(_read_video(mp4)) == 64 - len(DAMAGED)
 
     pq_out = tmp_path / "rows.parquet"
