@@ -4,6 +4,7 @@ ferlab --home DIR ingest fer2013 CSV
 ferlab --home DIR ingest disfa ROOT [--stride N] [--subject SN001 ...]
 ferlab --home DIR ingest images DIR [--batch NAME]
 ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"   # read-only unless --write
+ferlab --home DIR analyze VIDEO|IMAGE|DIR|CAMERA_INDEX [--out F.parquet|F.csv] [--video OUT.mp4] [--average N] ...
 ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
-from labeling.settings import AutoLabelSettings, StudentDetectorSettings
+from labeling.settings import AnalyzeSettings, AutoLabelSettings, StudentDetectorSettings
 from warehouse.paths import data_root
 
 EPILOG = """\
@@ -189,6 +190,57 @@ def run_detect_cli(
     print(f"frames: {frames}, frames with no detection: {empty}", file=report)
     for reason, n in sorted(Counter(r.reason for r in rejects).items()):
         print(f"  rejected {n:>6}  {reason}", file=report)
+    return 0
+
+
+# ---- ferlab analyze ---------------------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """`ferlab analyze`: one row per face per frame to --out (Parquet or CSV; default CSV on
+    stdout, the summary then on stderr), --video an annotated MP4. Bad flags, inputs and outputs
+    are refused before any model loads."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    from labeling.analyze import OUT_FORMATS, analyze, check_sources, save_analysis, settings_path
+    from models.device import resolve_device
+    from warehouse.errors import InputError, StorageError
+
+    settings = settings_from_flags(args, AnalyzeSettings)
+    resolve_device(settings.device)
+    sources = [str(s) for s in args.sources]
+    check_sources(sources)
+    out = video = None
+    if args.out:
+        if Path(args.out).suffix.lower() not in OUT_FORMATS:
+            raise InputError(f"--out {args.out}: give a .parquet or .csv file")
+        out = check_out_file(args.out)
+    if args.video:
+        if Path(args.video).suffix.lower() != ".mp4":
+            raise InputError(f"--video {args.video}: give an .mp4 file")
+        video = check_out_file(args.video)
+    wh = _warehouse(args, writable=False)
+    result = analyze(wh, sources, settings, video_out=video, show_progress=True)
+    report = sys.stdout
+    if out:
+        try:
+            save_analysis(result, out)
+        except OSError as exc:
+            raise StorageError(
+                f"{out}: cannot write the {result.faces} rows ({exc.strerror or exc}); "
+                "free some space or choose another --out"
+            ) from exc
+        print(f"{result.faces} faces -> {out} (settings: {settings_path(out)})")
+    else:
+        buf = io.BytesIO()
+        pacsv.write_csv(result.table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+        report = sys.stderr
+    print(result.summary(), file=report)
+    if result.video:
+        print(f"annotated video: {result.video}", file=report)
+    for r in result.rejects[:10]:
+        print(f"  rejected {r.reason}: {r.source_uri} {r.detail}", file=report)
     return 0
 
 
@@ -675,6 +727,26 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=int, default=16)
     detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     detect.set_defaults(func=cmd_detect)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="faces, tracks, AUs and emotions of a video, image, folder or camera: one row per face per frame",
+        description="decode -> detect faces (this data root's YOLO student, else YuNet) -> track (ByteTrack) -> "
+        "crop and align -> the production AU and emotion models (or --au-model / --emotion-model). Columns: "
+        "frame, timestamp, x1, y1, x2, y2, score, track_id, au1 ... (probability per AU of the model), "
+        "au1_present ..., one probability per emotion (angry ... neutral), emotion ('uncertain' below "
+        "--min-probability), emotion_from_aus (Ekman's patterns; 'neutral' without AUs, empty when no "
+        "pattern matches). --average N averages the probabilities over a face's track's last N frames. A frame "
+        "that cannot be decoded is skipped and counted. The other flags are "
+        "labeling.settings.AnalyzeSettings' fields; they are saved as <out>.settings.json.",
+    )
+    analyze.add_argument(
+        "sources", nargs="+", help="a video, an image, a folder of them, or a camera index (0, 1, ...)"
+    )
+    analyze.add_argument("--out", type=Path, help="a .parquet or .csv file (default: CSV on stdout)")
+    analyze.add_argument("--video", type=Path, help="an annotated .mp4: boxes, track ids and labels drawn")
+    add_settings_flags(analyze, AnalyzeSettings)
+    analyze.set_defaults(func=cmd_analyze)
 
     face = sub.add_parser(
         "face-detector",

@@ -2,6 +2,7 @@
 
     predictor = Predictor.load(wh, model_id)                 # ONNX Runtime on the CPU (default)
     prob = predictor.predict(["media/ab/ab12....png", ...])  # (N, K): sigmoid per AU / softmax
+    prob = predictor.predict_arrays([rgb224, ...])           # crops in memory (labeling.analyze)
     found = predictor.predict_crops(wh, crop_ids)            # by crop id; unreadable crops skipped
     z = predictor.embed(paths)                               # pooled backbone features (torch)
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.data import decode_crop
+from models.data import decode_crop, prepare_crop
 from models.device import resolve_device
 from models.networks import ModelConfig, WithProbabilities, normalize
 from models.pipeline import load_run
@@ -181,6 +182,21 @@ class Predictor:
                 raise OSError(bad[0][1])
             if ok:
                 out[ok] = self._run(images)
+        return out
+
+    def predict_arrays(self, crops: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Probabilities (N, K) float32 of crops in memory: (H, W, 3) RGB uint8 (labeling.crops'
+        224 px `FaceCrop.rgb`) or (H, W) gray (its 48 px `FaceCrop.gray`, what a gray model reads).
+        Prepared as decode_crop prepares a stored crop (models.data.prepare_crop), so a face scores
+        here as it does from its file, up to the file's JPEG/PNG encoding."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
+        out = np.empty((len(crops), len(self.labels)), dtype=np.float32)
+        size, channels = self.config.image_size, self.config.channels
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            images = np.stack([prepare_crop(c, size, channels) for c in chunk])
+            out[start : start + len(chunk)] = self._run(images)
         return out
 
     def embed(self, media_paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
