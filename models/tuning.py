@@ -19,10 +19,10 @@ Seed 004's "dense layers" is not searched: the networks' heads are fixed (models
 transfer head is GAP -> BN -> ReLU -> Dropout -> Linear, fer2013_cnn ends in Dense(132) -> Dense(7)),
 and a head of N dense layers would be a new network, not a setting.
 
-Objective: the best validation loss of one `fit` (models.train), never a test face: for emotion
-models, trained on the version's train split and validated on its val split; for AU models,
-trained and validated on a group-exclusive validation split (models.data.validation_split) of the
-people outside the version's test split. Every trial sees the same faces (loaded once) and the same
+Objective: the best validation loss of one `fit` (models.train), never a test face: with the
+holdout protocol (folds 0, emotion's default), trained on the version's train split and validated
+on its val split; with k-fold (AU), trained and validated on a group-exclusive validation split
+(models.data.validation_split) of the people outside the version's test split. Every trial sees the same faces (loaded once) and the same
 split; the validation loss of each epoch (best so far) is reported to the pruner, which stops a
 trial whose loss is worse than the median of earlier trials at the same epoch. The loss is the
 training loss of the base settings, except where class_weight_mu is searched: class weights change
@@ -32,7 +32,7 @@ the loss itself, so the objective is then the unweighted cross-entropy of the tr
 Written to <home>/tuning/<version>/<study id>/ (replaced whole on a re-run, like a report):
     trials.parquet       one row per trial: state (complete, pruned, fail), value (the objective; NaN
                          unless complete), trial_loss (its best validation loss under its own training
-                         loss), epochs run, seconds, best, one column per searched parameter
+                         loss), epochs_run, seconds, best, one column per searched parameter
     best_settings.json   {"settings": {"kind", "settings"}, ...}: `models.settings.load_settings` reads it
     report.md/.html      the trials table, the best configuration, the command that trains it
     history.png          validation loss per trial and best so far
@@ -63,7 +63,7 @@ from pydantic import Field, field_validator, model_validator
 from models import render
 from models.data import Faces, load_faces, validation_split
 from models.device import torch_device
-from models.networks import build_model
+from models.networks import BACKBONES, build_model
 from models.settings import TrainingSettings
 from models.train import fit, predict_logits
 from warehouse import Warehouse
@@ -172,7 +172,7 @@ class Dimension:
 def search_space(base: TrainingSettings, settings: TuningSettings) -> tuple[list[Dimension], dict[str, str]]:
     """The dimensions searched for `base`'s task and network, and {parameter: why it is skipped}
     for the requested ones that do not apply (plus the seed's dense layers, never searched)."""
-    transfer = base.architecture != "fer2013_cnn"
+    transfer = base.architecture in BACKBONES  # a TransferNet: head, then fine-tuning
     dims: list[Dimension] = []
     skipped: dict[str, str] = {}
     for name in settings.search:
@@ -209,15 +209,16 @@ def search_space(base: TrainingSettings, settings: TuningSettings) -> tuple[list
 
 
 # ---- the data every trial sees --------------------------------------------------------------
-def tuning_split(faces: Faces, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train, validation, description) for the search; never a face of the version's test split.
-    Emotion: the version's train and val splits. AU: a group-exclusive validation split of the people
-    outside the test split.
+def tuning_split(faces: Faces, holdout: bool, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train, validation, description) for the search, as the settings' protocol validates, and
+    never a face of the version's test split. `holdout` (folds == 0, emotion's default): the
+    version's train and val splits. k-fold (AU): a group-exclusive validation split of the people
+    outside the test split (what `cross_validate` does within a fold's training people).
 
     Raises:
         ValueError: too few faces for a split.
     """
-    if faces.task == "emotion":
+    if holdout:
         train_idx, val_idx = (np.flatnonzero(faces.splits == s) for s in ("train", "val"))
         how = "the version's train split, validated on its val split"
     else:
@@ -298,7 +299,7 @@ def tune(
     manifest = read_manifest(wh, version)
     network = base.network()
     faces = load_faces(wh.home, manifest, base.task, network.image_size, network.channels)
-    train_idx, val_idx, how = tuning_split(faces, base.seed)
+    train_idx, val_idx, how = tuning_split(faces, base.folds == 0, base.seed)
     log(
         f"tuning {study_id}: {settings.trials} trials over {', '.join(d.name for d in dims)}; "
         f"{len(train_idx)} train, {len(val_idx)} validation faces ({how})"
@@ -372,7 +373,7 @@ def tune(
             "state": t.state.name.lower(),
             "value": float(t.value) if t.state == optuna.trial.TrialState.COMPLETE else float("nan"),
             "trial_loss": _trial_loss(t),
-            "epochs": int(t.user_attrs.get("epochs", 0)),
+            "epochs_run": int(t.user_attrs.get("epochs", 0)),
             "seconds": float(t.user_attrs.get("seconds", 0.0)),
             "best": t.number == best.number,
             **{d.name: t.params.get(d.name) for d in dims},
@@ -430,7 +431,7 @@ def _trials_table(rows: list[dict[str, Any]], dims: list[Dimension]) -> pa.Table
         ("state", pa.string()),
         ("value", pa.float64()),
         ("trial_loss", pa.float64()),
-        ("epochs", pa.int64()),
+        ("epochs_run", pa.int64()),
         ("seconds", pa.float64()),
         ("best", pa.bool_()),
     ]
@@ -474,7 +475,11 @@ def _report(
             f"Faces: {n_train} train, {n_val} validation: {how}; the test split is never used",
             f"Sampler: Optuna TPE, seed {settings.sampler_seed}, {settings.startup_trials} random trials "
             f"first; pruner: {settings.pruner}"
-            + (f" (after {settings.prune_warmup_epochs} epochs)" if settings.pruner == "median" else ""),
+            + (
+                f" (never in a trial's first {settings.prune_warmup_epochs} epochs)"
+                if settings.pruner == "median"
+                else ""
+            ),
             f"Trials: {len(states)} run ({', '.join(f'{states.count(s)} {s}' for s in sorted(set(states)))}) "
             f"of {settings.trials} asked"
             + (f", time limit {settings.timeout:g} s" if settings.timeout else ""),
@@ -502,14 +507,14 @@ def _report(
         doc.ul([f"{name}: {why}" for name, why in result.skipped.items()])
     doc.h(2, "Trials")
     doc.table(
-        ["Trial", "State", "Objective", "Own loss", "Epochs", "Seconds"] + [d.name for d in dims],
+        ["Trial", "State", "Objective", "Own loss", "Epochs run", "Seconds"] + [d.name for d in dims],
         [
             [
                 str(r["trial"]) + (" (best)" if r["best"] else ""),
                 r["state"],
                 render.fmt(r["value"]),
                 render.fmt(r["trial_loss"]),
-                str(r["epochs"]),
+                str(r["epochs_run"]),
                 f"{r['seconds']:.1f}",
             ]
             + [_fmt_param(r[d.name]) for d in dims]
