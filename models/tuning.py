@@ -92,7 +92,9 @@ TRIALS_FILE = "trials.parquet"
 
 class TuningSettings(Settings):
     """A hyper-parameter search: how many trials, the sampler's seed, a time limit, what is searched.
-    (The training settings being tuned are a separate object: the search starts from them.)"""
+    (The training settings being tuned are a separate object: the search starts from them. Field
+    names differ from theirs, e.g. `sampler_seed` beside their `seed`, so that `ferlab tune` and
+    the tuning assets' Dagster config take both as flat flags.)"""
 
     trials: int = Field(10, ge=1, description="trials to run (seed 004: 10)")
     sampler_seed: int = Field(0, ge=0, description="seed of the TPE sampler (same seed, same trials)")
