@@ -1,4 +1,5 @@
-"""Dataset versions, AU and emotion models, their evaluation reports and the loss comparison.
+"""Dataset versions, AU and emotion models, their evaluation reports, the loss comparison and the
+hyper-parameter searches.
 Training and evaluation assets are partitioned by dataset version; each is a thin call into
 models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
@@ -15,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
-from assets.config import SettingsConfig, settings_config
+from assets.config import SettingsConfig, config_fields, settings_config
 from assets.metadata import table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
@@ -29,7 +30,8 @@ from models.pipeline import (
     latest_model_id,
     train_model,
 )
-from models.settings import AUTrainingSettings, EmotionTrainingSettings
+from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
+from models.tuning import TuningSettings, read_trials, tune
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -266,3 +268,53 @@ def au_pseudo_label_experiment(
             "summary": MetadataValue.md(Path(result.report["markdown"]).read_text()[:20000]),
         }
     )
+
+
+# ---- seed 004's Bayesian hyper-parameter search, one asset per task ------------------------
+AUTuningConfig = settings_config(AUTrainingSettings, "AUTuningConfig", **config_fields(TuningSettings))
+EmotionTuningConfig = settings_config(
+    EmotionTrainingSettings, "EmotionTuningConfig", **config_fields(TuningSettings)
+)
+
+
+def _tuning_asset(task: str, config_type: type[SettingsConfig]):
+    """`<task>_tuning`: per dataset version, Optuna's TPE search (models.tuning) around the config's
+    training settings; launched by hand (no automation: a search costs `trials` trainings)."""
+
+    @asset(
+        name=f"{task}_tuning",
+        group_name=GROUP,
+        deps=[dataset_version],
+        partitions_def=dataset_versions,
+        kinds={"pytorch", "parquet", "markdown"},
+        pool=TRAINING_POOL,
+        description=f"Seed 004's Bayesian hyper-parameter search of the {task} model (Optuna TPE + median "
+        "pruner, 10 trials by default) minimising the validation loss, never on the test split: the trials "
+        "table, the best configuration as settings JSON (`ferlab train "
+        f"{task} --from-settings` trains it) and a report under tuning/<version>/<study id>/.",
+    )
+    def _tuning(context: AssetExecutionContext, warehouse: WarehouseResource, config: config_type):  # type: ignore[valid-type]
+        base: TrainingSettings = config.settings()  # type: ignore[attr-defined]
+        search = TuningSettings(**{n: getattr(config, n) for n in TuningSettings.model_fields})
+        result = tune(warehouse.get(), context.partition_key, base, search, log=context.log.info)
+        markdown = Path(result.report["markdown"])
+        return MaterializeResult(
+            metadata={
+                "study_id": MetadataValue.text(result.study_id),
+                "best_value": MetadataValue.float(round(result.best_value, 6)),
+                "best_trial": MetadataValue.int(result.best_trial),
+                "best_params": MetadataValue.json(result.best_params),
+                "trials": table_metadata(read_trials(result.directory), max_rows=200),
+                "dagster/row_count": MetadataValue.int(len(result.trials)),
+                "best_settings": MetadataValue.path(str(result.best_settings_path)),
+                "train_best": MetadataValue.text(result.train_command()),
+                "report": MetadataValue.path(str(markdown)),
+                "summary": MetadataValue.md(markdown.read_text()[:20000]),
+            }
+        )
+
+    return _tuning
+
+
+au_tuning = _tuning_asset("au", AUTuningConfig)
+emotion_tuning = _tuning_asset("emotion", EmotionTuningConfig)

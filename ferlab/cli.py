@@ -8,6 +8,8 @@ ferlab --home DIR analyze VIDEO|IMAGE|DIR|CAMERA_INDEX [--out F.parquet|F.csv] [
 ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
+ferlab --home DIR train au|emotion --from-settings best_settings.json|run.json [flags that override it]
+ferlab --home DIR tune au|emotion [--version V] [--trials N] [--search lr dropout ...] [training flags]
 ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR pseudo-experiment [--target-precision 0.9] [AU training flags]  # gold vs gold + pseudo
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
@@ -468,16 +470,52 @@ def settings_from_flags(args: argparse.Namespace, settings_type):
     return settings_type(**{n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)})
 
 
+def training_settings(args: argparse.Namespace):
+    """The training settings of `train` / `tune`: the flags given, over the saved settings of
+    --from-settings (a tuning study's best_settings.json, a model's run.json) when given, else over
+    the defaults.
+
+    Raises:
+        ConfigError: settings of another task, or values they refuse. FileNotFoundError: no such file.
+    """
+    from models.settings import SETTINGS, load_settings
+    from warehouse.errors import ConfigError
+
+    settings_type = SETTINGS[args.task]
+    if not getattr(args, "from_settings", None):
+        return settings_from_flags(args, settings_type)
+    saved = load_settings(args.from_settings)
+    if saved.kind != args.task:
+        raise ConfigError(
+            f"--from-settings {args.from_settings} holds {saved.kind} settings, not {args.task}"
+        )
+    given = {n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)}
+    return saved.replace(**given)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from models.pipeline import evaluate_model, train_model
 
-    settings = settings_from_flags(args, args.settings_type)  # a bad flag fails before any snapshot
+    settings = training_settings(args)  # a bad flag fails before any snapshot
     wh = _warehouse(args)
     version = _version_or_snapshot(wh, args.version)
     run = train_model(wh, version, settings)
     print(f"model {run.model_id}: checkpoint {run.checkpoint}, onnx {run.onnx}")
     if not args.no_eval:
         evaluate_model(wh, run.model_id)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from models.tuning import TuningSettings, tune
+
+    base = training_settings(args)  # bad flags fail before any snapshot or faces load
+    search = settings_from_flags(args, TuningSettings)
+    wh = _warehouse(args)
+    result = tune(wh, _version_or_snapshot(wh, args.version), base, search)
+    print(f"best trial {result.best_trial}: validation loss {result.best_value:.4f}, {result.best_params}")
+    print(f"report: {result.report['markdown']}")
+    print(f"train it: {result.train_command()}")
     return 0
 
 
@@ -649,8 +687,40 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
         one = kinds.add_parser(kind, help=settings_type.__doc__, description=settings_type.__doc__)
         one.add_argument("--version", help="dataset version (default: snapshot the current data)")
         one.add_argument("--no-eval", action="store_true", help="do not write the evaluation report")
+        one.add_argument(
+            "--from-settings",
+            type=Path,
+            metavar="JSON",
+            help="start from saved settings (a tuning study's best_settings.json, a model's run.json); "
+            "the flags given override them",
+        )
         add_settings_flags(one, settings_type)
         one.set_defaults(func=cmd_train)
+
+    from models.tuning import TuningSettings
+
+    tune = sub.add_parser(
+        "tune",
+        help="Bayesian hyper-parameter search (Optuna TPE, seed 004): lowest validation loss, never the test split",
+        description="Trials train the model with the training flags given (or --from-settings) and the searched "
+        "parameters drawn by Optuna's TPE sampler; a median pruner stops poor trials. Writes "
+        "tuning/<version>/<study id>/ (trials.parquet, best_settings.json, report.md) and prints the command "
+        "that trains the best configuration. The flags are models.tuning.TuningSettings' fields, then the "
+        "task's training settings.",
+    )
+    tune_kinds = tune.add_subparsers(dest="task", required=True, metavar="au|emotion")
+    for kind, settings_type in SETTINGS.items():
+        one = tune_kinds.add_parser(kind, help=f"tune a {kind} model", description=TuningSettings.__doc__)
+        one.add_argument("--version", help="dataset version (default: snapshot the current data)")
+        one.add_argument(
+            "--from-settings",
+            type=Path,
+            metavar="JSON",
+            help="the training settings to start from (best_settings.json, run.json); flags override them",
+        )
+        add_settings_flags(one, TuningSettings)
+        add_settings_flags(one, settings_type)
+        one.set_defaults(func=cmd_tune)
 
     compare = sub.add_parser(
         "compare-losses",
@@ -676,7 +746,7 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
     experiment.set_defaults(func=cmd_pseudo_experiment)
 
 
-TRAINING_COMMANDS = ("train", "compare-losses", "pseudo-experiment")
+TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment")
 
 
 def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
@@ -900,6 +970,8 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     )
     if training_flags:
         _add_training_commands(sub, train)
+    else:  # listed in `ferlab --help`; its flags come with the training settings
+        sub.add_parser("tune", help="Bayesian hyper-parameter search of an AU or emotion model (Optuna TPE)")
 
     evaluate = sub.add_parser(
         "evaluate",
