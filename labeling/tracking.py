@@ -8,62 +8,19 @@ IoU with a Kalman motion model, in two stages (confident boxes first, then the w
 keeps a lost track `buffer` frames before dropping it. We give it boxes, not an ultralytics
 model's results: any Detector works.
 
-Ultralytics' matching module imports `lap` (a LAPJV solver) at import and would try to pip-install
-it when missing; ultralytics does not declare it. Where `lap` is not installed, `lap.lapjv` is
-provided here by SciPy's linear_sum_assignment on the same extended cost matrix lapjv builds for
-`cost_limit` (each row and column may stay unmatched at half the limit), so the assignments are
-the same (up to ties).
+Ultralytics' matching module imports `lap` (a LAPJV solver), which ultralytics does not declare
+and would pip-install at run time when missing: it is pinned in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import sys
-import types
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 import numpy as np
 
 from labeling.detectors import Detection
-
-
-def lapjv(cost: np.ndarray, extend_cost: bool = True, cost_limit: float = np.inf, **_: object):
-    """`lap.lapjv`'s result (total cost, x: column of each row or -1, y: row of each column or -1)
-    from SciPy: rows and columns may stay unmatched at cost_limit / 2 each."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost = np.asarray(cost, dtype=np.float64)
-    n, m = cost.shape
-    x, y = np.full(n, -1, np.int64), np.full(m, -1, np.int64)
-    if n == 0 or m == 0:
-        return 0.0, x, y
-    if np.isfinite(cost_limit):  # lap's own extension: (n + m) square, cost_limit / 2 outside C, 0 corner
-        ext = np.full((n + m, n + m), cost_limit / 2.0)
-        ext[n:, m:] = 0.0
-        ext[:n, :m] = np.where(np.isfinite(cost), cost, 1e12)
-        rows, cols = linear_sum_assignment(ext)
-        keep = (rows < n) & (cols < m)
-    else:
-        rows, cols = linear_sum_assignment(cost)
-        keep = np.ones(len(rows), bool)
-    rows, cols = rows[keep], cols[keep]
-    x[rows], y[cols] = cols, rows
-    return float(cost[rows, cols].sum()), x, y
-
-
-def ensure_lap() -> None:
-    """Make `import lap` work for ultralytics' trackers: the real package when installed, else this
-    module's SciPy `lapjv`."""
-    try:
-        import lap  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    shim = types.ModuleType("lap")
-    shim.__version__ = "0.5.12+scipy"  # ultralytics asserts a version
-    shim.lapjv = lapjv
-    sys.modules["lap"] = shim
 
 
 class FaceTracker:
@@ -76,7 +33,6 @@ class FaceTracker:
             from labeling.yolo_env import prepare_ultralytics_offline
 
             prepare_ultralytics_offline()
-        ensure_lap()
         from ultralytics.trackers.byte_tracker import BYTETracker
 
         # ultralytics' bytetrack.yaml, with the buffer and the match threshold ours to set

@@ -52,18 +52,6 @@ def test_emotion_from_aus_judges_only_the_aus_a_model_measures():
     assert emotion_from_aus({15, 20}, measured) == "neutral"  # not measured: as if absent
 
 
-def test_lapjv_fallback_matches_with_a_cost_limit():
-    from labeling.tracking import lapjv
-
-    cost = np.array([[0.1, 0.9, 0.5], [0.85, 0.2, 0.95]])
-    total, x, y = lapjv(cost, extend_cost=True, cost_limit=0.8)
-    assert x.tolist() == [0, 1] and y.tolist() == [0, 1, -1] and total == pytest.approx(0.3)
-    _, x, y = lapjv(cost, extend_cost=True, cost_limit=0.15)  # only the 0.1 is within the limit
-    assert x.tolist() == [0, -1] and y.tolist() == [0, -1, -1]
-    _, x, y = lapjv(np.zeros((0, 3)), extend_cost=True, cost_limit=0.8)
-    assert len(x) == 0 and y.tolist() == [-1, -1, -1]
-
-
 def test_face_tracker_keeps_ids_through_a_gap_and_numbers_new_faces_after_first_id():
     from labeling.detectors import Detection
     from labeling.tracking import FaceTracker
