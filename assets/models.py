@@ -1,5 +1,5 @@
-"""Dataset versions, AU and emotion models, their evaluation reports, the loss comparison and the
-hyper-parameter searches.
+"""Dataset versions, AU and emotion models, their evaluation reports, the loss comparison, the
+hyper-parameter searches and the compact (int8, distilled) models.
 Training and evaluation assets are partitioned by dataset version; each is a thin call into
 models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
@@ -22,6 +22,7 @@ from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from labeling.curation_settings import PseudoExperimentSettings
 from labeling.pseudo_experiment import pseudo_label_experiment
+from models.compact import DistillationSettings, compare_compact, distill, quantize_int8
 from models.pipeline import (
     ModelRun,
     check_exports,
@@ -318,3 +319,56 @@ def _tuning_asset(task: str, config_type: type[SettingsConfig]):
 
 au_tuning = _tuning_asset("au", AUTuningConfig)
 emotion_tuning = _tuning_asset("emotion", EmotionTuningConfig)
+
+
+# ---- seed 004's compact models, one asset per task -----------------------------------------
+CompactConfig = settings_config(
+    DistillationSettings,
+    "CompactConfig",
+    calibration=(
+        str,
+        Field("static", description="int8: static (calibrated; dynamic if it fails) or dynamic"),
+    ),
+    student=(bool, Field(True, description="also distill the alpha-0.25 student (seed 004)")),
+)
+
+
+def _compact_asset(task: str, upstream):
+    """`<task>_compact`: per dataset version, the latest model's int8 ONNX and distilled student
+    (models.compact) and their table; launched by hand (the student is a training)."""
+
+    @asset(
+        name=f"{task}_compact",
+        group_name=GROUP,
+        deps=[upstream],
+        partitions_def=dataset_versions,
+        kinds={"onnx", "pytorch", "markdown"},
+        pool=TRAINING_POOL,
+        description=f"Seed 004's compact versions of the latest {task} model of the dataset version: "
+        "model.int8.onnx (ONNX Runtime static quantization calibrated on the version's training faces), "
+        "the alpha-0.25 student distilled at temperature 2, and a table of size, CPU latency (batch 1 "
+        "and 64) and the task metric of fp32, int8 and student on the same held-out faces.",
+    )
+    def _compact(context: AssetExecutionContext, warehouse: WarehouseResource, config: CompactConfig):  # type: ignore[valid-type]
+        wh = warehouse.get()
+        model_id = latest_model_id(wh, task, context.partition_key)
+        quantize_int8(wh, model_id, calibration=config.calibration, log=context.log.info)  # type: ignore[attr-defined]
+        if config.student:  # type: ignore[attr-defined]
+            distill(wh, model_id, config.settings(), log=context.log.info)  # type: ignore[attr-defined]
+        result = compare_compact(wh, model_id, log=context.log.info)
+        markdown = Path(result.report["markdown"])
+        return MaterializeResult(
+            metadata={
+                "model_id": MetadataValue.text(model_id),
+                "held_out": MetadataValue.text(f"{result.n_faces} faces: {result.held_out}"),
+                "table": MetadataValue.json(result.rows),
+                "report": MetadataValue.path(str(markdown)),
+                "summary": MetadataValue.md(markdown.read_text()[:20000]),
+            }
+        )
+
+    return _compact
+
+
+au_compact = _compact_asset("au", au_model)
+emotion_compact = _compact_asset("emotion", emotion_model)

@@ -14,6 +14,8 @@ ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR pseudo-experiment [--target-precision 0.9] [AU training flags]  # gold vs gold + pseudo
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
+ferlab --home DIR export MODEL_ID --int8 [--calibration static|dynamic]
+ferlab --home DIR distill MODEL_ID [--alpha 0.25] [--temperature 2] [--epochs 12] ...
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR models [--task au] [--decide MODEL_ID]  # models, production, promotion decisions
 ferlab --home DIR predict MODEL_ID|au|emotion [--version V | --all-crops] [--out F.parquet]
@@ -421,6 +423,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.int8:
+        return _export_int8(args)
+    if args.out is None:
+        from warehouse.errors import ConfigError
+
+        raise ConfigError("export VERSION needs --out DIR (or give a model id and --int8)")
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
@@ -434,6 +442,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         link_media=args.link_media,
     )
     print(report)
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """`ferlab export MODEL_ID --int8`: model.int8.onnx beside the model, then the compact table."""
+    from models.compact import compare_compact, quantize_int8
+
+    wh = _warehouse(args)
+    path = quantize_int8(wh, args.version, calibration=args.calibration)
+    print(f"int8 model: {path}")
+    result = compare_compact(wh, args.version)
+    print(f"compact table: {result.report['markdown']}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from models.compact import DistillationSettings, compare_compact, distill
+
+    settings = settings_from_flags(args, DistillationSettings)
+    wh = _warehouse(args)
+    result = distill(wh, args.model_id, settings)
+    print(f"student: {result.onnx} (checkpoint {result.checkpoint})")
+    table = compare_compact(wh, args.model_id)
+    print(f"compact table: {table.report['markdown']}")
     return 0
 
 
@@ -948,15 +980,44 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         "faces and the person detections on its images. Written by FiftyOne's exporters; a format's folder "
         "must be new or empty.",
     )
-    export.add_argument("version", help="a dataset version (see `ferlab version --list`)")
+    export.add_argument(
+        "version",
+        metavar="VERSION|MODEL_ID",
+        help="a dataset version (see `ferlab version --list`); with --int8, a trained model's id",
+    )
     export.add_argument(
         "--format", nargs="+", choices=["coco", "yolo", "tables"], default=["coco", "yolo", "tables"]
     )
-    export.add_argument("--out", type=Path, required=True, help="the folder to write into")
+    export.add_argument("--out", type=Path, help="the folder to write into (dataset versions)")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="MODEL_ID: write model.int8.onnx beside the model (ONNX Runtime static quantization "
+        "calibrated on the version's training faces) and its compact table (size, latency, metric)",
+    )
+    export.add_argument(
+        "--calibration",
+        choices=["static", "dynamic"],
+        default="static",
+        help="--int8: static (calibrated activations; dynamic if it fails) or dynamic (weights only)",
+    )
     export.add_argument(
         "--link-media", action="store_true", help="symlink the images instead of copying them"
     )
     export.set_defaults(func=cmd_export)
+
+    from models.compact import DistillationSettings
+
+    distill = sub.add_parser(
+        "distill",
+        help="distill a trained MobileNet AU or emotion model into an alpha-0.25 student (seed 004)",
+        description=(DistillationSettings.__doc__ or "")
+        + " Writes student.pt / student.onnx beside the teacher, then the compact table (fp32, int8, "
+        "student on the same held-out faces).",
+    )
+    distill.add_argument("model_id", help="the teacher: a trained model's id")
+    add_settings_flags(distill, DistillationSettings)
+    distill.set_defaults(func=cmd_distill)
 
     train = sub.add_parser(
         "train",

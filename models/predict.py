@@ -59,7 +59,10 @@ class Predictor:
         labels: its outputs in order (["AU1", ...] or the emotion names).
         config: the network's ModelConfig (input size and channels, architecture).
         backend: "onnx" (ONNX Runtime) or "torch".
+        variant: "fp32", "int8" or "student" (models.compact).
     """
+
+    variant: str = "fp32"
 
     def __init__(
         self,
@@ -90,19 +93,40 @@ class Predictor:
             self._torch_model()
 
     @classmethod
-    def load(cls, wh: Warehouse, model_id: str, backend: Backend = "onnx", device: str = "auto") -> Predictor:
-        """The trained model `model_id` of the data root, ready to predict.
+    def load(
+        cls,
+        wh: Warehouse,
+        model_id: str,
+        backend: Backend = "onnx",
+        device: str = "auto",
+        variant: str = "fp32",
+    ) -> Predictor:
+        """The trained model `model_id` of the data root, ready to predict. `variant` (models.compact):
+        "fp32" (model.onnx / model.pt), "int8" (model.int8.onnx; ONNX only) or "student" (the
+        distilled student.onnx / student.pt).
 
         Raises:
-            FileNotFoundError: no such model, or its model.onnx / model.pt is missing.
-            ConfigError: an unknown backend, or a device this machine lacks.
+            FileNotFoundError: no such model, or the variant's files are missing.
+            ConfigError: an unknown backend or variant, int8 with the torch backend, or a device
+                this machine lacks.
         """
+        from models.compact import variant_files
+
         run = load_run(wh, model_id)
-        config = ModelConfig.from_dict(run.info["network"])
-        needed = run.onnx if backend == "onnx" else run.checkpoint
+        try:
+            onnx, checkpoint, config = variant_files(run, variant)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if backend == "torch" and checkpoint is None:
+            raise ConfigError(f"the {variant} variant of {model_id} is ONNX only: use backend onnx")
+        needed = onnx if backend == "onnx" else checkpoint
         if not Path(needed).is_file():
-            raise FileNotFoundError(f"model {model_id}: {needed} is missing; train the model again")
-        return cls(wh.home, model_id, config, run.checkpoint, run.onnx, backend=backend, device=device)
+            raise FileNotFoundError(f"model {model_id}: {needed} is missing; make the {variant} model again")
+        predictor = cls(
+            wh.home, model_id, config, checkpoint or run.checkpoint, onnx, backend=backend, device=device
+        )
+        predictor.variant = variant
+        return predictor
 
     # ---- the two runtimes ----------------------------------------------------------------------
     def _onnx_session(self):
