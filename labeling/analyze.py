@@ -447,8 +447,9 @@ def analyze(
     check_sources(items)
     au_id = resolve_model(wh, "au", settings.au_model)
     emo_id = resolve_model(wh, "emotion", settings.emotion_model)
-    au = Predictor.load(wh, au_id, backend=settings.backend, device=settings.device)
-    emo = Predictor.load(wh, emo_id, backend=settings.backend, device=settings.device)
+    variant = settings.model_variant
+    au = Predictor.load(wh, au_id, backend=settings.backend, device=settings.device, variant=variant)
+    emo = Predictor.load(wh, emo_id, backend=settings.backend, device=settings.device, variant=variant)
     au_cut = au_thresholds(wh, au_id, len(au.labels))
     prepare_ultralytics_offline(wh.home / "ultralytics")
     if detector is None:

@@ -93,6 +93,11 @@ class AnalyzeSettings(Settings):
     emotion_model: str | None = Field(
         None, description="the emotion model's id (unset: the production emotion model)"
     )
+    model_variant: Literal["fp32", "int8", "student"] = Field(
+        "fp32",
+        description="which form of both models runs (models.compact): fp32, int8 (model.int8.onnx, "
+        "`ferlab export MODEL_ID --int8`) or student (the distilled one, `ferlab distill MODEL_ID`)",
+    )
     average: int = Field(
         1, ge=1, description="probabilities averaged over a track's last N frames (seed 004); 1: none"
     )

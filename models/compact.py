@@ -177,6 +177,7 @@ def quantize_int8(
         FileNotFoundError: no such model, or its model.onnx is missing.
         ValueError: an unknown calibration; too few faces.
     """
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -207,6 +208,11 @@ def quantize_int8(
         pick = np.unique(pick)
         x = _normalized(data, pick)
         batches = [x[i : i + 32] for i in range(0, len(x), 32)]
+        # The output activation (softmax / sigmoid) stays float: quantized, probabilities would come
+        # in steps of 1/255 and a softmax would no longer sum to 1.
+        graph = onnx.load(str(run.onnx)).graph
+        outputs = {o.name for o in graph.output}
+        keep_float = [n.name for n in graph.node if outputs & set(n.output)]
         try:
             with atomic_path(out) as tmp:
                 quantize_static(
@@ -218,12 +224,14 @@ def quantize_int8(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
+                    nodes_to_exclude=keep_float,
                 )
             info.update(
                 calibration="static",
                 method=method,
                 calibration_faces=len(pick),
                 calibration_from="the version's faces outside the held-out ones",
+                float_nodes=keep_float,
             )
         except Exception as exc:  # noqa: BLE001 - any quantizer failure falls back, and says why
             log(f"{model_id}: static quantization failed ({exc}); writing dynamic int8 instead")

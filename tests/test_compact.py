@@ -7,11 +7,13 @@ seed 004's 12."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ferlab import cli
 from labeling.autolabel import autolabel
 from labeling.detectors import load_detector
 from models.compact import (
@@ -93,3 +95,25 @@ def test_the_student_loads_and_runs(trained, comparison):
         assert predictor.config.alpha == 0.25
         prob = predictor.predict(crops)
         assert prob.shape == (4, 7) and np.allclose(prob.sum(1), 1, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_the_commands_export_int8_and_distill(trained, comparison):
+    """`ferlab export MODEL_ID --int8` (here the dynamic fallback, asked for) and `ferlab distill`
+    write their files and the table; runs last: it replaces the files the tests above read."""
+    root, model_id = trained
+    home = ["--home", str(root)]
+    run = load_run(Warehouse(root), model_id)
+    assert cli.main([*home, "export", model_id, "--int8", "--calibration", "dynamic"]) == 0
+    assert json.loads((run.directory / "int8.json").read_text())["calibration"] == "dynamic"
+    prob = Predictor.load(Warehouse(root), model_id, variant="int8").predict_arrays(
+        [np.zeros((64, 64, 3), np.uint8)]
+    )
+    assert prob.shape == (1, 7)
+    assert (
+        cli.main([*home, "distill", model_id, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]) == 0
+    )
+    info = json.loads((run.directory / "student.json").read_text())
+    assert info["settings"]["epochs"] == 1 and len(info["history"]) == 1
+    assert (comparison.directory / "report.md").is_file()
+    assert cli.main([*home, "export", "not-a-version"]) != 0  # a dataset version still needs --out
