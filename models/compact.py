@@ -126,7 +126,12 @@ def compact_data(wh: Warehouse, run: ModelRun, seed: int = 0) -> CompactData:
     if fold is not None:
         groups = next(f["test_groups"] for f in run.info["folds"] if f["fold"] == fold)
         held = np.flatnonzero(np.isin(faces.groups, groups))
-        described = f"fold {fold}'s held-out groups ({len(groups)}), never seen by the production model"
+        described = (
+            "the version's test split, never seen by the production model"
+            if run.info.get("protocol") == "holdout"
+            else f"fold {fold}'s held-out groups ({len(groups)}), never seen by the production model "
+            "(the fold model it is)"
+        )
         clean = True
         thresholds = next((p.thresholds for p in run.folds if p.fold == fold), None)
     else:
@@ -171,7 +176,8 @@ def quantize_int8(
     `calibration_faces` of the version's faces outside the held-out ones, spread evenly, ranges by
     `method` (onnxruntime's MinMax, Percentile or Entropy calibrator); should
     static quantization fail, dynamic quantization is written instead (said in int8.json and the
-    log). "dynamic": weights only, activations quantized at run time.
+    log). "dynamic": weights only, activations quantized at run time (smaller, but ONNX Runtime's
+    ConvInteger is far slower on the CPU than fp32 convolutions: over 10x in the test's model).
 
     Raises:
         FileNotFoundError: no such model, or its model.onnx is missing.
@@ -483,11 +489,12 @@ def compare_compact(
     model_id: str,
     variants: tuple[str, ...] | None = None,
     repeats: int = 20,
-    threads: int | None = None,
+    threads: int | None = 1,
     log: Progress = print,
 ) -> Comparison:
     """Size (MB), CPU latency per face at batch 1 and 64 (ONNX Runtime, median of `repeats` runs)
-    and the task metric (Avg.F1 at the thresholds of the model's validation data / accuracy) of
+    on `threads` threads (1: a per-core figure, steady on a shared machine; None: ONNX Runtime's
+    default) and the task metric (Avg.F1 at the thresholds of the model's validation data / accuracy) of
     each variant on the same held-out faces; written as a table to
     <home>/reports/<version>/<model_id>-compact/. `variants` unset: every one that exists.
 
@@ -561,7 +568,7 @@ def _report(run: ModelRun, table: list[dict[str, Any]], data: CompactData, threa
         f"Dataset version: {run.dataset_version}",
         f"Held-out faces: {len(data.held_out)}, {data.held_out_description}",
         "Latency: ONNX Runtime on the CPU"
-        + (f", {threads} threads" if threads else ", its default threads")
+        + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else ", its default threads")
         + ", median per face of repeated runs of one batch",
         f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
     ]

@@ -117,3 +117,39 @@ def test_the_commands_export_int8_and_distill(trained, comparison):
     assert info["settings"]["epochs"] == 1 and len(info["history"]) == 1
     assert (comparison.directory / "report.md").is_file()
     assert cli.main([*home, "export", "not-a-version"]) != 0  # a dataset version still needs --out
+
+
+@pytest.mark.slow
+def test_au_int8_and_student_on_a_folds_held_out_subject(tmp_path, demo_renders):
+    """An AU model (3 demo people, 3-fold): int8 and the student are scored on the production fold
+    model's own held-out subject, at its validation thresholds (the student at its own)."""
+    from models.settings import AUTrainingSettings
+    from warehouse.sources.disfa import ingest_disfa
+
+    wh = Warehouse(tmp_path / "home")
+    people = ["SN001", "SN002", "SN003"]
+    ingest_disfa(
+        wh, demo_renders.path("small", seed=0) / "disfa", subjects=people, stride=2, show_progress=False
+    )
+    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
+    autolabel(wh, images, load_detector("yunet"), show_progress=False)
+    version = snapshot_dataset_version(wh).version
+    settings = AUTrainingSettings(image_size=64, head_epochs=10, finetune_epochs=0, device="cpu")
+    run = train_model(wh, version, settings, log=print)
+    quantize_int8(wh, run.model_id, log=print)
+    distill(wh, run.model_id, STUDENT.replace(epochs=1), log=print)
+    result = compare_compact(wh, run.model_id, repeats=5, log=print)
+    print(f"\nheld-out faces: {result.n_faces} ({result.held_out})")
+    fold = run.info["final"]["from_fold"]
+    held = next(f["test_groups"] for f in run.info["folds"] if f["fold"] == fold)
+    assert f"fold {fold}'s held-out groups ({len(held)})" in result.held_out
+    fp32, int8, student = (result.row(v) for v in ("fp32", "int8", "student"))
+    assert fp32["metric"] == int8["metric"] == student["metric"] == "avg_f1"
+    # fp32 on these faces at these thresholds is the fold's own evaluation
+    ours = next(p for p in run.folds if p.fold == fold)
+    assert result.n_faces == len(ours.y_true)
+    assert abs(int8["value"] - fp32["value"]) <= 0.02
+    prob = Predictor.load(wh, run.model_id, variant="student").predict_arrays(
+        [np.zeros((64, 64, 3), np.uint8)]
+    )
+    assert prob.shape == (1, len(settings.aus)) and ((prob >= 0) & (prob <= 1)).all()
