@@ -83,6 +83,12 @@ emotion_tuning_job = define_asset_job(
     selection=AssetSelection.assets("emotion_tuning"),
     description="Seed 004's Bayesian hyper-parameter search of the emotion model (Optuna TPE, 10 trials).",
 )
+compact_job = define_asset_job(
+    "compact_job",
+    selection=AssetSelection.assets("au_compact", "emotion_compact"),
+    description="Seed 004's compact models of the latest AU and emotion models: int8 ONNX, the distilled "
+    "alpha-0.25 student, and their size / latency / metric table.",
+)
 
 jobs = [
     fer2013_ingest_job,
@@ -98,4 +104,5 @@ jobs = [
     pseudo_label_experiment_job,
     au_tuning_job,
     emotion_tuning_job,
+    compact_job,
 ]

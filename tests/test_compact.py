@@ -153,3 +153,31 @@ def test_au_int8_and_student_on_a_folds_held_out_subject(tmp_path, demo_renders)
         [np.zeros((64, 64, 3), np.uint8)]
     )
     assert prob.shape == (1, len(settings.aus)) and ((prob >= 0) & (prob <= 1)).all()
+
+
+@pytest.mark.slow
+def test_the_compact_asset_through_dagster(trained):
+    """`compact_job`'s `emotion_compact` on the version's partition: int8 + a 1-epoch student of the
+    latest emotion model, the table in the metadata."""
+    from dagster import AssetKey, DagsterInstance
+
+    from dagster_project.definitions import defs
+
+    root, model_id = trained
+    version = load_run(Warehouse(root), model_id).dataset_version
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("dataset_versions", [version])
+    run = defs.resolve_job_def("compact_job").execute_in_process(
+        instance=instance,
+        partition_key=version,
+        asset_selection=[AssetKey("emotion_compact")],
+        run_config={
+            "resources": {"warehouse": {"config": {"home": str(root)}}},
+            "ops": {"emotion_compact": {"config": {"epochs": 1, "batch_size": 32, "device": "cpu"}}},
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
+    )
+    assert run.success
+    meta = run.asset_materializations_for_node("emotion_compact")[0].metadata
+    assert meta["model_id"].value == model_id
+    assert [r["variant"] for r in meta["table"].value] == ["fp32", "int8", "student"]
