@@ -154,7 +154,8 @@ def _normalized(data: CompactData, idx: np.ndarray, config: ModelConfig | None =
 
 # ---- quantization ---------------------------------------------------------------------------
 class FacesReader:
-    """onnxruntime.quantization's CalibrationDataReader over normalised faces, in batches."""
+    """A calibration data reader for onnxruntime.quantization.quantize_static (its protocol:
+    `get_next` gives one input feed, then None): normalised faces, in batches."""
 
     def __init__(self, batches: list[np.ndarray], input_name: str) -> None:
         self._items: Iterator[dict[str, np.ndarray]] = iter([{input_name: b} for b in batches])
