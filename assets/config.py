@@ -32,13 +32,20 @@ class SettingsConfig(Config):
         return self.settings_type(**{n: getattr(self, n) for n in self.settings_type.model_fields})
 
 
-def settings_config(settings: type[Settings], name: str, **extra: Any) -> type[SettingsConfig]:
-    """A Dagster `Config` class with the fields (types, defaults, descriptions) of `settings`, plus
-    `extra` fields given as (type, pydantic Field) pairs; `.settings()` validates it."""
+def config_fields(settings: type[Settings]) -> dict[str, tuple[Any, Any]]:
+    """The fields of a settings class as Dagster config fields {name: (type, pydantic Field)}: to
+    add a second settings class's fields to a config (`settings_config(..., **config_fields(X))`)."""
     fields = {}
     for n, f in settings.model_fields.items():
         annotation, default = _config_field(f.annotation, f.default)
         fields[n] = (annotation, Field(default, description=f.description))
+    return fields
+
+
+def settings_config(settings: type[Settings], name: str, **extra: Any) -> type[SettingsConfig]:
+    """A Dagster `Config` class with the fields (types, defaults, descriptions) of `settings`, plus
+    `extra` fields given as (type, pydantic Field) pairs; `.settings()` validates it."""
+    fields = config_fields(settings)
     config = create_model(name, __base__=SettingsConfig, __doc__=settings.__doc__, **fields, **extra)
     config.settings_type = settings
     return config

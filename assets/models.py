@@ -1,4 +1,5 @@
-"""Dataset versions, AU and emotion models, their evaluation reports and the loss comparison.
+"""Dataset versions, AU and emotion models, their evaluation reports, the loss comparison, the
+hyper-parameter searches and the compact (int8, distilled) models.
 Training and evaluation assets are partitioned by dataset version; each is a thin call into
 models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
@@ -15,12 +16,13 @@ from dagster import (
 from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
-from assets.config import SettingsConfig, settings_config
+from assets.config import SettingsConfig, config_fields, settings_config
 from assets.metadata import report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from labeling.curation_settings import PseudoExperimentSettings
 from labeling.pseudo_experiment import pseudo_label_experiment
+from models.compact import DistillationSettings, compare_compact, distill, quantize_int8
 from models.pipeline import (
     ModelRun,
     check_exports,
@@ -29,7 +31,8 @@ from models.pipeline import (
     latest_model_id,
     train_model,
 )
-from models.settings import AUTrainingSettings, EmotionTrainingSettings
+from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
+from models.tuning import TuningSettings, read_trials, tune
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -263,3 +266,102 @@ def au_pseudo_label_experiment(
             **report_metadata(result.report["markdown"]),
         }
     )
+
+
+# ---- seed 004's Bayesian hyper-parameter search, one asset per task ------------------------
+AUTuningConfig = settings_config(AUTrainingSettings, "AUTuningConfig", **config_fields(TuningSettings))
+EmotionTuningConfig = settings_config(
+    EmotionTrainingSettings, "EmotionTuningConfig", **config_fields(TuningSettings)
+)
+
+
+def _tuning_asset(task: str, config_type: type[SettingsConfig]):
+    """`<task>_tuning`: per dataset version, Optuna's TPE search (models.tuning) around the config's
+    training settings; launched by hand (no automation: a search costs `trials` trainings)."""
+
+    @asset(
+        name=f"{task}_tuning",
+        group_name=GROUP,
+        deps=[dataset_version],
+        partitions_def=dataset_versions,
+        kinds={"pytorch", "parquet", "markdown"},
+        pool=TRAINING_POOL,
+        description=f"Seed 004's Bayesian hyper-parameter search of the {task} model (Optuna TPE + median "
+        "pruner, 10 trials by default) minimising the validation loss, never on the test split: the trials "
+        "table, the best configuration as settings JSON (`ferlab train "
+        f"{task} --from-settings` trains it) and a report under tuning/<version>/<study id>/.",
+    )
+    def _tuning(context: AssetExecutionContext, warehouse: WarehouseResource, config: config_type):  # type: ignore[valid-type]
+        base: TrainingSettings = config.settings()  # type: ignore[attr-defined]
+        search = TuningSettings(**{n: getattr(config, n) for n in TuningSettings.model_fields})
+        result = tune(warehouse.get(), context.partition_key, base, search, log=context.log.info)
+        return MaterializeResult(
+            metadata={
+                "study_id": MetadataValue.text(result.study_id),
+                "best_value": MetadataValue.float(round(result.best_value, 6)),
+                "best_trial": MetadataValue.int(result.best_trial),
+                "best_params": MetadataValue.json(result.best_params),
+                "trials": table_metadata(read_trials(result.directory), max_rows=200),
+                "dagster/row_count": MetadataValue.int(len(result.trials)),
+                "best_settings": MetadataValue.path(str(result.best_settings_path)),
+                "train_best": MetadataValue.text(result.train_command()),
+                **report_metadata(result.report["markdown"]),
+            }
+        )
+
+    return _tuning
+
+
+au_tuning = _tuning_asset("au", AUTuningConfig)
+emotion_tuning = _tuning_asset("emotion", EmotionTuningConfig)
+
+
+# ---- seed 004's compact models, one asset per task -----------------------------------------
+CompactConfig = settings_config(
+    DistillationSettings,
+    "CompactConfig",
+    calibration=(
+        str,
+        Field("static", description="int8: static (calibrated; dynamic if it fails) or dynamic"),
+    ),
+    student=(bool, Field(True, description="also distill the alpha-0.25 student (seed 004)")),
+)
+
+
+def _compact_asset(task: str, upstream):
+    """`<task>_compact`: per dataset version, the latest model's int8 ONNX and distilled student
+    (models.compact) and their table; launched by hand (the student is a training)."""
+
+    @asset(
+        name=f"{task}_compact",
+        group_name=GROUP,
+        deps=[upstream],
+        partitions_def=dataset_versions,
+        kinds={"onnx", "pytorch", "markdown"},
+        pool=TRAINING_POOL,
+        description=f"Seed 004's compact versions of the latest {task} model of the dataset version: "
+        "model.int8.onnx (ONNX Runtime static quantization calibrated on the version's training faces), "
+        "the alpha-0.25 student distilled at temperature 2, and a table of size, CPU latency (batch 1 "
+        "and 64) and the task metric of fp32, int8 and student on the same held-out faces.",
+    )
+    def _compact(context: AssetExecutionContext, warehouse: WarehouseResource, config: CompactConfig):  # type: ignore[valid-type]
+        wh = warehouse.get()
+        model_id = latest_model_id(wh, task, context.partition_key)
+        quantize_int8(wh, model_id, calibration=config.calibration, log=context.log.info)  # type: ignore[attr-defined]
+        if config.student:  # type: ignore[attr-defined]
+            distill(wh, model_id, config.settings(), log=context.log.info)  # type: ignore[attr-defined]
+        result = compare_compact(wh, model_id, log=context.log.info)
+        return MaterializeResult(
+            metadata={
+                "model_id": MetadataValue.text(model_id),
+                "held_out": MetadataValue.text(f"{result.n_faces} faces: {result.held_out}"),
+                "table": MetadataValue.json(result.rows),
+                **report_metadata(result.report["markdown"]),
+            }
+        )
+
+    return _compact
+
+
+au_compact = _compact_asset("au", au_model)
+emotion_compact = _compact_asset("emotion", emotion_model)

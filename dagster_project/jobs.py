@@ -1,7 +1,8 @@
 """Jobs, for launching by hand (the UI, `ferlab demo`, tests); automation needs none of them.
 One ingest job per source kind (their partitions differ, so they cannot share a run), each
 ingesting its source and auto-labeling what it ingested; the FiftyOne sync; the student
-detector; dataset versions; per dataset version, training + evaluation and the loss comparison."""
+detector; dataset versions; per dataset version, training + evaluation, the loss comparison and the
+hyper-parameter searches."""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -72,6 +73,22 @@ pseudo_label_experiment_job = define_asset_job(
     selection=AssetSelection.assets("au_pseudo_label_experiment"),
     description="Does pseudo-labeling help? The AU model on gold vs gold + pseudo labels, same folds.",
 )
+au_tuning_job = define_asset_job(
+    "au_tuning_job",
+    selection=AssetSelection.assets("au_tuning"),
+    description="Seed 004's Bayesian hyper-parameter search of the AU model (Optuna TPE, 10 trials).",
+)
+emotion_tuning_job = define_asset_job(
+    "emotion_tuning_job",
+    selection=AssetSelection.assets("emotion_tuning"),
+    description="Seed 004's Bayesian hyper-parameter search of the emotion model (Optuna TPE, 10 trials).",
+)
+compact_job = define_asset_job(
+    "compact_job",
+    selection=AssetSelection.assets("au_compact", "emotion_compact"),
+    description="Seed 004's compact models of the latest AU and emotion models: int8 ONNX, the distilled "
+    "alpha-0.25 student, and their size / latency / metric table.",
+)
 
 jobs = [
     fer2013_ingest_job,
@@ -85,4 +102,7 @@ jobs = [
     label_studio_push_job,
     loss_comparison_job,
     pseudo_label_experiment_job,
+    au_tuning_job,
+    emotion_tuning_job,
+    compact_job,
 ]

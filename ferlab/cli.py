@@ -4,13 +4,18 @@ ferlab --home DIR ingest fer2013 CSV
 ferlab --home DIR ingest disfa ROOT [--stride N] [--subject SN001 ...]
 ferlab --home DIR ingest images DIR [--batch NAME]
 ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"   # read-only unless --write
+ferlab --home DIR analyze VIDEO|IMAGE|DIR|CAMERA_INDEX [--out F.parquet|F.csv] [--video OUT.mp4] [--average N] ...
 ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
+ferlab --home DIR train au|emotion --from-settings best_settings.json|run.json [flags that override it]
+ferlab --home DIR tune au|emotion [--version V] [--trials N] [--search lr dropout ...] [training flags]
 ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR pseudo-experiment [--target-precision 0.9] [AU training flags]  # gold vs gold + pseudo
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
+ferlab --home DIR export MODEL_ID --int8 [--calibration static|dynamic]
+ferlab --home DIR distill MODEL_ID [--alpha 0.25] [--temperature 2] [--epochs 12] ...
 ferlab --home DIR evaluate MODEL_ID | evaluate au|emotion --version V
 ferlab --home DIR models [--task au] [--decide MODEL_ID]  # models, production, promotion decisions
 ferlab --home DIR predict MODEL_ID|au|emotion [--version V | --all-crops] [--out F.parquet]
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
-from labeling.settings import AutoLabelSettings, StudentDetectorSettings
+from labeling.settings import AnalyzeSettings, AutoLabelSettings, StudentDetectorSettings
 from warehouse.paths import data_root
 
 EPILOG = """\
@@ -189,6 +194,57 @@ def run_detect_cli(
     print(f"frames: {frames}, frames with no detection: {empty}", file=report)
     for reason, n in sorted(Counter(r.reason for r in rejects).items()):
         print(f"  rejected {n:>6}  {reason}", file=report)
+    return 0
+
+
+# ---- ferlab analyze ---------------------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """`ferlab analyze`: one row per face per frame to --out (Parquet or CSV; default CSV on
+    stdout, the summary then on stderr), --video an annotated MP4. Bad flags, inputs and outputs
+    are refused before any model loads."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    from labeling.analyze import OUT_FORMATS, analyze, check_sources, save_analysis, settings_path
+    from models.device import resolve_device
+    from warehouse.errors import InputError, StorageError
+
+    settings = settings_from_flags(args, AnalyzeSettings)
+    resolve_device(settings.device)
+    sources = [str(s) for s in args.sources]
+    check_sources(sources)
+    out = video = None
+    if args.out:
+        if Path(args.out).suffix.lower() not in OUT_FORMATS:
+            raise InputError(f"--out {args.out}: give a .parquet or .csv file")
+        out = check_out_file(args.out)
+    if args.video:
+        if Path(args.video).suffix.lower() != ".mp4":
+            raise InputError(f"--video {args.video}: give an .mp4 file")
+        video = check_out_file(args.video)
+    wh = _warehouse(args, writable=False)
+    result = analyze(wh, sources, settings, video_out=video, show_progress=True)
+    report = sys.stdout
+    if out:
+        try:
+            save_analysis(result, out)
+        except OSError as exc:
+            raise StorageError(
+                f"{out}: cannot write the {result.faces} rows ({exc.strerror or exc}); "
+                "free some space or choose another --out"
+            ) from exc
+        print(f"{result.faces} faces -> {out} (settings: {settings_path(out)})")
+    else:
+        buf = io.BytesIO()
+        pacsv.write_csv(result.table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+        report = sys.stderr
+    print(result.summary(), file=report)
+    if result.video:
+        print(f"annotated video: {result.video}", file=report)
+    for r in result.rejects[:10]:
+        print(f"  rejected {r.reason}: {r.source_uri} {r.detail}", file=report)
     return 0
 
 
@@ -367,6 +423,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.int8:
+        return _export_int8(args)
+    if args.out is None:
+        from warehouse.errors import ConfigError
+
+        raise ConfigError("export VERSION needs --out DIR (or give a model id and --int8)")
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
@@ -380,6 +442,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         link_media=args.link_media,
     )
     print(report)
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """`ferlab export MODEL_ID --int8`: model.int8.onnx beside the model, then the compact table."""
+    from models.compact import compare_compact, quantize_int8
+
+    wh = _warehouse(args)
+    path = quantize_int8(wh, args.version, calibration=args.calibration)
+    print(f"int8 model: {path}")
+    result = compare_compact(wh, args.version)
+    print(f"compact table: {result.report['markdown']}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from models.compact import DistillationSettings, compare_compact, distill
+
+    settings = settings_from_flags(args, DistillationSettings)
+    wh = _warehouse(args)
+    result = distill(wh, args.model_id, settings)
+    print(f"student: {result.onnx} (checkpoint {result.checkpoint})")
+    table = compare_compact(wh, args.model_id)
+    print(f"compact table: {table.report['markdown']}")
     return 0
 
 
@@ -416,16 +502,52 @@ def settings_from_flags(args: argparse.Namespace, settings_type):
     return settings_type(**{n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)})
 
 
+def training_settings(args: argparse.Namespace):
+    """The training settings of `train` / `tune`: the flags given, over the saved settings of
+    --from-settings (a tuning study's best_settings.json, a model's run.json) when given, else over
+    the defaults.
+
+    Raises:
+        ConfigError: settings of another task, or values they refuse. FileNotFoundError: no such file.
+    """
+    from models.settings import SETTINGS, load_settings
+    from warehouse.errors import ConfigError
+
+    settings_type = SETTINGS[args.task]
+    if not getattr(args, "from_settings", None):
+        return settings_from_flags(args, settings_type)
+    saved = load_settings(args.from_settings)
+    if saved.kind != args.task:
+        raise ConfigError(
+            f"--from-settings {args.from_settings} holds {saved.kind} settings, not {args.task}"
+        )
+    given = {n: getattr(args, n) for n in settings_type.model_fields if hasattr(args, n)}
+    return saved.replace(**given)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from models.pipeline import evaluate_model, train_model
 
-    settings = settings_from_flags(args, args.settings_type)  # a bad flag fails before any snapshot
+    settings = training_settings(args)  # a bad flag fails before any snapshot
     wh = _warehouse(args)
     version = _version_or_snapshot(wh, args.version)
     run = train_model(wh, version, settings)
     print(f"model {run.model_id}: checkpoint {run.checkpoint}, onnx {run.onnx}")
     if not args.no_eval:
         evaluate_model(wh, run.model_id)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from models.tuning import TuningSettings, tune
+
+    base = training_settings(args)  # bad flags fail before any snapshot or faces load
+    search = settings_from_flags(args, TuningSettings)
+    wh = _warehouse(args)
+    result = tune(wh, _version_or_snapshot(wh, args.version), base, search)
+    print(f"best trial {result.best_trial}: validation loss {result.best_value:.4f}, {result.best_params}")
+    print(f"report: {result.report['markdown']}")
+    print(f"train it: {result.train_command()}")
     return 0
 
 
@@ -597,8 +719,40 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
         one = kinds.add_parser(kind, help=settings_type.__doc__, description=settings_type.__doc__)
         one.add_argument("--version", help="dataset version (default: snapshot the current data)")
         one.add_argument("--no-eval", action="store_true", help="do not write the evaluation report")
+        one.add_argument(
+            "--from-settings",
+            type=Path,
+            metavar="JSON",
+            help="start from saved settings (a tuning study's best_settings.json, a model's run.json); "
+            "the flags given override them",
+        )
         add_settings_flags(one, settings_type)
         one.set_defaults(func=cmd_train)
+
+    from models.tuning import TuningSettings
+
+    tune = sub.add_parser(
+        "tune",
+        help="Bayesian hyper-parameter search (Optuna TPE, seed 004): lowest validation loss, never the test split",
+        description="Trials train the model with the training flags given (or --from-settings) and the searched "
+        "parameters drawn by Optuna's TPE sampler; a median pruner stops poor trials. Writes "
+        "tuning/<version>/<study id>/ (trials.parquet, best_settings.json, report.md) and prints the command "
+        "that trains the best configuration. The flags are models.tuning.TuningSettings' fields, then the "
+        "task's training settings.",
+    )
+    tune_kinds = tune.add_subparsers(dest="task", required=True, metavar="au|emotion")
+    for kind, settings_type in SETTINGS.items():
+        one = tune_kinds.add_parser(kind, help=f"tune a {kind} model", description=TuningSettings.__doc__)
+        one.add_argument("--version", help="dataset version (default: snapshot the current data)")
+        one.add_argument(
+            "--from-settings",
+            type=Path,
+            metavar="JSON",
+            help="the training settings to start from (best_settings.json, run.json); flags override them",
+        )
+        add_settings_flags(one, TuningSettings)
+        add_settings_flags(one, settings_type)
+        one.set_defaults(func=cmd_tune)
 
     compare = sub.add_parser(
         "compare-losses",
@@ -624,7 +778,7 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
     experiment.set_defaults(func=cmd_pseudo_experiment)
 
 
-TRAINING_COMMANDS = ("train", "compare-losses", "pseudo-experiment")
+TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment")
 
 
 def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
@@ -675,6 +829,26 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=int, default=16)
     detect.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     detect.set_defaults(func=cmd_detect)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="faces, tracks, AUs and emotions of a video, image, folder or camera: one row per face per frame",
+        description="decode -> detect faces (this data root's YOLO student, else YuNet) -> track (ByteTrack) -> "
+        "crop and align -> the production AU and emotion models (or --au-model / --emotion-model). Columns: "
+        "frame, timestamp, x1, y1, x2, y2, score, track_id, au1 ... (probability per AU of the model), "
+        "au1_present ..., one probability per emotion (angry ... neutral), emotion ('uncertain' below "
+        "--min-probability), emotion_from_aus (Ekman's patterns; 'neutral' without AUs, empty when no "
+        "pattern matches). --average N averages the probabilities over a face's track's last N frames. A frame "
+        "that cannot be decoded is skipped and counted. The other flags are "
+        "labeling.settings.AnalyzeSettings' fields; they are saved as <out>.settings.json.",
+    )
+    analyze.add_argument(
+        "sources", nargs="+", help="a video, an image, a folder of them, or a camera index (0, 1, ...)"
+    )
+    analyze.add_argument("--out", type=Path, help="a .parquet or .csv file (default: CSV on stdout)")
+    analyze.add_argument("--video", type=Path, help="an annotated .mp4: boxes, track ids and labels drawn")
+    add_settings_flags(analyze, AnalyzeSettings)
+    analyze.set_defaults(func=cmd_analyze)
 
     face = sub.add_parser(
         "face-detector",
@@ -806,15 +980,44 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         "faces and the person detections on its images. Written by FiftyOne's exporters; a format's folder "
         "must be new or empty.",
     )
-    export.add_argument("version", help="a dataset version (see `ferlab version --list`)")
+    export.add_argument(
+        "version",
+        metavar="VERSION|MODEL_ID",
+        help="a dataset version (see `ferlab version --list`); with --int8, a trained model's id",
+    )
     export.add_argument(
         "--format", nargs="+", choices=["coco", "yolo", "tables"], default=["coco", "yolo", "tables"]
     )
-    export.add_argument("--out", type=Path, required=True, help="the folder to write into")
+    export.add_argument("--out", type=Path, help="the folder to write into (dataset versions)")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="MODEL_ID: write model.int8.onnx beside the model (ONNX Runtime static quantization "
+        "calibrated on the version's training faces) and its compact table (size, latency, metric)",
+    )
+    export.add_argument(
+        "--calibration",
+        choices=["static", "dynamic"],
+        default="static",
+        help="--int8: static (calibrated activations; dynamic if it fails) or dynamic (weights only)",
+    )
     export.add_argument(
         "--link-media", action="store_true", help="symlink the images instead of copying them"
     )
     export.set_defaults(func=cmd_export)
+
+    from models.compact import DistillationSettings
+
+    distill = sub.add_parser(
+        "distill",
+        help="distill a trained MobileNet AU or emotion model into an alpha-0.25 student (seed 004)",
+        description=(DistillationSettings.__doc__ or "")
+        + " Writes student.pt / student.onnx beside the teacher, then the compact table (fp32, int8, "
+        "student on the same held-out faces).",
+    )
+    distill.add_argument("model_id", help="the teacher: a trained model's id")
+    add_settings_flags(distill, DistillationSettings)
+    distill.set_defaults(func=cmd_distill)
 
     train = sub.add_parser(
         "train",
@@ -828,6 +1031,8 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     )
     if training_flags:
         _add_training_commands(sub, train)
+    else:  # listed in `ferlab --help`; its flags come with the training settings
+        sub.add_parser("tune", help="Bayesian hyper-parameter search of an AU or emotion model (Optuna TPE)")
 
     evaluate = sub.add_parser(
         "evaluate",

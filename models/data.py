@@ -58,12 +58,27 @@ def decode_crop(path: Path, size: int, channels: int) -> np.ndarray:
     img = cv2.imread(str(path), flag)
     if img is None:
         raise OSError(f"cannot read crop {path} (missing or corrupt media file)")
+    return prepare_crop(img, size, channels, bgr=True)
+
+
+def prepare_crop(img: np.ndarray, size: int, channels: int, bgr: bool = False) -> np.ndarray:
+    """A crop in memory (H, W) gray or (H, W, 3) uint8, RGB (BGR with `bgr`, as OpenCV reads
+    files) -> the (C, S, S) uint8 array training sees: resized to `size` (area when shrinking),
+    gray for a 1-channel model (BT.601, as OpenCV reads a gray file), else RGB. What decode_crop
+    does after reading the file, so in-memory crops (labeling.analyze) score as stored ones."""
+    if img.ndim == 3 and channels == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+    elif img.ndim == 2 and channels == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        bgr = False
     if img.shape[0] != size or img.shape[1] != size:
         interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
         img = cv2.resize(img, (size, size), interpolation=interp)
     if channels == 1:
         return img[None]
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
+    if bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
 def _cache_name(crop_ids: Sequence[str], image_size: int, channels: int) -> str:

@@ -2,6 +2,7 @@
 
     predictor = Predictor.load(wh, model_id)                 # ONNX Runtime on the CPU (default)
     prob = predictor.predict(["media/ab/ab12....png", ...])  # (N, K): sigmoid per AU / softmax
+    prob = predictor.predict_arrays([rgb224, ...])           # crops in memory (labeling.analyze)
     found = predictor.predict_crops(wh, crop_ids)            # by crop id; unreadable crops skipped
     z = predictor.embed(paths)                               # pooled backbone features (torch)
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.data import decode_crop
+from models.data import decode_crop, prepare_crop
 from models.device import resolve_device
 from models.networks import ModelConfig, WithProbabilities, normalize
 from models.pipeline import load_run
@@ -58,7 +59,10 @@ class Predictor:
         labels: its outputs in order (["AU1", ...] or the emotion names).
         config: the network's ModelConfig (input size and channels, architecture).
         backend: "onnx" (ONNX Runtime) or "torch".
+        variant: "fp32", "int8" or "student" (models.compact).
     """
+
+    variant: str = "fp32"
 
     def __init__(
         self,
@@ -89,19 +93,40 @@ class Predictor:
             self._torch_model()
 
     @classmethod
-    def load(cls, wh: Warehouse, model_id: str, backend: Backend = "onnx", device: str = "auto") -> Predictor:
-        """The trained model `model_id` of the data root, ready to predict.
+    def load(
+        cls,
+        wh: Warehouse,
+        model_id: str,
+        backend: Backend = "onnx",
+        device: str = "auto",
+        variant: str = "fp32",
+    ) -> Predictor:
+        """The trained model `model_id` of the data root, ready to predict. `variant` (models.compact):
+        "fp32" (model.onnx / model.pt), "int8" (model.int8.onnx; ONNX only) or "student" (the
+        distilled student.onnx / student.pt).
 
         Raises:
-            FileNotFoundError: no such model, or its model.onnx / model.pt is missing.
-            ConfigError: an unknown backend, or a device this machine lacks.
+            FileNotFoundError: no such model, or the variant's files are missing.
+            ConfigError: an unknown backend or variant, int8 with the torch backend, or a device
+                this machine lacks.
         """
+        from models.compact import variant_files
+
         run = load_run(wh, model_id)
-        config = ModelConfig.from_dict(run.info["network"])
-        needed = run.onnx if backend == "onnx" else run.checkpoint
+        try:
+            onnx, checkpoint, config = variant_files(run, variant)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if backend == "torch" and checkpoint is None:
+            raise ConfigError(f"the {variant} variant of {model_id} is ONNX only: use backend onnx")
+        needed = onnx if backend == "onnx" else checkpoint
         if not Path(needed).is_file():
-            raise FileNotFoundError(f"model {model_id}: {needed} is missing; train the model again")
-        return cls(wh.home, model_id, config, run.checkpoint, run.onnx, backend=backend, device=device)
+            raise FileNotFoundError(f"model {model_id}: {needed} is missing; make the {variant} model again")
+        predictor = cls(
+            wh.home, model_id, config, checkpoint or run.checkpoint, onnx, backend=backend, device=device
+        )
+        predictor.variant = variant
+        return predictor
 
     # ---- the two runtimes ----------------------------------------------------------------------
     def _onnx_session(self):
@@ -181,6 +206,21 @@ class Predictor:
                 raise OSError(bad[0][1])
             if ok:
                 out[ok] = self._run(images)
+        return out
+
+    def predict_arrays(self, crops: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Probabilities (N, K) float32 of crops in memory: (H, W, 3) RGB uint8 (labeling.crops'
+        224 px `FaceCrop.rgb`) or (H, W) gray (its 48 px `FaceCrop.gray`, what a gray model reads).
+        Prepared as decode_crop prepares a stored crop (models.data.prepare_crop), so a face scores
+        here as it does from its file, up to the file's JPEG/PNG encoding."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
+        out = np.empty((len(crops), len(self.labels)), dtype=np.float32)
+        size, channels = self.config.image_size, self.config.channels
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start : start + batch_size]
+            images = np.stack([prepare_crop(c, size, channels) for c in chunk])
+            out[start : start + len(chunk)] = self._run(images)
         return out
 
     def embed(self, media_paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:

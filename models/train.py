@@ -33,6 +33,10 @@ from models.predictions import FoldPredictions
 from models.settings import TrainingSettings
 
 Progress = Callable[[str], None]
+# Called with each epoch's history row ({"stage", "epoch", "train_loss", "val_loss", ...}) as soon as
+# the epoch is validated; an exception it raises (e.g. a hyper-parameter search pruning the
+# trial: models.tuning) stops the training and propagates out of `fit`.
+EpochCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -122,7 +126,9 @@ def _embed(
     return torch.cat(feats), torch.from_numpy(faces.targets[idx]).to(device)
 
 
-def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion, device, log) -> list[dict]:
+def _train_head(
+    model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion, device, log, on_epoch=None
+) -> list[dict]:
     """Stage 1 on cached pooled features: only the head's parameters move."""
     model.freeze_backbone(0)
     z_train, y_train = _embed(model, faces, train_idx, mc, device, tc)
@@ -156,6 +162,8 @@ def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion
         history.append(
             {"stage": "head", "epoch": epoch + 1, "train_loss": total / len(z_train), "val_loss": val}
         )
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if keeper.should_stop(val, model):
             break
     keeper.restore(model)
@@ -164,7 +172,7 @@ def _train_head(model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion
 
 
 def _train_full(
-    model, faces, train_idx, val_idx, mc, tc, criterion, device, epochs, lr, stage, log
+    model, faces, train_idx, val_idx, mc, tc, criterion, device, epochs, lr, stage, log, on_epoch=None
 ) -> tuple[list[dict], float]:
     """Whole-network epochs on augmented batches, lr x0.5 on plateau, best epoch kept."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -212,6 +220,8 @@ def _train_full(
             }
         )
         log(f"{stage} epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} val {val:.4f}")
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if keeper.should_stop(val, model):
             break
     keeper.restore(model)
@@ -224,10 +234,12 @@ def fit(
     val_idx: np.ndarray,
     settings: TrainingSettings,
     log: Progress = lambda _: None,
+    on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train one model of `settings` on faces[train_idx], early-stopped on faces[val_idx]: a
     transfer network head-only then fine-tuned (`finetune_epochs`), a from-scratch network for
-    `scratch_epochs`.
+    `scratch_epochs`. `on_epoch` (optional) sees every epoch's history row of every stage as it
+    ends; what it raises stops the training and propagates.
 
     Raises:
         ValueError: fewer than 2 training or 1 validation samples.
@@ -244,7 +256,9 @@ def fit(
     result = FitResult(model=model)
     full: tuple[int, float, str] | None = (settings.scratch_epochs, settings.scratch_lr, "scratch")
     if isinstance(model, TransferNet):
-        result.history += _train_head(model, faces, train_idx, val_idx, mc, settings, criterion, device, log)
+        result.history += _train_head(
+            model, faces, train_idx, val_idx, mc, settings, criterion, device, log, on_epoch
+        )
         full = None
         if settings.finetune_epochs > 0:
             model.freeze_backbone(settings.finetune_blocks)
@@ -252,7 +266,19 @@ def fit(
     if full is not None:
         epochs, lr, stage = full
         hist, rate = _train_full(
-            model, faces, train_idx, val_idx, mc, settings, criterion, device, epochs, lr, stage, log
+            model,
+            faces,
+            train_idx,
+            val_idx,
+            mc,
+            settings,
+            criterion,
+            device,
+            epochs,
+            lr,
+            stage,
+            log,
+            on_epoch,
         )
         result.history += hist
         result.train_images_per_s = rate

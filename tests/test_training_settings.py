@@ -148,7 +148,12 @@ def test_cli_train_flags_are_the_settings_fields():
         args = parser.parse_args(["train", kind])
         assert args.settings_type is settings_type
         help_text = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0]
-        flags = {a.dest for a in help_text.choices[kind]._actions} - {"help", "version", "no_eval"}
+        flags = {a.dest for a in help_text.choices[kind]._actions} - {
+            "help",
+            "version",
+            "no_eval",
+            "from_settings",
+        }
         assert flags == set(settings_type.model_fields)
     args = parser.parse_args(["train", "au", "--aus", "1", "12", "--weights", "none", "--image-size", "96"])
     from ferlab.cli import settings_from_flags

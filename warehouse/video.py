@@ -13,7 +13,7 @@ against the file's size, and what was lost is recorded in a VideoDecode for the 
 from __future__ import annotations
 
 from collections.abc import Iterator, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -148,3 +148,72 @@ def truncation_detail(state: VideoDecode) -> str:
 def first_lost(state: VideoDecode) -> int:
     """The first frame number of a short video that was not passed on."""
     return state.dropped or state.failed_at or (state.decoded + 1)
+
+
+@dataclass
+class FrameSkips:
+    """What `decode_frames_skipping` saw: the frames the container declares, those decoded and the
+    ones skipped because they could not be decoded (damaged data, or lost at a cut end)."""
+
+    fps: float  # the container's frame rate; 0 when unknown
+    header_frames: int  # CAP_PROP_FRAME_COUNT; 0 when unknown
+    decoded: int = 0
+    corrupt: list[int] = field(default_factory=list)  # frame numbers (from 1) skipped
+    last: int = 0  # the last frame number decoded
+
+
+# A damaged run longer than this many frames ends the reading (the rest counts as skipped).
+MAX_CONSECUTIVE_FAILURES = 64
+
+
+def decode_frames_skipping(
+    cap: cv2.VideoCapture, stride: int = 1
+) -> tuple[FrameSkips, Iterator[tuple[int, float, np.ndarray]]]:
+    """Every `stride`-th frame of an opened capture as (frame number from 1, timestamp in seconds,
+    BGR image), going on past frames the decoder cannot decode: for analysis, where a damaged
+    frame must cost that frame, not the rest of the video (decode_frames, for ingestion, stops).
+
+    Frames are numbered from their presentation time when the container gives one (so the frames
+    after a skipped one keep their numbers), else counted. A frame that fails to decode is tried
+    again with the next grab, as long as the container declares more frames (at most
+    MAX_CONSECUTIVE_FAILURES in a row); every frame number not decoded is in `skips.corrupt`."""
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
+    skips = FrameSkips(fps=fps, header_frames=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0))
+
+    def frames() -> Iterator[tuple[int, float, np.ndarray]]:
+        failures = 0
+        while True:
+            try:
+                ok = cap.grab()
+            except cv2.error:
+                ok = False
+            if not ok:
+                failures += 1
+                more = skips.last + failures <= skips.header_frames
+                if more and failures <= MAX_CONSECUTIVE_FAILURES:
+                    continue
+                break
+            failures = 0
+            msec = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+            n = skips.last + 1
+            if fps and np.isfinite(msec) and msec > 0:
+                n = max(n, int(round(msec * fps / 1000.0)) + 1)
+            skips.corrupt.extend(range(skips.last + 1, n))
+            skips.last = n
+            if (n - 1) % stride:
+                skips.decoded += 1
+                continue
+            try:
+                ok, img = cap.retrieve()
+            except cv2.error:
+                ok, img = False, None
+            if not ok or img is None:
+                skips.corrupt.append(n)
+                continue
+            skips.decoded += 1
+            seconds = msec / 1000.0 if msec > 0 or n == 1 else ((n - 1) / fps if fps else 0.0)
+            yield n, seconds, img
+        skips.corrupt.extend(range(skips.last + 1, skips.header_frames + 1))
+
+    return skips, frames()

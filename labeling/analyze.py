@@ -1,0 +1,635 @@
+"""Facial expression analysis of a video, an image, a folder or a camera: one row per face per frame.
+
+    result = analyze(wh, "clip.mp4", AnalyzeSettings(average=5, min_probability=0.6), video_out="boxes.mp4")
+    save_analysis(result, "clip.parquet")       # or .csv; settings beside it: clip.parquet.settings.json
+    print(result.summary())
+
+decode (a background thread, labeling.prefetch) -> detect faces in batches of frames with the
+production detector (this data root's YOLO student, else YuNet) -> track them (ultralytics'
+ByteTrack, fed with our detections) -> crop and align them as auto-labeling does
+(labeling.crops) -> the AU and emotion models (the production ones, or the ids given) on all the
+faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
+
+Columns, in this order (scripts may rely on them):
+
+- `frame`: the frame number (from 1; a video's own numbering, stride or not; with several inputs,
+  each input's frames follow the previous input's, see `AnalysisResult.sources`)
+- `timestamp`: seconds from the start of its input (0 for an image; a camera: since the start)
+- `x1`, `y1`, `x2`, `y2`: the face box in the frame's pixels; `score`: the detector's
+- `track_id`: a face keeps its id across frames while it stays in view (and up to `track_buffer`
+  frames out of it); ids are unique in a run; null for a face the tracker did not take
+- `au1` ... : per AU of the AU model, its probability; `au1_present` ...: probability >= the AU's
+  threshold (the mean of the thresholds chosen on each fold's validation people; 0.5 without)
+- one column per emotion of the emotion model (`angry` ... `neutral`): its probability
+- `emotion`: the most probable emotion, or "uncertain" when its probability is below
+  `min_probability` (seed 004)
+- `emotion_from_aus`: the emotion the present AUs imply (Ekman's patterns, labeling.ekman):
+  "neutral" when no AU is present, null when present AUs match no pattern
+
+With `average` N > 1 every probability is the mean over the face's track's last N frames (this one
+included), and the presence, `emotion` and `emotion_from_aus` follow the averaged values (seed 004:
+steadier labels on video). A frame the decoder cannot decode is skipped and counted
+(`corrupt_frames`), an unreadable file is a Reject; neither stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from labeling.crops import crop_faces
+from labeling.detectors import Detection, Detector, as_bgr
+from labeling.ekman import emotion_from_aus
+from labeling.media import IMAGE_EXTS, VIDEO_EXTS, iter_frames, media_files
+from labeling.prefetch import prefetch
+from labeling.settings import AnalyzeSettings
+from labeling.tracking import FaceTracker
+from warehouse.atomic import atomic_path, atomic_write_bytes
+from warehouse.errors import InputError
+from warehouse.rejects import Reject
+from warehouse.sources.common import progress
+from warehouse.store import Warehouse
+from warehouse.video import decode_frames_skipping
+
+UNCERTAIN = "uncertain"
+SOURCE = "analyze"
+DEFAULT_FPS = 25.0  # the annotated video's rate when the input has none (images, some cameras)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def is_camera(source: str | Path) -> bool:
+    """A camera index ("0", "1", ...) that is not also the name of a file or folder."""
+    return isinstance(source, str | int) and str(source).isdigit() and not Path(str(source)).exists()
+
+
+@dataclass(slots=True)
+class _Frame:
+    frame: int  # the run's frame number
+    timestamp: float
+    source: int  # index into the run's sources
+    image: np.ndarray
+
+
+@dataclass(slots=True)
+class _Skipped:
+    source: int
+    frames: list[int]  # the run's frame numbers skipped
+
+
+@dataclass
+class SourceInfo:
+    """One input of a run: its frames are `first_frame` .. `first_frame + frames - 1`."""
+
+    source: str
+    kind: str  # video | image | camera
+    first_frame: int
+    frames: int = 0  # its extent in frame numbers (a video's declared or decoded count)
+    fps: float = 0.0
+    corrupt_frames: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k) for k in ("source", "kind", "first_frame", "frames", "fps", "corrupt_frames")
+        }
+
+
+def _open_camera(index: int) -> cv2.VideoCapture:
+    """The camera, opened without OpenCV's own warnings on stderr (a missing one is our one error line)."""
+    if not (hasattr(cv2, "getLogLevel") and hasattr(cv2, "setLogLevel")):
+        return cv2.VideoCapture(index)
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # silent
+    try:
+        return cv2.VideoCapture(index)
+    finally:
+        cv2.setLogLevel(level)
+
+
+def _camera_frames(index: int, info: SourceInfo, sid: int, offset: int, stride: int) -> Iterator[_Frame]:
+    cap = _open_camera(index)
+    try:
+        if not cap.isOpened():
+            raise InputError(
+                f"camera {index}: OpenCV cannot open it; check the index (0 is the first camera)"
+            )
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        info.fps = fps if np.isfinite(fps) and 0 < fps < 1000 else 0.0
+        start = time.monotonic()
+        n = 0
+        while True:
+            ok, image = cap.read()
+            if not ok or image is None:
+                return
+            n += 1
+            info.frames = n
+            if (n - 1) % stride == 0:
+                yield _Frame(offset + n, time.monotonic() - start, sid, image)
+    finally:
+        cap.release()
+
+
+def _video_frames(path: Path, info: SourceInfo, sid: int, offset: int, stride: int) -> Iterator[Any]:
+    uri = str(path.resolve())
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        yield Reject(SOURCE, uri, "decode", "unreadable_file", str(exc))
+        return
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if size == 0 or not cap.isOpened():
+            yield Reject(SOURCE, uri, "decode", "unreadable_video", f"OpenCV cannot open it ({size} bytes)")
+            return
+        skips, frames = decode_frames_skipping(cap, stride)
+        info.fps = skips.fps
+        reported = 0
+        for n, seconds, image in frames:
+            if len(skips.corrupt) > reported:
+                yield _Skipped(sid, [offset + k for k in skips.corrupt[reported:]])
+                reported = len(skips.corrupt)
+            info.frames = max(info.frames, n)
+            yield _Frame(offset + n, seconds, sid, image)
+        if len(skips.corrupt) > reported:
+            yield _Skipped(sid, [offset + k for k in skips.corrupt[reported:]])
+        info.frames = max(info.frames, skips.last, skips.header_frames)
+        if skips.decoded == 0:
+            yield Reject(SOURCE, uri, "decode", "unreadable_video", f"no frame decoded ({size} bytes)")
+    finally:
+        cap.release()
+
+
+def _input_frames(sources: Sequence[str | Path], stride: int, infos: list[SourceInfo]) -> Iterator[Any]:
+    """Frames of every input in order (_Frame, _Skipped, Reject); `infos` filled as
+    they are read (each input's first frame number follows the previous input's extent)."""
+    offset = 0
+    for source in sources:
+        if is_camera(source):
+            info = SourceInfo(f"camera:{int(source)}", "camera", offset + 1)
+            infos.append(info)
+            yield from _camera_frames(int(source), info, len(infos) - 1, offset, stride)
+            offset += info.frames
+            continue
+        for path in media_files([source]):
+            ext = path.suffix.lower()
+            kind = "video" if ext in VIDEO_EXTS else "image"
+            info = SourceInfo(str(path), kind, offset + 1)
+            infos.append(info)
+            sid = len(infos) - 1
+            if kind == "video":
+                yield from _video_frames(path, info, sid, offset, stride)
+            else:
+                info.frames = 1
+                for item in iter_frames([path]):  # images (and unknown extensions) as detection reads them
+                    if isinstance(item, Reject):
+                        yield item
+                        yield _Skipped(sid, [offset + 1])
+                    else:
+                        yield _Frame(offset + (item.frame_index or 1), 0.0, sid, item.image)
+                        info.frames = max(info.frames, item.frame_index or 1)
+            offset += info.frames
+
+
+def check_sources(sources: Sequence[str | Path]) -> None:
+    """Raise InputError when nothing given is a camera index, an image, a video or a folder with some."""
+    if not sources:
+        raise InputError("nothing to analyze: give a video, an image, a folder or a camera index")
+    for source in sources:
+        if is_camera(source):
+            continue
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder (a camera is a number: 0, 1, ...)")
+        if path.is_dir() and not media_files([path]):
+            raise InputError(
+                f"{path}: no image or video in it: looked for {' '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}"
+            )
+
+
+def expected_frames(sources: Sequence[str | Path], stride: int = 1) -> int | None:
+    """How many frames the run will analyze, as the containers declare them (for the progress bar);
+    None with a camera."""
+    total = 0
+    for source in sources:
+        if is_camera(source):
+            return None
+        for path in media_files([source]):
+            if path.suffix.lower() not in VIDEO_EXTS:
+                total += 1
+                continue
+            cap = cv2.VideoCapture(str(path))
+            try:
+                declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0) if cap.isOpened() else 0
+            finally:
+                cap.release()
+            total += -(-declared // stride)
+    return total
+
+
+# ---- models -----------------------------------------------------------------------------------
+def resolve_detector(home: Path, spec: str) -> str:
+    """ "auto": this data root's trained YOLO student when there is one, else YuNet (the face
+    teacher: the persons the full teachers add are of no use here); any other spec as it is."""
+    if spec != "auto":
+        return spec
+    from labeling.face_detector import STUDENT_PT, student_dir
+
+    student = student_dir(home) / STUDENT_PT
+    return str(student) if student.is_file() else "yunet"
+
+
+def au_number(label: str) -> str:
+    """An AU model's label ("AU12") -> its column stem ("au12")."""
+    m = re.fullmatch(r"(?i)au\s*(\d+)", label.strip())
+    return f"au{int(m.group(1))}" if m else re.sub(r"\W+", "_", label.strip().lower())
+
+
+def au_thresholds(wh: Warehouse, model_id: str, k: int) -> np.ndarray:
+    """Per AU, the mean of the thresholds each fold chose on its validation people (0.5 without)."""
+    from models.pipeline import load_run
+
+    folds = [f.thresholds for f in load_run(wh, model_id).folds if f.thresholds is not None]
+    if not folds:
+        return np.full(k, 0.5, np.float32)
+    t = np.nanmean(np.stack([np.asarray(x, np.float64) for x in folds]), axis=0)
+    return np.where(np.isfinite(t), t, 0.5).astype(np.float32)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+@dataclass
+class AnalysisResult:
+    table: pa.Table
+    frames: int  # frames analyzed
+    frames_with_faces: int
+    corrupt_frames: int  # frames skipped because they could not be decoded
+    sources: list[SourceInfo]
+    rejects: list[Reject]
+    detector: str
+    au_model: str
+    emotion_model: str
+    seconds: float
+    settings: AnalyzeSettings
+    video: Path | None = None
+    corrupt: list[int] = field(default_factory=list)  # their frame numbers
+
+    @property
+    def faces(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def tracks(self) -> int:
+        ids = self.table.column("track_id").drop_null()
+        return len(set(ids.to_pylist()))
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.frames} frames ({self.frames_with_faces} with a face), {self.faces} faces in "
+            f"{self.tracks} tracks, {self.corrupt_frames} corrupt frames skipped, {len(self.rejects)} "
+            f"rejects (unreadable files, boxes outside the frame); {self.frames_per_second:.1f} frames/s; "
+            f"detector {self.detector}, "
+            f"AU model {self.au_model}, emotion model {self.emotion_model}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "frames_with_faces": self.frames_with_faces,
+            "faces": self.faces,
+            "tracks": self.tracks,
+            "corrupt_frames": self.corrupt_frames,
+            "corrupt_frame_numbers": self.corrupt,
+            "rejects": [
+                {"source_uri": r.source_uri, "reason": r.reason, "detail": r.detail} for r in self.rejects
+            ],
+            "sources": [s.as_dict() for s in self.sources],
+            "detector": self.detector,
+            "au_model": self.au_model,
+            "emotion_model": self.emotion_model,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Rows:
+    def __init__(self, au_cols: list[str], emotions: list[str]):
+        self.au_cols, self.emotions = au_cols, emotions
+        self.cols: dict[str, list] = {name: [] for name in self.schema().names}
+
+    def schema(self) -> pa.Schema:
+        fields = [
+            pa.field("frame", pa.int64()),
+            pa.field("timestamp", pa.float64()),
+            *(pa.field(k, pa.float32()) for k in ("x1", "y1", "x2", "y2", "score")),
+            pa.field("track_id", pa.int64()),
+            *(pa.field(a, pa.float32()) for a in self.au_cols),
+            *(pa.field(f"{a}_present", pa.bool_()) for a in self.au_cols),
+            *(pa.field(e, pa.float32()) for e in self.emotions),
+            pa.field("emotion", pa.string()),
+            pa.field("emotion_from_aus", pa.string()),
+        ]
+        return pa.schema(fields)
+
+    def table(self) -> pa.Table:
+        return pa.table(self.cols, schema=self.schema())
+
+
+class _Averager:
+    """Per track, the last N probability vectors; rows without a track are not averaged."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.history: dict[int, deque] = {}
+
+    def __call__(self, track_id: int | None, prob: np.ndarray) -> np.ndarray:
+        if self.n <= 1 or track_id is None:
+            return prob
+        past = self.history.setdefault(track_id, deque(maxlen=self.n))
+        past.append(prob)
+        return np.mean(np.stack(past), axis=0)
+
+
+def _color(track_id: int | None) -> tuple[int, int, int]:
+    if track_id is None:
+        return (160, 160, 160)
+    hue = (track_id * 47) % 180
+    bgr = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    return tuple(int(v) for v in bgr)
+
+
+class AnnotatedVideo:
+    """The MP4 of `--video`: every analyzed frame, with its faces' boxes, track ids and labels.
+    Written beside the target under a temporary name and renamed onto it when the run ends well."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
+        self._writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, image: np.ndarray, faces: list[dict[str, Any]], fps: float) -> None:
+        if self._writer is None:
+            h, w = image.shape[:2]
+            self.size = (w - w % 2, h - h % 2)  # even sides, as the codecs want
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps or DEFAULT_FPS, self.size)
+            if not self._writer.isOpened():
+                raise OSError(f"{self.path}: OpenCV cannot write an MP4 video there")
+        out = as_bgr(image).copy()
+        for f in faces:
+            color = _color(f["track_id"])
+            x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
+            tid = "-" if f["track_id"] is None else str(f["track_id"])
+            lines = [f"#{tid} {f['emotion']} {f['p']:.2f}", f"AUs {f['aus'] or '-'}"]
+            above = y1 - 6 - 14 * (len(lines) - 1) >= 12  # else inside the box, under its top
+            for k, text in enumerate(lines):
+                y = y1 - 6 - 14 * (len(lines) - 1 - k) if above else y1 + 16 + 14 * k
+                cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+                cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+        if (out.shape[1], out.shape[0]) != self.size:
+            out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(out)
+        self.frames += 1
+
+    def close(self, ok: bool = True) -> Path | None:
+        """Finish the file: renamed onto the target when `ok`, else deleted. None when no frame came."""
+        if self._writer is None:
+            return None
+        self._writer.release()
+        self._writer = None
+        if not ok:
+            self._tmp.unlink(missing_ok=True)
+            return None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+
+def analyze(
+    wh: Warehouse,
+    sources: str | Path | Sequence[str | Path],
+    settings: AnalyzeSettings | None = None,
+    video_out: str | Path | None = None,
+    detector: Detector | None = None,
+    show_progress: bool = False,
+) -> AnalysisResult:
+    """Analyze `sources` (a video, an image, a folder of them, or a camera index "0"; or a list):
+    one row per face per frame (the columns of this module's docstring), with `video_out` an
+    annotated MP4 of every analyzed frame. `detector` overrides `settings.detector` (tests, benchmarks).
+    A camera runs until `settings.max_frames` or Ctrl-C, which ends the run with what was seen.
+
+    Raises:
+        InputError: nothing to analyze, or a camera that does not open.
+        LookupError: no production model of a task and none given.
+        ConfigError: a model id of the wrong task, or a bad setting.
+        FileNotFoundError: no model of the id given.
+    """
+    from labeling.pseudo import resolve_model
+    from labeling.yolo_env import prepare_ultralytics_offline
+    from models.predict import Predictor
+
+    settings = settings or AnalyzeSettings()
+    items = [sources] if isinstance(sources, str | Path | int) else list(sources)
+    items = [str(s) if isinstance(s, int) else s for s in items]
+    check_sources(items)
+    au_id = resolve_model(wh, "au", settings.au_model)
+    emo_id = resolve_model(wh, "emotion", settings.emotion_model)
+    variant = settings.model_variant
+    au = Predictor.load(wh, au_id, backend=settings.backend, device=settings.device, variant=variant)
+    emo = Predictor.load(wh, emo_id, backend=settings.backend, device=settings.device, variant=variant)
+    au_cut = au_thresholds(wh, au_id, len(au.labels))
+    prepare_ultralytics_offline(wh.home / "ultralytics")
+    if detector is None:
+        from labeling.detectors import load_detector
+
+        detector = load_detector(resolve_detector(wh.home, settings.detector), device=settings.device)
+
+    au_cols = [au_number(label) for label in au.labels]
+    au_ints = [int(c[2:]) if re.fullmatch(r"au\d+", c) else None for c in au_cols]
+    measured = [n for n in au_ints if n is not None]
+    emotions = list(emo.labels)
+    rows = _Rows(au_cols, emotions)
+    c = rows.cols
+    averager = _Averager(settings.average)
+    video = AnnotatedVideo(Path(video_out)) if video_out else None
+    infos: list[SourceInfo] = []
+    rejects: list[Reject] = []
+    corrupt: list[int] = []
+    trackers: dict[int, FaceTracker] = {}
+    last_id = 0
+    frames = with_faces = 0
+    batch: list[_Frame] = []
+    total = expected_frames(items, settings.stride) if show_progress else None
+    if total is not None and settings.max_frames:
+        total = min(total, settings.max_frames)
+    bar = progress(desc="analyze", unit="frame", enabled=show_progress, total=total)
+    started = time.perf_counter()
+
+    def tracker_for(sid: int) -> FaceTracker:
+        nonlocal last_id
+        if sid not in trackers:
+            for old in trackers.values():
+                last_id = max(last_id, old.last_id)
+            trackers.clear()  # one input at a time: a new input starts new tracks
+            trackers[sid] = FaceTracker(settings.track_buffer, settings.match_threshold, first_id=last_id)
+        return trackers[sid]
+
+    def flush() -> None:
+        nonlocal frames, with_faces
+        found = detector.detect([f.image for f in batch])
+        per_frame: list[tuple[_Frame, list[Detection], list[int | None], list]] = []
+        crops_rgb: list[np.ndarray] = []
+        crops_gray: list[np.ndarray] = []
+        for frame, dets in zip(batch, found, strict=True):
+            faces = [d for d in dets if d.label == "face"]
+            ids = tracker_for(frame.source).update(frame.image, faces)
+            crops, bad = crop_faces(
+                frame.image,
+                faces,
+                margin=settings.margin,
+                source_uri=infos[frame.source].source,
+                frame_index=frame.frame,
+            )
+            rejects.extend(bad)
+            per_frame.append((frame, faces, ids, crops))
+            crops_rgb.extend(cr.rgb for cr in crops)
+            crops_gray.extend(cr.gray for cr in crops)
+        n = len(crops_rgb)
+        au_prob = au.predict_arrays(crops_gray if au.config.channels == 1 else crops_rgb) if n else None
+        emo_prob = emo.predict_arrays(crops_gray if emo.config.channels == 1 else crops_rgb) if n else None
+        k = 0
+        for frame, faces, ids, crops in per_frame:
+            drawn = []
+            with_faces += bool(crops)
+            for crop in crops:
+                d, tid = faces[crop.index], ids[crop.index]
+                p = averager(tid, np.concatenate([au_prob[k], emo_prob[k]]))
+                k += 1
+                pa_, pe = p[: len(au_cols)], p[len(au_cols) :]
+                present = pa_ >= au_cut
+                top = int(np.argmax(pe))
+                label = emotions[top] if pe[top] >= settings.min_probability else UNCERTAIN
+                on = [n_ for n_, yes in zip(au_ints, present) if yes and n_ is not None]
+                c["frame"].append(frame.frame)
+                c["timestamp"].append(float(frame.timestamp))
+                for key, v in zip(("x1", "y1", "x2", "y2"), crop.box):
+                    c[key].append(round(v, 2))  # as the detections table rounds them
+                c["score"].append(d.score)
+                c["track_id"].append(tid)
+                for j, col in enumerate(au_cols):
+                    c[col].append(float(pa_[j]))
+                    c[f"{col}_present"].append(bool(present[j]))
+                for j, e in enumerate(emotions):
+                    c[e].append(float(pe[j]))
+                c["emotion"].append(label)
+                c["emotion_from_aus"].append(emotion_from_aus(on, measured))
+                drawn.append(
+                    {
+                        "box": crop.box,
+                        "track_id": tid,
+                        "emotion": label,
+                        "p": float(pe[top]),
+                        "aus": " ".join(map(str, on)),
+                    }
+                )
+            if video is not None:
+                video.write(frame.image, drawn, infos[frame.source].fps)
+        frames += len(batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    ok = False
+    camera = any(is_camera(s) for s in items)
+    try:
+        stream = _input_frames(items, settings.stride, infos)
+        try:
+            for item in prefetch(stream, depth=settings.batch_size):
+                if isinstance(item, _Frame):
+                    batch.append(item)
+                    if len(batch) >= settings.batch_size:
+                        flush()
+                    if settings.max_frames and frames + len(batch) >= settings.max_frames:
+                        break
+                elif isinstance(item, _Skipped):
+                    corrupt.extend(item.frames)
+                elif isinstance(item, Reject):
+                    rejects.append(item)
+        except KeyboardInterrupt:
+            if not camera:
+                raise
+            # Ctrl-C is how a camera run ends: keep what was seen
+        if batch:
+            flush()
+        ok = True
+    finally:
+        bar.close()
+        written = video.close(ok) if video is not None else None
+    for info in infos:
+        first, last = info.first_frame, info.first_frame + info.frames - 1
+        info.corrupt_frames = sum(1 for n in corrupt if first <= n <= last)
+    return AnalysisResult(
+        table=rows.table(),
+        frames=frames,
+        frames_with_faces=with_faces,
+        corrupt_frames=len(corrupt),
+        sources=infos,
+        rejects=rejects,
+        detector=detector.name,
+        au_model=au_id,
+        emotion_model=emo_id,
+        seconds=time.perf_counter() - started,
+        # what ran: the models' ids, not "the production model" of whenever it is read
+        settings=settings.replace(au_model=au_id, emotion_model=emo_id),
+        video=written,
+        corrupt=sorted(corrupt),
+    )
+
+
+# ---- output -----------------------------------------------------------------------------------
+OUT_FORMATS = (".parquet", ".csv")
+
+
+def settings_path(out: str | Path) -> Path:
+    """Where the settings of the analysis written to `out` are kept: `<out>.settings.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".settings.json")
+
+
+def save_analysis(result: AnalysisResult, out: str | Path) -> Path:
+    """Write the rows to `out` (.parquet, with the run's summary as JSON in its metadata under
+    "ferlab.analysis", or .csv) atomically, and the settings to `<out>.settings.json`
+    (`AnalyzeSettings.load` reads it back).
+
+    Raises:
+        InputError: `out` is neither .parquet nor .csv.
+        OSError: it cannot be written.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in OUT_FORMATS:
+        raise InputError(f"--out {out}: give a .parquet or .csv file")
+    summary = json.dumps(result.as_dict())
+    with atomic_path(out) as tmp:
+        if suffix == ".parquet":
+            table = result.table.replace_schema_metadata({"ferlab.analysis": summary})
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            pacsv.write_csv(result.table, tmp)
+    atomic_write_bytes(settings_path(out), (result.settings.model_dump_json(indent=2) + "\n").encode())
+    return out
