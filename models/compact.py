@@ -22,7 +22,9 @@ table says the faces are not held out. Calibration and the student's training us
 faces (never the held-out ones).
 
 The comparison is written to <home>/reports/<version>/<model_id>-compact/ (report.md/.html,
-compact.parquet): a folder of its own, since re-evaluating a model replaces its report folder whole.
+compact.parquet), and as compact.json beside the model, from which the model's own report
+(reports/<version>/<model_id>/) shows it in a "Compact models" section, now and whenever it is
+written again.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from models.checkpoint import export_onnx, load_checkpoint, save_checkpoint
 from models.data import Augment, Faces, iterate_batches, load_faces, validation_split
 from models.device import torch_device
 from models.networks import ModelConfig, build_model, count_parameters, normalization, normalize
-from models.pipeline import ModelRun, load_run
+from models.pipeline import COMPACT_TABLE, ModelRun, load_run, write_model_report
 from models.predictions import FoldPredictions
 from models.train import BestEpoch, predict_logits
 from warehouse import Warehouse
@@ -544,13 +546,19 @@ def compare_compact(
             f"agrees with fp32 {r['agreement']:.3f}"
         )
     out = wh.home / "reports" / run.dataset_version / f"{model_id}-compact"
-    doc = _report(run, table, data, threads)
+    notes = _notes(run, data, threads)
     report = render.write_folder(
         out,
-        doc,
+        _report(run, table, notes),
         f"Compact models of {model_id}",
         {"compact.parquet": lambda p: pq.write_table(pa.Table.from_pylist(table), p)},
     )
+    # the model's own report shows the table too; it is read from here whenever that report is written
+    atomic_write_bytes(
+        run.directory / COMPACT_TABLE,
+        json.dumps({"notes": notes, "rows": table, "generated_at": _now()}, indent=2).encode(),
+    )
+    write_model_report(wh, run)
     return Comparison(model_id, table, data.held_out_description, len(data.held_out), out, report)
 
 
@@ -562,16 +570,12 @@ def _exists(run: ModelRun, variant: str) -> bool:
     return onnx.is_file()
 
 
-def _report(run: ModelRun, table: list[dict[str, Any]], data: CompactData, threads: int | None) -> render.Doc:
-    doc = render.Doc([])
-    doc.h(1, f"Compact models of {run.model_id}")
+def _notes(run: ModelRun, data: CompactData, threads: int | None) -> list[str]:
     lines = [
-        f"Dataset version: {run.dataset_version}",
         f"Held-out faces: {len(data.held_out)}, {data.held_out_description}",
         "Latency: ONNX Runtime on the CPU"
         + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else ", its default threads")
         + ", median per face of repeated runs of one batch",
-        f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
     int8_info = run.directory / INT8_INFO
     if int8_info.is_file():
@@ -590,32 +594,19 @@ def _report(run: ModelRun, table: list[dict[str, Any]], data: CompactData, threa
             f"student: alpha {st['alpha']}, temperature {st['temperature']}, {len(s['history'])} of "
             f"{st['epochs']} epochs, {s['parameters']:,} parameters (teacher {s['teacher_parameters']:,})"
         )
-    doc.ul(lines)
-    doc.table(
+    return lines
+
+
+def _report(run: ModelRun, table: list[dict[str, Any]], notes: list[str]) -> render.Doc:
+    doc = render.Doc([])
+    doc.h(1, f"Compact models of {run.model_id}")
+    doc.ul(
         [
-            "Variant",
-            "File",
-            "Size (MB)",
-            "ms/face, batch 1",
-            "ms/face, batch 64",
-            "Metric",
-            "Value",
-            "Agrees with fp32",
-        ],
-        [
-            [
-                r["variant"],
-                r["file"],
-                f"{r['size_mb']:.2f}",
-                f"{r['latency_ms_b1']:.2f}",
-                f"{r['latency_ms_b64']:.2f}",
-                r["metric"],
-                render.fmt(r["value"]),
-                render.fmt(r["agreement"]),
-            ]
-            for r in table
-        ],
+            f"Dataset version: {run.dataset_version}",
+            f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        ]
     )
+    render.compact_section(doc, 2, notes, table)
     return doc
 
 

@@ -199,14 +199,19 @@ class Evaluation:
     headline_metric: str
 
 
-def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evaluation:
-    """The report of a trained model's held-out predictions, and its numbers in eval_metrics
-    and model_runs (re-evaluating replaces nothing and duplicates nothing: keys are stable).
+COMPACT_TABLE = "compact.json"  # models.compact's table of the model's compact variants
 
-    Raises:
-        FileNotFoundError: no model of that id in the data root.
-    """
-    run = load_run(wh, model_id)
+
+@dataclass
+class _Scores:
+    rows: list[dict[str, Any]]
+    metric: str
+    headline: float
+    summary: dict[str, Any]
+    report: dict[str, Any]
+
+
+def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
     info = run.info
     settings = run.settings()
     task = settings.task  # with the run's AUs, thresholds and headline
@@ -217,7 +222,7 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
     baseline = task.trivial_baseline(run.folds)
     rows.append({"fold": None, "metric": "trivial_baseline", "label": "", "value": baseline})
     summary = {
-        "model id": model_id,
+        "model id": run.model_id,
         "architecture": mc["architecture"],
         "loss": settings.loss_description,
         "backbone weights": info["weights_source"],
@@ -230,15 +235,43 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
         "training seconds": round(info["seconds"], 1),
         "trivial baseline": f"{baseline:.3f} ({task.baseline_description} on the same held-out faces)",
     }
-    report_dir = wh.home / "reports" / run.dataset_version / model_id
+    compact_file = run.directory / COMPACT_TABLE
+    compact = json.loads(compact_file.read_text()) if compact_file.is_file() else None
     report = write_report(
-        report_dir,
+        wh.home / "reports" / run.dataset_version / run.model_id,
         task=task,
-        title=f"{task.name.upper()} model {model_id}",
+        title=f"{task.name.upper()} model {run.model_id}",
         dataset_version=run.dataset_version,
         model=summary,
         folds=run.folds,
+        compact=compact,
     )
+    return _Scores(rows, metric, headline, summary, report)
+
+
+def write_model_report(wh: Warehouse, run: ModelRun) -> dict[str, Any]:
+    """(Re)write the model's report folder, reports/<version>/<model_id>/, from its held-out
+    predictions (and its compact variants' table, when models.compact has made one). Returns
+    {"markdown", "html", "plots"}.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    return _score_and_report(wh, run).report
+
+
+def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evaluation:
+    """The report of a trained model's held-out predictions, and its numbers in eval_metrics
+    and model_runs (re-evaluating replaces nothing and duplicates nothing: keys are stable).
+
+    Raises:
+        FileNotFoundError: no model of that id in the data root.
+    """
+    run = load_run(wh, model_id)
+    info = run.info
+    mc = info["network"]
+    scores = _score_and_report(wh, run)
+    rows, metric, headline, report = scores.rows, scores.metric, scores.headline, scores.report
     wh.append(
         "eval_metrics",
         pa.Table.from_pylist(
@@ -265,7 +298,7 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
                     "model_id": model_id,
                     "task": run.task,
                     "architecture": mc["architecture"],
-                    "loss": summary["loss"],
+                    "loss": scores.summary["loss"],
                     "dataset_version": run.dataset_version,
                     "config": json.dumps(
                         {"settings": info["settings"], "network": mc, "protocol": info["protocol"]}

@@ -276,6 +276,38 @@ def per_fold_table(doc: Doc, r: Rows, metric: str, labels: list[str], first: str
     )
 
 
+def compact_section(doc: Doc, level: int, notes: list[str], table: list[dict[str, Any]]) -> None:
+    """Seed 004's compact models beside the fp32 one: the notes (held-out faces, how latency was
+    measured, how each variant was made), then size, latency and the task metric per variant."""
+    doc.h(level, "Compact models")
+    doc.ul(notes)
+    doc.table(
+        [
+            "Variant",
+            "File",
+            "Size (MB)",
+            "ms/face, batch 1",
+            "ms/face, batch 64",
+            "Metric",
+            "Value",
+            "Agrees with fp32",
+        ],
+        [
+            [
+                r["variant"],
+                r["file"],
+                f"{r['size_mb']:.2f}",
+                f"{r['latency_ms_b1']:.2f}",
+                f"{r['latency_ms_b64']:.2f}",
+                r["metric"],
+                fmt(r["value"]),
+                fmt(r["agreement"]),
+            ]
+            for r in table
+        ],
+    )
+
+
 def baselines_section(
     doc: Doc,
     metric_name: str,

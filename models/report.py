@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from models import render
 from models.evaluation import Row, Rows, check_folds, summary_rows
@@ -47,12 +48,15 @@ def write_report(
     folds: list[FoldPredictions],
     baselines: bool = True,
     on_published_data: bool = False,
+    compact: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into `out_dir`, replacing it whole.
 
     `model` is a summary dict (architecture, loss, weights_source, epochs, ...), shown as given.
     `on_published_data` says the run is on DISFA / FER-2013 itself; otherwise the published
-    baselines are marked as figures on other data. Returns {"markdown", "html", "plots": [...]}.
+    baselines are marked as figures on other data. `compact`: models.compact's table of the
+    model's compact variants ({"notes", "rows"}), shown after the model's own results.
+    Returns {"markdown", "html", "plots": [...]}.
 
     Raises:
         ValueError: as `evaluate_folds`.
@@ -79,6 +83,8 @@ def write_report(
             ],
             on_published_data,
         )
+    if compact:
+        render.compact_section(doc, 2, compact["notes"], compact["rows"])
     return render.write_folder(Path(out_dir), doc, title, plots)
 
 

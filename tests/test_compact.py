@@ -23,7 +23,7 @@ from models.compact import (
     distill,
     quantize_int8,
 )
-from models.pipeline import load_run, train_model
+from models.pipeline import evaluate_model, load_run, train_model
 from models.predict import Predictor
 from models.settings import EmotionTrainingSettings
 from warehouse import Warehouse
@@ -80,6 +80,14 @@ def test_int8_loads_runs_and_its_metric_is_within_002_of_fp32(trained, compariso
         Predictor.load(wh, model_id, backend="torch", variant="int8")
     report = (comparison.directory / "report.md").read_text()
     assert "int8" in report and "student" in report
+    # the model's own report has the table, and keeps it when the model is evaluated again
+    own = wh.home / "reports" / run.dataset_version / model_id / "report.md"
+    for _ in range(2):
+        text = own.read_text()
+        section = text[text.index("## Compact models") :]
+        assert "| int8 | model.int8.onnx |" in section and "| student | student.onnx |" in section
+        assert f"{int8['size_mb']:.2f}" in section
+        evaluate_model(wh, model_id, log=print)
 
 
 @pytest.mark.slow
