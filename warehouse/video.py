@@ -20,6 +20,14 @@ import cv2
 import numpy as np
 
 
+def _grab(cap: cv2.VideoCapture) -> bool:
+    """The next frame grabbed; False where the stream ends or the decoder raises on a damaged one."""
+    try:
+        return bool(cap.grab())
+    except cv2.error:
+        return False
+
+
 def avi_cut(path: Path) -> tuple[bool, str | None]:
     """(is it an AVI, the chunk the file ends inside when its RIFF chunks run past its end:
     "movi" for frame data, "idx1" for only the index; None when whole).
@@ -100,11 +108,7 @@ def decode_frames(
     held: tuple[int, np.ndarray | None] | None = None
     n = 0
     while True:
-        try:
-            ok = cap.grab()
-        except cv2.error:
-            ok = False
-        if not ok:
+        if not _grab(cap):
             break
         n += 1
         state.decoded = n
@@ -184,11 +188,7 @@ def decode_frames_skipping(
     def frames() -> Iterator[tuple[int, float, np.ndarray]]:
         failures = 0
         while True:
-            try:
-                ok = cap.grab()
-            except cv2.error:
-                ok = False
-            if not ok:
+            if not _grab(cap):
                 failures += 1
                 more = skips.last + failures <= skips.header_frames
                 if more and failures <= MAX_CONSECUTIVE_FAILURES:
