@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeling.analyze import AnalysisResult, analyze
+from labeling.analyze import AnalysisResult, analyze, au_thresholds
 from labeling.detectors import Detector
 from labeling.settings import AnalyzeSettings
 from models import render
@@ -208,6 +208,7 @@ class DisfaAnalysis:
     multi_face_frames: int  # frames where more than one face was found
     analysis: AnalysisResult
     path: Path  # frames.parquet
+    thresholds: dict[str, float] = field(default_factory=dict)  # per AU column, the model's
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -275,6 +276,8 @@ def analyze_disfa_subject(
     gold = gold_labels(wh, subject, camera)
     result = analyze(wh, video, settings, detector=detector)
     table = join_gold(result.table, gold)
+    au_cols = _au_columns(result.table)
+    cut = au_thresholds(wh, result.au_model, len(au_cols))
     scores = score_presence(table)
     gold_frames = set(gold["frame"].to_pylist())
     found = set(table["frame"].to_pylist())
@@ -296,6 +299,7 @@ def analyze_disfa_subject(
         multi_face_frames=multi,
         analysis=result,
         path=out_dir / FRAMES_FILE,
+        thresholds={a: float(t) for a, t in zip(au_cols, cut, strict=True)},
     )
     _write_table(r)
     r.report = write_report(r, out_dir / REPORT_DIR, gold)
@@ -315,7 +319,7 @@ def _write_table(r: DisfaAnalysis) -> None:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def _plot(path: Path, table: pa.Table, gold: pa.Table, aus: list[str]) -> Path:
+def _plot(path: Path, table: pa.Table, gold: pa.Table, aus: list[str], thresholds: dict[str, float]) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 1.9 * max(1, len(aus)) + 0.6))
@@ -323,6 +327,8 @@ def _plot(path: Path, table: pa.Table, gold: pa.Table, aus: list[str]) -> Path:
     for j, a in enumerate(aus):
         ax = fig.add_subplot(max(1, len(aus)), 1, j + 1)
         ax.plot(frame, table[a].to_numpy(zero_copy_only=False), lw=0.9, color="tab:blue", label="probability")
+        if a in thresholds:
+            ax.axhline(thresholds[a], color="grey", lw=0.8, ls="--", label="threshold")
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(a.upper(), fontsize=9)
         g = gold.filter(pc.equal(gold["au"], int(a[2:])))
@@ -372,10 +378,11 @@ def write_report(r: DisfaAnalysis, out_dir: Path, gold: pa.Table) -> dict[str, A
     doc.p(
         "Predicted presence (the probability at the model's threshold) against gold presence (the "
         "stored DISFA label, what the AU model learns from), on the frames with a face and a gold "
-        f"label of the AU. Avg.F1 {render.fmt(r.avg_f1)}."
+        "label of the AU; a ratio with nothing to divide by is 0 (an AU neither gold nor the model "
+        f"calls present scores F1 0). Avg.F1 {render.fmt(r.avg_f1)}."
     )
     doc.table(
-        ["AU", "precision", "recall", "F1", "gold present", "frames scored"],
+        ["AU", "precision", "recall", "F1", "gold present", "frames scored", "threshold"],
         [
             [
                 s.au.upper(),
@@ -384,6 +391,7 @@ def write_report(r: DisfaAnalysis, out_dir: Path, gold: pa.Table) -> dict[str, A
                 render.fmt(s.f1),
                 s.support,
                 s.frames,
+                render.fmt(r.thresholds.get(s.au, float("nan"))),
             ]
             for s in r.scores
         ],
@@ -393,5 +401,5 @@ def write_report(r: DisfaAnalysis, out_dir: Path, gold: pa.Table) -> dict[str, A
     if aus and r.table.num_rows:
         doc.h(2, "Probability vs gold intensity over the frames")
         doc.img(PLOT, "predicted probability and gold intensity per AU over the frames")
-        plots[PLOT] = lambda path: _plot(path, r.table, gold, aus)
+        plots[PLOT] = lambda path: _plot(path, r.table, gold, aus, r.thresholds)
     return render.write_folder(out_dir, doc, title, plots)

@@ -114,7 +114,7 @@ def test_one_row_per_frame_with_a_face_and_the_gold_of_the_label_files(home, ana
 def test_the_report_has_the_f1_table_the_counts_and_the_plot(analysis):
     r = analysis
     md = Path(r.report["markdown"]).read_text()
-    assert "| AU | precision | recall | F1 | gold present | frames scored |" in md
+    assert "| AU | precision | recall | F1 | gold present | frames scored | threshold |" in md
     assert [s.au for s in r.scores] == [f"au{n}" for n in GOLD_AUS]
     t = r.table
     gold = t["au12_gold_present"].to_numpy(zero_copy_only=False)
@@ -160,3 +160,16 @@ def test_the_asset_through_its_job(home):  # noqa: F811
     table = pq.read_table(meta["table"].value)
     assert table.num_rows == rows and max(table["frame"].to_pylist()) <= 20
     assert Path(meta["table"].value) == home / "analysis" / "disfa" / SUBJECT / "frames.parquet"
+
+
+@pytest.mark.slow
+def test_the_command_and_its_errors(home, capsys):  # noqa: F811
+    from ferlab.cli import main
+
+    base = ["--home", str(home), "analyze-disfa"]
+    assert main([*base, SUBJECT, "--max-frames", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {home / 'analysis' / 'disfa' / SUBJECT / 'report' / 'report.md'}" in out
+    assert main([*base, "SN999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: DISFA subject SN999: no left camera frames") and "\n" not in err
