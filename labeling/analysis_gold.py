@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,7 @@ def analyze_disfa_subject(
     settings: AnalyzeSettings | None = None,
     camera: str = "left",
     detector: Detector | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> DisfaAnalysis:
     """Analyze `subject`'s `camera` video with `settings` (the production models unless given),
     join it to the gold labels, write `frames.parquet` and the report under `analysis_dir`.
