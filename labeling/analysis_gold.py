@@ -139,19 +139,14 @@ def join_gold(rows: pa.Table, gold: pa.Table) -> pa.Table:
         n = int(a[2:])
         if n not in labelled:
             continue
-        g = gold.filter(pc.equal(gold["au"], n))
+        g = gold.filter(pc.equal(gold["au"], n))  # one row per frame, by frame; at least one
         gf = g["frame"].to_numpy()
-        pos = np.searchsorted(gf, frame)
-        pos = np.minimum(pos, max(len(gf) - 1, 0))
-        hit = (gf[pos] == frame) if len(gf) else np.zeros(len(frame), dtype=bool)
+        pos = np.minimum(np.searchsorted(gf, frame), len(gf) - 1)
+        hit = gf[pos] == frame
         intensity = g["intensity"].to_numpy(zero_copy_only=False).astype(np.float32)
-        present = g["present"].to_numpy(zero_copy_only=False)
-        cols[f"{a}_gold"] = pa.array(
-            intensity[pos] if len(gf) else np.zeros(len(frame)), pa.float32(), mask=~hit
-        )
-        cols[f"{a}_gold_present"] = pa.array(
-            present[pos].astype(bool) if len(gf) else np.zeros(len(frame), bool), pa.bool_(), mask=~hit
-        )
+        present = g["present"].to_numpy(zero_copy_only=False).astype(bool)
+        cols[f"{a}_gold"] = pa.array(intensity[pos], pa.float32(), mask=~hit)
+        cols[f"{a}_gold_present"] = pa.array(present[pos], pa.bool_(), mask=~hit)
     return pa.table(cols)
 
 
