@@ -2,7 +2,7 @@
 One ingest job per source kind (their partitions differ, so they cannot share a run), each
 ingesting its source and auto-labeling what it ingested; the FiftyOne sync; the student
 detector; dataset versions; per dataset version, training + evaluation, the loss comparison and the
-hyper-parameter searches."""
+hyper-parameter searches; per DISFA subject, the analysis of its video against its gold labels."""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -89,6 +89,12 @@ compact_job = define_asset_job(
     description="Seed 004's compact models of the latest AU and emotion models: int8 ONNX, the distilled "
     "alpha-0.25 student, and their size / latency / metric table.",
 )
+disfa_analysis_job = define_asset_job(
+    "disfa_analysis_job",
+    selection=AssetSelection.assets("disfa_analysis"),
+    description="Analyze one DISFA subject's video with the production detector and models and score it "
+    "frame by frame against its gold AU labels (report under <home>/analysis/disfa/<subject>/).",
+)
 
 jobs = [
     fer2013_ingest_job,
@@ -105,4 +111,5 @@ jobs = [
     au_tuning_job,
     emotion_tuning_job,
     compact_job,
+    disfa_analysis_job,
 ]

@@ -5,6 +5,7 @@ ferlab --home DIR ingest disfa ROOT [--stride N] [--subject SN001 ...]
 ferlab --home DIR ingest images DIR [--batch NAME]
 ferlab --home DIR sql "SELECT source, count(*) FROM images GROUP BY 1"   # read-only unless --write
 ferlab --home DIR analyze VIDEO|IMAGE|DIR|CAMERA_INDEX [--out F.parquet|F.csv] [--video OUT.mp4] [--average N] ...
+ferlab --home DIR analyze-disfa SUBJECT [--camera left|right] [analyze flags]  # vs its gold AU labels
 ferlab --home DIR doctor [--repair]        # damaged table parts, schema parts, temp files of killed writers
 ferlab --home DIR version [--list]          # snapshot crops + labels + splits as a dataset version
 ferlab --home DIR train au|emotion [--architecture A] [--loss bce|lsep|pr] [--finetune-epochs N] ...
@@ -198,6 +199,19 @@ def run_detect_cli(
 
 
 # ---- ferlab analyze ---------------------------------------------------------------------------
+def cmd_analyze_disfa(args: argparse.Namespace) -> int:
+    """`ferlab analyze-disfa SUBJECT`: the ingested subject's video analyzed and scored against its
+    gold AU labels; table and report under <home>/analysis/disfa/SUBJECT/ (the `disfa_analysis` asset)."""
+    from labeling.analysis_gold import analyze_disfa_subject
+    from models.device import resolve_device
+
+    settings = settings_from_flags(args, AnalyzeSettings)
+    resolve_device(settings.device)
+    r = analyze_disfa_subject(_warehouse(args), args.subject, settings, camera=args.camera)
+    print(f"table: {r.path}\nreport: {r.report['markdown']}")
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """`ferlab analyze`: one row per face per frame to --out (Parquet or CSV; default CSV on
     stdout, the summary then on stderr), --video an annotated MP4. Bad flags, inputs and outputs
@@ -849,6 +863,19 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     analyze.add_argument("--video", type=Path, help="an annotated .mp4: boxes, track ids and labels drawn")
     add_settings_flags(analyze, AnalyzeSettings)
     analyze.set_defaults(func=cmd_analyze)
+
+    disfa = sub.add_parser(
+        "analyze-disfa",
+        help="an ingested DISFA subject's video through `analyze`, scored frame by frame against its gold AUs",
+        description="The subject's video (as ingestion recorded it) through `ferlab analyze`, one face per frame "
+        "(the highest detector score), joined by frame number to its gold AU labels: frames.parquet and a "
+        "report (per-AU precision / recall / F1 of the presence, misses, probability vs gold intensity) under "
+        "<home>/analysis/disfa/SUBJECT/. The other flags are labeling.settings.AnalyzeSettings' fields.",
+    )
+    disfa.add_argument("subject", help="an ingested DISFA subject: SN001, ...")
+    disfa.add_argument("--camera", choices=["left", "right"], default="left", help="which camera's video")
+    add_settings_flags(disfa, AnalyzeSettings)
+    disfa.set_defaults(func=cmd_analyze_disfa)
 
     face = sub.add_parser(
         "face-detector",
