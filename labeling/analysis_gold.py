@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from labeling.analyze import AnalysisResult, analyze, au_thresholds
 from labeling.detectors import Detector
@@ -304,8 +305,6 @@ def analyze_disfa_subject(
 
 
 def _write_table(r: DisfaAnalysis) -> None:
-    import pyarrow.parquet as pq
-
     meta = {
         "ferlab.analysis_gold": json.dumps(r.as_dict()),
         "ferlab.analysis": json.dumps(r.analysis.as_dict()),
@@ -345,7 +344,7 @@ def _plot(path: Path, table: pa.Table, gold: pa.Table, aus: list[str], threshold
         if j == len(aus) - 1:
             ax.set_xlabel("frame")
     fig.tight_layout()
-    return render._save(fig, path)
+    return render.save_figure(fig, path)
 
 
 def write_report(r: DisfaAnalysis, out_dir: Path, gold: pa.Table) -> dict[str, Any]:

@@ -127,7 +127,7 @@ class Doc:
 # plots
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=100)
     return path
@@ -150,7 +150,7 @@ def plot_bars(
     if len(series) > 1:
         ax.legend(loc="upper right", ncol=len(series))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pr_curves(path: Path, labels: list[str], y: np.ndarray, p: np.ndarray, aps: list[float]) -> Path:
@@ -168,7 +168,7 @@ def plot_pr_curves(path: Path, labels: list[str], y: np.ndarray, p: np.ndarray, 
         ax.set_xlabel("recall", fontsize=8)
         ax.set_ylabel("precision", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(path: Path, labels: list[str], counts: np.ndarray) -> Path:
@@ -188,7 +188,7 @@ def plot_confusion(path: Path, labels: list[str], counts: np.ndarray) -> Path:
     ax.set_title("Confusion matrix (rows normalised, all folds)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
