@@ -65,6 +65,7 @@ def disfa_analysis(
             "missed_gold_frames": MetadataValue.int(r.missed_gold_frames),
             "gold_not_analyzed": MetadataValue.int(r.gold_not_analyzed),
             "au_model": MetadataValue.text(r.analysis.au_model),
+            "subject_in_au_model": MetadataValue.text(r.subject_in_au_model),
             "emotion_model": MetadataValue.text(r.analysis.emotion_model),
             "table": MetadataValue.path(str(r.path)),
             "preview": table_metadata(r.table),

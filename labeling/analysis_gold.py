@@ -44,6 +44,7 @@ from labeling.detectors import Detector
 from labeling.settings import AnalyzeSettings
 from models import render
 from models.metrics import multilabel_scores
+from models.pipeline import load_run
 from warehouse.atomic import atomic_path
 from warehouse.errors import InputError
 from warehouse.store import Warehouse
@@ -90,6 +91,27 @@ def subject_video(wh: Warehouse, subject: str, camera: str = "left") -> Path:
             f"{video}: the {subject} {camera} video ingestion read is gone; put the DISFA folder back there"
         )
     return video
+
+
+def subject_group(subject: str) -> str:
+    """The subject's group in a dataset version's manifest (warehouse.schemas: "disfa:<subject>")."""
+    return f"{SOURCE}:{subject}"
+
+
+def held_out_subjects(wh: Warehouse, model_id: str) -> list[str]:
+    """The DISFA subjects the model never saw, in training or validation (none for a refit model)."""
+    groups = load_run(wh, model_id).held_out_groups() or []
+    return sorted(g.split(":", 1)[1] for g in groups if g.startswith(f"{SOURCE}:"))
+
+
+def subject_in_model(wh: Warehouse, model_id: str, subject: str) -> str:
+    """How the model relates to the subject: "held out" (its scores here are a test), "trained
+    on" (seen in training or validation: the scores flatter it) or "not in its dataset version"."""
+    run = load_run(wh, model_id)
+    group = subject_group(subject)
+    if group in (run.held_out_groups() or []):
+        return "held out"
+    return "trained on" if group in run.info.get("groups", []) else "not in its dataset version"
 
 
 def gold_labels(wh: Warehouse, subject: str, camera: str = "left") -> pa.Table:
@@ -203,6 +225,7 @@ class DisfaAnalysis:
         int  # frames with a gold label the run did not analyze (stride, max_frames, undecodable)
     )
     multi_face_frames: int  # frames where more than one face was found
+    subject_in_au_model: str  # subject_in_model: "held out", "trained on", ...
     analysis: AnalysisResult
     path: Path  # frames.parquet
     thresholds: dict[str, float] = field(default_factory=dict)  # per AU column, the model's
@@ -227,6 +250,7 @@ class DisfaAnalysis:
             "missed_gold_frames": self.missed_gold_frames,
             "gold_not_analyzed": self.gold_not_analyzed,
             "multi_face_frames": self.multi_face_frames,
+            "subject_in_au_model": self.subject_in_au_model,
             "f1": self.f1,
             "avg_f1": round(self.avg_f1, 4),
             "au_model": self.analysis.au_model,
@@ -239,7 +263,8 @@ class DisfaAnalysis:
             f"DISFA {self.subject} ({self.camera}): {self.frames} frames, {self.frames_with_face} with a face; "
             f"{self.gold_frames} with gold, {self.missed_gold_frames} of them analyzed without a face, "
             f"{self.gold_not_analyzed} not analyzed; "
-            f"Avg.F1 {render.fmt(self.avg_f1)} over {len(self.scores)} AUs -> {self.path.parent}"
+            f"Avg.F1 {render.fmt(self.avg_f1)} over {len(self.scores)} AUs (subject {self.subject_in_au_model} "
+            f"by the AU model) -> {self.path.parent}"
         )
 
 
@@ -294,6 +319,7 @@ def analyze_disfa_subject(
         missed_gold_frames=len((gold_frames & seen) - found),
         gold_not_analyzed=len(gold_frames - seen),
         multi_face_frames=multi,
+        subject_in_au_model=subject_in_model(wh, result.au_model, subject),
         analysis=result,
         path=out_dir / FRAMES_FILE,
         thresholds={a: float(t) for a, t in zip(au_cols, cut, strict=True)},
@@ -357,6 +383,11 @@ def write_report(r: DisfaAnalysis, out_dir: Path, gold: pa.Table) -> dict[str, A
         [
             f"video: {r.video} ({r.camera} camera)",
             f"AU model {a.au_model}, emotion model {a.emotion_model}, detector {a.detector}",
+            f"{r.subject} for the AU model: {r.subject_in_au_model}"
+            + {
+                "held out": " (never seen in its training or validation: these scores are a test)",
+                "trained on": " (seen in its training or validation: these scores flatter it)",
+            }.get(r.subject_in_au_model, ""),
             f"settings: average {a.settings.average}, stride {a.settings.stride}, "
             f"model variant {a.settings.model_variant}",
             f"frames analyzed: {r.frames} ({a.corrupt_frames} undecodable skipped)",

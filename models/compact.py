@@ -122,11 +122,10 @@ def compact_data(wh: Warehouse, run: ModelRun, seed: int = 0) -> CompactData:
     faces = load_faces(
         wh.home, read_manifest(wh, run.dataset_version), settings.task, config.image_size, config.channels
     )
-    final = run.info.get("final", {})
-    fold = final.get("from_fold")
+    fold = run.info.get("final", {}).get("from_fold")
+    groups = run.held_out_groups()
     thresholds = None
-    if fold is not None:
-        groups = next(f["test_groups"] for f in run.info["folds"] if f["fold"] == fold)
+    if groups is not None:
         held = np.flatnonzero(np.isin(faces.groups, groups))
         described = (
             "the version's test split, never seen by the production model"

@@ -64,6 +64,14 @@ class ModelRun:
         """
         return settings_from_dict(self.info["settings"])
 
+    def held_out_groups(self) -> list[str] | None:
+        """The groups the production model never saw, in training or validation: its fold's test
+        groups. None for a model refit on every face."""
+        fold = self.info.get("final", {}).get("from_fold")
+        if fold is None:
+            return None
+        return next(f["test_groups"] for f in self.info["folds"] if f["fold"] == fold)
+
 
 def model_id_for(version: str, settings: TrainingSettings) -> str:
     """Same version + same settings -> same id (a re-run replaces the model, never duplicates)."""

@@ -128,6 +128,13 @@ def test_the_report_has_the_f1_table_the_counts_and_the_plot(analysis):
         and f"frames with gold labels but no face found (misses, not scored): {r.missed_gold_frames}" in md
     )
     assert "highest detector score" in md
+    # whether the AU model saw the subject, from its own run: a score on training faces is said to be one
+    from labeling.analysis_gold import held_out_subjects
+    from warehouse import Warehouse
+
+    held = held_out_subjects(Warehouse(Path(r.path).parents[3]), r.analysis.au_model)
+    assert r.subject_in_au_model == ("held out" if SUBJECT in held else "trained on")
+    assert f"{SUBJECT} for the AU model: {r.subject_in_au_model}" in md
     assert all(Path(x).stat().st_size > 0 for x in r.report["plots"]) and "probability_vs_gold.png" in md
     assert np.isfinite(r.avg_f1)
 
