@@ -1,4 +1,4 @@
-"""The emotion implied by Action Units: Ekman & Friesen's patterns (SEEDS.md A, seed 002 Fig. 1c).
+"""The emotion implied by Action Units: Ekman & Friesen's patterns (seed 002, Fig. 1c).
 
     emotion_from_aus({6, 12}, measured=SEED_AUS)          # "happy"
     emotion_from_aus(set(), measured=SEED_AUS)            # "neutral": no AU present

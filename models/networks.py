@@ -429,7 +429,7 @@ def _densenet(config: ModelConfig) -> tuple[nn.Sequential, list[nn.Module], int,
 
 
 class Fer2013CNN(nn.Module):
-    """Seed 003 (SEEDS.md B): 3 x [Conv 3x3 -> BatchNorm -> ReLU -> MaxPool 2x2] -> Flatten ->
+    """Seed 003: 3 x [Conv 3x3 -> BatchNorm -> ReLU -> MaxPool 2x2] -> Flatten ->
     Dense(132) -> Dense(n_classes); logits out (softmax in the loss / WithProbabilities).
 
     The seed gives 32 filters for the first conv and not the others: we double per block (32, 64,

@@ -5,7 +5,7 @@ over the fields of a training settings object, minimising the validation loss.
     result.best_settings            # the base settings with the best trial's values: a TrainingSettings
     # ferlab train emotion --from-settings <home>/tuning/<version>/<study id>/best_settings.json
 
-Search space (seed 004, SEEDS.md C), each name mapped onto the settings field it sets:
+Search space (seed 004), each name mapped onto the settings field it sets:
     class_weight_mu   seed 004's class-weight mu, log-uniform 0.25-4 (emotion models only)
     epochs            scratch_epochs (fer2013_cnn) or finetune_epochs (transfer networks),
                       TuningSettings.min_epochs..max_epochs

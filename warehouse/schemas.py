@@ -72,7 +72,7 @@ SOURCES: tuple[str, ...] = ("disfa", "fer2013", "scraped")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 SEED_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8 DISFA AUs of seed 000 (its Avg.F1)
-AU_PRESENT_THRESHOLD = 2  # SEEDS.md A: an AU is present when its intensity is >= 2
+AU_PRESENT_THRESHOLD = 2  # seed 000 on DISFA: an AU is present when its intensity is >= 2
 
 IMAGES = pa.schema(
     [

@@ -60,7 +60,7 @@ MARGIN = 2.2
 
 RENDERABLE_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 20, 23, 25, 26)
 
-# Ekman & Friesen (SEEDS.md A): relative weights of the AUs we render. AU26 opens the lips, so
+# Ekman & Friesen (as seed 002 tabulates them): relative weights of the AUs we render. AU26 opens the lips, so
 # emotions with a jaw drop also carry AU25 (lips part), as DISFA labels them.
 EMOTION_AUS: dict[str, dict[int, float]] = {
     "neutral": {},

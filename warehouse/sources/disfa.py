@@ -1,6 +1,6 @@
 """DISFA ingestion: video frames to `images`, per-frame AU intensities to `au_labels`.
 
-Layout (SEEDS.md A), names matched case-insensitively:
+Layout (DISFA as distributed; seed 000 uses it), names matched case-insensitively:
     ROOT/Videos_LeftCamera/LeftVideoSN001_comp.avi
     ROOT/Videos_RightCamera/RightVideoSN001_Comp.avi
     ROOT/ActionUnit_Labels/SN001/SN001_au1.txt   one "frame,intensity" line per frame, 1-based
