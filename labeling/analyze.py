@@ -40,6 +40,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,13 +488,14 @@ def analyze(
             trackers[sid] = FaceTracker(settings.track_buffer, settings.match_threshold, first_id=last_id)
         return trackers[sid]
 
-    def flush() -> None:
+    def process(chunk: list[_Frame], found: list[list[Detection]]) -> None:
+        """Track, crop and score the faces of a batch the detector has seen; its rows (and frames of
+        the annotated video) in frame order."""
         nonlocal frames, with_faces
-        found = detector.detect([f.image for f in batch])
         per_frame: list[tuple[_Frame, list[Detection], list[int | None], list]] = []
         crops_rgb: list[np.ndarray] = []
         crops_gray: list[np.ndarray] = []
-        for frame, dets in zip(batch, found, strict=True):
+        for frame, dets in zip(chunk, found, strict=True):
             faces = [d for d in dets if d.label == "face"]
             ids = tracker_for(frame.source).update(frame.image, faces)
             crops, bad = crop_faces(
@@ -547,34 +549,60 @@ def analyze(
                 )
             if video is not None:
                 video.write(frame.image, drawn, infos[frame.source].fps)
-        frames += len(batch)
-        bar.update(len(batch))
+        frames += len(chunk)
+        bar.update(len(chunk))
+
+    # The detector runs on a batch in a worker thread while this one tracks, crops and scores the
+    # batch before it (OpenCV, ONNX Runtime and torch release the GIL): one batch in flight.
+    detecting = ThreadPoolExecutor(1, thread_name_prefix="analyze-detect")
+    pending: tuple[list[_Frame], Future] | None = None
+    held: list[Reject] = []  # decode rejects met while a batch is in flight: listed after its own
+
+    def finish() -> None:
+        nonlocal pending
+        if pending is not None:
+            done, future = pending
+            pending = None
+            process(done, future.result())
+        rejects.extend(held)
+        held.clear()
+
+    def submit() -> None:
+        nonlocal pending
+        ready = batch.copy()
         batch.clear()
+        future = detecting.submit(detector.detect, [f.image for f in ready])
+        finish()
+        pending = (ready, future)
 
     ok = False
     camera = any(is_camera(s) for s in items)
+    taken = 0  # frames read into a batch
     try:
         stream = _input_frames(items, settings.stride, infos)
         try:
             for item in prefetch(stream, depth=settings.batch_size):
                 if isinstance(item, _Frame):
                     batch.append(item)
+                    taken += 1
                     if len(batch) >= settings.batch_size:
-                        flush()
-                    if settings.max_frames and frames + len(batch) >= settings.max_frames:
+                        submit()
+                    if settings.max_frames and taken >= settings.max_frames:
                         break
                 elif isinstance(item, _Skipped):
                     corrupt.extend(item.frames)
                 elif isinstance(item, Reject):
-                    rejects.append(item)
+                    (held if pending is not None else rejects).append(item)
         except KeyboardInterrupt:
             if not camera:
                 raise
             # Ctrl-C is how a camera run ends: keep what was seen
+        finish()
         if batch:
-            flush()
+            process(batch, detector.detect([f.image for f in batch]))
         ok = True
     finally:
+        detecting.shutdown(wait=True, cancel_futures=True)
         bar.close()
         written = video.close(ok) if video is not None else None
     for info in infos:
