@@ -449,8 +449,15 @@ def analyze(
     au_id = resolve_model(wh, "au", settings.au_model)
     emo_id = resolve_model(wh, "emotion", settings.emotion_model)
     variant = settings.model_variant
-    au = Predictor.load(wh, au_id, backend=settings.backend, device=settings.device, variant=variant)
-    emo = Predictor.load(wh, emo_id, backend=settings.backend, device=settings.device, variant=variant)
+
+    # The detector's worker thread and the decoder's share the cores with the models: ONNX
+    # Runtime's threads sleep between calls rather than spin (models.predict).
+    def load(model_id: str) -> Predictor:
+        return Predictor.load(
+            wh, model_id, backend=settings.backend, device=settings.device, variant=variant, spin=False
+        )
+
+    au, emo = load(au_id), load(emo_id)
     au_cut = au_thresholds(wh, au_id, len(au.labels))
     prepare_ultralytics_offline(wh.home / "ultralytics")
     if detector is None:
