@@ -8,6 +8,7 @@ stage, for where the time goes. Prints one JSON object.
         [--home DIR]        # a data root with production AU and emotion models (`make demo`);
                             # one is made there first when it has none
         [--detector auto]   # auto: the data root's YOLO student when it has one, else YuNet
+                            # (YuNet runs on the CPU whatever the device: on a GPU give the student)
         [--distill]         # also make and time the distilled students
 
 Without models a data root is made first from the small demo data (three DISFA people and the
@@ -20,9 +21,11 @@ is `benchmarks.detect_video`'s: the demo's DISFA clip padded to 640x360 with a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -105,10 +108,6 @@ def make_variants(wh: Warehouse, model_ids: tuple[str, ...], device: str, distil
     return [v for v in ("fp32", "int8", "student") if all(has(m, v) for m in model_ids)]
 
 
-def run_analyze(wh: Warehouse, video: Path, settings: AnalyzeSettings, detector: Detector) -> AnalysisResult:
-    return analyze(wh, video, settings, detector=detector)
-
-
 def measure(
     wh: Warehouse, video: Path, frames: list, detector: Detector, settings: AnalyzeSettings, repeat: int
 ) -> dict[str, Any]:
@@ -116,13 +115,13 @@ def measure(
     alternated `repeat` times, the fastest of each kept (the least disturbed on a shared machine)."""
     n = len(frames)
     run_bare = bare(detector, frames, settings.batch_size)
-    run_analyze(wh, video, settings.replace(max_frames=2 * settings.batch_size), detector)  # warm-up
+    analyze(wh, video, settings.replace(max_frames=2 * settings.batch_size), detector=detector)  # warm-up
     t_bare, t_e2e, t_wall = float("inf"), float("inf"), float("inf")
     result: AnalysisResult | None = None
     for _ in range(repeat):
         t_bare = min(t_bare, timed(run_bare))
         started = time.perf_counter()
-        result = run_analyze(wh, video, settings, detector)
+        result = analyze(wh, video, settings, detector=detector)
         t_wall = min(t_wall, time.perf_counter() - started)
         t_e2e = min(t_e2e, result.seconds)
     assert result is not None and result.frames == n, (result and result.frames, n)
@@ -196,7 +195,7 @@ def profile(wh: Warehouse, video: Path, detector: Detector, settings: AnalyzeSet
     """One run of `settings` with each stage timed: seconds per stage and its share of the run.
     The detector's time overlaps the main thread's stages, which add up to the run's time."""
     with stage_timers(detector) as spent:
-        result = run_analyze(wh, video, settings, detector)
+        result = analyze(wh, video, settings, detector=detector)
     total = result.seconds
     main = {k: spent[k] for k in ("waiting_on_detector", "tracker", "crop")}
     for task in ("au", "emotion"):
@@ -247,7 +246,8 @@ def main() -> None:
     from labeling.yolo_env import prepare_ultralytics_offline
     from models.device import resolve_device
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # Ultralytics and the trainers print on stdout, where the JSON goes: all but it to stderr.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         started = time.perf_counter()
         video = build_video(Path(tmp), args.frames)
         wh = Warehouse(args.home or Path(tmp) / "home")
@@ -293,7 +293,7 @@ def main() -> None:
             for variant in variants
         }
         result["int8_at_least_30_fps"] = result.get("int8", {}).get("end_to_end_fps", 0) >= 30
-        print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
