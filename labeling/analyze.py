@@ -5,10 +5,11 @@
     print(result.summary())
 
 decode (a background thread, labeling.prefetch) -> detect faces in batches of frames with the
-production detector (this data root's YOLO student, else YuNet) -> track them (ultralytics'
-ByteTrack, fed with our detections) -> crop and align them as auto-labeling does
-(labeling.crops) -> the AU and emotion models (the production ones, or the ids given) on all the
-faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
+production detector (this data root's YOLO student, else YuNet; a worker thread, one batch ahead
+of the rest) -> track them (ultralytics' ByteTrack, fed with our detections) -> crop and align them
+as auto-labeling does (labeling.crops) -> the AU and emotion models (the production ones, or the
+ids given) on all the faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
+`benchmarks/analyze_video.py` times it.
 
 Columns, in this order (scripts may rely on them):
 
