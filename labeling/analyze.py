@@ -563,25 +563,24 @@ def analyze(
     # The detector runs on a batch in a worker thread while this one tracks, crops and scores the
     # batch before it (OpenCV, ONNX Runtime and torch release the GIL): one batch in flight.
     detecting = ThreadPoolExecutor(1, thread_name_prefix="analyze-detect")
-    pending: tuple[list[_Frame], Future] | None = None
+    inflight: deque[tuple[list[_Frame], Future]] = deque()
     held: list[Reject] = []  # decode rejects met while a batch is in flight: listed after its own
 
-    def finish() -> None:
-        nonlocal pending
-        if pending is not None:
-            done, future = pending
-            pending = None
-            process(done, future.result())
+    def finish(keep: int = 0) -> None:
+        """Process the batches in flight, oldest first, until `keep` are left."""
+        while len(inflight) > keep:
+            done, future = inflight[0]
+            found = future.result()  # a Ctrl-C while waiting leaves the batch in flight
+            inflight.popleft()
+            process(done, found)
         rejects.extend(held)
         held.clear()
 
     def submit() -> None:
-        nonlocal pending
         ready = batch.copy()
         batch.clear()
-        future = detecting.submit(detector.detect, [f.image for f in ready])
-        finish()
-        pending = (ready, future)
+        inflight.append((ready, detecting.submit(detector.detect, [f.image for f in ready])))
+        finish(keep=1)
 
     ok = False
     camera = any(is_camera(s) for s in items)
@@ -600,7 +599,7 @@ def analyze(
                 elif isinstance(item, _Skipped):
                     corrupt.extend(item.frames)
                 elif isinstance(item, Reject):
-                    (held if pending is not None else rejects).append(item)
+                    (held if inflight else rejects).append(item)
         except KeyboardInterrupt:
             if not camera:
                 raise
