@@ -60,6 +60,7 @@ test-fast: setup
 bench: setup
 	$(PY) -m benchmarks.fer2013_ingest
 	$(PY) -m benchmarks.detect_video
+	$(PY) -m benchmarks.analyze_video
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.thresholds
 	$(PY) -m benchmarks.pseudo_label_throughput

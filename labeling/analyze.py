@@ -5,10 +5,11 @@
     print(result.summary())
 
 decode (a background thread, labeling.prefetch) -> detect faces in batches of frames with the
-production detector (this data root's YOLO student, else YuNet) -> track them (ultralytics'
-ByteTrack, fed with our detections) -> crop and align them as auto-labeling does
-(labeling.crops) -> the AU and emotion models (the production ones, or the ids given) on all the
-faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
+production detector (this data root's YOLO student, else YuNet; a worker thread, one batch ahead
+of the rest) -> track them (ultralytics' ByteTrack, fed with our detections) -> crop and align them
+as auto-labeling does (labeling.crops) -> the AU and emotion models (the production ones, or the
+ids given) on all the faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
+`benchmarks/analyze_video.py` times it.
 
 Columns, in this order (scripts may rely on them):
 
@@ -40,6 +41,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,8 +450,15 @@ def analyze(
     au_id = resolve_model(wh, "au", settings.au_model)
     emo_id = resolve_model(wh, "emotion", settings.emotion_model)
     variant = settings.model_variant
-    au = Predictor.load(wh, au_id, backend=settings.backend, device=settings.device, variant=variant)
-    emo = Predictor.load(wh, emo_id, backend=settings.backend, device=settings.device, variant=variant)
+
+    # The detector's worker thread and the decoder's share the cores with the models: ONNX
+    # Runtime's threads sleep between calls rather than spin (models.predict).
+    def load(model_id: str) -> Predictor:
+        return Predictor.load(
+            wh, model_id, backend=settings.backend, device=settings.device, variant=variant, spin=False
+        )
+
+    au, emo = load(au_id), load(emo_id)
     au_cut = au_thresholds(wh, au_id, len(au.labels))
     prepare_ultralytics_offline(wh.home / "ultralytics")
     if detector is None:
@@ -487,13 +496,14 @@ def analyze(
             trackers[sid] = FaceTracker(settings.track_buffer, settings.match_threshold, first_id=last_id)
         return trackers[sid]
 
-    def flush() -> None:
+    def process(chunk: list[_Frame], found: list[list[Detection]]) -> None:
+        """Track, crop and score the faces of a batch the detector has seen; its rows (and frames of
+        the annotated video) in frame order."""
         nonlocal frames, with_faces
-        found = detector.detect([f.image for f in batch])
         per_frame: list[tuple[_Frame, list[Detection], list[int | None], list]] = []
         crops_rgb: list[np.ndarray] = []
         crops_gray: list[np.ndarray] = []
-        for frame, dets in zip(batch, found, strict=True):
+        for frame, dets in zip(chunk, found, strict=True):
             faces = [d for d in dets if d.label == "face"]
             ids = tracker_for(frame.source).update(frame.image, faces)
             crops, bad = crop_faces(
@@ -547,34 +557,59 @@ def analyze(
                 )
             if video is not None:
                 video.write(frame.image, drawn, infos[frame.source].fps)
-        frames += len(batch)
-        bar.update(len(batch))
+        frames += len(chunk)
+        bar.update(len(chunk))
+
+    # The detector runs on a batch in a worker thread while this one tracks, crops and scores the
+    # batch before it (OpenCV, ONNX Runtime and torch release the GIL): one batch in flight.
+    detecting = ThreadPoolExecutor(1, thread_name_prefix="analyze-detect")
+    inflight: deque[tuple[list[_Frame], Future]] = deque()
+    held: list[Reject] = []  # decode rejects met while a batch is in flight: listed after its own
+
+    def finish(keep: int = 0) -> None:
+        """Process the batches in flight, oldest first, until `keep` are left."""
+        while len(inflight) > keep:
+            done, future = inflight[0]
+            found = future.result()  # a Ctrl-C while waiting leaves the batch in flight
+            inflight.popleft()
+            process(done, found)
+        rejects.extend(held)
+        held.clear()
+
+    def submit() -> None:
+        ready = batch.copy()
         batch.clear()
+        inflight.append((ready, detecting.submit(detector.detect, [f.image for f in ready])))
+        finish(keep=1)
 
     ok = False
     camera = any(is_camera(s) for s in items)
+    taken = 0  # frames read into a batch
     try:
         stream = _input_frames(items, settings.stride, infos)
         try:
             for item in prefetch(stream, depth=settings.batch_size):
                 if isinstance(item, _Frame):
                     batch.append(item)
+                    taken += 1
                     if len(batch) >= settings.batch_size:
-                        flush()
-                    if settings.max_frames and frames + len(batch) >= settings.max_frames:
+                        submit()
+                    if settings.max_frames and taken >= settings.max_frames:
                         break
                 elif isinstance(item, _Skipped):
                     corrupt.extend(item.frames)
                 elif isinstance(item, Reject):
-                    rejects.append(item)
+                    (held if inflight else rejects).append(item)
         except KeyboardInterrupt:
             if not camera:
                 raise
             # Ctrl-C is how a camera run ends: keep what was seen
+        finish()
         if batch:
-            flush()
+            process(batch, detector.detect([f.image for f in batch]))
         ok = True
     finally:
+        detecting.shutdown(wait=True, cancel_futures=True)
         bar.close()
         written = video.close(ok) if video is not None else None
     for info in infos:

@@ -73,6 +73,7 @@ class Predictor:
         onnx: Path,
         backend: Backend = "onnx",
         device: str = "auto",
+        spin: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
@@ -85,6 +86,7 @@ class Predictor:
         self.device = resolve_device(device)
         self._checkpoint = Path(checkpoint)
         self._onnx = Path(onnx)
+        self._spin = spin
         self._session = None
         self._torch: torch.nn.Module | None = None
         if backend == "onnx":
@@ -100,10 +102,13 @@ class Predictor:
         backend: Backend = "onnx",
         device: str = "auto",
         variant: str = "fp32",
+        spin: bool = True,
     ) -> Predictor:
         """The trained model `model_id` of the data root, ready to predict. `variant` (models.compact):
         "fp32" (model.onnx / model.pt), "int8" (model.int8.onnx; ONNX only) or "student" (the
-        distilled student.onnx / student.pt).
+        distilled student.onnx / student.pt). `spin` False: ONNX Runtime's CPU threads sleep
+        between runs instead of spinning, which frees the cores for other threads of the process
+        (a detector, a decoder) between the model's calls.
 
         Raises:
             FileNotFoundError: no such model, or the variant's files are missing.
@@ -123,7 +128,14 @@ class Predictor:
         if not Path(needed).is_file():
             raise FileNotFoundError(f"model {model_id}: {needed} is missing; make the {variant} model again")
         predictor = cls(
-            wh.home, model_id, config, checkpoint or run.checkpoint, onnx, backend=backend, device=device
+            wh.home,
+            model_id,
+            config,
+            checkpoint or run.checkpoint,
+            onnx,
+            backend=backend,
+            device=device,
+            spin=spin,
         )
         predictor.variant = variant
         return predictor
@@ -137,6 +149,8 @@ class Predictor:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # no warnings about unused initializers on every load
+        if not self._spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(self._onnx), sess_options=options, providers=providers)
 
     def _torch_model(self) -> torch.nn.Module:
