@@ -35,9 +35,12 @@ steadier labels on video). A frame the decoder cannot decode is skipped and coun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -420,6 +423,22 @@ class AnnotatedVideo:
         return self.path
 
 
+@contextlib.contextmanager
+def _ctrl_c_ends(camera: bool) -> Iterator[threading.Event]:
+    """For a camera run on the main thread, Ctrl-C sets the event (the run ends with what was seen
+    after the frame at hand) instead of raising wherever the code happens to be, e.g. halfway
+    through a batch's rows."""
+    stop = threading.Event()
+    if not camera or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def analyze(
     wh: Warehouse,
     sources: str | Path | Sequence[str | Path],
@@ -570,7 +589,7 @@ def analyze(
         """Process the batches in flight, oldest first, until `keep` are left."""
         while len(inflight) > keep:
             done, future = inflight[0]
-            found = future.result()  # a Ctrl-C while waiting leaves the batch in flight
+            found = future.result()
             inflight.popleft()
             process(done, found)
         rejects.extend(held)
@@ -587,7 +606,7 @@ def analyze(
     taken = 0  # frames read into a batch
     try:
         stream = _input_frames(items, settings.stride, infos)
-        try:
+        with _ctrl_c_ends(camera) as stop:
             for item in prefetch(stream, depth=settings.batch_size):
                 if isinstance(item, _Frame):
                     batch.append(item)
@@ -600,10 +619,8 @@ def analyze(
                     corrupt.extend(item.frames)
                 elif isinstance(item, Reject):
                     (held if inflight else rejects).append(item)
-        except KeyboardInterrupt:
-            if not camera:
-                raise
-            # Ctrl-C is how a camera run ends: keep what was seen
+                if stop.is_set():
+                    break
         finish()
         if batch:
             process(batch, detector.detect([f.image for f in batch]))

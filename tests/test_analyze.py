@@ -392,3 +392,23 @@ def test_predict_arrays_scores_crops_as_predict_scores_their_files(home):
         if p.config.channels == 3:
             arrays = [cv2.cvtColor(a, cv2.COLOR_BGR2RGB) for a in arrays]
         assert np.allclose(p.predict_arrays(arrays, batch_size=5), p.predict(paths), atol=1e-5)
+
+
+def test_ctrl_c_ends_a_camera_run_between_frames_not_halfway_through_a_batch():
+    """On a camera run, SIGINT sets the stop flag the frame loop checks, instead of raising in the
+    middle of a batch's rows; the previous handler is back afterwards, and other runs are untouched."""
+    import os
+    import signal
+
+    from labeling.analyze import _ctrl_c_ends
+
+    before = signal.getsignal(signal.SIGINT)
+    with _ctrl_c_ends(camera=True) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # the handler runs between bytecodes of the main thread
+            if stop.is_set():
+                break
+        assert stop.is_set()
+    assert signal.getsignal(signal.SIGINT) is before
+    with _ctrl_c_ends(camera=False) as stop:
+        assert signal.getsignal(signal.SIGINT) is before and not stop.is_set()
