@@ -22,13 +22,14 @@ from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from labeling.curation_settings import PseudoExperimentSettings
 from labeling.pseudo_experiment import pseudo_label_experiment
-from models.compact import DistillationSettings, compare_compact, distill, quantize_int8
+from models.compact import DistillationSettings, compare_compact, distill, quantize_int8, why_no_student
 from models.pipeline import (
     ModelRun,
     check_exports,
     compare_losses,
     evaluate_model,
     latest_model_id,
+    load_run,
     train_model,
 )
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
@@ -348,12 +349,16 @@ def _compact_asset(task: str, upstream):
         wh = warehouse.get()
         model_id = latest_model_id(wh, task, context.partition_key)
         quantize_int8(wh, model_id, calibration=config.calibration, log=context.log.info)  # type: ignore[attr-defined]
-        if config.student:  # type: ignore[attr-defined]
+        no_student = why_no_student(load_run(wh, model_id)) if config.student else "not asked for"  # type: ignore[attr-defined]
+        if no_student is None:
             distill(wh, model_id, config.settings(), log=context.log.info)  # type: ignore[attr-defined]
+        else:
+            context.log.warning(f"no student: {no_student}")
         result = compare_compact(wh, model_id, log=context.log.info)
         return MaterializeResult(
             metadata={
                 "model_id": MetadataValue.text(model_id),
+                "student": MetadataValue.text(no_student or "distilled"),
                 "held_out": MetadataValue.text(f"{result.n_faces} faces: {result.held_out}"),
                 "table": MetadataValue.json(result.rows),
                 **report_metadata(result.report["markdown"]),

@@ -47,9 +47,11 @@ dataset_version_job = define_asset_job(
 # The models and what follows them on the version (their evaluation reports, then the promotion
 # decisions); the curation assets are not partitioned, so they run in a job of their own.
 MODELS = AssetSelection.assets("au_model", "emotion_model")
+# The compact models follow a model too, but a student is a training of its own: launched by hand.
+COMPACT = AssetSelection.assets("au_compact", "emotion_compact")
 training_job = define_asset_job(
     "training_job",
-    selection=MODELS | MODELS.downstream(depth=2),
+    selection=(MODELS | MODELS.downstream(depth=2)) - COMPACT,
     description="Train and evaluate the AU and emotion models on one dataset version, and promote each "
     "if it beats the production model.",
 )
@@ -85,7 +87,7 @@ emotion_tuning_job = define_asset_job(
 )
 compact_job = define_asset_job(
     "compact_job",
-    selection=AssetSelection.assets("au_compact", "emotion_compact"),
+    selection=COMPACT,
     description="Seed 004's compact models of the latest AU and emotion models: int8 ONNX, the distilled "
     "alpha-0.25 student, and their size / latency / metric table.",
 )

@@ -42,7 +42,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from models import render
@@ -256,22 +255,6 @@ def quantize_int8(
 
 
 # ---- distillation ---------------------------------------------------------------------------
-def _soft_loss(task: str, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Soft-target loss x T^2: KL of the softened softmaxes (emotion), BCE against the softened
-    sigmoids (AU, one binary distribution per label)."""
-    t = temperature
-    if task == "au":
-        loss = F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t))
-    else:
-        loss = F.kl_div(
-            F.log_softmax(student / t, 1),
-            F.log_softmax(teacher / t, 1),
-            log_target=True,
-            reduction="batchmean",
-        )
-    return loss * t * t
-
-
 @dataclass
 class DistillationResult:
     model_id: str  # the teacher's
@@ -281,6 +264,17 @@ class DistillationResult:
     history: list[dict[str, Any]]
     best_val_loss: float
     seconds: float
+
+
+def why_no_student(run: ModelRun) -> str | None:
+    """Why `distill` cannot make the model a student (its network has no width multiplier), or None."""
+    architecture = run.info["network"]["architecture"]
+    if architecture in DISTILLABLE:
+        return None
+    return (
+        f"model {run.model_id} is a {architecture}: only {', '.join(DISTILLABLE)} have a width multiplier "
+        "to distill into"
+    )
 
 
 def distill(
@@ -305,12 +299,10 @@ def distill(
     started = time.perf_counter()
     teacher_settings = run.settings()
     task = teacher_settings.task
+    refusal = why_no_student(run)
+    if refusal:
+        raise ValueError(refusal)
     data = compact_data(wh, run, seed=settings.seed)
-    if data.config.architecture not in DISTILLABLE:
-        raise ValueError(
-            f"model {teacher_model_id} is a {data.config.architecture}: only {', '.join(DISTILLABLE)} "
-            "have a width multiplier to distill into"
-        )
     device = torch_device(settings.device)
     torch.manual_seed(settings.seed)
     teacher, _, _ = load_checkpoint(run.checkpoint, device=str(device))
@@ -324,7 +316,7 @@ def distill(
     def loss_of(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = teacher(x)
-        loss = (1 - hard) * _soft_loss(task.name, s, t, settings.temperature)
+        loss = (1 - hard) * task.soft_target_loss(s, t, settings.temperature)
         return loss + hard * criterion(s, y) if hard > 0 else loss
 
     stats = normalization(config)
@@ -458,7 +450,7 @@ def _latency_ms(session, x: np.ndarray, batch: int, repeats: int) -> float:
 
 
 def _metric(task, data: CompactData, prob: np.ndarray, thresholds) -> tuple[str, float]:
-    name = "avg_f1" if task.name == "au" else "accuracy"
+    name = task.fold_metric
     fold = FoldPredictions(
         fold=0,
         labels=list(data.faces.labels),
@@ -535,7 +527,7 @@ def compare_compact(
     fp32 = next((p for r, p in rows if r["variant"] == "fp32"), None)
     for r, p in rows:  # how often a variant decides as the fp32 model does (argmax / each AU at 0.5)
         if fp32 is not None:
-            same = (p.argmax(1) == fp32.argmax(1)) if task.name != "au" else ((p >= 0.5) == (fp32 >= 0.5))
+            same = task.decisions(p) == task.decisions(fp32)
             r["agreement"] = float(np.mean(same))
     table = [r for r, _ in rows]
     for r in table:

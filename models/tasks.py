@@ -48,6 +48,7 @@ class Task(ABC):
     name: ClassVar[str]  # the registry key; also the first part of a model id and its folder
     headline: ClassVar[str]  # the eval_metrics metric a model of this task is judged by
     headline_name: ClassVar[str]  # how reports name it
+    fold_metric: ClassVar[str]  # the metric of one fold's held-out faces (models.compact's tables)
     min_outputs: ClassVar[int]  # the fewest labels a model of this task can have
     baseline_description: ClassVar[str]  # what `trivial_baseline` measures
     published_baselines: ClassVar[tuple[render.Baseline, ...]]  # (method, figure in %, note)
@@ -72,6 +73,16 @@ class Task(ABC):
     @abstractmethod
     def probabilities(self, logits: Tensor) -> Tensor:
         """The model's output activation (what ONNX exports and reports score)."""
+
+    @abstractmethod
+    def soft_target_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Knowledge distillation's loss of the student's logits against the teacher's, both
+        softened by the temperature, x T^2 (so its gradients keep their scale as T changes)."""
+
+    @abstractmethod
+    def decisions(self, prob: np.ndarray) -> np.ndarray:
+        """What a model decides from its probabilities (one value per sample, or per sample and
+        label), for how often two models decide alike."""
 
     @abstractmethod
     def criterion(
@@ -118,6 +129,7 @@ class AUTask(Task):
 
     name: ClassVar[str] = "au"
     headline_name: ClassVar[str] = "Avg.F1"
+    fold_metric: ClassVar[str] = "avg_f1"
     min_outputs: ClassVar[int] = 1
     baseline_description: ClassVar[str] = "Avg.F1 of calling every AU present"
     published_baselines: ClassVar[tuple[render.Baseline, ...]] = (
@@ -156,6 +168,14 @@ class AUTask(Task):
 
     def probabilities(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
+
+    def soft_target_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """BCE against the softened sigmoids: one binary distribution per AU."""
+        t = temperature
+        return F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
+
+    def decisions(self, prob: np.ndarray) -> np.ndarray:
+        return prob >= 0.5  # each AU at 0.5: thresholds differ between the models compared
 
     def criterion(
         self, settings: AUTrainingSettings, train_targets: np.ndarray, device: torch.device
@@ -202,6 +222,7 @@ class EmotionTask(Task):
     name: ClassVar[str] = "emotion"
     headline: ClassVar[str] = "accuracy"
     headline_name: ClassVar[str] = "Accuracy"
+    fold_metric: ClassVar[str] = "accuracy"
     min_outputs: ClassVar[int] = 2
     baseline_description: ClassVar[str] = "accuracy of the majority class"
     published_baselines: ClassVar[tuple[render.Baseline, ...]] = (
@@ -230,6 +251,20 @@ class EmotionTask(Task):
 
     def probabilities(self, logits: Tensor) -> Tensor:
         return torch.softmax(logits, dim=1)
+
+    def soft_target_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """KL divergence of the softened softmaxes."""
+        t = temperature
+        kl = F.kl_div(
+            F.log_softmax(student / t, 1),
+            F.log_softmax(teacher / t, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        return kl * t * t
+
+    def decisions(self, prob: np.ndarray) -> np.ndarray:
+        return prob.argmax(1)
 
     def criterion(
         self, settings: EmotionTrainingSettings, train_targets: np.ndarray, device: torch.device

@@ -189,3 +189,21 @@ def test_the_compact_asset_through_dagster(trained):
     meta = run.asset_materializations_for_node("emotion_compact")[0].metadata
     assert meta["model_id"].value == model_id
     assert [r["variant"] for r in meta["table"].value] == ["fp32", "int8", "student"]
+
+
+def test_only_a_network_with_a_width_multiplier_has_a_student(tmp_path):
+    """The seed-003 CNN has no alpha to shrink: `why_no_student` says so (the compact asset then makes
+    the int8 model alone, and says why there is no student), a MobileNet has none to give."""
+    from models.compact import why_no_student
+    from models.pipeline import ModelRun
+
+    def run(architecture: str) -> ModelRun:
+        return ModelRun(
+            "emotion-x", "emotion", "v-1", tmp_path, tmp_path / "m.pt", tmp_path / "m.onnx", [],
+            {"network": {"architecture": architecture}},
+        )  # fmt: skip
+
+    assert "fer2013_cnn" in why_no_student(run("fer2013_cnn")) and "width multiplier" in why_no_student(
+        run("fer2013_cnn")
+    )
+    assert why_no_student(run("mobilenet_v2")) is None and why_no_student(run("mobilenet_v1")) is None

@@ -109,3 +109,23 @@ def test_the_weekly_snapshot_runs_once_each_sunday_at_three(instance):
     assert tick() == {}
     assert tick(minutes=6 * 24 * 60) == {}  # Saturday 03:02
     assert tick(minutes=24 * 60) == {"dataset_version": {None}}  # the next Sunday 03:02
+
+
+def test_training_job_trains_the_models_and_what_follows_them_not_the_launched_by_hand_assets():
+    """A new version's training runs train, report and promote; a student (au_compact /
+    emotion_compact), a search or a video analysis is a run a user launches."""
+    from dagster_project.definitions import defs
+
+    def assets(job: str) -> set[str]:
+        return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    assert assets("training_job") == {
+        "au_model",
+        "emotion_model",
+        "au_eval_report",
+        "emotion_eval_report",
+        "au_promotion",
+        "emotion_promotion",
+    }
+    assert assets("compact_job") == {"au_compact", "emotion_compact"}
+    assert assets("disfa_analysis_job") == {"disfa_analysis"}
