@@ -53,22 +53,14 @@ def build_home(home: Path, sources_dir: Path, device: str, seed: int = 0) -> tup
     one-epoch AU model and emotion model (MobileNetV2 at 224 px, the defaults' architecture and
     size), both made production: (AU model id, emotion model id)."""
     from ferlab.demodata import generate_demo_data
-    from labeling.autolabel import autolabel
-    from labeling.detectors import load_detector
+    from ferlab.demotruth import ingest_demo_sources
     from models.pipeline import train_model
     from models.registry import decide_promotion
     from models.settings import AUTrainingSettings, EmotionTrainingSettings
-    from warehouse.sources.disfa import ingest_disfa
-    from warehouse.sources.fer2013 import ingest_fer2013
-    from warehouse.versions import snapshot_dataset_version
 
     sources = generate_demo_data(sources_dir, seed=seed, size="small")
     wh = Warehouse(home)
-    ingest_disfa(wh, sources / "disfa", subjects=SUBJECTS, stride=2, show_progress=False)
-    ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    version = snapshot_dataset_version(wh).version
+    version = ingest_demo_sources(wh, sources, subjects=SUBJECTS, stride=2, scraped=False)
     au = train_model(
         wh, version, AUTrainingSettings(head_epochs=1, finetune_epochs=0, device=device), log=QUIET
     )
@@ -90,15 +82,11 @@ def production_models(wh: Warehouse) -> tuple[str, str] | None:
 def make_variants(wh: Warehouse, model_ids: tuple[str, ...], device: str, distill_them: bool) -> list[str]:
     """The int8 files (and with `distill_them` the students) of the models, made when missing;
     returns the variants every model has."""
-    from models.compact import DistillationSettings, distill, quantize_int8, variant_files
+    from models.compact import DistillationSettings, distill, has_variant, quantize_int8
     from models.pipeline import load_run
 
     def has(model_id: str, variant: str) -> bool:
-        try:
-            variant_files(load_run(wh, model_id), variant)
-        except FileNotFoundError:
-            return False
-        return True
+        return has_variant(load_run(wh, model_id), variant)
 
     for model_id in model_ids:
         if not has(model_id, "int8"):

@@ -37,13 +37,21 @@ MIN_IOU = 0.5  # a scraped crop is the drawn face its detection overlaps this mu
 DISFA_LABEL_RULE = 1.5
 
 
-def ingest_demo_sources(wh: Warehouse, sources: Path) -> str:
-    """The small demo's rendered sources (DISFA, FER-2013, the first scraped batch) ingested into
-    `wh`, auto-labeled by YuNet and snapshotted: the data root the truth is matched against.
-    Returns the dataset version."""
-    ingest_disfa(wh, sources / "disfa", show_progress=False)
+def ingest_demo_sources(
+    wh: Warehouse,
+    sources: Path,
+    subjects: list[str] | None = None,
+    stride: int = 1,
+    scraped: bool = True,
+) -> str:
+    """The small demo's rendered sources (DISFA: every subject or `subjects`, every `stride`-th
+    frame; FER-2013; with `scraped` the first scraped batch) ingested into `wh`, auto-labeled by
+    YuNet and snapshotted: the data root the truth is matched against, and the tests' and
+    benchmarks' data roots. Returns the dataset version."""
+    ingest_disfa(wh, sources / "disfa", subjects=subjects, stride=stride, show_progress=False)
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
+    if scraped:
+        ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
     images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
     autolabel(wh, images, load_detector("yunet"), show_progress=False)
     return snapshot_dataset_version(wh).version

@@ -499,7 +499,7 @@ def compare_compact(
     data = compact_data(wh, run)
     task = run.settings().task
     if variants is None:
-        variants = tuple(v for v in VARIANTS if _exists(run, v))
+        variants = tuple(v for v in VARIANTS if has_variant(run, v))
     rows = []
     for variant in variants:
         onnx, _, config = variant_files(run, variant)
@@ -553,7 +553,8 @@ def compare_compact(
     return Comparison(model_id, table, data.held_out_description, len(data.held_out), out, report)
 
 
-def _exists(run: ModelRun, variant: str) -> bool:
+def has_variant(run: ModelRun, variant: str) -> bool:
+    """Whether the variant's files of the model have been made."""
     try:
         onnx, _, _ = variant_files(run, variant)
     except FileNotFoundError:

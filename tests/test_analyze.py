@@ -103,23 +103,15 @@ def test_damaged_frames_are_skipped_and_the_rest_keep_their_numbers(tmp_path):
 def home(tmp_path_factory, demo_renders, promote) -> Path:
     """Three demo people's DISFA frames and the FER-2013 faces ingested, auto-labeled by YuNet,
     snapshotted; a tiny AU model and a tiny emotion model trained on them and made production."""
-    from labeling.autolabel import autolabel
-    from labeling.detectors import load_detector
+    from ferlab.demotruth import ingest_demo_sources
     from models.pipeline import train_model
     from models.settings import AUTrainingSettings, EmotionTrainingSettings
     from warehouse import Warehouse
-    from warehouse.sources.disfa import ingest_disfa
-    from warehouse.sources.fer2013 import ingest_fer2013
-    from warehouse.versions import snapshot_dataset_version
 
     root = tmp_path_factory.mktemp("analyze") / "home"
     sources = demo_renders.path("small", seed=0)
     wh = Warehouse(root)
-    ingest_disfa(wh, sources / "disfa", subjects=SUBJECTS, stride=2, show_progress=False)
-    ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    version = snapshot_dataset_version(wh).version
+    version = ingest_demo_sources(wh, sources, subjects=SUBJECTS, stride=2, scraped=False)
     au = train_model(
         wh, version, AUTrainingSettings(image_size=64, head_epochs=3, finetune_epochs=0), log=QUIET
     )
