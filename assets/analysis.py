@@ -1,5 +1,5 @@
 """Video analysis of ingested data: a DISFA subject's video through `ferlab analyze`, scored frame
-by frame against its gold AU labels. A thin call into labeling.analysis_gold; launched by hand
+by frame against its gold AU labels. A thin call into labeling.analysis.gold; launched by hand
 (`disfa_analysis_job`), never by automation."""
 
 from dagster import (
@@ -17,8 +17,8 @@ from assets.ingest import disfa_frames
 from assets.metadata import report_metadata, table_metadata
 from assets.partitions import disfa_subjects
 from assets.resources import WarehouseResource
-from labeling.analysis_gold import analyze_disfa_subject
-from labeling.settings import AnalyzeSettings
+from labeling.analysis.gold import analyze_disfa_subject
+from labeling.analysis.settings import AnalyzeSettings
 
 GROUP = "analysis"
 

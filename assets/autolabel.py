@@ -1,5 +1,5 @@
 """Auto-labeling assets: per source, face (and person) detections and face crops, partitioned
-like the images they come from. Each is a thin call into labeling.autolabel."""
+like the images they come from. Each is a thin call into labeling.detection.autolabel."""
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -20,7 +20,7 @@ from assets.ingest import disfa_frames, fer2013_images, scraped_images
 from assets.metadata import table_metadata
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import DetectorResource, WarehouseResource
-from labeling.autolabel import autolabel
+from labeling.detection.autolabel import autolabel
 from warehouse import Warehouse
 from warehouse.store import quote_literal as sql_literal
 
@@ -169,7 +169,7 @@ scraped_crop_checks = _crop_checks("scraped")
     "patches (to_patches('face_crops')), emotion and AU labels. Re-syncing is idempotent.",
 )
 def fiftyone_dataset(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-    from labeling.fiftyone_sync import sync_fiftyone
+    from labeling.fiftyone.sync import sync_fiftyone
 
     report = sync_fiftyone(warehouse.get(), name=FIFTYONE_DATASET)
     context.log.info(str(report))
@@ -198,12 +198,12 @@ class CorrectionsConfig(Config):
     kinds={"fiftyone"},
     description="Curators' work in the FiftyOne dataset, back in the warehouse: edited face emotions "
     "(face_emotions) as human labels, faces tagged `reject` as exclusions the dataset versions honour, "
-    "faces tagged `relabel` in the review queue (labeling.fiftyone_corrections). Pulling twice adds nothing.",
+    "faces tagged `relabel` in the review queue (labeling.fiftyone.corrections). Pulling twice adds nothing.",
 )
 def fiftyone_corrections(
     context: AssetExecutionContext, config: CorrectionsConfig, warehouse: WarehouseResource
 ) -> MaterializeResult:
-    from labeling.fiftyone_corrections import pull_corrections
+    from labeling.fiftyone.corrections import pull_corrections
 
     report = pull_corrections(warehouse.get(), config.dataset, user=config.user)
     context.log.info(str(report))

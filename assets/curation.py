@@ -1,5 +1,5 @@
 """The curation loop: promotion of evaluated models, pseudo-labels by the production model, and
-the review queue. Thin calls into models.registry, labeling.pseudo and labeling.review (the same
+the review queue. Thin calls into models.registry, labeling.curation.pseudo and labeling.curation.review (the same
 functions `ferlab models`, `ferlab pseudo-label` and `ferlab review-queue` use)."""
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
@@ -10,9 +10,9 @@ from assets.metadata import table_metadata
 from assets.models import GROUP as MODELS_GROUP
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
-from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
-from labeling.pseudo import pseudo_label
-from labeling.review import REASONS, build_review_queue, queue_table
+from labeling.curation.pseudo import pseudo_label
+from labeling.curation.review import REASONS, build_review_queue, queue_table
+from labeling.curation.settings import PseudoLabelSettings, ReviewSettings
 from models.pipeline import latest_model_id
 from models.registry import decide_promotion, production_model
 

@@ -1,6 +1,6 @@
 """The production face detector: a YOLO student trained on the teachers' labels of the ingested
 images, installed where DetectorResource(spec="auto") finds it. A thin call into
-labeling.face_detector, with its checks beside it."""
+labeling.student.face_detector, with its checks beside it."""
 
 import math
 
@@ -19,7 +19,7 @@ from assets.automation import TRAINING_POOL
 from assets.config import settings_config
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
-from labeling.settings import StudentDetectorSettings
+from labeling.student.settings import StudentDetectorSettings
 
 GROUP = "autolabel"  # beside the detections and crops it serves
 
@@ -54,9 +54,9 @@ def face_detector(
     context: AssetExecutionContext, config: FaceDetectorConfig, warehouse: WarehouseResource
 ) -> MaterializeResult:
     from assets.resources import face_truth_csv
-    from labeling.detectors import load_detector
-    from labeling.face_detector import train_face_detector
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
+    from labeling.student.face_detector import train_face_detector
 
     settings = config.settings()
     wh = warehouse.get()
@@ -100,9 +100,9 @@ def face_detector(
 def _weights_load(home, expected_sha256: str) -> AssetCheckResult:
     """student.pt and student.onnx are there, are the files this run wrote (sha256), and load
     and run as detectors."""
-    from labeling.detectors import load_detector
-    from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, student_dir
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
+    from labeling.student.face_detector import STUDENT_ONNX, STUDENT_PT, student_dir
     from warehouse.hashing import sha256_file
 
     folder = student_dir(home)

@@ -1,5 +1,5 @@
 """Label Studio: queued faces go out as tasks with the model's prediction pre-filled, curators'
-annotations come back as `human` labels. Thin calls into labeling.labelstudio; the sensor that
+annotations come back as `human` labels. Thin calls into labeling.labelstudio.sync; the sensor that
 polls for new annotations is in dagster_project.sensors."""
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -21,7 +21,7 @@ class LabelStudioPushConfig(Config):
     deps=["review_queue"],
     description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
     "emotion, the AUs present), pre-filled with the queue model's output on the face "
-    "(labeling.labelstudio.queue_predictions); a face already pushed is not pushed again. Rows: "
+    "(labeling.labelstudio.sync.queue_predictions); a face already pushed is not pushed again. Rows: "
     "`label_studio_tasks`.",
 )
 def label_studio_tasks(
@@ -30,7 +30,7 @@ def label_studio_tasks(
     warehouse: WarehouseResource,
     labelstudio: LabelStudioResource,
 ) -> MaterializeResult:
-    from labeling.labelstudio import push_faces, queue_predictions, queued_faces
+    from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
 
     wh = warehouse.get()
     rows = queued_faces(wh, config.queue or None)
@@ -62,7 +62,7 @@ def label_studio_tasks(
 def label_studio_annotations(
     context: AssetExecutionContext, warehouse: WarehouseResource, labelstudio: LabelStudioResource
 ) -> MaterializeResult:
-    from labeling.labelstudio import pull_annotations
+    from labeling.labelstudio.sync import pull_annotations
 
     report = pull_annotations(warehouse.get(), client=labelstudio.client(), title=labelstudio.project_title)
     context.log.info(report.summary())

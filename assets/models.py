@@ -20,8 +20,8 @@ from assets.config import SettingsConfig, config_fields, settings_config
 from assets.metadata import report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
-from labeling.curation_settings import PseudoExperimentSettings
-from labeling.pseudo_experiment import pseudo_label_experiment
+from labeling.curation.experiment import pseudo_label_experiment
+from labeling.curation.settings import PseudoExperimentSettings
 from models.compact import DistillationSettings, compare_compact, distill, quantize_int8, why_no_student
 from models.pipeline import (
     ModelRun,

@@ -17,7 +17,7 @@ def default_home() -> Path:
     return data_root()
 
 
-# Where a ground-truth face-box CSV (labeling.truth) is looked for under the data root: the
+# Where a ground-truth face-box CSV (labeling.student.truth) is looked for under the data root: the
 # demo (`ferlab demo`) renders its generator's truth there; one dropped there by hand also
 # scores the trained face detector.
 FACE_TRUTH_CSV = Path("sources") / "truth" / "faces.csv"
@@ -73,22 +73,22 @@ class DetectorResource(ConfigurableResource):
     def resolve_spec(self, home: Path) -> str:
         if self.spec != "auto":
             return self.spec
-        from labeling.face_detector import STUDENT_PT, student_dir
+        from labeling.student.face_detector import STUDENT_PT, student_dir
 
         student = student_dir(home) / STUDENT_PT
         return str(student) if student.is_file() else "teachers"
 
     def load(self, home: Path):
-        from labeling.yolo_env import prepare_ultralytics_offline
+        from labeling.detection.yolo_env import prepare_ultralytics_offline
 
         prepare_ultralytics_offline(home / "ultralytics")
-        from labeling.detectors import load_detector
+        from labeling.detection.detectors import load_detector
 
         return load_detector(self.resolve_spec(home), device=self.device)
 
     def settings(self):
-        """These fields as labeling.settings.AutoLabelSettings (validated: ConfigError)."""
-        from labeling.settings import AutoLabelSettings
+        """These fields as labeling.detection.settings.AutoLabelSettings (validated: ConfigError)."""
+        from labeling.detection.settings import AutoLabelSettings
 
         return AutoLabelSettings(
             spec=self.spec, device=self.device, batch_size=self.batch_size, margin=self.margin
@@ -96,7 +96,7 @@ class DetectorResource(ConfigurableResource):
 
 
 class LabelStudioResource(ConfigurableResource):
-    """The Label Studio server (labeling.labelstudio). Empty fields fall back to
+    """The Label Studio server (labeling.labelstudio.sync). Empty fields fall back to
     $LABEL_STUDIO_URL (default http://127.0.0.1:8089) and $LABEL_STUDIO_API_KEY, read when the
     client is made; set `api_key` only through `EnvVar("LABEL_STUDIO_API_KEY")` so it never lands
     in the run's configuration."""
@@ -106,7 +106,7 @@ class LabelStudioResource(ConfigurableResource):
     project_title: str = "ferlab faces"
 
     def client(self):
-        from labeling.labelstudio import LabelStudioClient, LabelStudioSettings
+        from labeling.labelstudio.sync import LabelStudioClient, LabelStudioSettings
 
         return LabelStudioClient(
             LabelStudioSettings.from_env(url=self.url or None, api_key=self.api_key or None)

@@ -1,5 +1,5 @@
 """`ferlab analyze` speed on a 640x360 single-face video: end to end (decode -> detect -> track ->
-crop -> AU + emotion models -> rows, `labeling.analyze.analyze`) with the fp32 and the int8 models
+crop -> AU + emotion models -> rows, `labeling.analysis.analyze.analyze`) with the fp32 and the int8 models
 (and the distilled students when asked), each against the production detector's bare forward
 pass over the same frames, decoded beforehand. Then one run of each again, with timers around each
 stage, for where the time goes. Prints one JSON object.
@@ -39,9 +39,9 @@ from unittest import mock
 import cv2
 
 from benchmarks.detect_video import HEIGHT, WIDTH, bare, build_video, decode_fps, log, read_frames, timed
-from labeling.analyze import AnalysisResult, analyze, resolve_detector
-from labeling.detectors import Detector
-from labeling.settings import AnalyzeSettings
+from labeling.analysis.analyze import AnalysisResult, analyze, resolve_detector
+from labeling.analysis.settings import AnalyzeSettings
+from labeling.detection.detectors import Detector
 from warehouse import Warehouse
 
 SUBJECTS = ["SN001", "SN002", "SN003"]
@@ -145,8 +145,8 @@ def stage_timers(detector: Detector) -> Iterator[dict[str, float]]:
     worker thread), and on the main thread the wait for it, the tracker, cropping, and per model
     its preparation (resize, stacking) and its inference. Decoding runs on a thread of its own
     (timed apart: `decode_only_fps`)."""
-    import labeling.analyze as module
-    from labeling.tracking import FaceTracker
+    import labeling.analysis.analyze as module
+    from labeling.analysis.tracking import FaceTracker
     from models.predict import Predictor
 
     spent: dict[str, float] = defaultdict(float)
@@ -230,8 +230,8 @@ def main() -> None:
     parser.add_argument("--distill", action="store_true", help="also make and time the students")
     args = parser.parse_args()
 
-    from labeling.detectors import load_detector
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
     from models.device import resolve_device
 
     # Ultralytics and the trainers print on stdout, where the JSON goes: all but it to stderr.

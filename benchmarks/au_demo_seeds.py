@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ferlab.demo import DEMO_AU
 from ferlab.demodata import generate_demo_data
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from models.evaluation import overall, per_label
 from models.pipeline import evaluate_model, train_model
 from models.settings import AUTrainingSettings

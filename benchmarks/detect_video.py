@@ -30,10 +30,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from labeling.crops import crop_faces
-from labeling.detect import detect_files
-from labeling.detectors import Detection, Detector
-from labeling.media import Frame
+from labeling.detection.crops import crop_faces
+from labeling.detection.detect import detect_files
+from labeling.detection.detectors import Detection, Detector
+from labeling.detection.media import Frame
 from warehouse.rejects import Reject
 
 WIDTH, HEIGHT = 640, 360
@@ -158,9 +158,9 @@ def train_quick_student(out: Path, device: str, epochs: int, imgsz: int, seed: i
     """A student from the small demo data, through the `face_detector` asset's code: every 8th
     DISFA frame and the scraped scenes, labeled by the teachers, 8 images a step."""
     from ferlab.demodata import generate_demo_data
-    from labeling.detectors import load_detector
-    from labeling.face_detector import train_face_detector
-    from labeling.settings import StudentDetectorSettings
+    from labeling.detection.detectors import load_detector
+    from labeling.student.face_detector import train_face_detector
+    from labeling.student.settings import StudentDetectorSettings
     from warehouse import Warehouse
     from warehouse.sources.disfa import ingest_disfa
     from warehouse.sources.scraped import ingest_scraped
@@ -216,8 +216,8 @@ def main() -> None:
     parser.add_argument("--student-repeat", type=int, default=3, help="runs per student measurement")
     args = parser.parse_args()
 
-    from labeling.detectors import YuNetDetector, load_detector, packaged_person_detector
-    from labeling.landmarks import DlibEyes
+    from labeling.detection.detectors import YuNetDetector, load_detector, packaged_person_detector
+    from labeling.detection.landmarks import DlibEyes
 
     with tempfile.TemporaryDirectory() as tmp:
         video = build_video(Path(tmp), args.frames)

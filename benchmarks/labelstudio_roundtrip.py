@@ -101,14 +101,14 @@ def main() -> None:
     )
     parser.add_argument("--tasks", type=int, default=1000)
     args = parser.parse_args()
-    from labeling.labelstudio import (
+    from labeling.labelstudio.server import find_executable, start_server, stop_server, wait_healthy
+    from labeling.labelstudio.sync import (
         LabelStudioClient,
         LabelStudioSettings,
         pull_annotations,
         push_faces,
         queued_faces,
     )
-    from labeling.labelstudio_server import find_executable, start_server, stop_server, wait_healthy
     from warehouse.errors import ConfigError
 
     try:

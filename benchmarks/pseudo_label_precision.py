@@ -40,8 +40,8 @@ from ferlab.demotruth import (
     score_au_pseudo_labels,
     truth_faces,
 )
-from labeling.curation_settings import PseudoLabelSettings
-from labeling.pseudo import PseudoLabelReport, candidate_faces, face_predictions, pseudo_label
+from labeling.curation.pseudo import PseudoLabelReport, candidate_faces, face_predictions, pseudo_label
+from labeling.curation.settings import PseudoLabelSettings
 from models.pipeline import evaluate_model, train_model
 from models.predict import Predictor
 from models.registry import decide_promotion

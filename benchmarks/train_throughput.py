@@ -36,8 +36,8 @@ from warehouse.versions import read_manifest, snapshot_dataset_version
 
 def demo_root(tmp: Path) -> Path:
     from ferlab.demodata import generate_demo_data
-    from labeling.autolabel import autolabel
-    from labeling.detectors import load_detector
+    from labeling.detection.autolabel import autolabel
+    from labeling.detection.detectors import load_detector
     from warehouse.sources.disfa import ingest_disfa
     from warehouse.sources.fer2013 import ingest_fer2013
 

@@ -99,7 +99,7 @@ automation_sensor = AutomationConditionSensorDefinition(
 def label_studio_sensor(
     context: SensorEvaluationContext, labelstudio: LabelStudioResource
 ) -> RunRequest | SkipReason:
-    from labeling.labelstudio import LabelStudioError
+    from labeling.labelstudio.sync import LabelStudioError
     from warehouse.errors import ConfigError
 
     try:

@@ -38,8 +38,10 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from labeling.curation_settings import PseudoLabelSettings, ReviewSettings
-from labeling.settings import AnalyzeSettings, AutoLabelSettings, StudentDetectorSettings
+from labeling.analysis.settings import AnalyzeSettings
+from labeling.curation.settings import PseudoLabelSettings, ReviewSettings
+from labeling.detection.settings import AutoLabelSettings
+from labeling.student.settings import StudentDetectorSettings
 from warehouse.paths import data_root
 
 EPILOG = """\
@@ -96,7 +98,7 @@ def cmd_ingest_images(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(_home(args) / "ultralytics")
     return run_detect_cli(args.paths, args.detector, args.out, args.stride, args.batch_size, args.device)
@@ -154,9 +156,9 @@ def run_detect_cli(
 
     import pyarrow.csv as pacsv
 
-    from labeling.detect import detect_files, write_parquet
-    from labeling.detectors import load_detector
-    from labeling.media import IMAGE_EXTS, VIDEO_EXTS, media_files
+    from labeling.detection.detect import detect_files, write_parquet
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.media import IMAGE_EXTS, VIDEO_EXTS, media_files
     from models.device import resolve_device
     from warehouse.errors import ConfigError, InputError, StorageError
 
@@ -202,7 +204,7 @@ def run_detect_cli(
 def cmd_analyze_disfa(args: argparse.Namespace) -> int:
     """`ferlab analyze-disfa SUBJECT`: the ingested subject's video analyzed and scored against its
     gold AU labels; table and report under <home>/analysis/disfa/SUBJECT/ (the `disfa_analysis` asset)."""
-    from labeling.analysis_gold import analyze_disfa_subject
+    from labeling.analysis.gold import analyze_disfa_subject
     from models.device import resolve_device
 
     settings = settings_from_flags(args, AnalyzeSettings)
@@ -220,7 +222,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     import pyarrow.csv as pacsv
 
-    from labeling.analyze import OUT_FORMATS, analyze, check_sources, save_analysis, settings_path
+    from labeling.analysis.analyze import OUT_FORMATS, analyze, check_sources, save_analysis, settings_path
     from models.device import resolve_device
     from warehouse.errors import InputError, StorageError
 
@@ -264,9 +266,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_face_detector(args: argparse.Namespace) -> int:
     from assets.resources import face_truth_csv
-    from labeling.detectors import load_detector
-    from labeling.face_detector import train_face_detector
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
+    from labeling.student.face_detector import train_face_detector
 
     settings = settings_from_flags(args, StudentDetectorSettings)
     wh = _warehouse(args)
@@ -284,7 +286,7 @@ def cmd_face_detector(args: argparse.Namespace) -> int:
 
 def cmd_autolabel(args: argparse.Namespace) -> int:
     from assets.resources import DetectorResource
-    from labeling.autolabel import autolabel
+    from labeling.detection.autolabel import autolabel
 
     settings = settings_from_flags(args, AutoLabelSettings)
     wh = _warehouse(args)
@@ -304,12 +306,12 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
     if args.action == "pull":
-        from labeling.fiftyone_corrections import pull_corrections
+        from labeling.fiftyone.corrections import pull_corrections
 
         print(pull_corrections(_warehouse(args), args.dataset, user=args.user))
         return 0
-    from labeling.fiftyone_app import launch_review
-    from labeling.fiftyone_sync import sync_fiftyone
+    from labeling.fiftyone.app import launch_review
+    from labeling.fiftyone.sync import sync_fiftyone
 
     if not args.no_sync:
         print(sync_fiftyone(_warehouse(args), name=args.dataset))
@@ -362,13 +364,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _labelstudio_client(args: argparse.Namespace):
-    from labeling.labelstudio import LabelStudioClient, LabelStudioSettings
+    from labeling.labelstudio.sync import LabelStudioClient, LabelStudioSettings
 
     return LabelStudioClient(LabelStudioSettings.from_env(url=args.url))
 
 
 def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
-    from labeling.labelstudio_server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
+    from labeling.labelstudio.server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
 
     home = _home(args).resolve()
     server_env(
@@ -385,7 +387,7 @@ def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_labelstudio_push(args: argparse.Namespace) -> int:
-    from labeling.labelstudio import push_faces, queue_predictions, queued_faces
+    from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
 
     wh = _warehouse(args)
     rows = queued_faces(wh, args.queue)
@@ -396,7 +398,7 @@ def cmd_labelstudio_push(args: argparse.Namespace) -> int:
 
 
 def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
-    from labeling.labelstudio import pull_annotations
+    from labeling.labelstudio.sync import pull_annotations
 
     print(pull_annotations(_warehouse(args), client=_labelstudio_client(args)).summary())
     return 0
@@ -446,7 +448,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ferlab.demo import prepare_dagster_home
 
     prepare_dagster_home(_home(args))  # FiftyOne's database under the data root unless set
-    from labeling.export import export_version
+    from labeling.fiftyone.export import export_version
 
     report = export_version(
         _warehouse(args, writable=False),
@@ -578,8 +580,8 @@ def cmd_compare_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_experiment(args: argparse.Namespace) -> int:
-    from labeling.curation_settings import PseudoExperimentSettings
-    from labeling.pseudo_experiment import pseudo_label_experiment
+    from labeling.curation.experiment import pseudo_label_experiment
+    from labeling.curation.settings import PseudoExperimentSettings
     from models.settings import AUTrainingSettings
 
     training = settings_from_flags(args, AUTrainingSettings)
@@ -622,7 +624,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from labeling.pseudo import latest_version, resolve_model
+    from labeling.curation.pseudo import latest_version, resolve_model
     from models.predict import Predictor
     from models.tasks import TASKS
     from warehouse.versions import read_manifest
@@ -654,7 +656,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from labeling.pseudo import pseudo_label
+    from labeling.curation.pseudo import pseudo_label
 
     settings = settings_from_flags(args, PseudoLabelSettings)
     report = pseudo_label(_warehouse(args), args.task, settings, log=lambda m: None)
@@ -673,7 +675,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_review_queue(args: argparse.Namespace) -> int:
-    from labeling.review import build_review_queue, queue_table
+    from labeling.curation.review import build_review_queue, queue_table
 
     settings = settings_from_flags(args, ReviewSettings)
     wh = _warehouse(args)
@@ -779,7 +781,7 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
     add_settings_flags(compare, AUTrainingSettings)
     compare.set_defaults(func=cmd_compare_losses)
 
-    from labeling.curation_settings import PseudoExperimentSettings
+    from labeling.curation.settings import PseudoExperimentSettings
 
     experiment = sub.add_parser(
         "pseudo-experiment",
@@ -854,7 +856,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         "--min-probability), emotion_from_aus (Ekman's patterns; 'neutral' without AUs, empty when no "
         "pattern matches). --average N averages the probabilities over a face's track's last N frames. A frame "
         "that cannot be decoded is skipped and counted. The other flags are "
-        "labeling.settings.AnalyzeSettings' fields; they are saved as <out>.settings.json.",
+        "labeling.analysis.settings.AnalyzeSettings' fields; they are saved as <out>.settings.json.",
     )
     analyze.add_argument(
         "sources", nargs="+", help="a video, an image, a folder of them, or a camera index (0, 1, ...)"
@@ -870,7 +872,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         description="The subject's video (as ingestion recorded it) through `ferlab analyze`, one face per frame "
         "(the highest detector score), joined by frame number to its gold AU labels: frames.parquet and a "
         "report (per-AU precision / recall / F1 of the presence, misses, probability vs gold intensity) under "
-        "<home>/analysis/disfa/SUBJECT/. The other flags are labeling.settings.AnalyzeSettings' fields.",
+        "<home>/analysis/disfa/SUBJECT/. The other flags are labeling.analysis.settings.AnalyzeSettings' fields.",
     )
     disfa.add_argument("subject", help="an ingested DISFA subject: SN001, ...")
     disfa.add_argument("--camera", choices=["left", "right"], default="left", help="which camera's video")
@@ -882,13 +884,13 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         help="train the YOLO student face detector on the warehouse's DISFA frames and scraped images",
         description="The teachers (YuNet + YOLO11n) label the images, a YOLO student learns their labels "
         "offline, and student.pt / student.onnx (with settings.json) replace <home>/models/face_detector/; "
-        "the `auto` detector then uses it. The flags are labeling.settings.StudentDetectorSettings' fields.",
+        "the `auto` detector then uses it. The flags are labeling.student.settings.StudentDetectorSettings' fields.",
     )
     add_settings_flags(face, StudentDetectorSettings)
     face.add_argument(
         "--truth",
         type=Path,
-        help="ground-truth face boxes (labeling.truth CSV) to score it against "
+        help="ground-truth face boxes (labeling.student.truth CSV) to score it against "
         "(default: <home>/sources/truth/faces.csv when there, as `ferlab demo` writes it)",
     )
     face.set_defaults(func=cmd_face_detector)
@@ -896,7 +898,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     autolab = sub.add_parser(
         "autolabel",
         help="detect and crop the faces of the warehouse's images (what the *_faces assets do)",
-        description="The flags are labeling.settings.AutoLabelSettings' fields.",
+        description="The flags are labeling.detection.settings.AutoLabelSettings' fields.",
     )
     add_settings_flags(autolab, AutoLabelSettings)
     autolab.add_argument("--source", help="only the images of this source (fer2013, disfa, scraped)")
@@ -1099,7 +1101,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
         help="label the faces without a human or gold label with the production model, where it is precise",
         description="Thresholds per label are chosen on the model's out-of-fold predictions so that each side "
         "reaches --target-precision; labels go to au_labels / emotion_labels as label_source pseudo. "
-        "The flags are labeling.curation_settings.PseudoLabelSettings' fields.",
+        "The flags are labeling.curation.settings.PseudoLabelSettings' fields.",
     )
     pseudo.add_argument("task", choices=["au", "emotion"])
     add_settings_flags(pseudo, PseudoLabelSettings)
@@ -1108,7 +1110,7 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     queue = sub.add_parser(
         "review-queue",
         help="queue faces for curators: unsure, weak label disagrees, low detection score, likely mistake, unique",
-        description="The flags are labeling.curation_settings.ReviewSettings' fields.",
+        description="The flags are labeling.curation.settings.ReviewSettings' fields.",
     )
     queue.add_argument("task", choices=["au", "emotion"])
     queue.add_argument("--show", type=int, default=20, help="print this many rows, highest priority first")

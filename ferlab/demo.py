@@ -196,8 +196,8 @@ def _analyze_demo(home: Path, run) -> int:
     by frame against its gold AU labels (the `disfa_analysis` asset, as `ferlab analyze` runs them)."""
     import pyarrow.parquet as pq
 
-    from labeling.analysis_gold import FRAMES_FILE, REPORT_DIR, analysis_dir, held_out_subjects
-    from labeling.pseudo import resolve_model
+    from labeling.analysis.gold import FRAMES_FILE, REPORT_DIR, analysis_dir, held_out_subjects
+    from labeling.curation.pseudo import resolve_model
     from warehouse import Warehouse
 
     wh = Warehouse(home)
@@ -229,7 +229,7 @@ def _curate_demo(home: Path, run) -> int:
     """One turn of the curation loop after training (which promoted or kept each model): pseudo
     labels by the production models, the review queue, and the queue to Label Studio when its
     server answers (else how to start it)."""
-    from labeling.labelstudio import LabelStudioClient, LabelStudioSettings
+    from labeling.labelstudio.sync import LabelStudioClient, LabelStudioSettings
     from warehouse import Warehouse
     from warehouse.errors import FerlabError
 

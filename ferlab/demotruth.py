@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
 from warehouse.sources.disfa import ingest_disfa

@@ -65,7 +65,7 @@ def prepare_crop(img: np.ndarray, size: int, channels: int, bgr: bool = False) -
     """A crop in memory (H, W) gray or (H, W, 3) uint8, RGB (BGR with `bgr`, as OpenCV reads
     files) -> the (C, S, S) uint8 array training sees: resized to `size` (area when shrinking),
     gray for a 1-channel model (BT.601, as OpenCV reads a gray file), else RGB. What decode_crop
-    does after reading the file, so in-memory crops (labeling.analyze) score as stored ones."""
+    does after reading the file, so in-memory crops (labeling.analysis.analyze) score as stored ones."""
     if img.ndim == 3 and channels == 1:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
     elif img.ndim == 2 and channels == 3:

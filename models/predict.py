@@ -2,7 +2,7 @@
 
     predictor = Predictor.load(wh, model_id)                 # ONNX Runtime on the CPU (default)
     prob = predictor.predict(["media/ab/ab12....png", ...])  # (N, K): sigmoid per AU / softmax
-    prob = predictor.predict_arrays([rgb224, ...])           # crops in memory (labeling.analyze)
+    prob = predictor.predict_arrays([rgb224, ...])           # crops in memory (labeling.analysis.analyze)
     found = predictor.predict_crops(wh, crop_ids)            # by crop id; unreadable crops skipped
     z = predictor.embed(paths)                               # pooled backbone features (torch)
 
@@ -223,7 +223,7 @@ class Predictor:
         return out
 
     def predict_arrays(self, crops: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Probabilities (N, K) float32 of crops in memory: (H, W, 3) RGB uint8 (labeling.crops'
+        """Probabilities (N, K) float32 of crops in memory: (H, W, 3) RGB uint8 (labeling.detection.crops'
         224 px `FaceCrop.rgb`) or (H, W) gray (its 48 px `FaceCrop.gray`, what a gray model reads).
         Prepared as decode_crop prepares a stored crop (models.data.prepare_crop), so a face scores
         here as it does from its file, up to the file's JPEG/PNG encoding."""

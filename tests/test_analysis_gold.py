@@ -1,4 +1,4 @@
-"""A DISFA subject's video analyzed against its gold AU labels (labeling.analysis_gold) and the
+"""A DISFA subject's video analyzed against its gold AU labels (labeling.analysis.gold) and the
 `disfa_analysis` asset over it, on test_analyze's small data root (three demo people ingested at
 stride 2, tiny production models): the join, the counts and the report, not the models' quality."""
 
@@ -38,7 +38,7 @@ def _faces(rows: list[tuple[int, float, float]]) -> pa.Table:
 
 # ---- the join, no data root --------------------------------------------------------------------
 def test_one_face_per_frame_keeps_the_highest_score_then_the_larger_box():
-    from labeling.analysis_gold import one_face_per_frame
+    from labeling.analysis.gold import one_face_per_frame
 
     rows = _faces([(3, 0.4, 50), (1, 0.6, 10), (1, 0.9, 20), (3, 0.4, 80), (2, 0.7, 30)])
     kept = one_face_per_frame(rows)
@@ -47,7 +47,7 @@ def test_one_face_per_frame_keeps_the_highest_score_then_the_larger_box():
 
 
 def test_join_gold_matches_frames_and_leaves_frames_without_gold_empty():
-    from labeling.analysis_gold import join_gold, score_presence
+    from labeling.analysis.gold import join_gold, score_presence
 
     rows = _faces([(1, 0.9, 20), (2, 0.2, 20), (3, 0.8, 20), (5, 0.3, 20)])
     gold = pa.table(
@@ -81,7 +81,7 @@ def _label_file(data_root: Path, au: int) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def analysis(home):  # noqa: F811
-    from labeling.analysis_gold import analyze_disfa_subject
+    from labeling.analysis.gold import analyze_disfa_subject
     from warehouse import Warehouse
 
     return analyze_disfa_subject(Warehouse(home), SUBJECT, log=print)
@@ -129,7 +129,7 @@ def test_the_report_has_the_f1_table_the_counts_and_the_plot(analysis):
     )
     assert "highest detector score" in md
     # whether the AU model saw the subject, from its own run: a score on training faces is said to be one
-    from labeling.analysis_gold import held_out_subjects
+    from labeling.analysis.gold import held_out_subjects
     from warehouse import Warehouse
 
     held = held_out_subjects(Warehouse(Path(r.path).parents[3]), r.analysis.au_model)

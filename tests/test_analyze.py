@@ -1,7 +1,7 @@
-"""`ferlab analyze` (labeling.analyze): a video made from the demo data (two rendered people side by
+"""`ferlab analyze` (labeling.analysis.analyze): a video made from the demo data (two rendered people side by
 side, a few frames without anyone, two frames damaged in the file) through the production
 detector, tracker and models of a small data root. The models are trained tiny (a few epochs at
-64 px): what is tested is the pipeline, not their quality. Also the Ekman rules (labeling.ekman),
+64 px): what is tested is the pipeline, not their quality. Also the Ekman rules (labeling.analysis.ekman),
 the tracker's assignment solver and the in-memory predictor."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from labeling.ekman import decidable, emotion_from_aus
+from labeling.analysis.ekman import decidable, emotion_from_aus
 from warehouse.schemas import EMOTIONS, SEED_AUS
 
 QUIET = lambda m: None  # noqa: E731
@@ -53,8 +53,8 @@ def test_emotion_from_aus_judges_only_the_aus_a_model_measures():
 
 
 def test_face_tracker_keeps_ids_through_a_gap_and_numbers_new_faces_after_first_id():
-    from labeling.detectors import Detection
-    from labeling.tracking import FaceTracker
+    from labeling.analysis.tracking import FaceTracker
+    from labeling.detection.detectors import Detection
 
     tracker = FaceTracker(buffer=10, first_id=100)
     image = np.zeros((360, 960, 3), np.uint8)
@@ -170,7 +170,7 @@ def video(tmp_path_factory, demo_renders) -> Path:
 @pytest.fixture(scope="module")
 def plain(home, video, tmp_path_factory):
     """The video analyzed with the defaults (no averaging, no minimum probability), with an MP4."""
-    from labeling.analyze import analyze
+    from labeling.analysis.analyze import analyze
     from warehouse import Warehouse
 
     out = tmp_path_factory.mktemp("analyze-out") / "annotated.mp4"
@@ -180,7 +180,7 @@ def plain(home, video, tmp_path_factory):
 # ---- the pipeline -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_every_frame_with_a_face_has_a_row_and_one_track_per_person(plain):
-    from labeling.analyze import UNCERTAIN
+    from labeling.analysis.analyze import UNCERTAIN
 
     r = plain
     print("\n" + r.summary())
@@ -252,8 +252,8 @@ def test_the_annotated_mp4_opens_and_has_every_frame(plain):
 
 @pytest.mark.slow
 def test_averaging_and_the_minimum_probability_change_the_output_as_documented(home, video, plain):
-    from labeling.analyze import UNCERTAIN, analyze
-    from labeling.settings import AnalyzeSettings
+    from labeling.analysis.analyze import UNCERTAIN, analyze
+    from labeling.analysis.settings import AnalyzeSettings
     from warehouse import Warehouse
 
     raw = plain.table.to_pandas()
@@ -295,7 +295,7 @@ def test_averaging_and_the_minimum_probability_change_the_output_as_documented(h
 
 @pytest.mark.slow
 def test_a_folder_of_images_and_a_broken_file(home, demo_renders, tmp_path):
-    from labeling.analyze import analyze
+    from labeling.analysis.analyze import analyze
     from warehouse import Warehouse
 
     scraped = demo_renders.path("small", seed=0) / "scraped" / "batch-001"
@@ -319,7 +319,7 @@ def test_a_folder_of_images_and_a_broken_file(home, demo_renders, tmp_path):
 @pytest.mark.slow
 def test_cli_writes_csv_parquet_video_and_settings(home, video, tmp_path, capsys):
     from ferlab.cli import main
-    from labeling.settings import AnalyzeSettings
+    from labeling.analysis.settings import AnalyzeSettings
 
     out, mp4 = tmp_path / "rows.csv", tmp_path / "boxes.mp4"
     args = ["--home", str(home), "analyze", str(video), "--out", str(out), "--video", str(mp4)]
@@ -392,7 +392,7 @@ def test_ctrl_c_ends_a_camera_run_between_frames_not_halfway_through_a_batch():
     import os
     import signal
 
-    from labeling.analyze import _ctrl_c_ends
+    from labeling.analysis.analyze import _ctrl_c_ends
 
     before = signal.getsignal(signal.SIGINT)
     with _ctrl_c_ends(camera=True) as stop:

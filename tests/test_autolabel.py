@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 
 from ferlab.demo import write_sample_sources
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from warehouse import Warehouse
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013

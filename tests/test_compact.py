@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ferlab import cli
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from models.compact import (
     INT8_FILE,
     DistillationSettings,

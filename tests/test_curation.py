@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from ferlab.demotruth import DISFA_LABEL_RULE, ingest_demo_sources, score_au_pseudo_labels, truth_faces
-from labeling.curation_settings import PseudoExperimentSettings, PseudoLabelSettings, ReviewSettings
-from labeling.pseudo import pseudo_label
-from labeling.pseudo_experiment import ARMS, pseudo_label_experiment
-from labeling.review import REASONS, build_review_queue
+from labeling.curation.experiment import ARMS, pseudo_label_experiment
+from labeling.curation.pseudo import pseudo_label
+from labeling.curation.review import REASONS, build_review_queue
+from labeling.curation.settings import PseudoExperimentSettings, PseudoLabelSettings, ReviewSettings
 from models.pipeline import evaluate_model, train_model
 from models.predict import Predictor
 from models.registry import decide_promotion, production_model
@@ -237,7 +237,7 @@ def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
 def test_label_studio_prefill_is_the_queue_models_output(home):
     """Queued faces are pre-filled with the model's probabilities of every label (also the AUs
     between the pseudo-label thresholds, which have no stored label), as Predictor gives them."""
-    from labeling.labelstudio import prediction_for, queue_predictions, queued_faces
+    from labeling.labelstudio.sync import prediction_for, queue_predictions, queued_faces
 
     wh = Warehouse(home)
     build_review_queue(wh, "au", ReviewSettings(queue="prefill", unique_top=5), log=QUIET)

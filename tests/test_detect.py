@@ -1,4 +1,4 @@
-"""Detection and cropping (labeling.detectors, labeling.detect, labeling.crops) on the demo
+"""Detection and cropping (labeling.detection.detectors, labeling.detection.detect, labeling.detection.crops) on the demo
 data's rendered faces, scikit-image's real photos, and media broken on purpose."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 import skimage.data
 
 from ferlab.cli import run_detect_cli
-from labeling.crops import crop_faces, eye_angles
-from labeling.detect import detect_files
-from labeling.detectors import Detection, Detector, load_detector, map_class_names
-from labeling.geometry import clip_boxes
-from labeling.landmarks import DlibEyes
-from labeling.prefetch import prefetch
-from labeling.yolo_env import prepare_ultralytics_offline
+from labeling.detection.crops import crop_faces, eye_angles
+from labeling.detection.detect import detect_files
+from labeling.detection.detectors import Detection, Detector, load_detector, map_class_names
+from labeling.detection.geometry import clip_boxes
+from labeling.detection.landmarks import DlibEyes
+from labeling.detection.prefetch import prefetch
+from labeling.detection.yolo_env import prepare_ultralytics_offline
 from models.device import resolve_device
 from warehouse.errors import ConfigError, InputError, StorageError
 from warehouse.schemas import DETECTIONS
@@ -215,7 +215,7 @@ def test_user_onnx_weights(tmp_path, astronaut):
     """A user's exported YOLO (.onnx, run by onnxruntime through ultralytics), offline."""
     import shutil
 
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
     from warehouse.packaged_weights import weight_path
 
     prepare_ultralytics_offline()
@@ -324,9 +324,9 @@ def _no_detector_load(monkeypatch) -> None:
     def loaded(*args, **kwargs):
         raise AssertionError("the detector was loaded before the arguments were checked")
 
-    import labeling.detectors
+    import labeling.detection.detectors
 
-    monkeypatch.setattr(labeling.detectors, "load_detector", loaded)
+    monkeypatch.setattr(labeling.detection.detectors, "load_detector", loaded)
 
 
 @pytest.mark.parametrize("case", ["folder", "missing_folder", "under_a_file", "read_only_folder"])
@@ -366,12 +366,12 @@ def test_detect_bad_arguments_fail_at_once(tmp_path, demo, monkeypatch):
 
 
 def test_detect_disk_full_is_one_clear_error(tmp_path, demo, monkeypatch):
-    import labeling.detect
+    import labeling.detection.detect
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(labeling.detect.pq, "write_table", full)
+    monkeypatch.setattr(labeling.detection.detect.pq, "write_table", full)
     out = tmp_path / "d.parquet"
     with pytest.raises(StorageError, match="No space left") as info:
         run_detect_cli([demo / VIDEO], "yunet", out, stride=10)

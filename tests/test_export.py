@@ -1,4 +1,4 @@
-"""labeling.export on the demo data (the tiny render: ingested, auto-labeled by the packaged
+"""labeling.fiftyone.export on the demo data (the tiny render: ingested, auto-labeled by the packaged
 teachers, snapshotted): the COCO JSON and YOLO label files FiftyOne's exporters write are read
 back and checked box by box against the warehouse; the label tables are the manifest."""
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ferlab.cli import main
-from labeling.export import export_version
+from labeling.fiftyone.export import export_version
 from warehouse.errors import ConfigError, InputError
 from warehouse.store import Warehouse
 from warehouse.versions import UnknownDatasetVersion, read_manifest, snapshot_dataset_version
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.server  # FiftyOne's database (mongod)
 
 @pytest.fixture(scope="module")
 def demo_version(demo_renders, tmp_path_factory) -> tuple[Warehouse, str]:
-    from labeling.autolabel import autolabel
-    from labeling.detectors import load_detector
-    from labeling.settings import AutoLabelSettings
+    from labeling.detection.autolabel import autolabel
+    from labeling.detection.detectors import load_detector
+    from labeling.detection.settings import AutoLabelSettings
     from warehouse.sources.disfa import ingest_disfa
     from warehouse.sources.fer2013 import ingest_fer2013
     from warehouse.sources.scraped import ingest_scraped

@@ -10,16 +10,16 @@ import pytest
 
 from assets.resources import FACE_TRUTH_CSV
 from ferlab.demo import QUIET
-from labeling.face_detector import STUDENT_ONNX, STUDENT_PT, truth_for
-from labeling.geometry import face_recall
-from labeling.settings import StudentDetectorSettings
+from labeling.detection.geometry import face_recall
+from labeling.student.face_detector import STUDENT_ONNX, STUDENT_PT, truth_for
+from labeling.student.settings import StudentDetectorSettings
 from warehouse.settings import SETTINGS_FILE
 
 pytestmark = pytest.mark.slow  # trains the YOLO student: left out of `make test-fast`
 
 INGEST_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 15 x 64
 # Started from the packaged COCO YOLO11n (the asset's default), 20 epochs at 160 px in steps of 8
-# images: ~90 s of CPU training. From scratch (labeling.student's yolov8n recipe), 40 epochs found
+# images: ~90 s of CPU training. From scratch (labeling.student.yolo's yolov8n recipe), 40 epochs found
 # 30-60 % of the scenes' faces at the detector's 0.25 score floor (on the earlier 4-subject demo).
 EPOCHS = 20
 IMGSZ = 160
@@ -143,7 +143,7 @@ def test_face_detector_trains_installs_and_becomes_the_default(trained):
 
 
 def test_ingestion_with_the_student_finds_the_demo_faces(trained):
-    from labeling.face_detector import select_training_images
+    from labeling.student.face_detector import select_training_images
     from warehouse import Warehouse
 
     assert all(r.success for r in trained["again"])

@@ -1,6 +1,6 @@
 """FiftyOne both ways, against FiftyOne's real database: the sync shows each face's emotion,
 the production model's pseudo labels and the review queue; a curator's edits and tags come
-back (labeling.fiftyone_corrections) as human labels and exclusions the next dataset version
+back (labeling.fiftyone.corrections) as human labels and exclusions the next dataset version
 honours. The warehouse is built by hand (rows only: neither the sync nor the versions open
 media files)."""
 
@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from ferlab.cli import main
-from labeling.fiftyone_corrections import CorrectionsReport, pull_corrections
-from labeling.fiftyone_sync import REVIEW_VIEW, SyncReport, sync_fiftyone
+from labeling.fiftyone.corrections import CorrectionsReport, pull_corrections
+from labeling.fiftyone.sync import REVIEW_VIEW, SyncReport, sync_fiftyone
 from warehouse.schemas import TABLES
 from warehouse.store import Warehouse
 from warehouse.versions import build_manifest, snapshot_dataset_version

@@ -1,4 +1,4 @@
-"""labeling.fiftyone_sync on a small warehouse built here (FER-2013, scraped, DISFA samples,
+"""labeling.fiftyone.sync on a small warehouse built here (FER-2013, scraped, DISFA samples,
 YuNet detections and face crops), with FiftyOne's real database, and its App served once."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import requests
 from ferlab.samples.disfa import write_disfa_sample
 from ferlab.samples.fer2013 import write_fer2013_sample
 from ferlab.samples.scraped import write_scraped_sample
-from labeling.crops import GRAY_SIZE, MARGIN, crop_faces
-from labeling.detect import detect_files, detection_id
-from labeling.detectors import load_detector
-from labeling.fiftyone_app import launch_review
-from labeling.fiftyone_sync import SyncReport, sync_fiftyone
+from labeling.detection.crops import GRAY_SIZE, MARGIN, crop_faces
+from labeling.detection.detect import detect_files, detection_id
+from labeling.detection.detectors import load_detector
+from labeling.fiftyone.app import launch_review
+from labeling.fiftyone.sync import SyncReport, sync_fiftyone
 from warehouse.hashing import stable_id
 from warehouse.schemas import TABLES
 from warehouse.sources.disfa import ingest_disfa
@@ -47,7 +47,7 @@ def _table(name: str, rows: list[dict]) -> pa.Table:
 
 
 def _add_crops(wh: Warehouse, paths: list[Path]) -> pa.Table:
-    """YuNet on the files, each face cropped as labeling.crops does; returns the detections."""
+    """YuNet on the files, each face cropped as labeling.detection.crops does; returns the detections."""
     detector = load_detector("yunet")
     crops: list[dict] = []
 
@@ -450,7 +450,7 @@ def test_launch_review_needs_a_synced_dataset(dataset_name):
 def test_review_app_serves_http_and_stops(built, dataset_name, tmp_path):
     sync_fiftyone(built["wh"], dataset_name)
     port = _free_port()
-    code = f"from labeling.fiftyone_app import launch_review; launch_review({dataset_name!r}, port={port})"
+    code = f"from labeling.fiftyone.app import launch_review; launch_review({dataset_name!r}, port={port})"
     log = tmp_path / "app.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

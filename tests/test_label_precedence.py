@@ -1,5 +1,5 @@
 """One label precedence (warehouse.precedence) for every reader: the dataset manifest
-(warehouse.versions) and the FiftyOne view (labeling.fiftyone_docs) pick the same emotion and
+(warehouse.versions) and the FiftyOne view (labeling.fiftyone.docs) pick the same emotion and
 the same AU labels of each image, and the ones human > gold > pseudo > weak says, by hand."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from labeling.fiftyone_docs import read_warehouse
+from labeling.fiftyone.docs import read_warehouse
 from warehouse import Warehouse
 from warehouse.hashing import stable_id
 from warehouse.schemas import DISFA_AUS, TABLES

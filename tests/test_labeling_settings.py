@@ -9,7 +9,8 @@ import pydantic
 import pytest
 
 from ferlab.cli import add_settings_flags, main, settings_from_flags
-from labeling.settings import MODEL_YAML, AutoLabelSettings, StudentDetectorSettings
+from labeling.detection.settings import AutoLabelSettings
+from labeling.student.settings import MODEL_YAML, StudentDetectorSettings
 from warehouse.errors import ConfigError
 
 

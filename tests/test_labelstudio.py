@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from benchmarks.labelstudio_roundtrip import fill_queue
-from labeling.labelstudio import (
+from labeling.labelstudio.sync import (
     AU_NAMES,
     LabelStudioClient,
     LabelStudioError,
@@ -77,7 +77,7 @@ def test_settings_never_show_the_key(monkeypatch):
 
 
 def test_server_env(tmp_path):
-    from labeling.labelstudio_server import server_env
+    from labeling.labelstudio.server import server_env
 
     env = server_env(tmp_path, "abc123", base_env={})
     assert (
@@ -196,7 +196,7 @@ def ls_server(tmp_path_factory):
     import subprocess
     import sys
 
-    from labeling.labelstudio_server import find_executable, stop_server, wait_healthy
+    from labeling.labelstudio.server import find_executable, stop_server, wait_healthy
 
     try:
         find_executable()
@@ -383,7 +383,7 @@ def test_dagster_assets_and_sensor(ls_server, tmp_path):
 @pytest.mark.server
 def test_wrong_token_and_stopped_server_are_clear_errors(ls_server, tmp_path, capsys, monkeypatch):
     from ferlab.cli import main
-    from labeling.labelstudio_server import stop_server
+    from labeling.labelstudio.server import stop_server
 
     wh = Warehouse(ls_server.home)
     before = {t: wh.count(t) for t in ("emotion_labels", "au_labels", "label_studio_tasks")}

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ferlab.demo import DEMO_AU
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from models.checkpoint import load_checkpoint
 from models.evaluation import overall, per_au_lines, per_label
 from models.pipeline import check_exports, evaluate_model, latest_model_id, load_run, train_model

@@ -1,4 +1,4 @@
-"""Pseudo-label thresholds (labeling.pseudo.pseudo_thresholds) against a brute-force oracle:
+"""Pseudo-label thresholds (labeling.curation.pseudo.pseudo_thresholds) against a brute-force oracle:
 every possible cut is tried, the chosen one reaches the target with the most coverage."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeling.curation_settings import PseudoLabelSettings
-from labeling.pseudo import pseudo_thresholds
+from labeling.curation.pseudo import pseudo_thresholds
+from labeling.curation.settings import PseudoLabelSettings
 from models.predictions import FoldPredictions
 from warehouse.errors import ConfigError
 
@@ -111,7 +111,7 @@ class _FakePredictor:
 def test_face_predictions_are_cached_per_model_and_only_new_faces_run(wh):
     import pyarrow as pa
 
-    from labeling.pseudo import face_predictions
+    from labeling.curation.pseudo import face_predictions
 
     faces = pa.table(
         {"crop_id": ["a", "b", "c"], "image_id": ["i", "i", "j"], "media_path": ["a.png", "bad.png", "c.png"]}

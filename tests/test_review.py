@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeling.review import brain_scores, knn_uniqueness
+from labeling.curation.review import brain_scores, knn_uniqueness
 
 
 def test_knn_uniqueness_matches_brute_force():

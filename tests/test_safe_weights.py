@@ -1,4 +1,4 @@
-"""No code from a weights file (labeling.safe_weights, issue 9 point 1): a .pt whose pickle
+"""No code from a weights file (labeling.detection.safe_weights, issue 9 point 1): a .pt whose pickle
 calls anything outside a YOLO model's classes is refused before a byte of it is unpickled,
 ultralytics' own loader refuses it too, garbage is one clear error naming the file, and the
 files the platform really loads (the packaged YOLO11n-seg, a trained student) still load."""
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from labeling.detectors import load_detector
+from labeling.detection.detectors import load_detector
 from warehouse.errors import InputError, UnsafeFileError
 
 
@@ -86,7 +86,7 @@ def test_ultralytics_own_loader_is_restricted(tmp_path):
     """Loads made inside ultralytics that the platform does not make itself (training's
     `pretrained=`, the trainer's final validation) skip our check: ultralytics' restricted
     loader must refuse the file on its own."""
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline()
     from ultralytics import YOLO
@@ -98,7 +98,7 @@ def test_ultralytics_own_loader_is_restricted(tmp_path):
 
 
 def test_pickle_globals_reads_every_protocol_without_running_it(tmp_path):
-    from labeling.safe_weights import pickle_globals
+    from labeling.detection.safe_weights import pickle_globals
 
     marker = tmp_path / "PWNED"
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
@@ -109,7 +109,7 @@ def test_pickle_globals_reads_every_protocol_without_running_it(tmp_path):
 
 def test_refused_names_are_cleaned_for_one_line(tmp_path):
     """A global's name comes from the file: control characters must not reach the terminal."""
-    from labeling.safe_weights import check_checkpoint
+    from labeling.detection.safe_weights import check_checkpoint
 
     path = tmp_path / "weird.pt"
     body = b"\x80\x02c" + b"posix\nsys\x1b[2Jtem\n" + b"q\x00."
@@ -169,7 +169,7 @@ def test_garbage_onnx_is_one_clear_error(tmp_path):
 
 # ---- what must still load -----------------------------------------------------------------
 def test_the_packaged_yolo_still_loads():
-    from labeling.safe_weights import check_checkpoint
+    from labeling.detection.safe_weights import check_checkpoint
 
     check_checkpoint(_packaged_pt())
     detector = load_detector("yolo", device="cpu")
@@ -180,7 +180,7 @@ def test_the_packaged_yolo_still_loads():
 def test_a_student_checkpoint_still_loads(tmp_path):
     """A student as ultralytics' trainer writes it (the EMA model in fp16, the train args, numpy
     scalars among the metrics), without the minutes a real training takes."""
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline()
     import ultralytics

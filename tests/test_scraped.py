@@ -311,7 +311,7 @@ def test_killed_run_resumes(ingested, tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_rejects_hold_after_ultralytics_patches_pillow(tmp_path: Path) -> None:
     """ultralytics replaces PIL.Image.open process-wide; a text file is still not_an_image."""
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline(tmp_path / "ultralytics")
     import ultralytics  # noqa: F401  (the import applies the patch)

@@ -1,4 +1,4 @@
-"""Teacher -> student (labeling.student): the YOLO dataset the teachers' labels make, our
+"""Teacher -> student (labeling.student.yolo): the YOLO dataset the teachers' labels make, our
 mAP@0.5, and (slow) a student trained from scratch on the demo data, offline, scored on
 held-out subjects and scenes against the teachers and against the demo's ground truth."""
 
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from labeling.detectors import Detection, TeacherDetector, load_detector, packaged_person_detector
-from labeling.geometry import map50
-from labeling.settings import StudentDetectorSettings
-from labeling.student import (
+from labeling.detection.detectors import Detection, TeacherDetector, load_detector, packaged_person_detector
+from labeling.detection.geometry import map50
+from labeling.student.settings import StudentDetectorSettings
+from labeling.student.yolo import (
     StudentReport,
     build_yolo_dataset,
     evaluate_map50,
@@ -228,7 +228,7 @@ def test_evaluate_map50_runs_a_detector_over_images():
 def demo_images(demo: Path, stride: int = VIDEO_STRIDE):
     """(image id, image, group) for the demo's scenes (group: their folder) and every
     `stride`-th frame of its DISFA videos (group: the subject), and the true face boxes."""
-    from labeling.media import Frame, iter_frames
+    from labeling.detection.media import Frame, iter_frames
 
     with open(demo / "truth" / "faces.csv") as f:
         rows = [r for r in csv.DictReader(f) if not r["path"].startswith("fer2013")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeling.truth import read_face_boxes
+from labeling.student.truth import read_face_boxes
 from warehouse.errors import InputError
 
 HEADER = "path,frame,x1,y1,x2,y2,emotion\n"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ferlab import cli
-from labeling.autolabel import autolabel
-from labeling.detectors import load_detector
+from labeling.detection.autolabel import autolabel
+from labeling.detection.detectors import load_detector
 from models.data import Faces
 from models.pipeline import latest_model_id, load_run
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, load_settings

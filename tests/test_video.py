@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from labeling.media import Frame, iter_frames
+from labeling.detection.media import Frame, iter_frames
 from warehouse.video import VideoDecode, avi_cut, decode_frames, first_lost, truncation_detail
 
 FRAMES = 24

@@ -1,5 +1,5 @@
 """Reading video frames so that a cut file never passes a half-decoded frame on: the one
-reader for DISFA ingestion (warehouse.sources.disfa) and detection (labeling.detect).
+reader for DISFA ingestion (warehouse.sources.disfa) and detection (labeling.detection.detect).
 
 OpenCV decodes a truncated video without complaint and hands back a half-grey last frame. So
 each kept frame is held back until the next grab succeeds, an AVI's RIFF chunks are checked

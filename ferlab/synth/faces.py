@@ -654,7 +654,7 @@ def _aligned_crop(image: np.ndarray, lm: np.ndarray, box_w: float) -> tuple[np.n
 
 
 def _yunet_confirms(image: np.ndarray) -> bool:
-    from labeling.detectors import yunet_model
+    from labeling.detection.detectors import yunet_model
 
     h, w = image.shape[:2]
     det = yunet_model(input_size=(w, h))

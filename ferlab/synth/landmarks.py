@@ -101,7 +101,7 @@ def control_points(lm: np.ndarray, width: int, height: int) -> np.ndarray:
 def dlib_models() -> tuple[Any, Any]:
     import dlib
 
-    from labeling.landmarks import dlib_shape_predictor
+    from labeling.detection.landmarks import dlib_shape_predictor
 
     return dlib.get_frontal_face_detector(), dlib_shape_predictor()
 

@@ -34,8 +34,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from labeling.curation_settings import ReviewSettings
-from labeling.pseudo import STRONG_SOURCES, face_predictions, latest_version, pseudo_thresholds, resolve_model
+from labeling.curation.pseudo import (
+    STRONG_SOURCES,
+    face_predictions,
+    latest_version,
+    pseudo_thresholds,
+    resolve_model,
+)
+from labeling.curation.settings import ReviewSettings
 from models.pipeline import load_run
 from models.predict import Predictor
 from warehouse import Warehouse

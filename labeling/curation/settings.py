@@ -1,4 +1,4 @@
-"""The settings of the curation runs (labeling.pseudo, labeling.review): frozen, validated, the
+"""The settings of the curation runs (labeling.curation.pseudo, labeling.curation.review): frozen, validated, the
 `ferlab pseudo-label` / `ferlab review-queue` flags and the Dagster configs generated from the
 fields. Kept free of torch so that building the CLI's flags stays fast."""
 

@@ -4,10 +4,10 @@
     save_analysis(result, "clip.parquet")       # or .csv; settings beside it: clip.parquet.settings.json
     print(result.summary())
 
-decode (a background thread, labeling.prefetch) -> detect faces in batches of frames with the
+decode (a background thread, labeling.detection.prefetch) -> detect faces in batches of frames with the
 production detector (this data root's YOLO student, else YuNet; a worker thread, one batch ahead
 of the rest) -> track them (ultralytics' ByteTrack, fed with our detections) -> crop and align them
-as auto-labeling does (labeling.crops) -> the AU and emotion models (the production ones, or the
+as auto-labeling does (labeling.detection.crops) -> the AU and emotion models (the production ones, or the
 ids given) on all the faces of a batch at once, ONNX Runtime (CUDA when present) -> rows.
 `benchmarks/analyze_video.py` times it.
 
@@ -24,7 +24,7 @@ Columns, in this order (scripts may rely on them):
 - one column per emotion of the emotion model (`angry` ... `neutral`): its probability
 - `emotion`: the most probable emotion, or "uncertain" when its probability is below
   `min_probability` (seed 004)
-- `emotion_from_aus`: the emotion the present AUs imply (Ekman's patterns, labeling.ekman):
+- `emotion_from_aus`: the emotion the present AUs imply (Ekman's patterns, labeling.analysis.ekman):
   "neutral" when no AU is present, null when present AUs match no pattern
 
 With `average` N > 1 every probability is the mean over the face's track's last N frames (this one
@@ -53,13 +53,13 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from labeling.crops import crop_faces
-from labeling.detectors import Detection, Detector, as_bgr
-from labeling.ekman import emotion_from_aus
-from labeling.media import IMAGE_EXTS, VIDEO_EXTS, iter_frames, media_files
-from labeling.prefetch import prefetch
-from labeling.settings import AnalyzeSettings
-from labeling.tracking import FaceTracker
+from labeling.analysis.ekman import emotion_from_aus
+from labeling.analysis.settings import AnalyzeSettings
+from labeling.analysis.tracking import FaceTracker
+from labeling.detection.crops import crop_faces
+from labeling.detection.detectors import Detection, Detector, as_bgr
+from labeling.detection.media import IMAGE_EXTS, VIDEO_EXTS, iter_frames, media_files
+from labeling.detection.prefetch import prefetch
 from warehouse.atomic import atomic_path, atomic_write_bytes
 from warehouse.errors import InputError
 from warehouse.rejects import Reject
@@ -247,7 +247,7 @@ def resolve_detector(home: Path, spec: str) -> str:
     teacher: the persons the full teachers add are of no use here); any other spec as it is."""
     if spec != "auto":
         return spec
-    from labeling.face_detector import STUDENT_PT, student_dir
+    from labeling.student.face_detector import STUDENT_PT, student_dir
 
     student = student_dir(home) / STUDENT_PT
     return str(student) if student.is_file() else "yunet"
@@ -458,8 +458,8 @@ def analyze(
         ConfigError: a model id of the wrong task, or a bad setting.
         FileNotFoundError: no model of the id given.
     """
-    from labeling.pseudo import resolve_model
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.curation.pseudo import resolve_model
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
     from models.predict import Predictor
 
     settings = settings or AnalyzeSettings()
@@ -481,7 +481,7 @@ def analyze(
     au_cut = au_thresholds(wh, au_id, len(au.labels))
     prepare_ultralytics_offline(wh.home / "ultralytics")
     if detector is None:
-        from labeling.detectors import load_detector
+        from labeling.detection.detectors import load_detector
 
         detector = load_detector(resolve_detector(wh.home, settings.detector), device=settings.device)
 

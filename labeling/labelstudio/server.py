@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from labeling.labelstudio import KEY_ENV, LabelStudioError
+from labeling.labelstudio.sync import KEY_ENV, LabelStudioError
 from warehouse.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

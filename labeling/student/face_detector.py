@@ -5,7 +5,7 @@
     trained.weights      # <home>/models/face_detector/student.pt (+ student.onnx beside it)
 
 The ingested DISFA frames (every `disfa_stride`-th of each video) and scraped images are
-labeled by the teachers and a YOLO student is trained on them (labeling.student), in a work
+labeled by the teachers and a YOLO student is trained on them (labeling.student.yolo), in a work
 folder beside the target; the finished files then replace the installed ones atomically, so a
 detection run never sees half a file and DetectorResource(spec="auto") picks the student up.
 FER-2013 images are face crops already: nothing to localize, so they are left out.
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from labeling.detectors import Detector
-from labeling.geometry import Box
-from labeling.settings import StudentDetectorSettings
-from labeling.student import ImageInput, StudentReport, init_weights, teach_student
-from labeling.truth import read_face_boxes, truth_root
+from labeling.detection.detectors import Detector
+from labeling.detection.geometry import Box
+from labeling.student.settings import StudentDetectorSettings
+from labeling.student.truth import read_face_boxes, truth_root
+from labeling.student.yolo import ImageInput, StudentReport, init_weights, teach_student
 from warehouse.atomic import atomic_path
 from warehouse.hashing import sha256_file
 from warehouse.store import Warehouse
@@ -77,12 +77,12 @@ def select_training_images(wh: Warehouse, disfa_stride: int = 8, max_images: int
 
 
 def training_inputs(wh: Warehouse, rows: Sequence[Mapping[str, Any]]) -> list[ImageInput]:
-    """(image_id, media file, group) triples for labeling.student."""
+    """(image_id, media file, group) triples for labeling.student.yolo."""
     return [(r["image_id"], wh.path(r["media_path"]), r["group"]) for r in rows]
 
 
 def truth_for(rows: Sequence[Mapping[str, Any]], truth_csv: str | Path) -> dict[str, list[Box]]:
-    """image_id -> its true face boxes (labeling.truth's CSV at `truth_csv`), for the rows
+    """image_id -> its true face boxes (labeling.student.truth's CSV at `truth_csv`), for the rows
     whose source file lies under the folder that CSV describes; such an image without a truth
     row holds no face. Empty when no row comes from there. OSError when the CSV cannot be read."""
     root = truth_root(truth_csv)
@@ -133,8 +133,8 @@ def train_face_detector(
 ) -> TrainedDetector:
     """Label the warehouse's DISFA frames and scraped images (`settings.disfa_stride`,
     `settings.max_images`) with `teacher`, train the student on them as `settings` say
-    (labeling.student), split by group, score it on the held-out groups (against the teacher,
-    and against the ground truth in `truth_csv`, a labeling.truth CSV, when the caller gives
+    (labeling.student.yolo), split by group, score it on the held-out groups (against the teacher,
+    and against the ground truth in `truth_csv`, a labeling.student.truth CSV, when the caller gives
     one) and install it in `target` (default <home>/models/face_detector) with its
     settings.json. ValueError when there is nothing to train on; ConfigError, InputError or
     UnsafeFileError for a start file or device that cannot be used, before anything is labeled."""

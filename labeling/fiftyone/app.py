@@ -1,11 +1,11 @@
-"""The FiftyOne App on a synced dataset (labeling.fiftyone_sync), served until interrupted."""
+"""The FiftyOne App on a synced dataset (labeling.fiftyone.sync), served until interrupted."""
 
 from __future__ import annotations
 
 import socket
 import time
 
-from labeling.fiftyone_sync import DEFAULT_NAME, import_fiftyone
+from labeling.fiftyone.sync import DEFAULT_NAME, import_fiftyone
 
 
 def _fiftyone_server(address: str, port: int) -> bool:

@@ -8,7 +8,7 @@ packaged YOLO11n, a trained YOLO student or a user's weights file without other 
 
 Every detector names itself (`name`) and the sha256 of its weights, recorded with each
 detection so a label can always be traced to the exact model that made it. A .pt file is
-checked before it is unpickled and loaded without running code from it (labeling.safe_weights);
+checked before it is unpickled and loaded without running code from it (labeling.detection.safe_weights);
 a detector that cannot load is a FerlabError (InputError, ConfigError, UnsafeFileError).
 """
 
@@ -191,7 +191,7 @@ class UltralyticsDetector:
         half: bool | None = None,
         name: str | None = None,
     ):
-        from labeling.safe_weights import load_yolo
+        from labeling.detection.safe_weights import load_yolo
 
         self.weights = Path(weights)
         if not self.weights.is_file():

@@ -1,7 +1,7 @@
 """A curator's work in FiftyOne, back into the warehouse: edited face emotions become human
 labels, the tags `reject` / `relabel` become exclusions and review-queue rows.
 
-`pull_corrections(wh, dataset_name)` reads the dataset labeling.fiftyone_sync keeps and
+`pull_corrections(wh, dataset_name)` reads the dataset labeling.fiftyone.sync keeps and
 compares each face (`face_emotions` detection) with what ferlab last synced or pulled there
 (`ferlab_label`, `ferlab_tags`; for sample tags the sample field `ferlab_tags`):
 
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from labeling.fiftyone_docs import CURATOR_TAGS
-from labeling.fiftyone_sync import DEFAULT_NAME, import_fiftyone
+from labeling.fiftyone.docs import CURATOR_TAGS
+from labeling.fiftyone.sync import DEFAULT_NAME, import_fiftyone
 from warehouse.schemas import EMOTIONS, TABLES
 from warehouse.store import Warehouse
 from warehouse.versions import ONE_FACE_SOURCES

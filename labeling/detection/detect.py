@@ -1,6 +1,6 @@
 """Run a detector over image files and videos: one `detections` row per box.
 
-Decoding (labeling.media, warehouse.video) runs in a background thread (labeling.prefetch)
+Decoding (labeling.detection.media, warehouse.video) runs in a background thread (labeling.detection.prefetch)
 that feeds a bounded queue, so the detector (the
 expensive part) never waits for the disk or the codec; frames go to it in batches. Bad
 input (empty file, not an image, a video OpenCV cannot open, a cut-off video) becomes a
@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeling.detectors import Detection, Detector
-from labeling.media import Frame, iter_frames
-from labeling.prefetch import prefetch
+from labeling.detection.detectors import Detection, Detector
+from labeling.detection.media import Frame, iter_frames
+from labeling.detection.prefetch import prefetch
 from warehouse.atomic import atomic_path
 from warehouse.hashing import stable_id
 from warehouse.rejects import Reject

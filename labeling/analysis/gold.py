@@ -7,7 +7,7 @@ labels: what the production models say about a whole recording, next to what the
     result.report["markdown"]                            # <home>/analysis/disfa/SN001/report/report.md
 
 The video is the one ingestion read (its path is recorded in `images.source_uri`), the left camera
-unless another is asked for. `labeling.analyze` runs on every frame of it; a frame where several
+unless another is asked for. `labeling.analysis.analyze` runs on every frame of it; a frame where several
 faces are found keeps the face of the highest detector score (the larger box on a tie): DISFA
 films one person, so the others are false detections. The rows are joined by frame number to the
 subject's gold labels (the `au_labels` view, so a corrected label file counts): the intensity and
@@ -39,9 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from labeling.analyze import AnalysisResult, analyze, au_thresholds
-from labeling.detectors import Detector
-from labeling.settings import AnalyzeSettings
+from labeling.analysis.analyze import AnalysisResult, analyze, au_thresholds
+from labeling.analysis.settings import AnalyzeSettings
+from labeling.detection.detectors import Detector
 from models import render
 from models.metrics import multilabel_scores
 from models.pipeline import load_run

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from labeling.detectors import Detection
+from labeling.detection.detectors import Detection
 
 
 class FaceTracker:
@@ -29,8 +29,8 @@ class FaceTracker:
     trackers of successive inputs of a run never reuse one; `last_id` is the highest given."""
 
     def __init__(self, buffer: int = 30, match: float = 0.8, first_id: int = 0):
-        if "ultralytics" not in sys.modules:  # offline, settings in our folder (labeling.yolo_env)
-            from labeling.yolo_env import prepare_ultralytics_offline
+        if "ultralytics" not in sys.modules:  # offline, settings in our folder (labeling.detection.yolo_env)
+            from labeling.detection.yolo_env import prepare_ultralytics_offline
 
             prepare_ultralytics_offline()
         from ultralytics.trackers.byte_tracker import BYTETracker

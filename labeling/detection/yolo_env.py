@@ -3,7 +3,7 @@
 
 Ultralytics reads its environment once, at import: where its settings live, whether it may
 go online, whether it may pip-install missing packages, whether it loads .pt files with
-`weights_only` (labeling.safe_weights). Its `check_font` also downloads Arial.ttf from GitHub
+`weights_only` (labeling.detection.safe_weights). Its `check_font` also downloads Arial.ttf from GitHub
 unless the file is already in its config folder.
 """
 
@@ -139,7 +139,7 @@ def _restrict_checkpoint_loading() -> None:
     the variable was set, switch on the flag its loader reads at each load. Its restricted
     loader then unpickles .pt files with `weights_only=True` against its allow-list (also for
     the loads it makes on its own, as training's `pretrained=`) and parses model yaml without
-    eval. labeling.safe_weights.require_restricted_loading checks it before every load."""
+    eval. labeling.detection.safe_weights.require_restricted_loading checks it before every load."""
     from ultralytics.nn import tasks
 
     if hasattr(tasks, "SAFE_LOAD"):

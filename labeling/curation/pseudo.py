@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeling.curation_settings import PseudoLabelSettings
+from labeling.curation.settings import PseudoLabelSettings
 from models.pipeline import load_run
 from models.predict import Predictor
 from models.predictions import FoldPredictions

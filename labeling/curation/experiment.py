@@ -8,7 +8,7 @@ on the same held-out gold faces.
 Per fold (the gold faces' subject-exclusive folds, `models.data.group_kfold`):
 1. the gold arm trains on the fold's gold training people (early stopping on its validation people);
 2. that model is the fold's teacher: its two thresholds per AU are chosen on its validation people
-   (`labeling.pseudo.pseudo_thresholds`, the production pseudo-labeler's rule) and it labels the
+   (`labeling.curation.pseudo.pseudo_thresholds`, the production pseudo-labeler's rule) and it labels the
    faces without a gold or human AU label (FER-2013, scraped faces): present above the upper cut,
    absent below the lower, unknown between them;
 3. the gold + pseudo arm trains on the same gold people plus every face with at least one pseudo
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from labeling.curation_settings import PseudoExperimentSettings
-from labeling.pseudo import STRONG_SOURCES, Cut, au_pseudo_targets, pseudo_thresholds
+from labeling.curation.pseudo import STRONG_SOURCES, Cut, au_pseudo_targets, pseudo_thresholds
+from labeling.curation.settings import PseudoExperimentSettings
 from models.data import Faces, decode_crops, group_kfold, validation_split
 from models.device import torch_device
 from models.evaluation import overall

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from labeling.detectors import Detection, as_bgr
-from labeling.geometry import clip_boxes, crop_squares
-from labeling.landmarks import EyeLocator
+from labeling.detection.detectors import Detection, as_bgr
+from labeling.detection.geometry import clip_boxes, crop_squares
+from labeling.detection.landmarks import EyeLocator
 from warehouse.rejects import Reject
 
 SOURCE = "labeling"
@@ -115,7 +115,7 @@ def crop_faces(
     Boxes are clipped to the image first; a box with no area left is rejected
     ("degenerate_box"). Pixels the square reaches beyond the image repeat its edge. The eye
     line is leveled (`align`) from the detections' landmarks, or from `eyes` when given
-    (e.g. labeling.landmarks.DlibEyes, which reads head roll far better than YuNet)."""
+    (e.g. labeling.detection.landmarks.DlibEyes, which reads head roll far better than YuNet)."""
     faces = [(i, d) for i, d in enumerate(detections) if d.label == "face"]
     if not faces:
         return [], []

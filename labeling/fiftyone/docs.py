@@ -1,6 +1,6 @@
 """What the warehouse says about each image, read in one pass (SQL over images, labels,
 detections and crops) and written as the stored form of FiftyOne's labels. No FiftyOne import
-here: labeling.fiftyone_sync writes these documents into a dataset.
+here: labeling.fiftyone.sync writes these documents into a dataset.
 
 Label precedence (which emotion / AU label an image shows) is warehouse.precedence's, the
 same the dataset versions use. Label ids are derived from the warehouse keys (detection_id,
@@ -13,7 +13,7 @@ dataset versions), the image's labels; whether a curator excluded it (`exclusion
 `relabel` from the exclusion's reason); its pending place in `review_queue` (the highest
 priority among queue rows not yet answered by a human label of the face written after the
 row was queued). `ferlab_label` / `ferlab_tags` repeat what was synced, so that
-labeling.fiftyone_corrections can tell a curator's edit from the synced value.
+labeling.fiftyone.corrections can tell a curator's edit from the synced value.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from labeling.geometry import crop_squares
+from labeling.detection.geometry import crop_squares
 from warehouse.precedence import au_order_sql, counts_sql, emotion_order_sql
 from warehouse.store import Warehouse, quote_literal
 from warehouse.versions import ONE_FACE_SOURCES
@@ -35,7 +35,7 @@ from warehouse.versions import ONE_FACE_SOURCES
 FORMAT = 2
 SCALARS = ("image_id", "source", "subject", "video_id", "split", "batch", "frame_index")
 DOCS = ("metadata", "ground_truth", "aus", "detections", "face_crops", "face_emotions", "predictions")
-# The curator's tags ferlab reads back (labeling.fiftyone_corrections) and shows for exclusions.
+# The curator's tags ferlab reads back (labeling.fiftyone.corrections) and shows for exclusions.
 CURATOR_TAGS = ("reject", "relabel")
 
 
@@ -231,7 +231,7 @@ def relative_box(x1: float, y1: float, x2: float, y2: float, w: int, h: int) -> 
 
 
 def _crop_square(x1, y1, x2, y2, w, h, margin) -> list[float]:
-    """The square labeling.crops cut (labeling.geometry.crop_squares of the clipped box)."""
+    """The square labeling.detection.crops cut (labeling.detection.geometry.crop_squares of the clipped box)."""
     x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
     y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
     (cx,), (cy,), (side,) = crop_squares(np.array([[x1, y1, x2, y2]]), margin)

@@ -12,8 +12,8 @@ YOLO trained from scratch on their labels becomes the fast production detector (
 `images` are (image_id, BGR array or image file, group) triples; the group is what must not
 straddle the split (a subject, a video, a scraped batch), so the student is scored on images
 of groups it never saw. Nothing here touches the network: ultralytics is prepared offline
-(labeling.yolo_env) and the model is built from its yaml, untrained or from packaged weights. No code runs from a
-weights file: a .pt to start from or to export is checked first (labeling.safe_weights), and
+(labeling.detection.yolo_env) and the model is built from its yaml, untrained or from packaged weights. No code runs from a
+weights file: a .pt to start from or to export is checked first (labeling.detection.safe_weights), and
 ultralytics' own loads go through its restricted loader.
 """
 
@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 import yaml
 
-from labeling.detectors import LABELS, Detection, Detector, as_bgr
-from labeling.geometry import Box, map50
-from labeling.settings import INIT_PACKAGED, INIT_SCRATCH, StudentDetectorSettings
+from labeling.detection.detectors import LABELS, Detection, Detector, as_bgr
+from labeling.detection.geometry import Box, map50
+from labeling.student.settings import INIT_PACKAGED, INIT_SCRATCH, StudentDetectorSettings
 from models.device import resolve_device
 from warehouse.errors import ConfigError
 
@@ -222,27 +222,27 @@ def read_yolo_split(data_yaml: Path, split: str = "val") -> tuple[list[Path], li
 # ---- training ---------------------------------------------------------------------------------
 def init_weights(init: str) -> Path | None:
     """`init` as a weights file to start from: INIT_PACKAGED (the packaged YOLO11n-seg),
-    INIT_SCRATCH (None) or a .pt path, checked here (labeling.safe_weights) so that a file that
+    INIT_SCRATCH (None) or a .pt path, checked here (labeling.detection.safe_weights) so that a file that
     is refused fails before the teachers label anything. ConfigError, InputError or
     UnsafeFileError otherwise; FileNotFoundError when set-up has not fetched the packaged file."""
     if init == INIT_SCRATCH:
         return None
     if init == INIT_PACKAGED:
-        from labeling.detectors import YOLO_PERSON_FILE
+        from labeling.detection.detectors import YOLO_PERSON_FILE
         from warehouse.packaged_weights import weight_path
 
         return weight_path(YOLO_PERSON_FILE)
     path = Path(init)
     if path.suffix != ".pt" or not path.is_file():
         raise ConfigError(f"init must be {INIT_PACKAGED!r}, {INIT_SCRATCH!r} or a .pt file, not {init!r}")
-    from labeling.safe_weights import check_checkpoint
+    from labeling.detection.safe_weights import check_checkpoint
 
     check_checkpoint(path)
     return path
 
 
 def _ultralytics():
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     prepare_ultralytics_offline()
     from ultralytics import YOLO
@@ -299,7 +299,7 @@ def train_student(
     args.update(train_args)
     pretrained = args.get("pretrained")
     if isinstance(pretrained, (str, Path)) and Path(pretrained).suffix.lower() == ".pt":
-        from labeling.safe_weights import check_checkpoint
+        from labeling.detection.safe_weights import check_checkpoint
 
         check_checkpoint(pretrained)  # ultralytics would refuse it too, but after the labeling
     model = YOLO(settings.model_yaml)
@@ -323,7 +323,7 @@ def epochs_run(weights: Path) -> int:
 def export_yolo_onnx(weights: Path, imgsz: int | None = None) -> Path:
     """weights.pt -> weights.onnx next to it (static input at the training size unless
     `imgsz`), for onnxruntime without torch; load it with load_detector(str(path))."""
-    from labeling.safe_weights import load_yolo
+    from labeling.detection.safe_weights import load_yolo
 
     model = load_yolo(weights)
     kw: dict[str, Any] = {"format": "onnx", "device": "cpu", "verbose": False}
@@ -334,7 +334,7 @@ def export_yolo_onnx(weights: Path, imgsz: int | None = None) -> Path:
 
 def load_student(weights: Path | str, device: str = "auto", conf: float = 0.25, **kw: Any) -> Detector:
     """load_detector for a student (it runs at the size the student was trained at)."""
-    from labeling.detectors import load_detector
+    from labeling.detection.detectors import load_detector
 
     return load_detector(str(weights), device=device, conf=conf, **kw)
 

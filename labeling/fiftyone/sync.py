@@ -29,7 +29,7 @@ warehouse: one sample per row of `images`, keyed by image_id.
                   face waits in `review_queue`; ferlab_label / ferlab_tags: what ferlab synced
                   (do not edit: they tell a curator's edit from the synced value). Curators
                   edit a face's emotion here (its label) and tag a face `reject` / `relabel`;
-                  labeling.fiftyone_corrections brings both back to the warehouse.
+                  labeling.fiftyone.corrections brings both back to the warehouse.
     predictions   fo.Classifications: the production models' pseudo labels of each face
                   (label "happy" / "AU12", confidence = the model's probability, threshold,
                   present, kind emotion|au, model, crop_id)
@@ -53,7 +53,7 @@ ferlab_tags): that face keeps the curator's label, tags and ferlab_* values, so 
 never erases an edit; after `pull_corrections` the edit is a human label in the warehouse and
 comes back from there. All writes are batched (`add_samples`, one
 `set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
-What each field holds is built by labeling.fiftyone_docs; the App is labeling.fiftyone_app.
+What each field holds is built by labeling.fiftyone.docs; the App is labeling.fiftyone.app.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from labeling.fiftyone_docs import (
+from labeling.fiftyone.docs import (
     CURATOR_TAGS,
     DOCS,
     FORMAT,

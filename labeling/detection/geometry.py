@@ -57,7 +57,7 @@ def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def _as_prediction(d) -> Prediction:
-    if hasattr(d, "score") and hasattr(d, "x1"):  # a labeling.detectors.Detection
+    if hasattr(d, "score") and hasattr(d, "x1"):  # a labeling.detection.detectors.Detection
         return (d.label, d.x1, d.y1, d.x2, d.y2, d.score)
     label, x1, y1, x2, y2, score = d
     return (str(label), float(x1), float(y1), float(x2), float(y2), float(score))

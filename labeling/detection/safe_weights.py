@@ -10,7 +10,7 @@ for a file made to call it. Two locks, each enough on its own for the files it s
    UnsafeFileError naming the file and the global. A file that is no checkpoint at all (not
    a zip, a TorchScript archive, a broken pickle) is an InputError.
 2. ultralytics' restricted loading (ULTRALYTICS_SAFE_LOAD, switched on for the whole process
-   by labeling.yolo_env): `torch.load(weights_only=True)` against its allow-list, and model
+   by labeling.detection.yolo_env): `torch.load(weights_only=True)` against its allow-list, and model
    yaml activations parsed without eval. It also guards the loads ultralytics makes on its own
    (training's `pretrained=`, the trainer's final validation), which never pass through 1.
 
@@ -251,7 +251,7 @@ def check_checkpoint(path: str | Path) -> None:
 # ---- loading --------------------------------------------------------------------------------------
 def require_restricted_loading() -> None:
     """ConfigError unless ultralytics loads .pt files through its restricted loader (turned on
-    by labeling.yolo_env.prepare_ultralytics_offline): the allow-list above counts on it."""
+    by labeling.detection.yolo_env.prepare_ultralytics_offline): the allow-list above counts on it."""
     from ultralytics.nn import tasks
 
     safe_load = getattr(tasks, "_SafeLoad", None)
@@ -260,7 +260,7 @@ def require_restricted_loading() -> None:
 
         raise ConfigError(
             f"ultralytics {ultralytics.__version__} is not loading .pt files with weights_only (needs "
-            "ultralytics >= 8.4.190 with torch >= 2.6, prepared by labeling.yolo_env); use .onnx weights"
+            "ultralytics >= 8.4.190 with torch >= 2.6, prepared by labeling.detection.yolo_env); use .onnx weights"
         )
 
 
@@ -290,7 +290,7 @@ def load_yolo(path: str | Path):
     """An ultralytics YOLO for a .pt file (checked by `check_checkpoint`, then loaded by
     ultralytics' restricted loader) or an .onnx file, with its class names read (so a broken
     ONNX file fails here, not at the first detection). Every failure is a FerlabError."""
-    from labeling.yolo_env import prepare_ultralytics_offline
+    from labeling.detection.yolo_env import prepare_ultralytics_offline
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from labeling.crops import CROP_SIZE, GRAY_SIZE, FaceCrop, crop_faces
-from labeling.detect import DetectionRows, detect_frames, detection_id
-from labeling.detectors import Detection, Detector
-from labeling.landmarks import EyeLocator
-from labeling.media import Frame
-from labeling.settings import AutoLabelSettings
+from labeling.detection.crops import CROP_SIZE, GRAY_SIZE, FaceCrop, crop_faces
+from labeling.detection.detect import DetectionRows, detect_frames, detection_id
+from labeling.detection.detectors import Detection, Detector
+from labeling.detection.landmarks import EyeLocator
+from labeling.detection.media import Frame
+from labeling.detection.settings import AutoLabelSettings
 from warehouse.hashing import stable_id
 from warehouse.rejects import Reject
 from warehouse.schemas import CROPS

@@ -1,7 +1,7 @@
 """Label Studio as the curators' labeling tool: push queued faces as tasks (with the model's
 prediction pre-filled), pull submitted annotations back as `human` labels of those faces.
 
-The server (`labeling.labelstudio_server`, `ferlab labelstudio serve`) runs from its own
+The server (`labeling.labelstudio.server`, `ferlab labelstudio serve`) runs from its own
 virtualenv; this module only talks to it over HTTP through `label_studio_sdk` 2.x. Where it is:
 $LABEL_STUDIO_URL (default http://127.0.0.1:8089); the token: $LABEL_STUDIO_API_KEY (the
 server's admin token, a legacy `Token`). The key never appears in a repr, a log or an error.
@@ -374,14 +374,14 @@ def model_predictions(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The model's output on these faces, as {crop_id: {"emotion": {every class: probability}} or
     {"aus": {"AU1": probability, ...}}}: every label, also those between the pseudo-label thresholds
-    (the faces a curator is asked about). Through `labeling.pseudo.face_predictions`, so a face the
+    (the faces a curator is asked about). Through `labeling.curation.pseudo.face_predictions`, so a face the
     pseudo-labeler or the review queue already ran is read from the model's cache. Unreadable crops
     are left out.
 
     Raises:
         FileNotFoundError: no such model, or its files are missing.
     """
-    from labeling.pseudo import face_predictions
+    from labeling.curation.pseudo import face_predictions
     from models.predict import Predictor
 
     ids = sorted(set(crop_ids))

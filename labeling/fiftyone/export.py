@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from labeling.fiftyone_docs import relative_box
-from labeling.fiftyone_sync import import_fiftyone
+from labeling.fiftyone.docs import relative_box
+from labeling.fiftyone.sync import import_fiftyone
 from warehouse.errors import ConfigError, InputError
 from warehouse.schemas import SPLITS
 from warehouse.store import Warehouse

@@ -1,4 +1,4 @@
-"""Ground-truth face boxes from a CSV file, to score a detector against (labeling.face_detector).
+"""Ground-truth face boxes from a CSV file, to score a detector against (labeling.student.face_detector).
 
 The file has one row per face: `path` (relative to the folder above the CSV's own folder),
 `frame` (1-based for a video frame, empty for an image) and `x1, y1, x2, y2` in pixels; other

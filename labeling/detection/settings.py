@@ -1,0 +1,28 @@
+"""How ingested images are auto-labeled (labeling.detection.autolabel): one frozen, validated
+object, whose fields are the Dagster config (assets.resources.DetectorResource) and the
+`ferlab autolabel` flags. A bad value is a ConfigError naming the field."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from labeling.detection.crops import MARGIN
+from warehouse.settings import Settings
+
+
+class AutoLabelSettings(Settings):
+    """How ingested images are auto-labeled: which detector, where, and how faces are cropped."""
+
+    spec: str = Field(
+        "auto",
+        min_length=1,
+        description="auto (this data root's trained student, else the teachers) | yunet | yolo | teachers | "
+        "a YOLO .pt/.onnx file",
+    )
+    device: str = Field(
+        "auto", min_length=1, description="auto (cuda when present, else cpu) | cpu | cuda[:n]"
+    )
+    batch_size: int = Field(16, ge=1, description="frames per detector call")
+    margin: float = Field(
+        MARGIN, ge=0.0, le=2.0, description="crop margin, each side, as a share of the box's longer side"
+    )
