@@ -53,7 +53,6 @@ def disfa_analysis(
         context.partition_key,
         config.settings(),  # type: ignore[arg-type]
         camera=config.camera,  # type: ignore[attr-defined]
-        log=context.log.info,
     )
     return MaterializeResult(
         metadata={

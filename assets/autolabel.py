@@ -20,13 +20,12 @@ from assets.ingest import disfa_frames, fer2013_images, scraped_images
 from assets.metadata import table_metadata
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import DetectorResource, WarehouseResource
-from labeling.detection.autolabel import autolabel
+from labeling.detection.autolabel import autolabel, select_images
 from warehouse import Warehouse
 from warehouse.store import quote_literal as sql_literal
 
 GROUP = "autolabel"
 FIFTYONE_DATASET = "ferlab"
-IMAGE_COLUMNS = "image_id, source, source_uri, frame_index, media_path"
 
 
 def _faces_assets(
@@ -59,9 +58,10 @@ def _faces_assets(
     def _assets(context: AssetExecutionContext, warehouse: WarehouseResource, detector: DetectorResource):
         wh = warehouse.get()
         where = f"source = {sql_literal(source)}"
+        partition = {partition_column: context.partition_key} if partitions is not None else {}
         if partitions is not None:
             where += f" AND {partition_column} = {sql_literal(context.partition_key)}"
-        images = wh.sql(f"SELECT {IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY source_uri, frame_index")
+        images = select_images(wh, source=source, **partition)
         settings = detector.settings()
         model = detector.load(wh.home)
         report = autolabel(wh, images, model, settings)

@@ -1,11 +1,12 @@
-"""Dagster run configs generated from the library's settings classes (warehouse.settings.Settings
-subclasses): the fields, their types, defaults and descriptions are declared once, there."""
+"""Dagster run configs (and resources) generated from the library's settings classes
+(warehouse.settings.Settings subclasses): the fields, their types, defaults and descriptions are
+declared once, there."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Any, ClassVar, TypeVar, get_args, get_origin
 
-from dagster import Config
+from dagster import Config, ConfigurableResource
 from pydantic import Field, create_model
 
 from warehouse.settings import Settings
@@ -18,8 +19,17 @@ def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
     return annotation, default
 
 
-class SettingsConfig(Config):
-    """Base of the configs made by `settings_config`; its fields come from a settings class."""
+def settings_of(config: Config, settings: type[Settings]) -> Settings:
+    """The `settings` object held in the fields of `config` (a config with `config_fields(settings)`).
+
+    Raises:
+        ConfigError: a value the settings refuse (one line, naming the field).
+    """
+    return settings(**{n: getattr(config, n) for n in settings.model_fields})
+
+
+class _FromSettings:
+    """What the generated configs and resources share: the settings class their fields come from."""
 
     settings_type: ClassVar[type[Settings]]
 
@@ -29,7 +39,18 @@ class SettingsConfig(Config):
         Raises:
             ConfigError: a value the settings refuse (one line, naming the field).
         """
-        return self.settings_type(**{n: getattr(self, n) for n in self.settings_type.model_fields})
+        return settings_of(self, self.settings_type)
+
+
+C = TypeVar("C", bound=_FromSettings)
+
+
+class SettingsConfig(_FromSettings, Config):
+    """Base of the configs made by `settings_config`; its fields come from a settings class."""
+
+
+class SettingsResource(_FromSettings, ConfigurableResource):
+    """Base of the resources made by `settings_config(..., base=SettingsResource)`."""
 
 
 def config_fields(settings: type[Settings]) -> dict[str, tuple[Any, Any]]:
@@ -42,10 +63,13 @@ def config_fields(settings: type[Settings]) -> dict[str, tuple[Any, Any]]:
     return fields
 
 
-def settings_config(settings: type[Settings], name: str, **extra: Any) -> type[SettingsConfig]:
-    """A Dagster `Config` class with the fields (types, defaults, descriptions) of `settings`, plus
-    `extra` fields given as (type, pydantic Field) pairs; `.settings()` validates it."""
+def settings_config(
+    settings: type[Settings], name: str, *, base: type[C] = SettingsConfig, **extra: Any
+) -> type[C]:
+    """A Dagster `Config` class (or, with `base=SettingsResource`, a resource to subclass) with the
+    fields (types, defaults, descriptions) of `settings`, plus `extra` fields given as (type,
+    pydantic Field) pairs; `.settings()` validates it."""
     fields = config_fields(settings)
-    config = create_model(name, __base__=SettingsConfig, __doc__=settings.__doc__, **fields, **extra)
+    config = create_model(name, __base__=base, __doc__=settings.__doc__, **fields, **extra)
     config.settings_type = settings
     return config

@@ -35,7 +35,7 @@ def _promotion_asset(task: str):
     )
     def _promotion(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()
-        d = decide_promotion(wh, latest_model_id(wh, task, context.partition_key), log=context.log.info)
+        d = decide_promotion(wh, latest_model_id(wh, task, context.partition_key))
         return MaterializeResult(
             metadata={
                 "model_id": MetadataValue.text(d.model_id),
@@ -70,7 +70,7 @@ def _pseudo_asset(task: str):
     def _pseudo(
         context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoLabelConfig
     ) -> MaterializeResult:
-        r = pseudo_label(warehouse.get(), task, config.settings(), log=context.log.info)
+        r = pseudo_label(warehouse.get(), task, config.settings())
         return MaterializeResult(
             metadata={
                 "model_id": MetadataValue.text(r.model_id),
@@ -115,7 +115,7 @@ def review_queue(
         if settings.model_id is None and production_model(wh, task) is None:
             metadata[f"{task}_skipped"] = MetadataValue.text("no production model")
             continue
-        r = build_review_queue(wh, task, settings, log=context.log.info)
+        r = build_review_queue(wh, task, settings)
         total += sum(r.by_reason.values())
         metadata[f"{task}_queue"] = MetadataValue.text(r.queue)
         metadata[f"{task}_by_reason"] = MetadataValue.json({k: r.by_reason[k] for k in REASONS})

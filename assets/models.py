@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
-from assets.config import SettingsConfig, config_fields, settings_config
+from assets.config import SettingsConfig, config_fields, settings_config, settings_of
 from assets.metadata import report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
@@ -101,12 +101,7 @@ LossComparisonConfig = settings_config(
 )
 
 PseudoExperimentConfig = settings_config(
-    AUTrainingSettings,
-    "PseudoExperimentConfig",
-    **{
-        n: (f.annotation, Field(f.default, description=f.description))
-        for n, f in PseudoExperimentSettings.model_fields.items()
-    },
+    AUTrainingSettings, "PseudoExperimentConfig", **config_fields(PseudoExperimentSettings)
 )
 
 
@@ -114,7 +109,7 @@ def _train(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: SettingsConfig
 ) -> MaterializeResult:
     settings = config.settings()
-    run = train_model(warehouse.get(), context.partition_key, settings, log=context.log.info)
+    run = train_model(warehouse.get(), context.partition_key, settings)
     return MaterializeResult(
         metadata=_model_metadata(run), check_results=[_export_check(settings.task.name, run)]
     )
@@ -186,7 +181,7 @@ def _report_asset(task: str, upstream):
     def _report(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         wh = warehouse.get()
         model_id = latest_model_id(wh, task, context.partition_key)
-        ev = evaluate_model(wh, model_id, log=context.log.info)
+        ev = evaluate_model(wh, model_id)
         markdown = Path(ev.report["markdown"])
         per_label = [
             r for r in ev.metrics if r["fold"] is None and r["label"] and r["metric"] in ("f1", "precision")
@@ -224,9 +219,7 @@ def au_loss_comparison(
 ) -> MaterializeResult:
     """Seed 000's experiment, repeatable on any dataset version: BCE, LSEP and the
     precision-recall loss trained on the same subject-exclusive folds, side by side."""
-    result = compare_losses(
-        warehouse.get(), context.partition_key, config.settings(), losses=config.losses, log=context.log.info
-    )
+    result = compare_losses(warehouse.get(), context.partition_key, config.settings(), losses=config.losses)
     return MaterializeResult(
         metadata={
             "avg_f1_by_loss": MetadataValue.json({k: round(v, 4) for k, v in result.avg_f1.items()}),
@@ -248,12 +241,8 @@ def au_pseudo_label_experiment(
 ) -> MaterializeResult:
     """Does pseudo-labeling help? Per subject-exclusive fold, the AU model on gold labels only and
     on gold + the pseudo labels of that fold's gold model, tested on the same held-out gold faces."""
-    experiment = PseudoExperimentSettings(
-        **{n: getattr(config, n) for n in PseudoExperimentSettings.model_fields}
-    )
-    result = pseudo_label_experiment(
-        warehouse.get(), context.partition_key, config.settings(), experiment, log=context.log.info
-    )
+    experiment = settings_of(config, PseudoExperimentSettings)
+    result = pseudo_label_experiment(warehouse.get(), context.partition_key, config.settings(), experiment)
     return MaterializeResult(
         metadata={
             "experiment_id": MetadataValue.text(result.experiment_id),
@@ -295,7 +284,7 @@ def _tuning_asset(task: str, config_type: type[SettingsConfig]):
     def _tuning(context: AssetExecutionContext, warehouse: WarehouseResource, config: config_type):  # type: ignore[valid-type]
         base: TrainingSettings = config.settings()  # type: ignore[attr-defined]
         search = TuningSettings(**{n: getattr(config, n) for n in TuningSettings.model_fields})
-        result = tune(warehouse.get(), context.partition_key, base, search, log=context.log.info)
+        result = tune(warehouse.get(), context.partition_key, base, search)
         return MaterializeResult(
             metadata={
                 "study_id": MetadataValue.text(result.study_id),
@@ -348,13 +337,13 @@ def _compact_asset(task: str, upstream):
     def _compact(context: AssetExecutionContext, warehouse: WarehouseResource, config: CompactConfig):  # type: ignore[valid-type]
         wh = warehouse.get()
         model_id = latest_model_id(wh, task, context.partition_key)
-        quantize_int8(wh, model_id, calibration=config.calibration, log=context.log.info)  # type: ignore[attr-defined]
+        quantize_int8(wh, model_id, calibration=config.calibration)  # type: ignore[attr-defined]
         no_student = why_no_student(load_run(wh, model_id)) if config.student else "not asked for"  # type: ignore[attr-defined]
         if no_student is None:
-            distill(wh, model_id, config.settings(), log=context.log.info)  # type: ignore[attr-defined]
+            distill(wh, model_id, config.settings())  # type: ignore[attr-defined]
         else:
             context.log.warning(f"no student: {no_student}")
-        result = compare_compact(wh, model_id, log=context.log.info)
+        result = compare_compact(wh, model_id)
         return MaterializeResult(
             metadata={
                 "model_id": MetadataValue.text(model_id),

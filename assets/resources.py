@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from assets.config import SettingsResource, settings_config
+from labeling.detection.settings import AutoLabelSettings
 from warehouse import Warehouse
 from warehouse.paths import data_root
 
@@ -60,23 +62,17 @@ class SourcesResource(ConfigurableResource):
         return self._resolve(self.scraped_root, "FERLAB_SCRAPED_ROOT", "scraped")
 
 
-class DetectorResource(ConfigurableResource):
-    """The production detector. `spec` "auto": the trained YOLO student of this data root when
-    there is one (models/face_detector/student.pt), else the teachers (YuNet faces + packaged
-    YOLO11n persons); or "yunet", "yolo", "teachers", or a path to a YOLO .pt/.onnx file."""
-
-    spec: str = "auto"
-    device: str = "auto"  # cuda when present, else cpu
-    batch_size: int = 16
-    margin: float = 0.25  # crop margin, each side, as a share of the box's longer side
+class DetectorResource(settings_config(AutoLabelSettings, "DetectorFields", base=SettingsResource)):
+    """The production detector, its fields those of labeling.detection.settings.AutoLabelSettings.
+    `spec` "auto": the trained YOLO student of this data root when there is one
+    (models/face_detector/student.pt), else the teachers (YuNet faces + packaged YOLO11n persons);
+    or "yunet", "yolo", "teachers", or a path to a YOLO .pt/.onnx file. `.settings()`: these fields
+    as AutoLabelSettings (validated: ConfigError)."""
 
     def resolve_spec(self, home: Path) -> str:
-        if self.spec != "auto":
-            return self.spec
-        from labeling.student.face_detector import STUDENT_PT, student_dir
+        from labeling.student.face_detector import resolve_detector
 
-        student = student_dir(home) / STUDENT_PT
-        return str(student) if student.is_file() else "teachers"
+        return resolve_detector(home, self.spec, fallback="teachers")
 
     def load(self, home: Path):
         from labeling.detection.yolo_env import prepare_ultralytics_offline
@@ -85,14 +81,6 @@ class DetectorResource(ConfigurableResource):
         from labeling.detection.detectors import load_detector
 
         return load_detector(self.resolve_spec(home), device=self.device)
-
-    def settings(self):
-        """These fields as labeling.detection.settings.AutoLabelSettings (validated: ConfigError)."""
-        from labeling.detection.settings import AutoLabelSettings
-
-        return AutoLabelSettings(
-            spec=self.spec, device=self.device, batch_size=self.batch_size, margin=self.margin
-        )
 
 
 class LabelStudioResource(ConfigurableResource):

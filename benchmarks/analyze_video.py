@@ -45,7 +45,6 @@ from labeling.detection.detectors import Detector
 from warehouse import Warehouse
 
 SUBJECTS = ["SN001", "SN002", "SN003"]
-QUIET = lambda m: None  # noqa: E731
 
 
 def build_home(home: Path, sources_dir: Path, device: str, seed: int = 0) -> tuple[str, str]:
@@ -61,14 +60,10 @@ def build_home(home: Path, sources_dir: Path, device: str, seed: int = 0) -> tup
     sources = generate_demo_data(sources_dir, seed=seed, size="small")
     wh = Warehouse(home)
     version = ingest_demo_sources(wh, sources, subjects=SUBJECTS, stride=2, scraped=False)
-    au = train_model(
-        wh, version, AUTrainingSettings(head_epochs=1, finetune_epochs=0, device=device), log=QUIET
-    )
-    emo = train_model(
-        wh, version, EmotionTrainingSettings(head_epochs=1, finetune_epochs=0, device=device), log=QUIET
-    )
+    au = train_model(wh, version, AUTrainingSettings(head_epochs=1, finetune_epochs=0, device=device))
+    emo = train_model(wh, version, EmotionTrainingSettings(head_epochs=1, finetune_epochs=0, device=device))
     for model_id in (au.model_id, emo.model_id):
-        decide_promotion(wh, model_id, log=QUIET)
+        decide_promotion(wh, model_id)
     return au.model_id, emo.model_id
 
 
@@ -90,9 +85,9 @@ def make_variants(wh: Warehouse, model_ids: tuple[str, ...], device: str, distil
 
     for model_id in model_ids:
         if not has(model_id, "int8"):
-            quantize_int8(wh, model_id, log=QUIET)
+            quantize_int8(wh, model_id)
         if distill_them and not has(model_id, "student"):
-            distill(wh, model_id, DistillationSettings(epochs=1, device=device), log=QUIET)
+            distill(wh, model_id, DistillationSettings(epochs=1, device=device))
     return [v for v in ("fp32", "int8", "student") if all(has(m, v) for m in model_ids)]
 
 

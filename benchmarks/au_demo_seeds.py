@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ferlab.demo import DEMO_AU
 from ferlab.demodata import generate_demo_data
-from labeling.detection.autolabel import autolabel
+from labeling.detection.autolabel import autolabel, select_images
 from labeling.detection.detectors import load_detector
 from models.evaluation import overall, per_label
 from models.pipeline import evaluate_model, train_model
@@ -35,13 +35,13 @@ def run_seed(seed: int, root: Path, settings: AUTrainingSettings) -> dict:
     sources = generate_demo_data(root / "sources", seed=seed, size="small")
     wh = Warehouse(root / "home")
     ingest_disfa(wh, sources / "disfa", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
+    images = select_images(wh)
     autolabel(wh, images, load_detector("yunet"), show_progress=False)
     version = snapshot_dataset_version(wh).version
     prepared = time.perf_counter()
-    run = train_model(wh, version, settings, log=lambda *_: None)
+    run = train_model(wh, version, settings)
     trained = time.perf_counter()
-    ev = evaluate_model(wh, run.model_id, log=lambda *_: None)
+    ev = evaluate_model(wh, run.model_id)
     per_au = {
         label: {k: round(v, 3) for k, v in figures.items()}
         for label, figures in per_label(ev.metrics).items()

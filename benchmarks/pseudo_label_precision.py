@@ -48,7 +48,6 @@ from models.registry import decide_promotion
 from models.settings import AUTrainingSettings
 from warehouse import Warehouse
 
-QUIET = lambda m: None  # noqa: E731
 # tests/test_curation.py's AU_SETTINGS (test_models.py's budget) but `degrade`, the variants' one
 # difference (the test trains with degrade=0.5)
 TEST_SETTINGS = dict(image_size=112, finetune_epochs=3, head_epochs=30, loss="bce", finetune_lr=1e-4, folds=3)
@@ -110,14 +109,12 @@ def run_variant(home: Path, settings: AUTrainingSettings, truth_csv: Path) -> tu
     wh = Warehouse(home)
     version = wh.sql("SELECT version FROM dataset_versions ORDER BY created_at").column("version")[-1].as_py()
     started = time.perf_counter()
-    run = train_model(wh, version, settings, log=QUIET)
+    run = train_model(wh, version, settings)
     trained = time.perf_counter() - started
-    ev = evaluate_model(wh, run.model_id, log=QUIET)
-    decision = decide_promotion(wh, run.model_id, log=QUIET)
+    ev = evaluate_model(wh, run.model_id)
+    decision = decide_promotion(wh, run.model_id)
     # labeled by this model whether or not it beat an earlier variant (the production model)
-    report = pseudo_label(
-        wh, "au", PseudoLabelSettings(target_precision=0.9, model_id=run.model_id), log=QUIET
-    )
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9, model_id=run.model_id))
     truth = truth_faces(wh, truth_csv)
     score = score_au_pseudo_labels(wh, truth, run.model_id, [int(k[2:]) for k in report.thresholds])
     print(f"\n=== {settings.model_dump(exclude_defaults=True)}: {run.model_id}")

@@ -36,7 +36,7 @@ from warehouse.versions import read_manifest, snapshot_dataset_version
 
 def demo_root(tmp: Path) -> Path:
     from ferlab.demodata import generate_demo_data
-    from labeling.detection.autolabel import autolabel
+    from labeling.detection.autolabel import autolabel, select_images
     from labeling.detection.detectors import load_detector
     from warehouse.sources.disfa import ingest_disfa
     from warehouse.sources.fer2013 import ingest_fer2013
@@ -45,7 +45,7 @@ def demo_root(tmp: Path) -> Path:
     wh = Warehouse(tmp / "home")
     ingest_disfa(wh, sources / "disfa", show_progress=False)
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
+    images = select_images(wh)
     autolabel(wh, images, load_detector("yunet"))
     return wh.home
 
@@ -110,7 +110,7 @@ def step_rate(
         model.freeze_backbone(-1)  # the fine-tuning stage: every layer trains
     model.train()
     idx = np.arange(len(faces))
-    criterion = settings.task.criterion(settings, faces.targets[idx], device)
+    criterion = settings.criterion(faces.targets[idx], device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

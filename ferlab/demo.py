@@ -29,8 +29,9 @@ DEMO_EMOTION = {"image_size": 96, "finetune_epochs": 3, "finetune_lr": 1e-4}
 # demo's runs and the automation sees the demo's models). Pools: the training assets share the
 # `training` pool, one slot, so one training runs at a time. Run retries: runs tagged
 # `dagster/max_retries` (the ingest jobs) are retried when their worker crashes; failures of an
-# asset itself are left to its RetryPolicy, as Dagster's docs advise.
-DAGSTER_YAML = """\
+# asset itself are left to its RetryPolicy, as Dagster's docs advise. Python logs: the library
+# packages' loggers (training epochs, tuning trials, ...) land in the run's log at INFO.
+_DAGSTER_YAML_BEFORE_LOGS = """\
 telemetry:
   enabled: false
 concurrency:
@@ -40,13 +41,21 @@ run_retries:
   enabled: true
   retry_on_asset_or_op_failure: false
 """
+DAGSTER_YAML = (
+    _DAGSTER_YAML_BEFORE_LOGS
+    + """\
+python_logs:
+  managed_python_loggers: [assets, labeling, models, warehouse]
+  python_log_level: INFO
+"""
+)
 # What earlier versions wrote: replaced, since it is ours; a dagster.yaml a user wrote is kept.
-OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n",)
+OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _DAGSTER_YAML_BEFORE_LOGS)
 
 
 def prepare_dagster_home(home: Path) -> Path:
     """DAGSTER_HOME: the environment's, else <data root>/dagster, with ferlab's dagster.yaml
-    (telemetry off, one training at a time, run retries) unless one of the user's is there.
+    (telemetry off, one training at a time, run retries, the library's logs in the run log) unless one of the user's is there.
     FiftyOne's database and Ultralytics' settings also default to folders of the data root, so
     nothing is written under $HOME.
 
@@ -185,7 +194,9 @@ def _train_demo_models(home: Path, instance, run) -> int:
     )
     for r in rows:
         print(f"  {r['task']:8} {r['headline_metric']} {r['value']}  report: {home / r['report']}")
-    au_models = [r["model_id"] for r in rows if r["task"] == "au"]
+    from models.tasks import AUTask, get_task
+
+    au_models = [r["model_id"] for r in rows if isinstance(get_task(r["task"]), AUTask)]
     if au_models:
         _print_per_au(Warehouse(home), au_models[-1])
     return failed

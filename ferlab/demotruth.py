@@ -21,8 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeling.detection.autolabel import autolabel
+from labeling.detection.autolabel import autolabel, select_images
 from labeling.detection.detectors import load_detector
+from labeling.detection.geometry import iou
 from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
 from warehouse.sources.disfa import ingest_disfa
@@ -52,7 +53,7 @@ def ingest_demo_sources(
     ingest_fer2013(wh, sources / "fer2013.csv", show_progress=False)
     if scraped:
         ingest_scraped(wh, sources / "scraped" / "batch-001", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
+    images = select_images(wh)
     autolabel(wh, images, load_detector("yunet"), show_progress=False)
     return snapshot_dataset_version(wh).version
 
@@ -67,16 +68,6 @@ class TruthFace:
 
     def present(self, au: int, threshold: float = AU_PRESENT_THRESHOLD) -> bool:
         return self.intensities[au] >= threshold
-
-
-def iou(box: Sequence[float], t: Mapping[str, str]) -> float:
-    """Intersection over union of `box` (x1, y1, x2, y2) and a truth row's box."""
-    tb = [float(t[k]) for k in ("x1", "y1", "x2", "y2")]
-    ix = max(0.0, min(box[2], tb[2]) - max(box[0], tb[0]))
-    iy = max(0.0, min(box[3], tb[3]) - max(box[1], tb[1]))
-    inter = ix * iy
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (tb[2] - tb[0]) * (tb[3] - tb[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def truth_faces(wh: Warehouse, truth_csv: Path) -> dict[str, TruthFace]:
@@ -102,7 +93,9 @@ def truth_faces(wh: Warehouse, truth_csv: Path) -> dict[str, TruthFace]:
         )
         faces = by_path.get(key, [])
         if r["source"] == "scraped":
-            faces = [t for t in faces if iou((r["x1"], r["y1"], r["x2"], r["y2"]), t) >= MIN_IOU]
+            drawn = [[float(t[k]) for k in ("x1", "y1", "x2", "y2")] for t in faces]
+            overlap = iou((r["x1"], r["y1"], r["x2"], r["y2"]), drawn)
+            faces = [t for t, v in zip(faces, overlap, strict=True) if v >= MIN_IOU]
         if len(faces) == 1:
             t = faces[0]
             out[r["crop_id"]] = TruthFace(r["source"], {au: float(t[f"au{au}"]) for au in aus}, t["identity"])

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +55,10 @@ from models.predictions import FoldPredictions
 from models.train import BestEpoch, predict_logits
 from warehouse import Warehouse
 from warehouse.atomic import atomic_path, atomic_write_bytes
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 from warehouse.versions import read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 Calibration = Literal["static", "dynamic"]
 VARIANTS: tuple[str, ...] = ("fp32", "int8", "student")
 INT8_FILE = "model.int8.onnx"
@@ -87,7 +88,7 @@ class DistillationSettings(Settings):
     weight_decay: float = Field(1e-4, ge=0, description="L2 weight decay")
     patience: int = Field(12, ge=1, description="epochs without a better validation loss before stopping")
     augment: bool = Field(True, description="flip, zoom-out and half-face join on training batches")
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    device: Device = DEFAULT_DEVICE
     seed: int = Field(
         0, ge=0, description="seed of initialisation, shuffling, augmentation, validation split"
     )
@@ -170,7 +171,6 @@ def quantize_int8(
     calibration: Calibration = "static",
     calibration_faces: int = 256,
     method: Literal["minmax", "percentile", "entropy"] = "minmax",
-    log: Progress = print,
 ) -> Path:
     """Write model.int8.onnx beside the model's model.onnx (and int8.json, how). "static": QDQ
     int8 with per-channel weights and activation ranges calibrated (MinMax) on up to
@@ -241,7 +241,7 @@ def quantize_int8(
                 float_nodes=keep_float,
             )
         except Exception as exc:  # noqa: BLE001 - any quantizer failure falls back, and says why
-            log(f"{model_id}: static quantization failed ({exc}); writing dynamic int8 instead")
+            log.warning(f"{model_id}: static quantization failed ({exc}); writing dynamic int8 instead")
             info["fallback_reason"] = f"{type(exc).__name__}: {exc}"
             calibration = "dynamic"
     if calibration == "dynamic":
@@ -250,7 +250,7 @@ def quantize_int8(
         info["calibration"] = "dynamic"
     info["seconds"] = time.perf_counter() - started
     atomic_write_bytes(run.directory / INT8_INFO, json.dumps(info, indent=1).encode())
-    log(f"{model_id}: {out.name} ({info['calibration']}) {_mb(out):.2f} MB, fp32 {_mb(run.onnx):.2f} MB")
+    log.info(f"{model_id}: {out.name} ({info['calibration']}) {_mb(out):.2f} MB, fp32 {_mb(run.onnx):.2f} MB")
     return out
 
 
@@ -281,7 +281,6 @@ def distill(
     wh: Warehouse,
     teacher_model_id: str,
     settings: DistillationSettings | None = None,
-    log: Progress = print,
 ) -> DistillationResult:
     """Train the teacher's network at `settings.alpha` (random init) on the teacher's outputs at
     `settings.temperature`, on the faces outside the held-out ones (validation: a group-exclusive
@@ -310,7 +309,7 @@ def distill(
     config = dataclasses.replace(data.config, alpha=settings.alpha, weights="")
     student = build_model(config).to(device)
     faces = data.faces
-    criterion = task.criterion(teacher_settings, faces.targets[data.train], device)
+    criterion = teacher_settings.criterion(faces.targets[data.train], device)
     hard = settings.hard_weight
 
     def loss_of(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -324,7 +323,7 @@ def distill(
     opt = torch.optim.Adam(student.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     keeper, history = BestEpoch(settings.patience), []
-    log(
+    log.info(
         f"distilling {teacher_model_id} ({count_parameters(teacher):,} parameters) into alpha "
         f"{settings.alpha} ({count_parameters(student):,}): {len(data.train)} train, {len(data.val)} val faces"
     )
@@ -359,8 +358,9 @@ def distill(
                 "seconds": time.perf_counter() - t0,
             }
         )
-        log(
-            f"student epoch {epoch + 1}/{settings.epochs}: train {history[-1]['train_loss']:.4f} val {val:.4f}"
+        log.info(
+            f"student epoch {epoch + 1}/{settings.epochs}: train loss {history[-1]['train_loss']:.4f}, "
+            f"val loss {val:.4f}, {history[-1]['seconds']:.1f}s"
         )
         if keeper.should_stop(val, student):
             break
@@ -386,7 +386,7 @@ def distill(
     checkpoint = save_checkpoint(run.directory / STUDENT_CHECKPOINT, student, config, {"distillation": info})
     onnx = export_onnx(student.cpu(), config, run.directory / STUDENT_ONNX)
     atomic_write_bytes(run.directory / STUDENT_INFO, json.dumps(info, indent=1).encode())
-    log(f"{teacher_model_id}: student {onnx.name} {_mb(onnx):.2f} MB, best val loss {keeper.best:.4f}")
+    log.info(f"{teacher_model_id}: student {onnx.name} {_mb(onnx):.2f} MB, best val loss {keeper.best:.4f}")
     return DistillationResult(
         teacher_model_id, checkpoint, onnx, config, history, keeper.best, info["seconds"]
     )
@@ -484,7 +484,6 @@ def compare_compact(
     variants: tuple[str, ...] | None = None,
     repeats: int = 20,
     threads: int | None = 1,
-    log: Progress = print,
 ) -> Comparison:
     """Size (MB), CPU latency per face at batch 1 and 64 (ONNX Runtime, median of `repeats` runs)
     on `threads` threads (1: a per-core figure, steady on a shared machine; None: ONNX Runtime's
@@ -531,7 +530,7 @@ def compare_compact(
             r["agreement"] = float(np.mean(same))
     table = [r for r, _ in rows]
     for r in table:
-        log(
+        log.info(
             f"{model_id} {r['variant']:>7}: {r['size_mb']:.2f} MB, {r['latency_ms_b1']:.2f} ms/face at batch 1, "
             f"{r['latency_ms_b64']:.2f} ms/face at batch 64, {r['metric']} {r['value']:.3f}, "
             f"agrees with fp32 {r['agreement']:.3f}"

@@ -90,7 +90,9 @@ def pr_loss(logits: Tensor, targets: Tensor, eps: float = 1e-7) -> Tensor:
     return 1 - precision * recall
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"bce": bce, "lsep": lsep, "pr": pr_loss}
+Criterion = Callable[[Tensor, Tensor], Tensor]  # a training loss: (logits, targets) -> scalar
+
+LOSSES: dict[str, Criterion] = {"bce": bce, "lsep": lsep, "pr": pr_loss}
 
 
 def emotion_class_weights(counts: Sequence[int], mu: float = 1.0) -> Tensor:

@@ -18,8 +18,9 @@ emotion models by the version's train / val / test split (FER-2013's), or by k-f
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,7 @@ from warehouse.atomic import atomic_write_bytes
 from warehouse.hashing import stable_id
 from warehouse.versions import read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def model_dir(wh: Warehouse, task: str, model_id: str) -> Path:
     return wh.home / "models" / task / model_id
 
 
-def train_model(wh: Warehouse, version: str, settings: TrainingSettings, log: Progress = print) -> ModelRun:
+def train_model(wh: Warehouse, version: str, settings: TrainingSettings) -> ModelRun:
     """Cross-validate (`settings.folds` > 0) or hold out (folds == 0: the version's split) on the
     version, then save the production model: refit on all the data when `settings.refit`, else the
     fold model with the lowest validation loss. Every fold's model and predictions are kept, and
@@ -103,13 +104,15 @@ def train_model(wh: Warehouse, version: str, settings: TrainingSettings, log: Pr
     started = time.perf_counter()
     network = settings.network()
     faces = load_faces(wh.home, manifest, task, network.image_size, network.channels)
-    log(
-        f"{mid}: {len(faces)} {task.name}-labelled crops of {len(set(faces.groups))} groups, "
-        f"protocol {settings.protocol}"
+    log.info(
+        "%s: %d %s-labelled crops of %d groups, protocol %s",
+        mid,
+        len(faces),
+        task.name,
+        len(set(faces.groups)),
+        settings.protocol,
     )
-    runs: list[FoldRun] = (
-        cross_validate(faces, settings, log) if settings.folds > 0 else holdout(faces, settings, log)
-    )
+    runs: list[FoldRun] = cross_validate(faces, settings) if settings.folds > 0 else holdout(faces, settings)
     saved = {"settings": settings.to_dict()}
     for run in runs:
         save_checkpoint(
@@ -118,8 +121,8 @@ def train_model(wh: Warehouse, version: str, settings: TrainingSettings, log: Pr
     if settings.refit:
         everything = np.arange(len(faces))
         train_idx, val_idx, how = validation_split(faces.groups, everything, seed=settings.seed)
-        log(f"refit on every group: {len(train_idx)} train, {len(val_idx)} val ({how})")
-        final = fit(faces, train_idx, val_idx, settings, log)
+        log.info("refit on every group: %d train, %d val (%s)", len(train_idx), len(val_idx), how)
+        final = fit(faces, train_idx, val_idx, settings)
         final_info = {"refit": True, "validation": how, "history": final.history}
     else:
         best = min(runs, key=lambda r: r.fit.best_val_loss)
@@ -268,7 +271,7 @@ def write_model_report(wh: Warehouse, run: ModelRun) -> dict[str, Any]:
     return _score_and_report(wh, run).report
 
 
-def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evaluation:
+def evaluate_model(wh: Warehouse, model_id: str) -> Evaluation:
     """The report of a trained model's held-out predictions, and its numbers in eval_metrics
     and model_runs (re-evaluating replaces nothing and duplicates nothing: keys are stable).
 
@@ -322,7 +325,7 @@ def evaluate_model(wh: Warehouse, model_id: str, log: Progress = print) -> Evalu
             ]
         ),
     )
-    log(f"{model_id}: {metric} {headline:.3f}; report {report['markdown']}")
+    log.info("%s: %s %.3f; report %s", model_id, metric, headline, report["markdown"])
     return Evaluation(model_id, report, rows, headline, metric)
 
 
@@ -355,7 +358,6 @@ def compare_losses(
     version: str,
     settings: AUTrainingSettings,
     losses: Sequence[str] = ("bce", "lsep", "pr"),
-    log: Progress = print,
 ) -> LossComparison:
     """Seed 000's experiment: `settings` with each of `losses` (the same backbone and folds:
     group_kfold is deterministic), one AU model per loss, each evaluated, then one report side by side.
@@ -368,8 +370,8 @@ def compare_losses(
     ids: dict[str, str] = {}
     scores: dict[str, float] = {}
     for each in runs:
-        run = train_model(wh, version, each, log=log)
-        ev = evaluate_model(wh, run.model_id, log=log)
+        run = train_model(wh, version, each)
+        ev = evaluate_model(wh, run.model_id)
         results[each.loss], ids[each.loss], scores[each.loss] = run.folds, run.model_id, ev.headline
     report = compare_losses_report(
         wh.home / "reports" / version / f"au-loss-comparison-{settings.architecture}",

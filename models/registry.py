@@ -16,13 +16,14 @@ one that is not better. Deciding the same model again adds nothing and returns t
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from models.pipeline import Progress, evaluate_model, load_run, train_model
+from models.pipeline import evaluate_model, load_run, train_model
 from models.settings import TrainingSettings
 from models.tasks import get_task
 from warehouse import Warehouse
@@ -74,7 +75,9 @@ _COLUMNS = (
 )
 
 # Trains + evaluates `settings` on `version`; returns (model_id, headline). Replaceable in tests.
-Retrain = Callable[[Warehouse, str, TrainingSettings, Progress, str], tuple[str, float]]
+Retrain = Callable[[Warehouse, str, TrainingSettings, str], tuple[str, float]]
+
+log = logging.getLogger(__name__)
 
 
 def production_model(wh: Warehouse, task: str) -> str | None:
@@ -111,11 +114,9 @@ def headline(
     return float(rows.column("value")[0].as_py()) if rows.num_rows else None
 
 
-def _retrain(
-    wh: Warehouse, version: str, settings: TrainingSettings, log: Progress, metric: str
-) -> tuple[str, float]:
-    run = train_model(wh, version, settings, log=log)
-    evaluate_model(wh, run.model_id, log=log)
+def _retrain(wh: Warehouse, version: str, settings: TrainingSettings, metric: str) -> tuple[str, float]:
+    run = train_model(wh, version, settings)
+    evaluate_model(wh, run.model_id)
     return run.model_id, headline(wh, run.model_id, version, metric) or 0.0
 
 
@@ -126,9 +127,7 @@ def _comparable(candidate: TrainingSettings, production: TrainingSettings) -> st
     return None
 
 
-def decide_promotion(
-    wh: Warehouse, model_id: str, log: Progress = print, retrain: Retrain = _retrain
-) -> PromotionDecision:
+def decide_promotion(wh: Warehouse, model_id: str, retrain: Retrain = _retrain) -> PromotionDecision:
     """Promote `model_id` if it beats the task's production model on the same held-out
     evaluation (module docstring); record the decision in model_promotions either way.
     Evaluates the candidate first when it has no stored evaluation.
@@ -140,12 +139,12 @@ def decide_promotion(
     task = run.settings().task  # judged by the candidate's own headline (e.g. avg_f1_pooled)
     stored = _stored_decision(wh, task.name, model_id)
     if stored is not None:
-        log(f"already decided: {stored.summary()}")
+        log.info(f"already decided: {stored.summary()}")
         return stored
     version = run.dataset_version
     value = headline(wh, model_id, version, task.headline)
     if value is None:
-        evaluate_model(wh, model_id, log=log)
+        evaluate_model(wh, model_id)
         value = headline(wh, model_id, version, task.headline)
     production = production_model(wh, task.name)
     theirs: float | None = None
@@ -162,16 +161,16 @@ def decide_promotion(
         elif prod_run.dataset_version == version and same_protocol:
             theirs = headline(wh, production, version, task.headline)
             if theirs is None:
-                evaluate_model(wh, production, log=log)
+                evaluate_model(wh, production)
                 theirs = headline(wh, production, version, task.headline)
             how = "its stored evaluation"
         else:
             replay = prod_settings.replace(folds=cand_settings.folds)
-            log(
+            log.info(
                 f"production {production} was evaluated on {prod_run.dataset_version} ({prod_settings.protocol}); "
                 f"training its settings on {version} ({cand_settings.protocol}) for the same held-out faces"
             )
-            replay_id, theirs = retrain(wh, version, replay, log, task.headline)
+            replay_id, theirs = retrain(wh, version, replay, task.headline)
             how = f"its settings retrained on this version as {replay_id}"
         if theirs is not None:
             promoted = value > theirs
@@ -191,7 +190,7 @@ def decide_promotion(
     )
     if not wh.append("model_promotions", pa.Table.from_pylist([decision.row()])):
         return _stored_decision(wh, task.name, model_id) or decision  # decided meanwhile elsewhere
-    log(decision.summary())
+    log.info(decision.summary())
     return decision
 
 

@@ -18,14 +18,17 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from models.losses import LOSSES
+from models.losses import LOSSES, Criterion, emotion_class_weights
 from models.networks import ARCHITECTURES, BACKBONE_INPUT, DEFAULT_WEIGHTS, NATIVE_INPUT, ModelConfig
 from models.tasks import TASKS, AUTask, Task
 from warehouse.errors import ConfigError
 from warehouse.schemas import SEED_AUS
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 Architecture = Literal[ARCHITECTURES]  # type: ignore[valid-type]
 AULoss = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
@@ -85,7 +88,7 @@ class TrainingSettings(Settings):
         "labels but never trains on (FER-2013's 48 px gray crops, small faces in scraped photos): gray, "
         "down-scaled to 40-64 px and back, brightness/contrast jitter; 0: none (needs augment)",
     )
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    device: Device = DEFAULT_DEVICE
     amp: bool = Field(True, description="float16 autocast on CUDA")
     seed: int = Field(
         0, ge=0, description="seed of initialisation, shuffling, augmentation, validation split"
@@ -119,6 +122,15 @@ class TrainingSettings(Settings):
     def loss_description(self) -> str:
         """The loss, for reports and model_runs."""
         return "cross-entropy"
+
+    def criterion(self, train_targets: np.ndarray, device: torch.device) -> Criterion:
+        """The training loss these settings ask for, weighted from the training targets where asked
+        (the task's `targets` of the training faces).
+
+        Raises:
+            ConfigError: the loss cannot train on these targets.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no training loss")
 
     def network(self) -> ModelConfig:
         """The network these settings train (what checkpoints store to rebuild it).
@@ -189,6 +201,19 @@ class AUTrainingSettings(TrainingSettings):
     def loss_description(self) -> str:
         return self.loss
 
+    def criterion(self, train_targets: np.ndarray, device: torch.device) -> Criterion:
+        if self.loss != "bce" and np.isnan(train_targets).any():
+            raise ConfigError(
+                f"loss {self.loss} cannot train on faces with unknown AUs (partial pseudo labels); use bce"
+            )
+        if self.loss == "bce" and self.pos_weight:
+            pos = np.nansum(train_targets, 0)
+            known = (~np.isnan(train_targets)).sum(0)
+            pw = torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device)
+            return lambda logits, y: LOSSES["bce"](logits.float(), y, pos_weight=pw)
+        loss = LOSSES[self.loss]
+        return lambda logits, y: loss(logits.float(), y)
+
 
 class EmotionTrainingSettings(TrainingSettings):
     """A 7-class emotion model: softmax head, seed 004's class weights, the version's split."""
@@ -212,6 +237,14 @@ class EmotionTrainingSettings(TrainingSettings):
     @property
     def loss_description(self) -> str:
         return "cross-entropy" + (" (class-weighted)" if self.class_weight_mu is not None else "")
+
+    def criterion(self, train_targets: np.ndarray, device: torch.device) -> Criterion:
+        weight = None
+        if self.class_weight_mu is not None:
+            counts = np.bincount(train_targets, minlength=len(self.task.labels))
+            weight = emotion_class_weights(np.maximum(counts, 1).tolist(), mu=self.class_weight_mu)
+            weight = weight.to(device)
+        return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight)
 
 
 SETTINGS: dict[str, type[TrainingSettings]] = {

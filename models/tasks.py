@@ -1,7 +1,9 @@
 """What a model learns, as a type: one class per task, holding everything that differs between
-tasks (labels and targets from the manifest, loss, output activation, decision thresholds, metric
-rows, headline metric, trivial baseline, published figures, report sections). Shared code asks the
-task instead of comparing its name; adding a task is adding one subclass of `Task` to `TASKS`.
+tasks (labels and targets from the manifest, output activation, decision thresholds, metric rows,
+headline metric, trivial baseline, published figures, report sections, where its labels are
+stored and labeled). Shared code asks the task instead of comparing its name; adding a task is
+adding one subclass of `Task` to `TASKS`. The training loss belongs to the settings that hold its
+fields (`models.settings.TrainingSettings.criterion`): this module imports no settings.
 
     task = get_task("au")               # AUTask(aus=SEED_AUS); a model's id and files say its task
     prob = task.probabilities(logits)   # sigmoid per AU; EmotionTask: softmax over the classes
@@ -12,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -30,16 +32,10 @@ from models.evaluation import (
     multilabel_fold_rows,
     pooled_multilabel_rows,
 )
-from models.losses import LOSSES, emotion_class_weights
 from models.metrics import choose_thresholds
 from models.predictions import FoldPredictions
 from warehouse.errors import ConfigError
 from warehouse.schemas import EMOTIONS, SEED_AUS
-
-if TYPE_CHECKING:
-    from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
-
-Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 class Task(ABC):
@@ -52,6 +48,9 @@ class Task(ABC):
     min_outputs: ClassVar[int]  # the fewest labels a model of this task can have
     baseline_description: ClassVar[str]  # what `trivial_baseline` measures
     published_baselines: ClassVar[tuple[render.Baseline, ...]]  # (method, figure in %, note)
+    label_table: ClassVar[str]  # the warehouse table of its labels (human, gold, weak, pseudo)
+    source_column: ClassVar[str]  # the dataset-version manifest column naming its label's source
+    labelstudio_control: ClassVar[str]  # the Label Studio control (Choices name) of its labels
 
     @property
     @abstractmethod
@@ -83,12 +82,6 @@ class Task(ABC):
     def decisions(self, prob: np.ndarray) -> np.ndarray:
         """What a model decides from its probabilities (one value per sample, or per sample and
         label), for how often two models decide alike."""
-
-    @abstractmethod
-    def criterion(
-        self, settings: TrainingSettings, train_targets: np.ndarray, device: torch.device
-    ) -> Criterion:
-        """The training loss for `settings`, weighted from the training targets where asked."""
 
     @abstractmethod
     def true_labels(self, targets: np.ndarray) -> np.ndarray:
@@ -128,6 +121,9 @@ class AUTask(Task):
     headline: str = "avg_f1"  # type: ignore[misc]  # avg_f1 (per-fold mean, the seeds') or avg_f1_pooled
 
     name: ClassVar[str] = "au"
+    label_table: ClassVar[str] = "au_labels"
+    source_column: ClassVar[str] = "au_source"
+    labelstudio_control: ClassVar[str] = "aus"
     headline_name: ClassVar[str] = "Avg.F1"
     fold_metric: ClassVar[str] = "avg_f1"
     min_outputs: ClassVar[int] = 1
@@ -177,21 +173,6 @@ class AUTask(Task):
     def decisions(self, prob: np.ndarray) -> np.ndarray:
         return prob >= 0.5  # each AU at 0.5: thresholds differ between the models compared
 
-    def criterion(
-        self, settings: AUTrainingSettings, train_targets: np.ndarray, device: torch.device
-    ) -> Criterion:
-        if settings.loss != "bce" and np.isnan(train_targets).any():
-            raise ConfigError(
-                f"loss {settings.loss} cannot train on faces with unknown AUs (partial pseudo labels); use bce"
-            )
-        if settings.loss == "bce" and settings.pos_weight:
-            pos = np.nansum(train_targets, 0)
-            known = (~np.isnan(train_targets)).sum(0)
-            pw = torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device)
-            return lambda logits, y: LOSSES["bce"](logits.float(), y, pos_weight=pw)
-        loss = LOSSES[settings.loss]
-        return lambda logits, y: loss(logits.float(), y)
-
     def true_labels(self, targets: np.ndarray) -> np.ndarray:
         return targets.astype(bool)
 
@@ -220,6 +201,9 @@ class EmotionTask(Task):
     (seed 004), judged by accuracy."""
 
     name: ClassVar[str] = "emotion"
+    label_table: ClassVar[str] = "emotion_labels"
+    source_column: ClassVar[str] = "emotion_source"
+    labelstudio_control: ClassVar[str] = "emotion"
     headline: ClassVar[str] = "accuracy"
     headline_name: ClassVar[str] = "Accuracy"
     fold_metric: ClassVar[str] = "accuracy"
@@ -265,16 +249,6 @@ class EmotionTask(Task):
 
     def decisions(self, prob: np.ndarray) -> np.ndarray:
         return prob.argmax(1)
-
-    def criterion(
-        self, settings: EmotionTrainingSettings, train_targets: np.ndarray, device: torch.device
-    ) -> Criterion:
-        weight = None
-        if settings.class_weight_mu is not None:
-            counts = np.bincount(train_targets, minlength=len(self.labels))
-            weight = emotion_class_weights(np.maximum(counts, 1).tolist(), mu=settings.class_weight_mu)
-            weight = weight.to(device)
-        return lambda logits, y: F.cross_entropy(logits.float(), y, weight=weight)
 
     def true_labels(self, targets: np.ndarray) -> np.ndarray:
         return targets

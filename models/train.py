@@ -16,6 +16,7 @@ The same code runs on CUDA (with float16 autocast and a grad scaler) and on the 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from models.networks import ModelConfig, TransferNet, build_model, normalization
 from models.predictions import FoldPredictions
 from models.settings import TrainingSettings
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 # Called with each epoch's history row ({"stage", "epoch", "train_loss", "val_loss", ...}) as soon as
 # the epoch is validated; an exception it raises (e.g. a hyper-parameter search pruning the
 # trial: models.tuning) stops the training and propagates out of `fit`.
@@ -127,7 +128,7 @@ def _embed(
 
 
 def _train_head(
-    model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion, device, log, on_epoch=None
+    model: TransferNet, faces, train_idx, val_idx, mc, tc, criterion, device, on_epoch=None
 ) -> list[dict]:
     """Stage 1 on cached pooled features: only the head's parameters move."""
     model.freeze_backbone(0)
@@ -143,7 +144,9 @@ def _train_head(
     opt = torch.optim.Adam(head, lr=tc.head_lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
     keeper, history = BestEpoch(tc.patience), []
+    began = time.perf_counter()
     for epoch in range(tc.head_epochs):
+        started = time.perf_counter()
         model.train()
         order = torch.randperm(len(z_train), generator=gen).to(device)
         total = 0.0
@@ -162,17 +165,28 @@ def _train_head(
         history.append(
             {"stage": "head", "epoch": epoch + 1, "train_loss": total / len(z_train), "val_loss": val}
         )
+        # head epochs take milliseconds on cached features: one line each only at DEBUG
+        log.debug(
+            "head epoch %d/%d: train loss %.4f, val loss %.4f, %.2fs",
+            epoch + 1,
+            tc.head_epochs,
+            history[-1]["train_loss"],
+            val,
+            time.perf_counter() - started,
+        )
         if on_epoch is not None:
             on_epoch(history[-1])
         if keeper.should_stop(val, model):
             break
     keeper.restore(model)
-    log(f"head: {len(history)} epochs, best val loss {keeper.best:.4f}")
+    log.info(
+        "head: %d epochs, best val loss %.4f, %.1fs", len(history), keeper.best, time.perf_counter() - began
+    )
     return history
 
 
 def _train_full(
-    model, faces, train_idx, val_idx, mc, tc, criterion, device, epochs, lr, stage, log, on_epoch=None
+    model, faces, train_idx, val_idx, mc, tc, criterion, device, epochs, lr, stage, on_epoch=None
 ) -> tuple[list[dict], float]:
     """Whole-network epochs on augmented batches, lr x0.5 on plateau, best epoch kept."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,7 +233,15 @@ def _train_full(
                 "seconds": time.perf_counter() - started,
             }
         )
-        log(f"{stage} epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} val {val:.4f}")
+        log.info(
+            "%s epoch %d/%d: train loss %.4f, val loss %.4f, %.1fs",
+            stage,
+            epoch + 1,
+            epochs,
+            history[-1]["train_loss"],
+            val,
+            history[-1]["seconds"],
+        )
         if on_epoch is not None:
             on_epoch(history[-1])
         if keeper.should_stop(val, model):
@@ -233,13 +255,13 @@ def fit(
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     settings: TrainingSettings,
-    log: Progress = lambda _: None,
     on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train one model of `settings` on faces[train_idx], early-stopped on faces[val_idx]: a
     transfer network head-only then fine-tuned (`finetune_epochs`), a from-scratch network for
     `scratch_epochs`. `on_epoch` (optional) sees every epoch's history row of every stage as it
-    ends; what it raises stops the training and propagates.
+    ends; what it raises stops the training and propagates. Progress (one line per epoch) goes to
+    this module's logger.
 
     Raises:
         ValueError: fewer than 2 training or 1 validation samples.
@@ -252,12 +274,12 @@ def fit(
     started = time.perf_counter()
     mc = settings.network()
     model = build_model(mc).to(device)
-    criterion = settings.task.criterion(settings, faces.targets[train_idx], device)
+    criterion = settings.criterion(faces.targets[train_idx], device)
     result = FitResult(model=model)
     full: tuple[int, float, str] | None = (settings.scratch_epochs, settings.scratch_lr, "scratch")
     if isinstance(model, TransferNet):
         result.history += _train_head(
-            model, faces, train_idx, val_idx, mc, settings, criterion, device, log, on_epoch
+            model, faces, train_idx, val_idx, mc, settings, criterion, device, on_epoch
         )
         full = None
         if settings.finetune_epochs > 0:
@@ -277,7 +299,6 @@ def fit(
             epochs,
             lr,
             stage,
-            log,
             on_epoch,
         )
         result.history += hist
@@ -320,7 +341,7 @@ def fold_predictions(
     )
 
 
-def cross_validate(faces: Faces, settings: TrainingSettings, log: Progress = print) -> list[FoldRun]:
+def cross_validate(faces: Faces, settings: TrainingSettings) -> list[FoldRun]:
     """Subject-exclusive `settings.folds`-fold: each fold's model never sees the people it is tested
     on; its validation data (early stopping, thresholds) come from its training people.
 
@@ -331,8 +352,16 @@ def cross_validate(faces: Faces, settings: TrainingSettings, log: Progress = pri
     k = settings.folds
     for fold, (train_all, test_idx) in enumerate(group_kfold(faces.groups, k)):
         train_idx, val_idx, how = validation_split(faces.groups, train_all, seed=settings.seed)
-        log(f"fold {fold + 1}/{k}: {len(train_idx)} train, {len(val_idx)} val ({how}), {len(test_idx)} test")
-        fitted = fit(faces, train_idx, val_idx, settings, log)
+        log.info(
+            "fold %d/%d: %d train, %d val (%s), %d test",
+            fold + 1,
+            k,
+            len(train_idx),
+            len(val_idx),
+            how,
+            len(test_idx),
+        )
+        fitted = fit(faces, train_idx, val_idx, settings)
         fitted.validation = how
         preds = fold_predictions(faces, fold, fitted, val_idx, test_idx, settings)
         runs.append(FoldRun(preds, fitted, val_idx, test_idx))
@@ -348,15 +377,15 @@ def split_indices(faces: Faces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return parts
 
 
-def holdout(faces: Faces, settings: TrainingSettings, log: Progress = print) -> list[FoldRun]:
+def holdout(faces: Faces, settings: TrainingSettings) -> list[FoldRun]:
     """Train on the version's train split, early-stop on val, test on test (FER-2013's protocol).
 
     Raises:
         ValueError: the version has no train, val or test rows for the task.
     """
     train_idx, val_idx, test_idx = split_indices(faces)
-    log(f"holdout: {len(train_idx)} train, {len(val_idx)} val, {len(test_idx)} test")
-    fitted = fit(faces, train_idx, val_idx, settings, log)
+    log.info("holdout: %d train, %d val, %d test", len(train_idx), len(val_idx), len(test_idx))
+    fitted = fit(faces, train_idx, val_idx, settings)
     fitted.validation = "the version's val split"
     return [
         FoldRun(

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +71,7 @@ from warehouse.hashing import stable_id
 from warehouse.settings import Settings
 from warehouse.versions import read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 PARAMETERS = (
     "class_weight_mu",
@@ -280,7 +280,6 @@ def tune(
     version: str,
     base: TrainingSettings,
     settings: TuningSettings | None = None,
-    log: Progress = print,
 ) -> TuningResult:
     """Search `settings.search` around `base` (every other field stays as in `base`) for the
     lowest validation loss on the version, `settings.trials` trials; write the trials table, the
@@ -302,7 +301,7 @@ def tune(
     network = base.network()
     faces = load_faces(wh.home, manifest, base.task, network.image_size, network.channels)
     train_idx, val_idx, how = tuning_split(faces, base.folds == 0, base.seed)
-    log(
+    log.info(
         f"tuning {study_id}: {settings.trials} trials over {', '.join(d.name for d in dims)}; "
         f"{len(train_idx)} train, {len(val_idx)} validation faces ({how})"
     )
@@ -313,7 +312,7 @@ def tune(
     yardstick, objective_loss = None, base.loss_description
     if any(d.name == "class_weight_mu" for d in dims):
         plain = base.replace(class_weight_mu=None)
-        yardstick = plain.task.criterion(plain, faces.targets[train_idx], device)
+        yardstick = plain.criterion(faces.targets[train_idx], device)
         objective_loss = plain.loss_description + " (unweighted: class weights change with mu)"
 
     def trial_settings(params: dict[str, Any]) -> TrainingSettings:
@@ -336,7 +335,7 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val loss {best:.4f} after {step} epochs")
 
-        fitted = fit(faces, train_idx, val_idx, run, lambda _: None, on_epoch)
+        fitted = fit(faces, train_idx, val_idx, run, on_epoch)
         trial.set_user_attr("train_criterion_val_loss", fitted.best_val_loss)
         value = fitted.best_val_loss
         if yardstick is not None:  # the kept (best-epoch) model under the trial-independent loss
@@ -347,7 +346,7 @@ def tune(
 
     def report_trial(study, trial) -> None:
         value = "-" if trial.value is None else f"{trial.value:.4f}"
-        log(f"trial {trial.number}: {trial.state.name.lower()}, val loss {value}, {trial.params}")
+        log.info(f"trial {trial.number}: {trial.state.name.lower()}, val loss {value}, {trial.params}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed, n_startup_trials=settings.startup_trials)
@@ -413,7 +412,7 @@ def tune(
     }
     result.report = render.write_folder(out, doc, f"Hyper-parameter search {study_id}", files)
     result.seconds = time.perf_counter() - started
-    log(f"best trial {best.number}: val loss {best.value:.4f}, {best.params}; {out / 'report.md'}")
+    log.info(f"best trial {best.number}: val loss {best.value:.4f}, {best.params}; {out / 'report.md'}")
     return result
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,6 +68,96 @@ class DemoRenders:
 @pytest.fixture(scope="session")
 def demo_renders(tmp_path_factory) -> DemoRenders:
     return DemoRenders(tmp_path_factory.mktemp("demo-renders"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DemoRoot:
+    """A data root made by `ferlab demo` (the small demo, seed 0: every ingest and auto-labeling
+    job, the AU and emotion models trained, promoted and evaluated, pseudo labels, the review
+    queue, the video analysis), once per test run. `home` is shared: read it, never write under
+    it; `copy` gives a private one to write in."""
+
+    def __init__(self, home: Path, stdout: str) -> None:
+        self.home = home
+        self.stdout = stdout  # what `ferlab demo` printed
+
+    def copy(self, dest: Path) -> Path:
+        """A private copy of the data root at `dest` (a new folder); returns `dest`."""
+        shutil.copytree(self.home, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory, demo_renders) -> DemoRoot:
+    """`ferlab demo` in a subprocess, as a user runs it (DAGSTER_HOME left to the data root), on a
+    copy of the session's render of the same demo data (rendering is the costly part)."""
+    home = tmp_path_factory.mktemp("demo-root") / "var"
+    demo_renders.copy(home / "sources")
+    env = {**os.environ, "FERLAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("DAGSTER_HOME", None)  # as `make` sets it: <data root>/dagster, prepared by ferlab
+    demo = subprocess.run(
+        [sys.executable, "-m", "ferlab", "--home", str(home), "demo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    return DemoRoot(home, demo.stdout)
+
+
+class Fer2013Root:
+    """The small demo's FER-2013 faces (train / val / test from its Usage column) ingested,
+    auto-labeled and snapshotted, once per test run; `copy` gives each module its own."""
+
+    def __init__(self, home: Path, version: str) -> None:
+        self.home = home
+        self.version = version
+
+    def copy(self, dest: Path) -> Path:
+        shutil.copytree(self.home, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def fer2013_root(tmp_path_factory, demo_renders) -> Fer2013Root:
+    from labeling.detection.autolabel import autolabel, select_images
+    from labeling.detection.detectors import load_detector
+    from warehouse import Warehouse
+    from warehouse.sources.fer2013 import ingest_fer2013
+    from warehouse.versions import snapshot_dataset_version
+
+    wh = Warehouse(tmp_path_factory.mktemp("fer2013-root") / "home")
+    ingest_fer2013(wh, demo_renders.path("small", seed=0) / "fer2013.csv", show_progress=False)
+    autolabel(wh, select_images(wh), load_detector("yunet"), show_progress=False)
+    return Fer2013Root(wh.home, snapshot_dataset_version(wh).version)
+
+
+ANALYSIS_SUBJECTS = ["SN001", "SN002", "SN003"]
+
+
+@pytest.fixture(scope="session")
+def analysis_home(tmp_path_factory, demo_renders, promote) -> Path:
+    """Three demo people's DISFA frames (every 2nd) and the FER-2013 faces ingested, auto-labeled
+    by YuNet, snapshotted; a tiny AU model and a tiny emotion model trained on them and made
+    production: the data root of the video analysis tests (models' quality is not under test)."""
+    from ferlab.demotruth import ingest_demo_sources
+    from models.pipeline import train_model
+    from models.settings import AUTrainingSettings, EmotionTrainingSettings
+    from warehouse import Warehouse
+
+    root = tmp_path_factory.mktemp("analyze") / "home"
+    wh = Warehouse(root)
+    sources = demo_renders.path("small", seed=0)
+    version = ingest_demo_sources(wh, sources, subjects=ANALYSIS_SUBJECTS, stride=2, scraped=False)
+    au = train_model(wh, version, AUTrainingSettings(image_size=64, head_epochs=3, finetune_epochs=0))
+    emo = train_model(
+        wh, version, EmotionTrainingSettings(architecture="fer2013_cnn", scratch_epochs=3, folds=0)
+    )
+    _promote(wh, au=au.model_id, emotion=emo.model_id)
+    return root
 
 
 def _promote(wh, **production: str) -> None:

@@ -1,5 +1,5 @@
 """A DISFA subject's video analyzed against its gold AU labels (labeling.analysis.gold) and the
-`disfa_analysis` asset over it, on test_analyze's small data root (three demo people ingested at
+`disfa_analysis` asset over it, on the session's analysis data root (conftest.analysis_home: three demo people ingested at
 stride 2, tiny production models): the join, the counts and the report, not the models' quality."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_analyze import home  # noqa: F401  (the data root with tiny production models)
 
 from warehouse.schemas import AU_PRESENT_THRESHOLD, DISFA_AUS, SEED_AUS
 
@@ -80,15 +79,20 @@ def _label_file(data_root: Path, au: int) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def analysis(home):  # noqa: F811
+def home(analysis_home) -> Path:
+    return analysis_home
+
+
+@pytest.fixture(scope="module")
+def analysis(home):
     from labeling.analysis.gold import analyze_disfa_subject
     from warehouse import Warehouse
 
-    return analyze_disfa_subject(Warehouse(home), SUBJECT, log=print)
+    return analyze_disfa_subject(Warehouse(home), SUBJECT)
 
 
 @pytest.mark.slow
-def test_one_row_per_frame_with_a_face_and_the_gold_of_the_label_files(home, analysis):  # noqa: F811
+def test_one_row_per_frame_with_a_face_and_the_gold_of_the_label_files(home, analysis):
     r = analysis
     raw = r.analysis.table["frame"].to_pylist()
     frames = r.table["frame"].to_pylist()
@@ -140,7 +144,7 @@ def test_the_report_has_the_f1_table_the_counts_and_the_plot(analysis):
 
 
 @pytest.mark.slow
-def test_the_asset_through_its_job(home):  # noqa: F811
+def test_the_asset_through_its_job(home):
     """`disfa_analysis_job` on the subject's partition, the first 20 frames: metadata and files."""
     from dagster import DagsterInstance
 
@@ -170,7 +174,7 @@ def test_the_asset_through_its_job(home):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_the_command_and_its_errors(home, capsys):  # noqa: F811
+def test_the_command_and_its_errors(home, capsys):
     from ferlab.cli import main
 
     base = ["--home", str(home), "analyze-disfa"]

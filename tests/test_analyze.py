@@ -19,7 +19,6 @@ import pytest
 from labeling.analysis.ekman import decidable, emotion_from_aus
 from warehouse.schemas import EMOTIONS, SEED_AUS
 
-QUIET = lambda m: None  # noqa: E731
 SUBJECTS = ["SN001", "SN002", "SN003"]
 BLANK = (30, 31, 32)  # frames (from 1) with nobody in view
 DAMAGED = (10, 45)  # frames whose data is garbled in the file
@@ -100,29 +99,8 @@ def test_damaged_frames_are_skipped_and_the_rest_keep_their_numbers(tmp_path):
 
 # ---- a data root with tiny production models ------------------------------------------------------
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, demo_renders, promote) -> Path:
-    """Three demo people's DISFA frames and the FER-2013 faces ingested, auto-labeled by YuNet,
-    snapshotted; a tiny AU model and a tiny emotion model trained on them and made production."""
-    from ferlab.demotruth import ingest_demo_sources
-    from models.pipeline import train_model
-    from models.settings import AUTrainingSettings, EmotionTrainingSettings
-    from warehouse import Warehouse
-
-    root = tmp_path_factory.mktemp("analyze") / "home"
-    sources = demo_renders.path("small", seed=0)
-    wh = Warehouse(root)
-    version = ingest_demo_sources(wh, sources, subjects=SUBJECTS, stride=2, scraped=False)
-    au = train_model(
-        wh, version, AUTrainingSettings(image_size=64, head_epochs=3, finetune_epochs=0), log=QUIET
-    )
-    emo = train_model(
-        wh,
-        version,
-        EmotionTrainingSettings(architecture="fer2013_cnn", scratch_epochs=3, folds=0),
-        log=QUIET,
-    )
-    promote(wh, au=au.model_id, emotion=emo.model_id)
-    return root
+def home(analysis_home) -> Path:
+    return analysis_home
 
 
 def _read_video(path: Path) -> list[np.ndarray]:

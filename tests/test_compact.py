@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ferlab import cli
-from labeling.detection.autolabel import autolabel
+from labeling.detection.autolabel import autolabel, select_images
 from labeling.detection.detectors import load_detector
 from models.compact import (
     INT8_FILE,
@@ -28,7 +28,6 @@ from models.predict import Predictor
 from models.settings import EmotionTrainingSettings
 from warehouse import Warehouse
 from warehouse.errors import ConfigError
-from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.versions import snapshot_dataset_version
 
 TEACHER = EmotionTrainingSettings(
@@ -38,23 +37,19 @@ STUDENT = DistillationSettings(epochs=2, batch_size=32, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_renders) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("compact") / "home"
+def trained(tmp_path_factory, fer2013_root) -> tuple[Path, str]:
+    root = fer2013_root.copy(tmp_path_factory.mktemp("compact") / "home")
     wh = Warehouse(root)
-    ingest_fer2013(wh, demo_renders.path("small", seed=0) / "fer2013.csv", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    version = snapshot_dataset_version(wh).version
-    run = train_model(wh, version, TEACHER, log=print)
-    quantize_int8(wh, run.model_id, log=print)
-    distill(wh, run.model_id, STUDENT, log=print)
+    run = train_model(wh, fer2013_root.version, TEACHER)
+    quantize_int8(wh, run.model_id)
+    distill(wh, run.model_id, STUDENT)
     return root, run.model_id
 
 
 @pytest.fixture(scope="module")
 def comparison(trained):
     root, model_id = trained
-    return compare_compact(Warehouse(root), model_id, repeats=5, log=print)
+    return compare_compact(Warehouse(root), model_id, repeats=5)
 
 
 @pytest.mark.slow
@@ -87,7 +82,7 @@ def test_int8_loads_runs_and_its_metric_is_within_002_of_fp32(trained, compariso
         section = text[text.index("## Compact models") :]
         assert "| int8 | model.int8.onnx |" in section and "| student | student.onnx |" in section
         assert f"{int8['size_mb']:.2f}" in section
-        evaluate_model(wh, model_id, log=print)
+        evaluate_model(wh, model_id)
 
 
 @pytest.mark.slow
@@ -139,14 +134,13 @@ def test_au_int8_and_student_on_a_folds_held_out_subject(tmp_path, demo_renders)
     ingest_disfa(
         wh, demo_renders.path("small", seed=0) / "disfa", subjects=people, stride=2, show_progress=False
     )
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
+    autolabel(wh, select_images(wh), load_detector("yunet"), show_progress=False)
     version = snapshot_dataset_version(wh).version
     settings = AUTrainingSettings(image_size=64, head_epochs=10, finetune_epochs=0, device="cpu")
-    run = train_model(wh, version, settings, log=print)
-    quantize_int8(wh, run.model_id, log=print)
-    distill(wh, run.model_id, STUDENT.replace(epochs=1), log=print)
-    result = compare_compact(wh, run.model_id, repeats=5, log=print)
+    run = train_model(wh, version, settings)
+    quantize_int8(wh, run.model_id)
+    distill(wh, run.model_id, STUDENT.replace(epochs=1))
+    result = compare_compact(wh, run.model_id, repeats=5)
     print(f"\nheld-out faces: {result.n_faces} ({result.held_out})")
     fold = run.info["final"]["from_fold"]
     held = next(f["test_groups"] for f in run.info["folds"] if f["fold"] == fold)

@@ -27,7 +27,6 @@ from warehouse.versions import snapshot_dataset_version
 
 pytestmark = pytest.mark.slow  # trains three models (~3 minutes on 2 CPU cores)
 
-QUIET = lambda m: None  # noqa: E731
 # test_models.py's budget: the AU model that reaches Avg.F1 ~0.56 on held-out people
 # with degraded training faces (gray, low resolution: the look of the FER-2013 and scraped faces
 # it pseudo-labels), which lifts its pseudo labels' precision there (benchmarks.pseudo_label_precision)
@@ -47,9 +46,9 @@ def home(tmp_path_factory, demo_renders) -> Path:
     wh = Warehouse(root)
     version = ingest_demo_sources(wh, sources)
     for settings in (AU_SETTINGS, EMOTION_SETTINGS):
-        run = train_model(wh, version, settings, log=QUIET)
-        evaluate_model(wh, run.model_id, log=QUIET)
-        assert decide_promotion(wh, run.model_id, log=QUIET).promoted  # the first of its task
+        run = train_model(wh, version, settings)
+        evaluate_model(wh, run.model_id)
+        assert decide_promotion(wh, run.model_id).promoted  # the first of its task
     shutil.copy(sources / "truth" / "faces.csv", root / "truth.csv")
     return root
 
@@ -58,13 +57,13 @@ def test_a_worse_model_is_not_promoted(home):
     wh = Warehouse(home)
     production = production_model(wh, "au")
     version = read_manifest_version(wh)
-    run = train_model(wh, version, ONE_EPOCH, log=QUIET)
-    evaluate_model(wh, run.model_id, log=QUIET)
-    d = decide_promotion(wh, run.model_id, log=QUIET)
+    run = train_model(wh, version, ONE_EPOCH)
+    evaluate_model(wh, run.model_id)
+    d = decide_promotion(wh, run.model_id)
     print(f"\none-epoch model: {d.metric} {d.value:.3f} vs production {d.production_value:.3f}: {d.reason}")
     assert not d.promoted and d.production_model_id == production and d.value < d.production_value
     assert production_model(wh, "au") == production
-    assert not decide_promotion(wh, run.model_id, log=QUIET).recorded  # decided once
+    assert not decide_promotion(wh, run.model_id).recorded  # decided once
 
 
 def read_manifest_version(wh: Warehouse) -> str:
@@ -121,7 +120,7 @@ def _au_pseudo_precision(
 
 def test_au_pseudo_labels_on_faces_never_trained_on(home):
     wh = Warehouse(home)
-    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET)
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
     print("\n" + report.summary())
     labels = wh.sql(
         "SELECT crop_id, au, present, probability, threshold, annotator FROM au_labels WHERE label_source = 'pseudo'"
@@ -135,7 +134,7 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
     assert n_present >= 20 and n_absent >= 100
 
     # re-running writes nothing new; the production model's pseudo labels reach a new version
-    again = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET)
+    again = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
     assert again.added == 0 and again.updated == 0 and again.rows == report.rows
     assert (report.folder / "settings.json").is_file() and (report.folder / "report.json").is_file()
     new = snapshot_dataset_version(wh)
@@ -149,9 +148,7 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
 # benchmarks.pseudo_label_precision). The issue's goal of 0.90 on both sides is not met by the demo model.
 def test_au_pseudo_labels_meet_the_precision_bar(home):
     wh = Warehouse(home)
-    report = pseudo_label(
-        wh, "au", PseudoLabelSettings(target_precision=0.9), log=QUIET
-    )  # stored: adds nothing
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))  # stored: adds nothing
     _au_pseudo_precision(wh, home, report, threshold=AU_PRESENT_THRESHOLD)  # for the record
     present, _, absent, _ = _au_pseudo_precision(wh, home, report)
     assert present >= 0.85 and absent >= 0.85
@@ -160,20 +157,18 @@ def test_au_pseudo_labels_meet_the_precision_bar(home):
 @pytest.mark.server  # brain=True starts FiftyOne's database
 def test_review_queue_and_emotion_pseudo_labels(home):
     wh = Warehouse(home)
-    emo = pseudo_label(wh, "emotion", log=QUIET)
+    emo = pseudo_label(wh, "emotion")
     print("\n" + emo.summary())
     assert emo.rows > 0 and set(emo.per_label) >= {"happy", "sad"}
     for task in ("au", "emotion"):
-        r = build_review_queue(wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10), log=QUIET)
+        r = build_review_queue(wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10))
         print(r.summary())
         assert r.by_reason["most_unique"] == 10 and r.by_reason["low_detection_score"] > 0
         assert sum(r.by_reason.values()) == r.added
-        again = build_review_queue(
-            wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10), log=QUIET
-        )
+        again = build_review_queue(wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10))
         assert again.added == 0  # keyed by (queue, face, reason)
     brain = ReviewSettings(brain=True, unique_top=10, queue="brain")
-    r = build_review_queue(wh, "emotion", brain, log=QUIET)
+    r = build_review_queue(wh, "emotion", brain)
     print(r.summary())
     assert r.by_reason["most_unique"] == 10
     details = wh.sql("SELECT detail FROM review_queue WHERE queue = 'brain' AND reason = 'most_unique'")
@@ -220,7 +215,7 @@ def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
     version = read_manifest_version(wh)
     tiny = AU_SETTINGS.replace(image_size=64, head_epochs=5, finetune_epochs=1)
     settings = PseudoExperimentSettings(target_precision=0.8)
-    result = pseudo_label_experiment(wh, version, tiny, settings, log=QUIET)
+    result = pseudo_label_experiment(wh, version, tiny, settings)
     print("\n" + result.summary())
     gold, both = (result.folds[arm] for arm in ARMS)
     assert [f.groups for f in gold] == [f.groups for f in both] and len(gold) == 3
@@ -240,7 +235,7 @@ def test_label_studio_prefill_is_the_queue_models_output(home):
     from labeling.labelstudio.sync import prediction_for, queue_predictions, queued_faces
 
     wh = Warehouse(home)
-    build_review_queue(wh, "au", ReviewSettings(queue="prefill", unique_top=5), log=QUIET)
+    build_review_queue(wh, "au", ReviewSettings(queue="prefill", unique_top=5))
     rows = queued_faces(wh, "prefill")
     preds = queue_predictions(wh, rows)
     model_id = production_model(wh, "au")

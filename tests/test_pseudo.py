@@ -124,3 +124,29 @@ def test_face_predictions_are_cached_per_model_and_only_new_faces_run(wh):
     more = pa.concat_tables([faces, pa.table({"crop_id": ["d"], "image_id": ["k"], "media_path": ["d.png"]})])
     got, _ = face_predictions(wh, p, more)
     assert got.column("crop_id").to_pylist() == ["a", "c", "d"] and p.asked[-1] == "d.png"
+
+
+def test_the_task_type_says_where_its_pseudo_labels_go():
+    import pyarrow as pa
+
+    from labeling.curation.pseudo import LABEL_ROWS, Cut, _label_rows_of
+    from models.tasks import TASKS, get_task
+
+    assert {t.label_table for t in TASKS.values()} == {"au_labels", "emotion_labels"}
+    assert {t.source_column for t in TASKS.values()} == {"au_source", "emotion_source"}
+    for task in TASKS.values():  # every task has its rows, and an AUTask of other AUs the AUs'
+        assert _label_rows_of(task) is LABEL_ROWS[type(task)]
+    assert _label_rows_of(type(get_task("au"))(aus=(1, 2))) is _label_rows_of(get_task("au"))
+    predicted = pa.table(
+        {"crop_id": ["a", "b"], "image_id": ["i", "j"], "AU1": [0.9, 0.1], "AU2": [0.5, 0.5]}
+    )
+    cuts = {"AU1": Cut(lower=0.2, upper=0.8), "AU2": None}
+    rows, per_label = _label_rows_of(get_task("au"))(predicted, ["AU1", "AU2"], cuts, "au-m")
+    assert rows.column("au").to_pylist() == [1, 1] and rows.column("present").to_pylist() == [True, False]
+    assert per_label == {"AU1": {"present": 1, "absent": 1}, "AU2": {"present": 0, "absent": 0}}
+    emotions = pa.table(
+        {"crop_id": ["a", "b"], "image_id": ["i", "j"], "happy": [0.9, 0.4], "sad": [0.1, 0.6]}
+    )
+    cuts = {"happy": Cut(lower=None, upper=0.8), "sad": Cut(lower=None, upper=0.7)}
+    rows, _ = _label_rows_of(get_task("emotion"))(emotions, ["happy", "sad"], cuts, "emotion-m")
+    assert rows.column("crop_id").to_pylist() == ["a"] and rows.column("emotion").to_pylist() == ["happy"]

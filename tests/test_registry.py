@@ -46,65 +46,59 @@ def _model(
 
 
 def test_a_model_is_judged_by_its_own_headline(wh):
-    quiet = lambda m: None  # noqa: E731
-    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.50, pooled=0.55), log=quiet)
+    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.50, pooled=0.55))
     # worse by the seeds' per-fold mean, better pooled, and pooled is what it is judged by
-    d = decide_promotion(
-        wh, _model(wh, "au-p", "v-1", 0.40, pooled=0.60, headline="avg_f1_pooled"), log=quiet
-    )
+    d = decide_promotion(wh, _model(wh, "au-p", "v-1", 0.40, pooled=0.60, headline="avg_f1_pooled"))
     assert d.promoted and d.metric == "avg_f1_pooled" and (d.value, d.production_value) == (0.60, 0.55)
 
 
 def test_only_a_better_model_on_the_same_evaluation_is_promoted(wh):
-    quiet = lambda m: None  # noqa: E731
     assert production_model(wh, "au") is None
-    first = decide_promotion(wh, _model(wh, "au-a", "v-1", 0.50), log=quiet)
+    first = decide_promotion(wh, _model(wh, "au-a", "v-1", 0.50))
     assert first.promoted and first.production_model_id is None and first.reason == "no production model yet"
     assert production_model(wh, "au") == "au-a"
 
-    worse = decide_promotion(wh, _model(wh, "au-worse", "v-1", 0.40), log=quiet)
+    worse = decide_promotion(wh, _model(wh, "au-worse", "v-1", 0.40))
     assert not worse.promoted
     assert (worse.value, worse.production_value, worse.production_model_id) == (0.40, 0.50, "au-a")
-    tie = decide_promotion(wh, _model(wh, "au-tie", "v-1", 0.50), log=quiet)
+    tie = decide_promotion(wh, _model(wh, "au-tie", "v-1", 0.50))
     assert not tie.promoted  # a tie never replaces production
     assert production_model(wh, "au") == "au-a"
 
-    better = decide_promotion(wh, _model(wh, "au-b", "v-1", 0.55), log=quiet)
+    better = decide_promotion(wh, _model(wh, "au-b", "v-1", 0.55))
     assert better.promoted and better.production_value == 0.50
     assert production_model(wh, "au") == "au-b"
 
     # idempotent: deciding again returns the first decision and writes nothing
     n = wh.count("model_promotions")
-    again = decide_promotion(wh, "au-worse", log=quiet)
+    again = decide_promotion(wh, "au-worse")
     assert not again.recorded and not again.promoted and wh.count("model_promotions") == n
     assert decisions(wh, "au").column("model_id").to_pylist() == ["au-a", "au-worse", "au-tie", "au-b"]
     assert production_model(wh, "emotion") is None
 
 
 def test_production_from_another_version_is_replayed_on_the_candidates_version(wh):
-    quiet = lambda m: None  # noqa: E731
-    decide_promotion(wh, _model(wh, "au-old", "v-1", 0.70, loss="pr"), log=quiet)
+    decide_promotion(wh, _model(wh, "au-old", "v-1", 0.70, loss="pr"))
     replays = []
 
-    def retrain(wh_, version, settings, log, metric):
+    def retrain(wh_, version, settings, metric):
         replays.append((version, settings))
         return "au-replayed", 0.60  # the production recipe scores 0.60 on v-2's folds
 
     # 0.65 on v-2 is worse than production's 0.70 on v-1, but better on the same evaluation
-    d = decide_promotion(wh, _model(wh, "au-new", "v-2", 0.65, folds=4), log=quiet, retrain=retrain)
+    d = decide_promotion(wh, _model(wh, "au-new", "v-2", 0.65, folds=4), retrain=retrain)
     assert [v for v, _ in replays] == ["v-2"]
     assert replays[0][1].loss == "pr" and replays[0][1].folds == 4  # its recipe, the candidate's folds
     assert d.promoted and d.production_value == 0.60 and "au-replayed" in d.reason
 
     # different AUs: not the same evaluation, never promoted
-    other = decide_promotion(wh, _model(wh, "au-aus", "v-2", 0.99, aus=(1, 2)), log=quiet, retrain=retrain)
+    other = decide_promotion(wh, _model(wh, "au-aus", "v-2", 0.99, aus=(1, 2)), retrain=retrain)
     assert not other.promoted and "not comparable" in other.reason and len(replays) == 1
 
 
 def test_only_the_production_models_pseudo_labels_count(wh):
-    quiet = lambda m: None  # noqa: E731
-    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.5), log=quiet)
-    decide_promotion(wh, _model(wh, "au-b", "v-1", 0.4), log=quiet)
+    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.5))
+    decide_promotion(wh, _model(wh, "au-b", "v-1", 0.4))
     rows = [
         dict(
             image_id="i",
@@ -124,7 +118,7 @@ def test_only_the_production_models_pseudo_labels_count(wh):
 
 
 def test_models_listing_shows_production_and_decisions(wh):
-    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.5), log=lambda m: None)
+    decide_promotion(wh, _model(wh, "au-a", "v-1", 0.5))
     assert list_models(wh).num_rows == 0  # model_runs rows come from evaluate_model
     run = dict(model_id="au-a", task="au", architecture="mobilenet_v2", dataset_version="v-1", config="{}")
     run.update(loss="bce", weights_source=None, checkpoint=None, onnx=None, report=None)
@@ -137,7 +131,7 @@ def test_models_listing_shows_production_and_decisions(wh):
 @pytest.mark.parametrize("missing", ["au-nope"])
 def test_unknown_model_is_a_clear_error(wh, missing):
     with pytest.raises(FileNotFoundError, match=missing):
-        decide_promotion(wh, missing, log=lambda m: None)
+        decide_promotion(wh, missing)
 
 
 def test_cli_says_what_is_missing_in_one_line(wh, capsys):

@@ -12,43 +12,32 @@ import numpy as np
 import pytest
 
 from ferlab import cli
-from labeling.detection.autolabel import autolabel
-from labeling.detection.detectors import load_detector
 from models.data import Faces
 from models.pipeline import latest_model_id, load_run
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, load_settings
 from models.tuning import TuningSettings, read_trials, search_space, tune, tuning_split
 from warehouse import Warehouse
 from warehouse.errors import ConfigError
-from warehouse.sources.fer2013 import ingest_fer2013
-from warehouse.versions import snapshot_dataset_version
 
-QUIET = lambda m: None  # noqa: E731
 # The test budget: the 48 px gray CNN, 2-3 epochs a trial, TPE after 2 random trials.
 BASE = EmotionTrainingSettings(architecture="fer2013_cnn", device="cpu")
 SEARCH = TuningSettings(trials=3, min_epochs=2, max_epochs=3, startup_trials=2, prune_warmup_epochs=1)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, demo_renders) -> Path:
+def home(tmp_path_factory, fer2013_root) -> Path:
     """The small demo's FER-2013 faces (train / val / test from its Usage column), snapshotted."""
-    root = tmp_path_factory.mktemp("tuning") / "home"
-    wh = Warehouse(root)
-    ingest_fer2013(wh, demo_renders.path("small", seed=0) / "fer2013.csv", show_progress=False)
-    images = wh.sql("SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY 3, 4")
-    autolabel(wh, images, load_detector("yunet"), show_progress=False)
-    snapshot_dataset_version(wh)
-    return root
+    return fer2013_root.copy(tmp_path_factory.mktemp("tuning") / "home")
 
 
 @pytest.fixture(scope="module")
-def version(home) -> str:
-    return snapshot_dataset_version(Warehouse(home)).version
+def version(fer2013_root) -> str:
+    return fer2013_root.version
 
 
 @pytest.fixture(scope="module")
 def result(home, version):
-    return tune(Warehouse(home), version, BASE, SEARCH, log=print)
+    return tune(Warehouse(home), version, BASE, SEARCH)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Dataset versions: label precedence, one-face rules, splits, content-hash ids, idempotent
-snapshots; and the manifest of the demo data root when one has been built."""
+snapshots; and the manifest of the data root `ferlab demo` builds."""
 
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ from warehouse.versions import (
     snapshot_dataset_version,
     version_id,
 )
-
-DEMO_HOME = Path("/tmp/demohome")
 
 
 # ---- a small warehouse, by hand ------------------------------------------------------------
@@ -359,12 +357,12 @@ def test_empty_warehouse(wh):
 
 
 # ---- the demo data root --------------------------------------------------------------------
-@pytest.mark.skipif(not (DEMO_HOME / "tables" / "crops").is_dir(), reason="no demo data root")
-def test_demo_manifest(tmp_path):
+@pytest.mark.slow  # the session's `ferlab demo` data root
+def test_demo_manifest(tmp_path, demo_root):
     # A copy of the tables only: opening a Warehouse creates missing table folders, and the
     # demo root must stay untouched. Media stay where they are (the manifest holds paths).
     home = tmp_path / "demo"
-    shutil.copytree(DEMO_HOME / "tables", home / "tables", ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(demo_root.home / "tables", home / "tables", ignore=shutil.ignore_patterns(".*"))
     wh = Warehouse(home)
     m = build_manifest(wh)
     counts = {}
@@ -383,5 +381,5 @@ def test_demo_manifest(tmp_path):
         fer = wh.sql("SELECT count(*) AS n FROM images WHERE source = 'fer2013'").column("n")[0].as_py()
         assert counts["fer2013"]["crops"] == fer  # one crop per FER-2013 image
     for path in m.column("media_path").to_pylist()[:50]:
-        assert (DEMO_HOME / path).is_file()
+        assert (demo_root.home / path).is_file()
     assert version_id(build_manifest(wh)) == version_id(m)

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from warehouse.atomic import atomic_write_bytes
 from warehouse.errors import ConfigError
 
 SETTINGS_FILE = "settings.json"
+
+# The device a run computes on, the same field in every settings class that has one:
+# `device: Device = DEFAULT_DEVICE` (models.device.resolve_device reads it).
+DEFAULT_DEVICE = "auto"
+Device = Annotated[
+    str, Field(min_length=1, description="auto (cuda when present, else cpu) | cpu | cuda[:n]")
+]
 
 
 def describe_validation_error(kind: str, error: ValidationError) -> str:

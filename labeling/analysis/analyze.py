@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -56,16 +56,20 @@ import pyarrow as pa
 from labeling.analysis.ekman import emotion_from_aus
 from labeling.analysis.settings import AnalyzeSettings
 from labeling.analysis.tracking import FaceTracker
-from labeling.detection.crops import crop_faces
+from labeling.detection.crops import FaceCrop, crop_faces
 from labeling.detection.detectors import Detection, Detector, as_bgr
 from labeling.detection.media import IMAGE_EXTS, VIDEO_EXTS, iter_frames, media_files
 from labeling.detection.prefetch import prefetch
+from labeling.student.face_detector import resolve_detector as resolve_student_or
 from warehouse.atomic import atomic_path, atomic_write_bytes
 from warehouse.errors import InputError
 from warehouse.rejects import Reject
 from warehouse.sources.common import progress
 from warehouse.store import Warehouse
 from warehouse.video import decode_frames_skipping
+
+if TYPE_CHECKING:
+    from models.predict import Predictor
 
 UNCERTAIN = "uncertain"
 SOURCE = "analyze"
@@ -243,14 +247,9 @@ def expected_frames(sources: Sequence[str | Path], stride: int = 1) -> int | Non
 
 # ---- models -----------------------------------------------------------------------------------
 def resolve_detector(home: Path, spec: str) -> str:
-    """ "auto": this data root's trained YOLO student when there is one, else YuNet (the face
-    teacher: the persons the full teachers add are of no use here); any other spec as it is."""
-    if spec != "auto":
-        return spec
-    from labeling.student.face_detector import STUDENT_PT, student_dir
-
-    student = student_dir(home) / STUDENT_PT
-    return str(student) if student.is_file() else "yunet"
+    """The analysis's detector spec: "auto" is this data root's trained YOLO student when there is
+    one, else YuNet (the face teacher: the persons the full teachers add are of no use here)."""
+    return resolve_student_or(home, spec, fallback="yunet")
 
 
 def au_number(label: str) -> str:
@@ -439,6 +438,230 @@ def _ctrl_c_ends(camera: bool) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+class VideoAnalysis:
+    """The pipeline of `analyze`, its state in one place: the settings, the detector, the AU and
+    emotion models (loaded once, `run` may be called again), and per run the rows, the tracker,
+    the batches in flight and the stop flag. Stages: read the inputs into batches (`_read`),
+    detect a batch in a worker thread (`_submit`) while the batch before it is tracked, cropped and
+    scored (`_finish` -> `_process` -> `_score` -> `_add_rows`).
+
+    Raises (constructor): LookupError, ConfigError, FileNotFoundError as `analyze`.
+    """
+
+    def __init__(
+        self, wh: Warehouse, settings: AnalyzeSettings | None = None, detector: Detector | None = None
+    ):
+        from labeling.curation.pseudo import resolve_model
+        from labeling.detection.yolo_env import prepare_ultralytics_offline
+
+        self.settings = settings = settings or AnalyzeSettings()
+        self.au_id = resolve_model(wh, "au", settings.au_model)
+        self.emo_id = resolve_model(wh, "emotion", settings.emotion_model)
+        self.au, self.emo = self._load(wh, self.au_id), self._load(wh, self.emo_id)
+        self.au_cut = au_thresholds(wh, self.au_id, len(self.au.labels))
+        prepare_ultralytics_offline(wh.home / "ultralytics")
+        if detector is None:
+            from labeling.detection.detectors import load_detector
+
+            detector = load_detector(resolve_detector(wh.home, settings.detector), device=settings.device)
+        self.detector = detector
+        self.au_cols = [au_number(label) for label in self.au.labels]
+        self.au_ints = [int(c[2:]) if re.fullmatch(r"au\d+", c) else None for c in self.au_cols]
+        self.measured = [n for n in self.au_ints if n is not None]
+        self.emotions = list(self.emo.labels)
+
+    def _load(self, wh: Warehouse, model_id: str) -> Predictor:
+        from models.predict import Predictor
+
+        # The detector's worker thread and the decoder's share the cores with the models: ONNX
+        # Runtime's threads sleep between calls rather than spin (models.predict).
+        s = self.settings
+        return Predictor.load(
+            wh, model_id, backend=s.backend, device=s.device, variant=s.model_variant, spin=False
+        )
+
+    # ---- a run ----------------------------------------------------------------------------------
+    def _reset(self, video_out: str | Path | None) -> None:
+        self.rows = _Rows(self.au_cols, self.emotions)
+        self.averager = _Averager(self.settings.average)
+        self.video = AnnotatedVideo(Path(video_out)) if video_out else None
+        self.infos: list[SourceInfo] = []
+        self.rejects: list[Reject] = []
+        self.corrupt: list[int] = []
+        self.trackers: dict[int, FaceTracker] = {}
+        self.last_id = 0
+        self.frames = self.with_faces = 0
+        self.batch: list[_Frame] = []
+        # The detector runs on a batch in a worker thread while this one tracks, crops and scores
+        # the batch before it (OpenCV, ONNX Runtime and torch release the GIL): one batch in flight.
+        self.inflight: deque[tuple[list[_Frame], Future]] = deque()
+        self.held: list[Reject] = []  # decode rejects met while a batch is in flight: listed after its own
+        self.stop = threading.Event()
+
+    def run(
+        self, sources: Sequence[str | Path], video_out: str | Path | None = None, show_progress: bool = False
+    ) -> AnalysisResult:
+        """Analyze `sources` (checked: `check_sources`) as `analyze` does."""
+        s = self.settings
+        self._reset(video_out)
+        total = expected_frames(sources, s.stride) if show_progress else None
+        if total is not None and s.max_frames:
+            total = min(total, s.max_frames)
+        self.bar = progress(desc="analyze", unit="frame", enabled=show_progress, total=total)
+        started = time.perf_counter()
+        self.detecting = ThreadPoolExecutor(1, thread_name_prefix="analyze-detect")
+        ok = False
+        try:
+            self._read(sources)
+            self._finish()
+            if self.batch:
+                self._process(self.batch, self.detector.detect([f.image for f in self.batch]))
+            ok = True
+        finally:
+            self.detecting.shutdown(wait=True, cancel_futures=True)
+            self.bar.close()
+            written = self.video.close(ok) if self.video is not None else None
+        return self._result(time.perf_counter() - started, written)
+
+    def _read(self, sources: Sequence[str | Path]) -> None:
+        """Read the inputs into batches, each sent to the detector when full; until the inputs end,
+        `max_frames` frames are read or the stop flag is set (Ctrl-C on a camera)."""
+        s = self.settings
+        taken = 0  # frames read into a batch
+        stream = _input_frames(sources, s.stride, self.infos)
+        with _ctrl_c_ends(any(is_camera(x) for x in sources)) as self.stop:
+            for item in prefetch(stream, depth=s.batch_size):
+                if isinstance(item, _Frame):
+                    self.batch.append(item)
+                    taken += 1
+                    if len(self.batch) >= s.batch_size:
+                        self._submit()
+                    if s.max_frames and taken >= s.max_frames:
+                        break
+                elif isinstance(item, _Skipped):
+                    self.corrupt.extend(item.frames)
+                elif isinstance(item, Reject):
+                    (self.held if self.inflight else self.rejects).append(item)
+                if self.stop.is_set():
+                    break
+
+    def _submit(self) -> None:
+        """Send the batch to the detector's thread; process what came before it meanwhile."""
+        ready = self.batch.copy()
+        self.batch.clear()
+        self.inflight.append((ready, self.detecting.submit(self.detector.detect, [f.image for f in ready])))
+        self._finish(keep=1)
+
+    def _finish(self, keep: int = 0) -> None:
+        """Process the batches in flight, oldest first, until `keep` are left."""
+        while len(self.inflight) > keep:
+            done, future = self.inflight[0]
+            found = future.result()
+            self.inflight.popleft()
+            self._process(done, found)
+        self.rejects.extend(self.held)
+        self.held.clear()
+
+    def _tracker_for(self, sid: int) -> FaceTracker:
+        if sid not in self.trackers:
+            for old in self.trackers.values():
+                self.last_id = max(self.last_id, old.last_id)
+            self.trackers.clear()  # one input at a time: a new input starts new tracks
+            s = self.settings
+            self.trackers[sid] = FaceTracker(s.track_buffer, s.match_threshold, first_id=self.last_id)
+        return self.trackers[sid]
+
+    def _process(self, chunk: list[_Frame], found: list[list[Detection]]) -> None:
+        """Track, crop and score the faces of a batch the detector has seen; its rows (and frames of
+        the annotated video) in frame order."""
+        per_frame: list[tuple[_Frame, list[Detection], list[int | None], list[FaceCrop]]] = []
+        for frame, dets in zip(chunk, found, strict=True):
+            faces = [d for d in dets if d.label == "face"]
+            ids = self._tracker_for(frame.source).update(frame.image, faces)
+            crops, bad = crop_faces(
+                frame.image,
+                faces,
+                margin=self.settings.margin,
+                source_uri=self.infos[frame.source].source,
+                frame_index=frame.frame,
+            )
+            self.rejects.extend(bad)
+            per_frame.append((frame, faces, ids, crops))
+        probs = iter(self._score([cr for *_, crops in per_frame for cr in crops]))
+        for frame, faces, ids, crops in per_frame:
+            self.with_faces += bool(crops)
+            drawn = [
+                self._add_row(frame, faces[crop.index], ids[crop.index], crop, next(probs)) for crop in crops
+            ]
+            if self.video is not None:
+                self.video.write(frame.image, drawn, self.infos[frame.source].fps)
+        self.frames += len(chunk)
+        self.bar.update(len(chunk))
+
+    def _score(self, crops: list[FaceCrop]) -> np.ndarray:
+        """Per crop, the AU probabilities then the emotion ones, all the batch's crops at once."""
+        if not crops:
+            return np.empty((0, len(self.au_cols) + len(self.emotions)), np.float32)
+        rgb = [cr.rgb for cr in crops]
+        gray = [cr.gray for cr in crops]
+        au_prob = self.au.predict_arrays(gray if self.au.config.channels == 1 else rgb)
+        emo_prob = self.emo.predict_arrays(gray if self.emo.config.channels == 1 else rgb)
+        return np.concatenate([au_prob, emo_prob], axis=1)
+
+    def _add_row(
+        self, frame: _Frame, d: Detection, tid: int | None, crop: FaceCrop, prob: np.ndarray
+    ) -> dict[str, Any]:
+        """The face's row (averaged over its track); returns what the annotated video draws."""
+        s, c = self.settings, self.rows.cols
+        p = self.averager(tid, prob)
+        pa_, pe = p[: len(self.au_cols)], p[len(self.au_cols) :]
+        present = pa_ >= self.au_cut
+        top = int(np.argmax(pe))
+        label = self.emotions[top] if pe[top] >= s.min_probability else UNCERTAIN
+        on = [n for n, yes in zip(self.au_ints, present) if yes and n is not None]
+        c["frame"].append(frame.frame)
+        c["timestamp"].append(float(frame.timestamp))
+        for key, v in zip(("x1", "y1", "x2", "y2"), crop.box):
+            c[key].append(round(v, 2))  # as the detections table rounds them
+        c["score"].append(d.score)
+        c["track_id"].append(tid)
+        for j, col in enumerate(self.au_cols):
+            c[col].append(float(pa_[j]))
+            c[f"{col}_present"].append(bool(present[j]))
+        for j, e in enumerate(self.emotions):
+            c[e].append(float(pe[j]))
+        c["emotion"].append(label)
+        c["emotion_from_aus"].append(emotion_from_aus(on, self.measured))
+        return {
+            "box": crop.box,
+            "track_id": tid,
+            "emotion": label,
+            "p": float(pe[top]),
+            "aus": " ".join(map(str, on)),
+        }
+
+    def _result(self, seconds: float, written: Path | None) -> AnalysisResult:
+        for info in self.infos:
+            first, last = info.first_frame, info.first_frame + info.frames - 1
+            info.corrupt_frames = sum(1 for n in self.corrupt if first <= n <= last)
+        return AnalysisResult(
+            table=self.rows.table(),
+            frames=self.frames,
+            frames_with_faces=self.with_faces,
+            corrupt_frames=len(self.corrupt),
+            sources=self.infos,
+            rejects=self.rejects,
+            detector=self.detector.name,
+            au_model=self.au_id,
+            emotion_model=self.emo_id,
+            seconds=seconds,
+            # what ran: the models' ids, not "the production model" of whenever it is read
+            settings=self.settings.replace(au_model=self.au_id, emotion_model=self.emo_id),
+            video=written,
+            corrupt=sorted(self.corrupt),
+        )
+
+
 def analyze(
     wh: Warehouse,
     sources: str | Path | Sequence[str | Path],
@@ -458,196 +681,10 @@ def analyze(
         ConfigError: a model id of the wrong task, or a bad setting.
         FileNotFoundError: no model of the id given.
     """
-    from labeling.curation.pseudo import resolve_model
-    from labeling.detection.yolo_env import prepare_ultralytics_offline
-    from models.predict import Predictor
-
-    settings = settings or AnalyzeSettings()
     items = [sources] if isinstance(sources, str | Path | int) else list(sources)
     items = [str(s) if isinstance(s, int) else s for s in items]
     check_sources(items)
-    au_id = resolve_model(wh, "au", settings.au_model)
-    emo_id = resolve_model(wh, "emotion", settings.emotion_model)
-    variant = settings.model_variant
-
-    # The detector's worker thread and the decoder's share the cores with the models: ONNX
-    # Runtime's threads sleep between calls rather than spin (models.predict).
-    def load(model_id: str) -> Predictor:
-        return Predictor.load(
-            wh, model_id, backend=settings.backend, device=settings.device, variant=variant, spin=False
-        )
-
-    au, emo = load(au_id), load(emo_id)
-    au_cut = au_thresholds(wh, au_id, len(au.labels))
-    prepare_ultralytics_offline(wh.home / "ultralytics")
-    if detector is None:
-        from labeling.detection.detectors import load_detector
-
-        detector = load_detector(resolve_detector(wh.home, settings.detector), device=settings.device)
-
-    au_cols = [au_number(label) for label in au.labels]
-    au_ints = [int(c[2:]) if re.fullmatch(r"au\d+", c) else None for c in au_cols]
-    measured = [n for n in au_ints if n is not None]
-    emotions = list(emo.labels)
-    rows = _Rows(au_cols, emotions)
-    c = rows.cols
-    averager = _Averager(settings.average)
-    video = AnnotatedVideo(Path(video_out)) if video_out else None
-    infos: list[SourceInfo] = []
-    rejects: list[Reject] = []
-    corrupt: list[int] = []
-    trackers: dict[int, FaceTracker] = {}
-    last_id = 0
-    frames = with_faces = 0
-    batch: list[_Frame] = []
-    total = expected_frames(items, settings.stride) if show_progress else None
-    if total is not None and settings.max_frames:
-        total = min(total, settings.max_frames)
-    bar = progress(desc="analyze", unit="frame", enabled=show_progress, total=total)
-    started = time.perf_counter()
-
-    def tracker_for(sid: int) -> FaceTracker:
-        nonlocal last_id
-        if sid not in trackers:
-            for old in trackers.values():
-                last_id = max(last_id, old.last_id)
-            trackers.clear()  # one input at a time: a new input starts new tracks
-            trackers[sid] = FaceTracker(settings.track_buffer, settings.match_threshold, first_id=last_id)
-        return trackers[sid]
-
-    def process(chunk: list[_Frame], found: list[list[Detection]]) -> None:
-        """Track, crop and score the faces of a batch the detector has seen; its rows (and frames of
-        the annotated video) in frame order."""
-        nonlocal frames, with_faces
-        per_frame: list[tuple[_Frame, list[Detection], list[int | None], list]] = []
-        crops_rgb: list[np.ndarray] = []
-        crops_gray: list[np.ndarray] = []
-        for frame, dets in zip(chunk, found, strict=True):
-            faces = [d for d in dets if d.label == "face"]
-            ids = tracker_for(frame.source).update(frame.image, faces)
-            crops, bad = crop_faces(
-                frame.image,
-                faces,
-                margin=settings.margin,
-                source_uri=infos[frame.source].source,
-                frame_index=frame.frame,
-            )
-            rejects.extend(bad)
-            per_frame.append((frame, faces, ids, crops))
-            crops_rgb.extend(cr.rgb for cr in crops)
-            crops_gray.extend(cr.gray for cr in crops)
-        n = len(crops_rgb)
-        au_prob = au.predict_arrays(crops_gray if au.config.channels == 1 else crops_rgb) if n else None
-        emo_prob = emo.predict_arrays(crops_gray if emo.config.channels == 1 else crops_rgb) if n else None
-        k = 0
-        for frame, faces, ids, crops in per_frame:
-            drawn = []
-            with_faces += bool(crops)
-            for crop in crops:
-                d, tid = faces[crop.index], ids[crop.index]
-                p = averager(tid, np.concatenate([au_prob[k], emo_prob[k]]))
-                k += 1
-                pa_, pe = p[: len(au_cols)], p[len(au_cols) :]
-                present = pa_ >= au_cut
-                top = int(np.argmax(pe))
-                label = emotions[top] if pe[top] >= settings.min_probability else UNCERTAIN
-                on = [n_ for n_, yes in zip(au_ints, present) if yes and n_ is not None]
-                c["frame"].append(frame.frame)
-                c["timestamp"].append(float(frame.timestamp))
-                for key, v in zip(("x1", "y1", "x2", "y2"), crop.box):
-                    c[key].append(round(v, 2))  # as the detections table rounds them
-                c["score"].append(d.score)
-                c["track_id"].append(tid)
-                for j, col in enumerate(au_cols):
-                    c[col].append(float(pa_[j]))
-                    c[f"{col}_present"].append(bool(present[j]))
-                for j, e in enumerate(emotions):
-                    c[e].append(float(pe[j]))
-                c["emotion"].append(label)
-                c["emotion_from_aus"].append(emotion_from_aus(on, measured))
-                drawn.append(
-                    {
-                        "box": crop.box,
-                        "track_id": tid,
-                        "emotion": label,
-                        "p": float(pe[top]),
-                        "aus": " ".join(map(str, on)),
-                    }
-                )
-            if video is not None:
-                video.write(frame.image, drawn, infos[frame.source].fps)
-        frames += len(chunk)
-        bar.update(len(chunk))
-
-    # The detector runs on a batch in a worker thread while this one tracks, crops and scores the
-    # batch before it (OpenCV, ONNX Runtime and torch release the GIL): one batch in flight.
-    detecting = ThreadPoolExecutor(1, thread_name_prefix="analyze-detect")
-    inflight: deque[tuple[list[_Frame], Future]] = deque()
-    held: list[Reject] = []  # decode rejects met while a batch is in flight: listed after its own
-
-    def finish(keep: int = 0) -> None:
-        """Process the batches in flight, oldest first, until `keep` are left."""
-        while len(inflight) > keep:
-            done, future = inflight[0]
-            found = future.result()
-            inflight.popleft()
-            process(done, found)
-        rejects.extend(held)
-        held.clear()
-
-    def submit() -> None:
-        ready = batch.copy()
-        batch.clear()
-        inflight.append((ready, detecting.submit(detector.detect, [f.image for f in ready])))
-        finish(keep=1)
-
-    ok = False
-    camera = any(is_camera(s) for s in items)
-    taken = 0  # frames read into a batch
-    try:
-        stream = _input_frames(items, settings.stride, infos)
-        with _ctrl_c_ends(camera) as stop:
-            for item in prefetch(stream, depth=settings.batch_size):
-                if isinstance(item, _Frame):
-                    batch.append(item)
-                    taken += 1
-                    if len(batch) >= settings.batch_size:
-                        submit()
-                    if settings.max_frames and taken >= settings.max_frames:
-                        break
-                elif isinstance(item, _Skipped):
-                    corrupt.extend(item.frames)
-                elif isinstance(item, Reject):
-                    (held if inflight else rejects).append(item)
-                if stop.is_set():
-                    break
-        finish()
-        if batch:
-            process(batch, detector.detect([f.image for f in batch]))
-        ok = True
-    finally:
-        detecting.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        written = video.close(ok) if video is not None else None
-    for info in infos:
-        first, last = info.first_frame, info.first_frame + info.frames - 1
-        info.corrupt_frames = sum(1 for n in corrupt if first <= n <= last)
-    return AnalysisResult(
-        table=rows.table(),
-        frames=frames,
-        frames_with_faces=with_faces,
-        corrupt_frames=len(corrupt),
-        sources=infos,
-        rejects=rejects,
-        detector=detector.name,
-        au_model=au_id,
-        emotion_model=emo_id,
-        seconds=time.perf_counter() - started,
-        # what ran: the models' ids, not "the production model" of whenever it is read
-        settings=settings.replace(au_model=au_id, emotion_model=emo_id),
-        video=written,
-        corrupt=sorted(corrupt),
-    )
+    return VideoAnalysis(wh, settings, detector).run(items, video_out, show_progress)
 
 
 # ---- output -----------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ Outputs, under `<home>/analysis/disfa/<subject>/` (each replaced whole, atomical
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from warehouse.atomic import atomic_path
 from warehouse.errors import InputError
 from warehouse.store import Warehouse
 
+log = logging.getLogger(__name__)
 SOURCE = "disfa"
 CAMERAS = ("left", "right")
 FRAMES_FILE = "frames.parquet"
@@ -285,7 +286,6 @@ def analyze_disfa_subject(
     settings: AnalyzeSettings | None = None,
     camera: str = "left",
     detector: Detector | None = None,
-    log: Callable[[str], None] = print,
 ) -> DisfaAnalysis:
     """Analyze `subject`'s `camera` video with `settings` (the production models unless given),
     join it to the gold labels, write `frames.parquet` and the report under `analysis_dir`.
@@ -326,7 +326,7 @@ def analyze_disfa_subject(
     )
     _write_table(r)
     r.report = write_report(r, out_dir / REPORT_DIR, gold)
-    log(r.summary())
+    log.info(r.summary())
     return r
 
 

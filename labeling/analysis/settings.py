@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from labeling.detection.crops import MARGIN
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 
 class AnalyzeSettings(Settings):
@@ -61,6 +61,4 @@ class AnalyzeSettings(Settings):
         description="ByteTrack's association threshold (1 - IoU cost, fused with the score)",
     )
     backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime) or torch")
-    device: str = Field(
-        "auto", min_length=1, description="auto (cuda when present, else cpu) | cpu | cuda[:n]"
-    )
+    device: Device = DEFAULT_DEVICE

@@ -21,7 +21,7 @@ them into the gold + pseudo arm.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from warehouse.errors import ConfigError
 from warehouse.hashing import stable_id
 from warehouse.versions import read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 ARMS = ("gold", "gold + pseudo")
 
 
@@ -145,7 +145,6 @@ def pseudo_label_experiment(
     version: str,
     training: AUTrainingSettings,
     settings: PseudoExperimentSettings | None = None,
-    log: Progress = print,
 ) -> PseudoExperiment:
     """Run the experiment of the module docstring on `version`; write the side-by-side report, the
     settings and result.json to `<home>/reports/<version>/<experiment id>/`.
@@ -161,7 +160,7 @@ def pseudo_label_experiment(
         )
     eid = experiment_id(version, training, settings)
     faces, gold, pool = experiment_faces(wh, version, training, settings.max_unlabeled)
-    log(
+    log.info(
         f"{eid}: {len(gold)} gold faces of {len(set(faces.groups[gold]))} groups, {len(pool)} unlabeled faces"
     )
     results: dict[str, list[FoldPredictions]] = {arm: [] for arm in ARMS}
@@ -170,8 +169,8 @@ def pseudo_label_experiment(
     for fold, (train_part, test_part) in enumerate(group_kfold(faces.groups[gold], k)):
         train_all, test_idx = gold[train_part], gold[test_part]
         train_idx, val_idx, how = validation_split(faces.groups, train_all, seed=training.seed)
-        log(f"fold {fold + 1}/{k}: gold arm, {len(train_idx)} train, {len(val_idx)} val ({how})")
-        teacher = fit(faces, train_idx, val_idx, training, log)
+        log.info(f"fold {fold + 1}/{k}: gold arm, {len(train_idx)} train, {len(val_idx)} val ({how})")
+        teacher = fit(faces, train_idx, val_idx, training)
         results[ARMS[0]].append(fold_predictions(faces, fold, teacher, val_idx, test_idx, training))
         val_fold = FoldPredictions(
             fold,
@@ -188,11 +187,11 @@ def pseudo_label_experiment(
         student_targets[pool] = pseudo
         student_faces = replace(faces, targets=student_targets)
         added.append(_added(fold, cuts, pseudo, labeled, faces.labels))
-        log(
+        log.info(
             f"fold {fold + 1}/{k}: the teacher labels {int(labeled.sum())} of {len(pool)} faces; "
             f"gold + pseudo arm, {len(train_idx) + int(labeled.sum())} train"
         )
-        student = fit(student_faces, np.concatenate([train_idx, pool[labeled]]), val_idx, training, log)
+        student = fit(student_faces, np.concatenate([train_idx, pool[labeled]]), val_idx, training)
         results[ARMS[1]].append(fold_predictions(student_faces, fold, student, val_idx, test_idx, training))
     return _write(wh, eid, version, training, settings, results, added)
 

@@ -23,6 +23,7 @@ nothing new, and a changed probability supersedes the old row.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,13 +38,14 @@ from models.pipeline import load_run
 from models.predict import Predictor
 from models.predictions import FoldPredictions
 from models.registry import production_model
+from models.tasks import AUTask, EmotionTask, Task, get_task
 from warehouse import Warehouse
 from warehouse.atomic import atomic_path, atomic_write_bytes
 from warehouse.errors import ConfigError
 from warehouse.rejects import Reject
 from warehouse.versions import list_versions, read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 STRONG_SOURCES = ("human", "gold")  # a face with these for the task is never pseudo-labeled
 
 
@@ -167,10 +169,10 @@ class PseudoLabelReport:
         return {k: (asdict(c) if c else None) for k, c in self.thresholds.items()}
 
 
-def candidate_faces(wh: Warehouse, task: str, version: str) -> pa.Table:
+def candidate_faces(wh: Warehouse, task: str | Task, version: str) -> pa.Table:
     """The version's usable faces without a human or gold label for `task` (manifest rows)."""
     manifest = read_manifest(wh, version)
-    source = manifest.column("au_source" if task == "au" else "emotion_source").to_pylist()
+    source = manifest.column(get_task(task).source_column).to_pylist()
     keep = [s not in STRONG_SOURCES for s in source]
     return manifest.filter(pa.array(keep, pa.bool_()))
 
@@ -183,8 +185,14 @@ def latest_version(wh: Warehouse) -> str:
     return versions.column("version")[-1].as_py()
 
 
-def resolve_model(wh: Warehouse, task: str, model_id: str | None) -> str:
-    """`model_id`, or the task's production model. Raises LookupError when there is none."""
+def resolve_model(wh: Warehouse, task: str | Task, model_id: str | None) -> str:
+    """`model_id`, or the task's production model.
+
+    Raises:
+        LookupError: no production model of the task. ConfigError: an unknown task, or a model of
+            another task.
+    """
+    task = get_task(task).name
     if model_id:
         if not model_id.startswith(task + "-"):
             raise ConfigError(f"model {model_id} is not a {task} model")
@@ -234,23 +242,28 @@ def face_predictions(
 
 
 def pseudo_label(
-    wh: Warehouse, task: str, settings: PseudoLabelSettings | None = None, log: Progress = print
+    wh: Warehouse, task: str | Task, settings: PseudoLabelSettings | None = None
 ) -> PseudoLabelReport:
-    """Label the faces of the module docstring; write au_labels / emotion_labels rows, the
-    unreadable crops as rejects, and the settings + thresholds + report beside the model's
-    predictions in `<home>/pseudo_labels/<task>/<model_id>/`.
+    """Label the faces of the module docstring; write the task's label table's rows
+    (`Task.label_table`: au_labels / emotion_labels), the unreadable crops as rejects, and the
+    settings + thresholds + report beside the model's predictions in
+    `<home>/pseudo_labels/<task>/<model_id>/`. Progress goes to this module's logger.
 
     Raises:
         LookupError: no dataset version, or no production model for the task (and none given).
-        ConfigError: a model of another task, or settings the predictor refuses.
+        ConfigError: an unknown task, a model of another task, or settings the predictor refuses.
     """
+    task = get_task(task)
+    label_rows = _label_rows_of(task)
     settings = settings or PseudoLabelSettings()
     model_id = resolve_model(wh, task, settings.model_id)
     version = settings.version or latest_version(wh)
     run = load_run(wh, model_id)
     cuts = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
     faces = candidate_faces(wh, task, version)
-    log(f"{model_id}: {faces.num_rows} faces of {version} without a human or gold {task} label")
+    log.info(
+        "%s: %d faces of %s without a human or gold %s label", model_id, faces.num_rows, version, task.name
+    )
     predictor = Predictor.load(wh, model_id, backend=settings.backend, device=settings.device)
     predicted, skipped = face_predictions(wh, predictor, faces, settings.batch_size)
     if skipped:
@@ -262,13 +275,10 @@ def pseudo_label(
                 for cid, path in skipped
             ]
         )
-    rows, per_label = (_au_rows if task == "au" else _emotion_rows)(
-        predicted, predictor.labels, cuts, model_id
-    )
-    table_name = "au_labels" if task == "au" else "emotion_labels"
-    written = wh.append_labels(table_name, rows)
+    rows, per_label = label_rows(predicted, predictor.labels, cuts, model_id)
+    written = wh.append_labels(task.label_table, rows)
     report = PseudoLabelReport(
-        task=task,
+        task=task.name,
         model_id=model_id,
         dataset_version=version,
         faces=faces.num_rows,
@@ -280,7 +290,7 @@ def pseudo_label(
         thresholds=cuts,
         per_label=per_label,
     )
-    folder = wh.home / "pseudo_labels" / task / model_id
+    folder = wh.home / "pseudo_labels" / task.name / model_id
     settings.save(folder)
     payload = {
         **{k: v for k, v in asdict(report).items() if k not in ("thresholds", "folder")},
@@ -289,8 +299,30 @@ def pseudo_label(
     }
     atomic_write_bytes(folder / "report.json", json.dumps(payload, indent=1, default=str).encode())
     report.folder = folder
-    log(report.summary())
+    log.info(report.summary())
     return report
+
+
+# ---- label rows, per task -----------------------------------------------------------------------
+LabelRows = Callable[
+    [pa.Table, list[str], dict[str, Cut | None], str], tuple[pa.Table, dict[str, dict[str, int]]]
+]
+"""(predicted faces, the model's labels, their cuts, model id) -> (rows of the task's label
+table, per-label counts for the report)."""
+
+
+def _label_rows_of(task: Task) -> LabelRows:
+    """How the task's pseudo labels become rows of its label table (`LABEL_ROWS`).
+
+    Raises:
+        ConfigError: a task without pseudo labels.
+    """
+    for kind, rows in LABEL_ROWS.items():
+        if isinstance(task, kind):
+            return rows
+    raise ConfigError(
+        f"task {task.name!r} has no pseudo labels; tasks that have: {sorted(k.name for k in LABEL_ROWS)}"
+    )
 
 
 def _au_rows(
@@ -356,3 +388,6 @@ def _emotion_rows(
             "threshold": pa.array([float(upper[pred[i]]) for i in keep], pa.float32()),
         }
     ), per_label
+
+
+LABEL_ROWS: dict[type[Task], LabelRows] = {AUTask: _au_rows, EmotionTask: _emotion_rows}

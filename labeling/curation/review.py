@@ -28,6 +28,7 @@ need nothing.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ import pyarrow as pa
 
 from labeling.curation.pseudo import (
     STRONG_SOURCES,
+    Cut,
     face_predictions,
     latest_version,
     pseudo_thresholds,
@@ -44,10 +46,12 @@ from labeling.curation.pseudo import (
 from labeling.curation.settings import ReviewSettings
 from models.pipeline import load_run
 from models.predict import Predictor
+from models.tasks import AUTask, EmotionTask, Task, get_task
 from warehouse import Warehouse
+from warehouse.errors import ConfigError
 from warehouse.versions import read_manifest
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 REASONS = ("between_thresholds", "weak_disagrees", "low_detection_score", "likely_mistake", "most_unique")
 
 
@@ -128,164 +132,83 @@ def brain_scores(
         dataset.delete()
 
 
+Candidate = tuple[int, str, float, str]  # (the face's manifest row, reason, priority, detail)
+
+
+@dataclass
+class ReviewInputs:
+    """What the reasons look at: the version's faces (manifest rows) and the model's probabilities
+    of those it could read."""
+
+    wh: Warehouse
+    task: Task
+    settings: ReviewSettings
+    model_id: str
+    faces: pa.Table  # the dataset version's manifest
+    predictor: Predictor
+    rows_at: np.ndarray  # the manifest row of each predicted face
+    prob: np.ndarray  # (predicted faces, labels) float64
+    notes: list[str] = field(default_factory=list)  # what a reason could not do
+    brain_uniqueness: np.ndarray | None = None  # FiftyOne Brain's, once a reason computed it
+
+    @property
+    def labels(self) -> list[str]:
+        return self.predictor.labels
+
+    def media(self) -> list[str]:
+        """The faces' media paths, as the model reads them."""
+        return self.faces.column(self.predictor.media_column()).to_pylist()
+
+
+Reason = Callable[[ReviewInputs], list[Candidate]]
+
+
 def build_review_queue(
-    wh: Warehouse, task: str, settings: ReviewSettings | None = None, log: Progress = print
+    wh: Warehouse, task: str | Task, settings: ReviewSettings | None = None
 ) -> ReviewReport:
     """Queue the version's faces for the reasons of the module docstring (rows keyed by queue,
-    face and reason: building the same queue again adds nothing).
+    face and reason: building the same queue again adds nothing). The summary goes to this
+    module's logger.
 
     Raises:
         LookupError: no dataset version, or no production model for the task (and none given).
+        ConfigError: an unknown task, or a model of another task.
     """
+    task = get_task(task)
     s = settings or ReviewSettings()
     model_id = resolve_model(wh, task, s.model_id)
     version = s.version or latest_version(wh)
-    queue = s.queue or f"{task}:{model_id}"
+    queue = s.queue or f"{task.name}:{model_id}"
     faces = read_manifest(wh, version)
     predictor = Predictor.load(wh, model_id, backend=s.backend, device=s.device)
     predicted, _ = face_predictions(wh, predictor, faces, s.batch_size)
-    labels = predictor.labels
     idx = {c: i for i, c in enumerate(faces.column("crop_id").to_pylist())}
     rows_at = np.array([idx[c] for c in predicted.column("crop_id").to_pylist()], dtype=np.int64)
-    prob = np.stack([predicted.column(lab).to_numpy(zero_copy_only=False) for lab in labels], 1).astype(
-        np.float64
-    )
-    found: list[tuple[int, str, float, str]] = []  # (face row, reason, priority, detail)
-    notes: list[str] = []
+    prob = np.stack(
+        [predicted.column(lab).to_numpy(zero_copy_only=False) for lab in predictor.labels], 1
+    ).astype(np.float64)
+    inputs = ReviewInputs(wh, task, s, model_id, faces, predictor, rows_at, prob)
+    found = [
+        *between_thresholds(inputs),
+        *weak_disagrees(inputs),
+        *likely_mistake(inputs),
+        *low_detection_score(inputs),
+        *most_unique(inputs),
+    ]
+    added = wh.append("review_queue", _queue_rows(queue, model_id, faces, found))
+    by_reason = {r: sum(1 for _, reason, _, _ in found if reason == r) for r in REASONS}
+    report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, inputs.notes)
+    log.info(report.summary())
+    return report
 
-    # between the pseudo-label thresholds, on the faces the pseudo-labeler labels (no human or
-    # gold label for the task); an AU counts where it has both thresholds (a one-sided AU is not
-    # unsure between them: the model cannot call that side at all)
-    cuts = pseudo_thresholds(load_run(wh, model_id).folds, s.target_precision, s.min_support)
-    strong = faces.column("au_source" if task == "au" else "emotion_source").to_pylist()
-    candidate = np.array([strong[r] not in STRONG_SOURCES for r in rows_at], dtype=bool)
-    if task == "au":
-        two_sided = [
-            k
-            for k, lab in enumerate(labels)
-            if cuts.get(lab) and None not in (cuts[lab].lower, cuts[lab].upper)
-        ]
-        unsure = np.zeros_like(prob, dtype=bool)
-        for k in two_sided:
-            c = cuts[labels[k]]
-            unsure[:, k] = (prob[:, k] > c.lower) & (prob[:, k] < c.upper)
-        for i in np.flatnonzero(unsure.any(1) & candidate):
-            detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
-            found.append((rows_at[i], "between_thresholds", unsure[i].sum() / len(two_sided), detail))
-    else:
-        top, pred = prob.max(1), prob.argmax(1)
-        for i in np.flatnonzero(candidate):
-            c = cuts.get(labels[pred[i]])
-            if c is not None and top[i] < c.upper:
-                detail = f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}"
-                found.append((rows_at[i], "between_thresholds", 1 - top[i], detail))
 
-    # the face's own label against the model
-    if task == "emotion":
-        weak = _weak_emotions(wh, faces)
-        all_ids = faces.column("crop_id").to_pylist()
-        for i, r in enumerate(rows_at):
-            w = weak.get(all_ids[r])
-            if w in labels and labels[int(prob[i].argmax())] != w:
-                k = labels.index(w)
-                top = labels[int(prob[i].argmax())]
-                gap = float(prob[i].max() - prob[i, k])
-                found.append(
-                    (r, "weak_disagrees", gap, f"weak {w} {prob[i, k]:.2f}, model {top} {prob[i].max():.2f}")
-                )
-        label_col = faces.column("emotion").to_pylist()
-        source_col = faces.column("emotion_source").to_pylist()
-        label_index = np.array(
-            [
-                labels.index(label_col[r]) if label_col[r] in labels and source_col[r] != "pseudo" else -1
-                for r in rows_at
-            ]
-        )
-        brain_mistakes = None
-        if s.brain:
-            z_brain = _embeddings(predictor, faces, s)
-            uniqueness_brain, brain_mistakes = brain_scores(
-                faces.column(predictor.media_column()).to_pylist(),
-                z_brain,
-                _full(prob, rows_at, len(faces)),
-                labels,
-                _full(label_index[:, None], rows_at, len(faces), fill=-1)[:, 0].astype(int),
-            )
-        for i, r in enumerate(rows_at):
-            lab, src = label_col[r], source_col[r]
-            if label_index[i] >= 0:
-                score = 1.0 - prob[i, label_index[i]] if brain_mistakes is None else brain_mistakes[r]
-                how = "" if brain_mistakes is None else " (FiftyOne Brain mistakenness)"
-                if score >= s.mistake_threshold:
-                    found.append(
-                        (
-                            r,
-                            "likely_mistake",
-                            score,
-                            f"{src} {lab}, model p={prob[i, label_index[i]]:.2f}{how}",
-                        )
-                    )
-    else:
-        cols = [f"au{lab.removeprefix('AU')}" for lab in labels]
-        y = np.stack(
-            [
-                np.array([np.nan if v is None else float(v) for v in faces.column(c).to_pylist()])
-                for c in cols
-            ],
-            1,
-        )[rows_at]
-        src = faces.column("au_source").to_pylist()
-        diff = np.abs(y - prob)
-        n_labeled = (~np.isnan(diff)).sum(1)
-        has = n_labeled > 0
-        score = np.nansum(diff, axis=1) / np.maximum(n_labeled, 1)
-        for i in np.flatnonzero(has & (score >= s.mistake_threshold)):
-            if src[rows_at[i]] == "pseudo":
-                continue
-            worst = int(np.nanargmax(diff[i]))
-            found.append(
-                (
-                    rows_at[i],
-                    "likely_mistake",
-                    float(score[i]),
-                    f"{src[rows_at[i]]} labels; worst {labels[worst]} p={prob[i, worst]:.2f}",
-                )
-            )
-
-    # the detector's score
-    for crop_id, score in _detection_scores(wh, faces).items():
-        if score < s.min_detection_score:
-            found.append((idx[crop_id], "low_detection_score", 1.0 - score, f"score {score:.2f}"))
-
-    # uniqueness in the model's backbone embedding
-    if s.unique_top:
-        try:
-            if s.brain:
-                if task == "emotion":
-                    dist = uniqueness_brain
-                else:
-                    z = _embeddings(predictor, faces, s)
-                    dist, _ = brain_scores(faces.column(predictor.media_column()).to_pylist(), z)
-                measure = "FiftyOne Brain uniqueness"
-            else:
-                z = predictor.embed(
-                    faces.column(predictor.media_column()).to_pylist(), batch_size=s.batch_size
-                )
-                dist = knn_uniqueness(z, s.neighbours)  # unreadable crops: NaN, never queued
-                measure = f"{s.neighbours}-NN cosine distance"
-            order = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
-            top_d = np.nanmax(dist) if np.isfinite(dist).any() else 1.0
-            for r in order:
-                if np.isfinite(dist[r]):
-                    found.append((int(r), "most_unique", float(dist[r] / top_d), f"{measure} {dist[r]:.3f}"))
-        except ValueError as exc:
-            notes.append(f"most_unique skipped: {exc}")
-
+def _queue_rows(queue: str, model_id: str, faces: pa.Table, found: Sequence[Candidate]) -> pa.Table:
+    """`review_queue` rows of the candidates."""
     now = dt.datetime.now(dt.UTC)
     crop_ids = faces.column("crop_id").to_pylist()
     image_ids = faces.column("image_id").to_pylist()
     media = faces.column("media_path").to_pylist()
-    rows = pa.table(
+    return pa.table(
         {
             "queue": [queue] * len(found),
             "crop_id": [crop_ids[r] for r, *_ in found],
@@ -298,11 +221,212 @@ def build_review_queue(
             "queued_at": pa.array([now] * len(found), pa.timestamp("us", tz="UTC")),
         }
     )
-    added = wh.append("review_queue", rows)
-    by_reason = {r: sum(1 for _, reason, _, _ in found if reason == r) for r in REASONS}
-    report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, notes)
-    log(report.summary())
-    return report
+
+
+# ---- the reasons ----------------------------------------------------------------------------------
+def between_thresholds(q: ReviewInputs) -> list[Candidate]:
+    """`between_thresholds`: the faces the pseudo-labeler labels (no human or gold label for the
+    task) on which the model is unsure, as the task's `TaskReasons.unsure` says."""
+    s = q.settings
+    cuts = pseudo_thresholds(load_run(q.wh, q.model_id).folds, s.target_precision, s.min_support)
+    strong = q.faces.column(q.task.source_column).to_pylist()
+    candidate = np.array([strong[r] not in STRONG_SOURCES for r in q.rows_at], dtype=bool)
+    return task_reasons(q.task).unsure(q, cuts, candidate)
+
+
+def weak_disagrees(q: ReviewInputs) -> list[Candidate]:
+    """`weak_disagrees`: the face's weak label is not what the model predicts (tasks with weak labels)."""
+    weak = task_reasons(q.task).weak_disagrees
+    return weak(q) if weak else []
+
+
+def likely_mistake(q: ReviewInputs) -> list[Candidate]:
+    """`likely_mistake`: the face's own label (gold, weak or human) against the model."""
+    return task_reasons(q.task).likely_mistake(q)
+
+
+def low_detection_score(q: ReviewInputs) -> list[Candidate]:
+    """`low_detection_score`: the detector's score of the face is under `min_detection_score`."""
+    idx = {c: i for i, c in enumerate(q.faces.column("crop_id").to_pylist())}
+    return [
+        (idx[crop_id], "low_detection_score", 1.0 - score, f"score {score:.2f}")
+        for crop_id, score in _detection_scores(q.wh, q.faces).items()
+        if score < q.settings.min_detection_score
+    ]
+
+
+def most_unique(q: ReviewInputs) -> list[Candidate]:
+    """`most_unique`: the `unique_top` faces farthest from the others in the model's backbone
+    embedding (FiftyOne Brain's uniqueness with `brain`). A model that cannot embed adds a note."""
+    s = q.settings
+    if not s.unique_top:
+        return []
+    found: list[Candidate] = []
+    try:
+        if s.brain:
+            dist = q.brain_uniqueness
+            if dist is None:
+                dist, _ = brain_scores(q.media(), _embeddings(q.predictor, q.faces, s))
+            measure = "FiftyOne Brain uniqueness"
+        else:
+            z = q.predictor.embed(q.media(), batch_size=s.batch_size)
+            dist = knn_uniqueness(z, s.neighbours)  # unreadable crops: NaN, never queued
+            measure = f"{s.neighbours}-NN cosine distance"
+        order = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
+        top_d = np.nanmax(dist) if np.isfinite(dist).any() else 1.0
+        for r in order:
+            if np.isfinite(dist[r]):
+                found.append((int(r), "most_unique", float(dist[r] / top_d), f"{measure} {dist[r]:.3f}"))
+    except ValueError as exc:
+        q.notes.append(f"most_unique skipped: {exc}")
+    return found
+
+
+# ---- what differs between tasks -----------------------------------------------------------------
+def _au_unsure(q: ReviewInputs, cuts: dict[str, Cut | None], candidate: np.ndarray) -> list[Candidate]:
+    """For some AU with both pseudo-label thresholds the probability is between them (a one-sided
+    AU is not unsure between them: the model cannot call that side at all). Priority: the share of
+    those AUs that are unsure."""
+    labels, prob = q.labels, q.prob
+    two_sided = [
+        k for k, lab in enumerate(labels) if cuts.get(lab) and None not in (cuts[lab].lower, cuts[lab].upper)
+    ]
+    unsure = np.zeros_like(prob, dtype=bool)
+    for k in two_sided:
+        c = cuts[labels[k]]
+        unsure[:, k] = (prob[:, k] > c.lower) & (prob[:, k] < c.upper)
+    found: list[Candidate] = []
+    for i in np.flatnonzero(unsure.any(1) & candidate):
+        detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
+        found.append((q.rows_at[i], "between_thresholds", unsure[i].sum() / len(two_sided), detail))
+    return found
+
+
+def _emotion_unsure(q: ReviewInputs, cuts: dict[str, Cut | None], candidate: np.ndarray) -> list[Candidate]:
+    """The top probability is under its class's cut. Priority: 1 - top probability."""
+    labels = q.labels
+    top, pred = q.prob.max(1), q.prob.argmax(1)
+    found: list[Candidate] = []
+    for i in np.flatnonzero(candidate):
+        c = cuts.get(labels[pred[i]])
+        if c is not None and top[i] < c.upper:
+            detail = f"{labels[pred[i]]} {top[i]:.2f} < {c.upper:.2f}"
+            found.append((q.rows_at[i], "between_thresholds", 1 - top[i], detail))
+    return found
+
+
+def _emotion_weak_disagrees(q: ReviewInputs) -> list[Candidate]:
+    """The face's weak label (its scraped folder) is not the model's top class. Priority:
+    p(top class) - p(weak label)."""
+    labels, prob = q.labels, q.prob
+    weak = _weak_emotions(q.wh, q.faces)
+    all_ids = q.faces.column("crop_id").to_pylist()
+    found: list[Candidate] = []
+    for i, r in enumerate(q.rows_at):
+        w = weak.get(all_ids[r])
+        if w in labels and labels[int(prob[i].argmax())] != w:
+            k = labels.index(w)
+            top = labels[int(prob[i].argmax())]
+            gap = float(prob[i].max() - prob[i, k])
+            found.append(
+                (r, "weak_disagrees", gap, f"weak {w} {prob[i, k]:.2f}, model {top} {prob[i].max():.2f}")
+            )
+    return found
+
+
+def _emotion_likely_mistake(q: ReviewInputs) -> list[Candidate]:
+    """1 - p(label) of the face's non-pseudo emotion label, from `mistake_threshold` up; with
+    `brain`, FiftyOne Brain's mistakenness instead (its uniqueness is kept for `most_unique`)."""
+    s, labels, prob, rows_at, faces = q.settings, q.labels, q.prob, q.rows_at, q.faces
+    label_col = faces.column("emotion").to_pylist()
+    source_col = faces.column(q.task.source_column).to_pylist()
+    label_index = np.array(
+        [
+            labels.index(label_col[r]) if label_col[r] in labels and source_col[r] != "pseudo" else -1
+            for r in rows_at
+        ]
+    )
+    brain_mistakes = None
+    if s.brain:
+        q.brain_uniqueness, brain_mistakes = brain_scores(
+            q.media(),
+            _embeddings(q.predictor, faces, s),
+            _full(prob, rows_at, len(faces)),
+            labels,
+            _full(label_index[:, None], rows_at, len(faces), fill=-1)[:, 0].astype(int),
+        )
+    found: list[Candidate] = []
+    for i, r in enumerate(rows_at):
+        lab, src = label_col[r], source_col[r]
+        if label_index[i] >= 0:
+            score = 1.0 - prob[i, label_index[i]] if brain_mistakes is None else brain_mistakes[r]
+            how = "" if brain_mistakes is None else " (FiftyOne Brain mistakenness)"
+            if score >= s.mistake_threshold:
+                found.append(
+                    (r, "likely_mistake", score, f"{src} {lab}, model p={prob[i, label_index[i]]:.2f}{how}")
+                )
+    return found
+
+
+def _au_likely_mistake(q: ReviewInputs) -> list[Candidate]:
+    """The mean |label - p| over the face's labeled AUs (pseudo labels left out), from
+    `mistake_threshold` up."""
+    labels, prob, rows_at, faces = q.labels, q.prob, q.rows_at, q.faces
+    cols = [f"au{lab.removeprefix('AU')}" for lab in labels]
+    y = np.stack(
+        [np.array([np.nan if v is None else float(v) for v in faces.column(c).to_pylist()]) for c in cols],
+        1,
+    )[rows_at]
+    src = faces.column(q.task.source_column).to_pylist()
+    diff = np.abs(y - prob)
+    n_labeled = (~np.isnan(diff)).sum(1)
+    has = n_labeled > 0
+    score = np.nansum(diff, axis=1) / np.maximum(n_labeled, 1)
+    found: list[Candidate] = []
+    for i in np.flatnonzero(has & (score >= q.settings.mistake_threshold)):
+        if src[rows_at[i]] == "pseudo":
+            continue
+        worst = int(np.nanargmax(diff[i]))
+        found.append(
+            (
+                rows_at[i],
+                "likely_mistake",
+                float(score[i]),
+                f"{src[rows_at[i]]} labels; worst {labels[worst]} p={prob[i, worst]:.2f}",
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class TaskReasons:
+    """How a task's faces are judged where tasks differ (`TASK_REASONS`, keyed by task type)."""
+
+    unsure: Callable[[ReviewInputs, dict[str, Cut | None], np.ndarray], list[Candidate]]
+    likely_mistake: Reason
+    weak_disagrees: Reason | None = None  # None: the task has no weak labels
+
+
+TASK_REASONS: dict[type[Task], TaskReasons] = {
+    AUTask: TaskReasons(unsure=_au_unsure, likely_mistake=_au_likely_mistake),
+    EmotionTask: TaskReasons(
+        unsure=_emotion_unsure, likely_mistake=_emotion_likely_mistake, weak_disagrees=_emotion_weak_disagrees
+    ),
+}
+
+
+def task_reasons(task: Task) -> TaskReasons:
+    """The task's entry of `TASK_REASONS`.
+
+    Raises:
+        ConfigError: a task the review queue does not know.
+    """
+    for kind, reasons in TASK_REASONS.items():
+        if isinstance(task, kind):
+            return reasons
+    raise ConfigError(
+        f"no review reasons for task {task.name!r}; known: {sorted(k.name for k in TASK_REASONS)}"
+    )
 
 
 def _embeddings(predictor: Predictor, faces: pa.Table, s: ReviewSettings) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 
 class PseudoLabelSettings(Settings):
@@ -22,7 +22,7 @@ class PseudoLabelSettings(Settings):
     )
     batch_size: int = Field(64, ge=1, description="crops per inference batch")
     backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime) or torch")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ... (onnx: CUDA when available)")
+    device: Device = DEFAULT_DEVICE
     model_id: str | None = Field(
         None, description="the model to label with (unset: the task's production model)"
     )
@@ -46,7 +46,7 @@ class ReviewSettings(Settings):
     neighbours: int = Field(3, ge=1, description="uniqueness: distance to the k-th nearest neighbour")
     batch_size: int = Field(64, ge=1, description="crops per inference batch")
     backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime) or torch")
-    device: str = Field("auto", description="auto, cpu, cuda ...")
+    device: Device = DEFAULT_DEVICE
     model_id: str | None = Field(None, description="unset: the task's production model")
     version: str | None = Field(None, description="unset: the latest dataset version")
     queue: str | None = Field(None, description="the queue's name (unset: <task>:<model id>)")

@@ -30,6 +30,29 @@ FULL_IMAGE_DETECTOR = "source:{source}"  # the "detector" of images that are fac
 CROPPED_SOURCES = ("fer2013",)
 
 
+IMAGE_COLUMNS = ("image_id", "source", "source_uri", "frame_index", "media_path")
+# the images columns a selection may filter on (a partition: a DISFA subject, a scraped batch)
+SELECTABLE = ("source", "subject", "batch")
+
+
+def select_images(wh: Warehouse, **equals: str | None) -> pa.Table:
+    """The images to auto-label, in decoding order (each video's frames in sequence): all of them,
+    or those whose columns equal the given values (`source="disfa", subject="SN001"`; None: any).
+    Values travel as query parameters."""
+    unknown = set(equals) - set(SELECTABLE)
+    if unknown:
+        raise ValueError(
+            f"select_images filters on {', '.join(SELECTABLE)}, not {', '.join(sorted(unknown))}"
+        )
+    given = {column: value for column, value in equals.items() if value is not None}
+    where = " AND ".join(f"{column} = ?" for column in given)
+    return wh.sql(
+        f"SELECT {', '.join(IMAGE_COLUMNS)} FROM images {'WHERE ' + where if where else ''} "
+        "ORDER BY source_uri, frame_index",
+        list(given.values()),
+    )
+
+
 @dataclass
 class AutolabelReport:
     frames: int = 0

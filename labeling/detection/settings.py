@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from labeling.detection.crops import MARGIN
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 
 class AutoLabelSettings(Settings):
@@ -19,9 +19,7 @@ class AutoLabelSettings(Settings):
         description="auto (this data root's trained student, else the teachers) | yunet | yolo | teachers | "
         "a YOLO .pt/.onnx file",
     )
-    device: str = Field(
-        "auto", min_length=1, description="auto (cuda when present, else cpu) | cpu | cuda[:n]"
-    )
+    device: Device = DEFAULT_DEVICE
     batch_size: int = Field(16, ge=1, description="frames per detector call")
     margin: float = Field(
         MARGIN, ge=0.0, le=2.0, description="crop margin, each side, as a share of the box's longer side"

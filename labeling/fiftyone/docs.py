@@ -22,7 +22,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,112 @@ def _rows(con, query: str) -> list[dict[str, Any]]:
     return con.sql(query).to_arrow_table().to_pylist()
 
 
+T = TypeVar("T")
+
+
+# The rows read per image, their fields named as the queries' columns and in their order.
+class GroundTruth(NamedTuple):
+    """The image's emotion label by the precedence, and how many labels it has."""
+
+    emotion: str
+    label_source: str
+    confidence: float | None
+    annotator: str | None
+    n_labels: int
+
+
+class AULabel(NamedTuple):
+    """A present AU by the precedence."""
+
+    au: int
+    intensity: float | None
+    label_source: str
+    probability: float | None
+    annotator: str | None
+
+
+class DetectionRow(NamedTuple):
+    detection_id: str
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    width: int
+    height: int
+    score: float
+    detector: str
+    weights_sha256: str | None
+
+
+class CropRow(NamedTuple):
+    """A face crop with its detection's box."""
+
+    crop_id: str
+    detection_id: str
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    width: int
+    height: int
+    score: float
+    margin: float
+    media_path: str
+    gray_media_path: str
+    size: int
+    gray_size: int
+    angle: float
+    face_px: float
+    blur: float
+    brightness: float
+    too_small: bool
+    too_blurry: bool
+
+
+class FaceRow(NamedTuple):
+    """A crop's emotion label, exclusion and pending review (_faces_sql)."""
+
+    crop_id: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    width: int
+    height: int
+    emotion: str | None
+    label_source: str | None
+    confidence: float | None
+    threshold: float | None
+    annotator: str | None
+    excluded: bool
+    tags: list[str]
+    priority: float | None
+    reason: str | None
+
+
+class PredictionRow(NamedTuple):
+    """A production model's pseudo label of a crop (_predictions_sql); `annotator` is the model."""
+
+    crop_id: str
+    kind: str
+    label: str
+    probability: float | None
+    threshold: float | None
+    present: bool
+    annotator: str | None
+
+
+def _named(row_type: type[T], row: dict[str, Any]) -> T:
+    return row_type(**{k: row[k] for k in row_type._fields})
+
+
+def _plain(rows: list | None) -> list[tuple] | None:
+    """The rows as plain tuples: the digest stays what it was when they were tuples."""
+    return None if rows is None else [tuple(r) for r in rows]
+
+
 @dataclass(slots=True)
 class WarehouseImage:
     """What the warehouse says about one image, as plain values (hashable by repr)."""
@@ -50,17 +156,18 @@ class WarehouseImage:
     filepath: str
     scalars: tuple
     size: tuple[int, int]
-    ground_truth: tuple | None = None
-    aus: list[tuple] | None = None
-    detections: list[tuple] | None = None
-    crops: list[tuple] | None = None
-    faces: list[tuple] | None = None  # per crop: its emotion label, exclusion and review state
-    predictions: list[tuple] | None = None  # the production models' pseudo labels, per crop
+    ground_truth: GroundTruth | None = None
+    aus: list[AULabel] | None = None
+    detections: list[DetectionRow] | None = None
+    crops: list[CropRow] | None = None
+    faces: list[FaceRow] | None = None  # per crop: its emotion label, exclusion and review state
+    predictions: list[PredictionRow] | None = None  # the production models' pseudo labels, per crop
     digest: str = ""
 
     def seal(self) -> None:
-        parts = (FORMAT, self.filepath, self.scalars, self.size, self.ground_truth, self.aus)
-        more = (self.detections, self.crops, self.faces, self.predictions)
+        gt = None if self.ground_truth is None else tuple(self.ground_truth)
+        parts = (FORMAT, self.filepath, self.scalars, self.size, gt, _plain(self.aus))
+        more = map(_plain, (self.detections, self.crops, self.faces, self.predictions))
         self.digest = hashlib.sha1(repr((parts, *more)).encode()).hexdigest()
 
 
@@ -90,13 +197,7 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
                     row_number() OVER (PARTITION BY image_id ORDER BY {emotion_order_sql()}) AS rank
                   FROM emotion_labels WHERE {in_scope} AND {counts_sql("emotion")}) WHERE rank = 1""",
         ):
-            images[r["image_id"]].ground_truth = (
-                r["emotion"],
-                r["label_source"],
-                r["confidence"],
-                r["annotator"],
-                r["n_labels"],
-            )
+            images[r["image_id"]].ground_truth = _named(GroundTruth, r)
         aus = defaultdict(list)
         for r in _rows(
             con,
@@ -105,9 +206,7 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
                   FROM au_labels WHERE {in_scope} AND {counts_sql("au")}) WHERE rank = 1 AND present
                 ORDER BY image_id, au""",
         ):
-            aus[r["image_id"]].append(
-                (r["au"], r["intensity"], r["label_source"], r["probability"], r["annotator"])
-            )
+            aus[r["image_id"]].append(_named(AULabel, r))
         dets = defaultdict(list)
         for r in _rows(
             con,
@@ -115,7 +214,7 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
                   weights_sha256 FROM detections WHERE {in_scope}
                 ORDER BY image_id, detector, score DESC, detection_id""",
         ):
-            dets[r["image_id"]].append(tuple(r.values())[1:])
+            dets[r["image_id"]].append(_named(DetectionRow, r))
         crops = defaultdict(list)
         for r in _rows(
             con,
@@ -125,13 +224,13 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
                 FROM crops c JOIN detections d USING (detection_id)
                 WHERE c.{in_scope} ORDER BY c.image_id, c.crop_id""",
         ):
-            crops[r["image_id"]].append(tuple(r.values())[1:])
+            crops[r["image_id"]].append(_named(CropRow, r))
         faces = defaultdict(list)
         for r in _rows(con, _faces_sql(in_scope)):
-            faces[r.pop("image_id")].append(tuple(r.values()))
+            faces[r["image_id"]].append(_named(FaceRow, r))
         predictions = defaultdict(list)
         for r in _rows(con, _predictions_sql(in_scope)):
-            predictions[r.pop("image_id")].append(tuple(r.values()))
+            predictions[r["image_id"]].append(_named(PredictionRow, r))
     for image_id, found in faces.items():
         images[image_id].faces = found
     for image_id, found in predictions.items():
@@ -243,16 +342,15 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
     """The stored form of the sample's embedded documents (DOCS), by field; `home` is the
     data root the crop paths are made absolute with."""
     gt = None
-    if im.ground_truth is not None:
-        emotion, label_source, confidence, annotator, n_labels = im.ground_truth
+    if (g := im.ground_truth) is not None:
         gt = _label(
             "Classification",
             _oid(image_id, "ground_truth"),
-            label=emotion,
-            confidence=confidence,
-            label_source=label_source,
-            annotator=annotator,
-            n_labels=n_labels,
+            label=g.emotion,
+            confidence=g.confidence,
+            label_source=g.label_source,
+            annotator=g.annotator,
+            n_labels=g.n_labels,
         )
     aus = None
     if im.aus:
@@ -261,15 +359,15 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
             "classifications": [
                 _label(
                     "Classification",
-                    _oid(image_id, "au", au),
-                    label=f"AU{au}",
-                    confidence=probability,
-                    au=au,
-                    intensity=intensity,
-                    label_source=label_source,
-                    annotator=annotator,
+                    _oid(image_id, "au", a.au),
+                    label=f"AU{a.au}",
+                    confidence=a.probability,
+                    au=a.au,
+                    intensity=a.intensity,
+                    label_source=a.label_source,
+                    annotator=a.annotator,
                 )
-                for au, intensity, label_source, probability, annotator in im.aus
+                for a in im.aus
             ],
         }
     detections = None
@@ -279,89 +377,70 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
             "detections": [
                 _label(
                     "Detection",
-                    _oid(detection_id),
-                    label=label,
-                    bounding_box=relative_box(x1, y1, x2, y2, w, h),
-                    confidence=score,
-                    detector=detector,
-                    weights_sha256=sha,
-                    detection_id=detection_id,
+                    _oid(d.detection_id),
+                    label=d.label,
+                    bounding_box=relative_box(d.x1, d.y1, d.x2, d.y2, d.width, d.height),
+                    confidence=d.score,
+                    detector=d.detector,
+                    weights_sha256=d.weights_sha256,
+                    detection_id=d.detection_id,
                 )
-                for detection_id, label, x1, y1, x2, y2, w, h, score, detector, sha in im.detections
+                for d in im.detections
             ],
         }
     crops = None
     if im.crops:
-        crops = {"_cls": "Detections", "detections": []}
-        for (
-            crop_id,
-            detection_id,
-            label,
-            x1,
-            y1,
-            x2,
-            y2,
-            w,
-            h,
-            score,
-            margin,
-            path,
-            gray_path,
-            size,
-            gray_size,
-            angle,
-            face_px,
-            blur,
-            brightness,
-            too_small,
-            too_blurry,
-        ) in im.crops:
-            crops["detections"].append(
+        crops = {
+            "_cls": "Detections",
+            "detections": [
                 _label(
                     "Detection",
-                    _oid(crop_id),
-                    label=label,
-                    bounding_box=_crop_square(x1, y1, x2, y2, w, h, margin),
-                    confidence=score,
-                    crop_id=crop_id,
-                    detection_id=detection_id,
-                    crop_path=f"{home}/{path}",
-                    gray_path=f"{home}/{gray_path}",
-                    size=size,
-                    gray_size=gray_size,
-                    margin=margin,
-                    angle=angle,
-                    face_px=face_px,
-                    blur=blur,
-                    brightness=brightness,
-                    too_small=too_small,
-                    too_blurry=too_blurry,
+                    _oid(c.crop_id),
+                    label=c.label,
+                    bounding_box=_crop_square(c.x1, c.y1, c.x2, c.y2, c.width, c.height, c.margin),
+                    confidence=c.score,
+                    crop_id=c.crop_id,
+                    detection_id=c.detection_id,
+                    crop_path=f"{home}/{c.media_path}",
+                    gray_path=f"{home}/{c.gray_media_path}",
+                    size=c.size,
+                    gray_size=c.gray_size,
+                    margin=c.margin,
+                    angle=c.angle,
+                    face_px=c.face_px,
+                    blur=c.blur,
+                    brightness=c.brightness,
+                    too_small=c.too_small,
+                    too_blurry=c.too_blurry,
                 )
-            )
+                for c in im.crops
+            ],
+        }
     faces = None
     if im.faces:
-        faces = {"_cls": "Detections", "detections": []}
-        for (crop_id, x1, y1, x2, y2, w, h, emotion, label_source, confidence, threshold, annotator,
-             excluded, tags, priority, reason) in im.faces:  # fmt: skip
-            faces["detections"].append(
+        faces = {
+            "_cls": "Detections",
+            "detections": [
                 _label(
                     "Detection",
-                    _oid(crop_id, "emotion"),
-                    tags=tags,
-                    label=emotion,
-                    bounding_box=relative_box(x1, y1, x2, y2, w, h),
-                    confidence=confidence,
-                    crop_id=crop_id,
-                    label_source=label_source,
-                    annotator=annotator,
-                    threshold=threshold,
-                    excluded=excluded,
-                    review_priority=priority,
-                    review_reason=reason,
-                    ferlab_label=emotion,
-                    ferlab_tags=list(tags),
+                    _oid(f.crop_id, "emotion"),
+                    tags=f.tags,
+                    label=f.emotion,
+                    bounding_box=relative_box(f.x1, f.y1, f.x2, f.y2, f.width, f.height),
+                    confidence=f.confidence,
+                    crop_id=f.crop_id,
+                    label_source=f.label_source,
+                    annotator=f.annotator,
+                    threshold=f.threshold,
+                    excluded=f.excluded,
+                    review_priority=f.priority,
+                    review_reason=f.reason,
+                    ferlab_label=f.emotion,
+                    ferlab_tags=list(f.tags),
                 )
-            )
+                for f in im.faces
+            ],
+        }
     predictions = None
     if im.predictions:
         predictions = {
@@ -369,16 +448,16 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
             "classifications": [
                 _label(
                     "Classification",
-                    _oid(crop_id, "prediction", kind, label, model),
-                    label=label,
-                    confidence=probability,
-                    crop_id=crop_id,
-                    kind=kind,
-                    threshold=threshold,
-                    present=present,
-                    model=model,
+                    _oid(p.crop_id, "prediction", p.kind, p.label, p.annotator),
+                    label=p.label,
+                    confidence=p.probability,
+                    crop_id=p.crop_id,
+                    kind=p.kind,
+                    threshold=p.threshold,
+                    present=p.present,
+                    model=p.annotator,
                 )
-                for crop_id, kind, label, probability, threshold, present, model in im.predictions
+                for p in im.predictions
             ],
         }
     width, height = im.size

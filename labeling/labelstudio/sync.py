@@ -83,18 +83,26 @@ class LabelStudioSettings:
 
 
 # ---- the label config --------------------------------------------------------------------------
+def _controls() -> tuple[str, str]:
+    """The names of the emotion's and the AUs' controls (`Task.labelstudio_control`)."""
+    from models.tasks import AUTask, EmotionTask  # imported when used: models loads torch
+
+    return EmotionTask.labelstudio_control, AUTask.labelstudio_control
+
+
 def label_config_xml() -> str:
     """The project's labeling interface: the face crop, one emotion, any of the 12 DISFA AUs."""
+    emotion_control, au_control = _controls()
     emotions = "\n".join(f"    <Choice value={quoteattr(e)}/>" for e in EMOTIONS)
     aus = "\n".join(f"    <Choice value={quoteattr(a)}/>" for a in AU_NAMES)
     return (
         "<View>\n"
         '  <Image name="image" value="$image"/>\n'
         '  <Header value="Emotion"/>\n'
-        '  <Choices name="emotion" toName="image" choice="single" showInline="true">\n'
+        f'  <Choices name={quoteattr(emotion_control)} toName="image" choice="single" showInline="true">\n'
         f"{emotions}\n  </Choices>\n"
         '  <Header value="Action Units present"/>\n'
-        '  <Choices name="aus" toName="image" choice="multiple" showInline="true">\n'
+        f'  <Choices name={quoteattr(au_control)} toName="image" choice="multiple" showInline="true">\n'
         f"{aus}\n  </Choices>\n"
         "</View>\n"
     )
@@ -257,17 +265,18 @@ def prediction_for(
     """A Label Studio prediction from {"emotion": {name: prob}, "aus": {"AU1": prob}} (either may be
     missing): the most probable emotion, the AUs at AU_PRESENT_PROBABILITY or above ticked; score =
     the emotion's probability, else the AUs' mean certainty (max(p, 1 - p))."""
+    emotion_control, au_control = _controls()
     result: list[dict[str, Any]] = []
-    emotions = {k: float(v) for k, v in (prediction.get("emotion") or {}).items() if k in EMOTIONS}
-    aus = {k: float(v) for k, v in (prediction.get("aus") or {}).items() if k in AU_NAMES}
+    emotions = {k: float(v) for k, v in (prediction.get(emotion_control) or {}).items() if k in EMOTIONS}
+    aus = {k: float(v) for k, v in (prediction.get(au_control) or {}).items() if k in AU_NAMES}
     score = None
     if emotions:
         top = max(sorted(emotions), key=lambda e: emotions[e])
         score = emotions[top]
-        result.append(_choices("emotion", [top]))
+        result.append(_choices(emotion_control, [top]))
     if aus:
         ticked = [a for a in AU_NAMES if aus.get(a, 0.0) >= AU_PRESENT_PROBABILITY]
-        result.append(_choices("aus", ticked))
+        result.append(_choices(au_control, ticked))
         if score is None:
             score = sum(max(p, 1 - p) for p in aus.values()) / len(aus)
     if not result:
@@ -383,6 +392,7 @@ def model_predictions(
     """
     from labeling.curation.pseudo import face_predictions
     from models.predict import Predictor
+    from models.tasks import get_task
 
     ids = sorted(set(crop_ids))
     if not ids:
@@ -394,7 +404,7 @@ def model_predictions(
         {"ids": ids},
     )
     table, _ = face_predictions(wh, predictor, faces, batch_size)
-    key = "aus" if predictor.task == "au" else "emotion"
+    key = get_task(predictor.task).labelstudio_control
     columns = {lab: table.column(lab).to_pylist() for lab in predictor.labels}
     return {
         crop_id: {key: {lab: round(float(columns[lab][i]), 6) for lab in predictor.labels}}
@@ -413,6 +423,7 @@ def predictions_for(
     ids = sorted(set(crop_ids))
     if not ids:
         return {}
+    emotion_control, au_control = _controls()
     by_model = " AND annotator = $model" if model_id else ""
     params: dict[str, Any] = {"ids": ids, **({"model": model_id} if model_id else {})}
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -423,7 +434,7 @@ def predictions_for(
     )
     for r in emotions.to_pylist():
         if r["confidence"] is not None:
-            out.setdefault(r["crop_id"], {}).setdefault("emotion", {}).setdefault(
+            out.setdefault(r["crop_id"], {}).setdefault(emotion_control, {}).setdefault(
                 r["emotion"], round(float(r["confidence"]), 6)
             )
     aus = wh.sql(
@@ -433,7 +444,7 @@ def predictions_for(
     )
     for r in aus.to_pylist():
         if f"AU{r['au']}" in AU_NAMES:
-            out.setdefault(r["crop_id"], {}).setdefault("aus", {})[f"AU{r['au']}"] = round(
+            out.setdefault(r["crop_id"], {}).setdefault(au_control, {})[f"AU{r['au']}"] = round(
                 float(r["probability"]), 6
             )
     return out
@@ -458,13 +469,14 @@ def labels_from_annotation(crop_id: str, annotation: Mapping[str, Any]) -> Human
     user = annotation.get("completed_by")
     if isinstance(user, Mapping):
         user = user.get("id")
+    emotion_control, au_control = _controls()
     emotion = None
     ticked: set[str] = set()
     for item in annotation.get("result") or []:
         choices = (item.get("value") or {}).get("choices") or []
-        if item.get("from_name") == "emotion" and choices:
+        if item.get("from_name") == emotion_control and choices:
             emotion = choices[0] if choices[0] in EMOTIONS else None
-        elif item.get("from_name") == "aus":
+        elif item.get("from_name") == au_control:
             ticked.update(c for c in choices if c in AU_NAMES)
     return HumanLabels(
         crop_id=crop_id,

@@ -42,6 +42,17 @@ def student_dir(home: str | Path) -> Path:
     return Path(home) / STUDENT_DIR
 
 
+def resolve_detector(home: str | Path, spec: str, fallback: str) -> str:
+    """A detector spec for load_detector: "auto" is this data root's trained student
+    (<home>/models/face_detector/student.pt) when there is one, else `fallback` (the video analysis
+    falls back on "yunet", the face teacher; auto-labeling on "teachers", which add the persons);
+    any other spec as it is."""
+    if spec != "auto":
+        return spec
+    student = student_dir(home) / STUDENT_PT
+    return str(student) if student.is_file() else fallback
+
+
 # ---- what to train on -------------------------------------------------------------------------
 def _group(row: Mapping[str, Any]) -> str:
     """What must not straddle the train/val split. A DISFA subject. A scraped image: its batch

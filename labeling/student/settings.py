@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from warehouse.settings import Settings
+from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 # What the student starts from: the packaged COCO YOLO11n-seg (the person teacher), whose
 # backbone, neck and box head carry over to a YOLO11n detector; so the architecture is YOLO11n.
@@ -23,9 +23,7 @@ class StudentDetectorSettings(Settings):
     batch: int = Field(16, ge=1, description="images per training step")
     max_images: int = Field(1000, ge=1, description="at most this many images, evenly spaced")
     disfa_stride: int = Field(8, ge=1, description="every n-th stored frame of each DISFA video")
-    device: str = Field(
-        "auto", min_length=1, description="auto (cuda when present, else cpu) | cpu | cuda[:n]"
-    )
+    device: Device = DEFAULT_DEVICE
     model_yaml: str = Field(MODEL_YAML, description="the student's ultralytics architecture (.yaml)")
     init: str = Field(
         INIT_PACKAGED,

@@ -1,0 +1,115 @@
+"""`ferlab labelstudio serve | push | pull | status`: Label Studio, its server and its sync."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+
+from ferlab.cli.common import data_home, open_warehouse
+
+
+def _labelstudio_client(args: argparse.Namespace):
+    from labeling.labelstudio.sync import LabelStudioClient, LabelStudioSettings
+
+    return LabelStudioClient(LabelStudioSettings.from_env(url=args.url))
+
+
+def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
+    from labeling.labelstudio.server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
+
+    home = data_home(args).resolve()
+    server_env(
+        home, os.environ.get("LABEL_STUDIO_API_KEY", "")
+    )  # a missing or bad key: one line, before anything
+    find_executable()
+    home.mkdir(parents=True, exist_ok=True)
+    print(
+        f"Label Studio on http://{HOST}:{args.port} (data: {home / DATA_SUBDIR}; sign in as {ADMIN_USER} with "
+        f"$LABEL_STUDIO_PASSWORD, else the API key; Ctrl-C to stop)",
+        flush=True,
+    )
+    serve(home, port=args.port)  # execs the server: does not return
+
+
+def cmd_labelstudio_push(args: argparse.Namespace) -> int:
+    from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
+
+    wh = open_warehouse(args)
+    rows = queued_faces(wh, args.queue)
+    predictions = {} if args.no_predictions else queue_predictions(wh, rows)
+    report = push_faces(wh, rows, predictions, client=_labelstudio_client(args))
+    print(report.summary())
+    return 0
+
+
+def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
+    from labeling.labelstudio.sync import pull_annotations
+
+    print(pull_annotations(open_warehouse(args), client=_labelstudio_client(args)).summary())
+    return 0
+
+
+def cmd_labelstudio_status(args: argparse.Namespace) -> int:
+    client = _labelstudio_client(args)
+    me = client.check()
+    print(f"Label Studio at {client.settings.url}: signed in as {me['email']} (user {me['id']})")
+    project_id = client.find_project()
+    if project_id is None:
+        print("no face project yet: `ferlab labelstudio push` creates it")
+        return 0
+    p = client.sdk.projects.get(id=project_id)
+    wh = open_warehouse(args, writable=False)
+    recorded = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [project_id])
+    print(
+        f"project {project_id} {p.title!r}: {p.task_number} tasks ({recorded.column('n')[0].as_py()} recorded "
+        f"in {wh.home}), {p.total_annotations_number} annotations, {p.skipped_annotations_number} skipped"
+    )
+    return 0
+
+
+# ---- parsers ----------------------------------------------------------------------------------
+def _add_labelstudio(sub) -> None:
+    ls = sub.add_parser(
+        "labelstudio",
+        help="Label Studio: run the server, push queued faces as tasks, pull annotations as human labels",
+        description="The server runs from its own virtualenv (`make labelstudio-setup`) on 127.0.0.1 with its "
+        "data under <home>/labelstudio/. Clients find it at $LABEL_STUDIO_URL (default http://127.0.0.1:8089); "
+        "$LABEL_STUDIO_API_KEY is both the admin's token (set it before the first `serve`) and the clients' "
+        "token. It is never printed.",
+    )
+    ls_sub = ls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve = ls_sub.add_parser("serve", help="run the server in the foreground (Ctrl-C stops it)")
+    serve.add_argument("--port", type=int, default=8089)
+    serve.set_defaults(func=cmd_labelstudio_serve)
+    push = ls_sub.add_parser(
+        "push",
+        help="push the review_queue's faces as tasks (prediction pre-filled); a face already pushed adds nothing",
+    )
+    push.add_argument("--queue", help="only this queue (default: every queued face)")
+    push.add_argument("--no-predictions", action="store_true", help="push without pre-filled predictions")
+    pull = ls_sub.add_parser(
+        "pull",
+        help="write submitted annotations as human labels (updated ones supersede; skipped add nothing)",
+    )
+    status = ls_sub.add_parser("status", help="check the server and the token; count tasks and annotations")
+    for parser_, func in (
+        (push, cmd_labelstudio_push),
+        (pull, cmd_labelstudio_pull),
+        (status, cmd_labelstudio_status),
+    ):
+        parser_.add_argument(
+            "--url", help="the server (default: $LABEL_STUDIO_URL, else http://127.0.0.1:8089)"
+        )
+        parser_.set_defaults(func=func)
+
+
+PARSERS = {
+    "labelstudio": _add_labelstudio,
+}
+
+
+def add_parsers(sub, names: Iterable[str] | None = None) -> None:
+    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
+    for name in PARSERS if names is None else names:
+        PARSERS[name](sub)
