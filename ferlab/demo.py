@@ -1,5 +1,9 @@
-"""The demo: sample sources in their real formats, then every ingestion asset materialized
-through Dagster (its runs land in the same instance `make dev` shows)."""
+"""`ferlab demo` (`make demo`): the rendered demo data (ferlab.demodata) under <home>/sources,
+then every job through Dagster, in the instance `make dev` shows: ingest and auto-label each
+source, sync FiftyOne, snapshot a dataset version, train + evaluate + promote the AU and emotion
+models, pseudo-label and queue faces for review (pushed to Label Studio when its server answers),
+and analyze the video of a DISFA subject the AU model held out. `run_demo(train=False)` stops
+after the ingest and review jobs."""
 
 from __future__ import annotations
 

@@ -104,6 +104,7 @@ def demo_root(tmp_path_factory, demo_renders) -> DemoRoot:
         capture_output=True,
         text=True,
     )
+    (home.parent / "demo.log").write_text(demo.stdout + demo.stderr)  # the whole story, for a failure
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     return DemoRoot(home, demo.stdout)
 
@@ -133,6 +134,88 @@ def fer2013_root(tmp_path_factory, demo_renders) -> Fer2013Root:
     ingest_fer2013(wh, demo_renders.path("small", seed=0) / "fer2013.csv", show_progress=False)
     autolabel(wh, select_images(wh), load_detector("yunet"), show_progress=False)
     return Fer2013Root(wh.home, snapshot_dataset_version(wh).version)
+
+
+class FaceDetectorRoot:
+    """The small demo ingested through Dagster (YuNet), the `face_detector` asset's YOLO student
+    trained on it (through `face_detector_job`), then everything ingested again with the `auto`
+    detector, the student now: once per test run, the one trained YOLO student of the suite."""
+
+    INGEST_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 15 x 64
+    # Started from the packaged COCO YOLO11n (the asset's default), 20 epochs at 160 px in steps
+    # of 8 images.
+    EPOCHS = 20
+    IMGSZ = 160
+    BATCH = 8
+
+    def __init__(self, home: Path, result, seconds: float, spec_before: str, spec_after: str, again: list):
+        self.home, self.result, self.seconds = home, result, seconds
+        self.spec_before, self.spec_after, self.again = spec_before, spec_after, again
+
+    @staticmethod
+    def execute(instance, job: str, partition: str | None = None, run_config: dict | None = None):
+        from dagster_project.definitions import defs
+        from ferlab.demo import QUIET
+
+        return defs.resolve_job_def(job).execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+            run_config={**QUIET, **(run_config or {})},
+        )
+
+    @classmethod
+    def ingest_all(cls, instance, home: Path, detector_spec: str | None = None) -> list:
+        from warehouse.sources.disfa import find_disfa_subjects
+        from warehouse.sources.scraped import find_scraped_batches
+
+        resources: dict = {"sources": {"config": {"disfa_stride": cls.INGEST_STRIDE}}}
+        if detector_spec:
+            resources["detector"] = {"config": {"spec": detector_spec}}
+        results = []
+        for partitions, job, keys in (
+            ("disfa_subjects", "disfa_ingest_job", find_disfa_subjects(home / "sources" / "disfa")),
+            ("scraped_batches", "scraped_ingest_job", find_scraped_batches(home / "sources" / "scraped")),
+        ):
+            instance.add_dynamic_partitions(partitions, keys)
+            results += [cls.execute(instance, job, key, {"resources": resources}) for key in keys]
+        return results
+
+
+@pytest.fixture(scope="session")
+def face_detector_root(tmp_path_factory, demo_renders) -> FaceDetectorRoot:
+    import time
+
+    from dagster import DagsterInstance
+
+    from assets.resources import DetectorResource
+
+    home = tmp_path_factory.mktemp("face_detector") / "var"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERLAB_HOME", str(home))
+        demo_renders.copy(home / "sources")
+        instance = DagsterInstance.ephemeral()
+        # The first ingestion with YuNet alone: its boxes are not what the tests check, and the
+        # person teacher on every frame would double the time. The asset labels with both teachers.
+        assert all(r.success for r in FaceDetectorRoot.ingest_all(instance, home, detector_spec="yunet"))
+        before = DetectorResource().resolve_spec(home)
+        started = time.perf_counter()
+        config = {
+            "epochs": FaceDetectorRoot.EPOCHS,
+            "imgsz": FaceDetectorRoot.IMGSZ,
+            "batch": FaceDetectorRoot.BATCH,
+            "disfa_stride": 1,  # the ingestion kept every 8th frame already
+            "max_images": 400,
+            "device": "cpu",
+        }
+        result = FaceDetectorRoot.execute(
+            instance, "face_detector_job", run_config={"ops": {"face_detector": {"config": config}}}
+        )
+        seconds = time.perf_counter() - started
+        after = DetectorResource().resolve_spec(home)
+        # Again, with the `auto` detector: the student now. Images are stored: only detection runs.
+        again = FaceDetectorRoot.ingest_all(instance, home)
+    return FaceDetectorRoot(home, result, seconds, before, after, again)
 
 
 ANALYSIS_SUBJECTS = ["SN001", "SN002", "SN003"]

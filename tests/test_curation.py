@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ferlab.demo import DEMO_AU
 from ferlab.demotruth import DISFA_LABEL_RULE, ingest_demo_sources, score_au_pseudo_labels, truth_faces
 from labeling.curation.experiment import ARMS, pseudo_label_experiment
 from labeling.curation.pseudo import pseudo_label
@@ -25,23 +26,35 @@ from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
 from warehouse.versions import snapshot_dataset_version
 
-pytestmark = pytest.mark.slow  # trains three models (~3 minutes on 2 CPU cores)
+pytestmark = pytest.mark.slow  # trains models on the session's demo data root
 
-# test_models.py's budget: the AU model that reaches Avg.F1 ~0.56 on held-out people
-# with degraded training faces (gray, low resolution: the look of the FER-2013 and scraped faces
-# it pseudo-labels), which lifts its pseudo labels' precision there (benchmarks.pseudo_label_precision)
+# The curation gate's AU model (`make quality`): the settings that reach Avg.F1 ~0.63 on held-out
+# people with degraded training faces (gray, low resolution: the look of the FER-2013 and scraped
+# faces it pseudo-labels), which lifts its pseudo labels' precision there
+# (benchmarks.pseudo_label_precision)
 AU_SETTINGS = AUTrainingSettings(
     image_size=112, finetune_epochs=3, head_epochs=30, loss="bce", finetune_lr=1e-4, folds=3, degrade=0.5
 )
-ONE_EPOCH = AU_SETTINGS.replace(head_epochs=1, finetune_epochs=0)  # deliberately worse
 EMOTION_SETTINGS = EmotionTrainingSettings(architecture="fer2013_cnn", scratch_epochs=15, folds=0)
+# Against the demo's production AU model: its settings and protocol, one head epoch (deliberately worse)
+ONE_EPOCH = AUTrainingSettings(**DEMO_AU).replace(head_epochs=1, finetune_epochs=0)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, demo_renders) -> Path:
-    """The small demo (DISFA, FER-2013, scraped) ingested, auto-labeled by YuNet, snapshotted,
-    its AU and emotion models trained, evaluated and promoted."""
-    root = tmp_path_factory.mktemp("curation") / "home"
+def home(tmp_path_factory, demo_root) -> Path:
+    """A private copy of the session's `ferlab demo` data root: the small demo (DISFA, FER-2013,
+    scraped) ingested and auto-labeled, a dataset version, its AU and emotion models trained,
+    evaluated and promoted, one curation turn (pseudo labels, the review queue) done."""
+    root = demo_root.copy(tmp_path_factory.mktemp("curation") / "home")
+    shutil.copy(root / "sources" / "truth" / "faces.csv", root / "truth.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def gate_home(tmp_path_factory, demo_renders) -> Path:
+    """`make quality`: the small demo ingested, auto-labeled by YuNet, snapshotted, the curation
+    gate's AU and emotion models trained, evaluated and promoted."""
+    root = tmp_path_factory.mktemp("curation-gate") / "home"
     sources = demo_renders.path("small", seed=0)
     wh = Warehouse(root)
     version = ingest_demo_sources(wh, sources)
@@ -146,11 +159,14 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
 # unrounded intensity (present from 2), the resting residuals of 1.5-1.9 that the DISFA files teach
 # as present count as wrong: present precision then drops to about 0.55 (printed below, and by
 # benchmarks.pseudo_label_precision). The issue's goal of 0.90 on both sides is not met by the demo model.
-def test_au_pseudo_labels_meet_the_precision_bar(home):
-    wh = Warehouse(home)
-    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))  # stored: adds nothing
-    _au_pseudo_precision(wh, home, report, threshold=AU_PRESENT_THRESHOLD)  # for the record
-    present, _, absent, _ = _au_pseudo_precision(wh, home, report)
+@pytest.mark.quality
+def test_au_pseudo_labels_meet_the_precision_bar(gate_home):
+    """`make quality`: the curation gate's model (degraded training faces) on the faces no AU model
+    trains on."""
+    wh = Warehouse(gate_home)
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
+    _au_pseudo_precision(wh, gate_home, report, threshold=AU_PRESENT_THRESHOLD)  # for the record
+    present, _, absent, _ = _au_pseudo_precision(wh, gate_home, report)
     assert present >= 0.85 and absent >= 0.85
 
 
@@ -161,11 +177,13 @@ def test_review_queue_and_emotion_pseudo_labels(home):
     print("\n" + emo.summary())
     assert emo.rows > 0 and set(emo.per_label) >= {"happy", "sad"}
     for task in ("au", "emotion"):
-        r = build_review_queue(wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10))
+        # a queue of its own: the demo's curation turn filled the default one
+        settings = ReviewSettings(min_detection_score=0.9, unique_top=10, queue=f"test-{task}")
+        r = build_review_queue(wh, task, settings)
         print(r.summary())
         assert r.by_reason["most_unique"] == 10 and r.by_reason["low_detection_score"] > 0
         assert sum(r.by_reason.values()) == r.added
-        again = build_review_queue(wh, task, ReviewSettings(min_detection_score=0.9, unique_top=10))
+        again = build_review_queue(wh, task, settings)
         assert again.added == 0  # keyed by (queue, face, reason)
     brain = ReviewSettings(brain=True, unique_top=10, queue="brain")
     r = build_review_queue(wh, "emotion", brain)

@@ -195,7 +195,7 @@ def test_training_assets_through_dagster(home, version):
     meta = snap.asset_materializations_for_node("dataset_version")[0].metadata
     assert meta["version"].value == version and meta["new_version"].value is False
 
-    tiny = {"image_size": 64, "finetune_epochs": 0, "head_epochs": 5, "folds": 3}
+    tiny = {"image_size": 64, "finetune_epochs": 0, "head_epochs": 1, "folds": 2}
     train = defs.resolve_job_def("training_job").execute_in_process(
         instance=instance,
         partition_key=version,
@@ -203,7 +203,7 @@ def test_training_assets_through_dagster(home, version):
             "resources": resources,
             "ops": {
                 "au_model": {"config": tiny},
-                "emotion_model": {"config": {"architecture": "fer2013_cnn", "scratch_epochs": 3}},
+                "emotion_model": {"config": {"architecture": "fer2013_cnn", "scratch_epochs": 1}},
             },
             **quiet,
         },

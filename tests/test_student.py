@@ -1,6 +1,8 @@
 """Teacher -> student (labeling.student.yolo): the YOLO dataset the teachers' labels make, our
-mAP@0.5, and (slow) a student trained from scratch on the demo data, offline, scored on
-held-out subjects and scenes against the teachers and against the demo's ground truth."""
+mAP@0.5, and (slow) a student trained from scratch on the demo data, offline, at the smallest
+budget; `make quality` trains it in full and scores it on held-out subjects and scenes against the
+teachers and the demo's ground truth. The .pt / ONNX checks use the suite's one trained student
+(the face_detector asset's, conftest.face_detector_root)."""
 
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ from labeling.student.yolo import (
     teach_student,
 )
 
-# The slow run's settings: what fits a ~2-4 minute CPU budget (2 cores) and still learns.
+# The quality run's settings (`make quality`): a few CPU minutes, and it still learns.
 STUDENT_EPOCHS = 40
 STUDENT_IMGSZ = 160
-VIDEO_STRIDE = 8  # every 8th DISFA frame: 30 per subject of the "small" demo's 240
+VIDEO_STRIDE = 8  # every 8th DISFA frame: 8 per subject of the "small" demo's 64
 # The floor the slow test asserts against the demo's ground truth; see the test's docstring.
 TRUTH_MAP50_FLOOR = 0.8
 
@@ -277,11 +279,10 @@ _REAL_CONNECT = socket.socket.connect
 _REAL_GETADDRINFO = socket.getaddrinfo
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_renders) -> tuple[StudentReport, dict, dict, list[str]]:
-    root = tmp_path_factory.mktemp("student")
-    demo = demo_renders.path("small", seed=0)
-    images, truth = demo_images(demo)
+def _teach(root: Path, demo: Path, epochs: int, stride: int) -> tuple[StudentReport, dict, dict, list[str]]:
+    """teach_student on the demo's scenes and every `stride`-th DISFA frame, the network cut off:
+    (report, truth, timing, the connections something tried)."""
+    images, truth = demo_images(demo, stride=stride)
     guard = _NoNetwork()
     started = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp:
@@ -295,7 +296,7 @@ def trained(tmp_path_factory, demo_renders) -> tuple[StudentReport, dict, dict, 
             root / "work",
             truth=truth,
             settings=StudentDetectorSettings(
-                epochs=STUDENT_EPOCHS,
+                epochs=epochs,
                 imgsz=STUDENT_IMGSZ,
                 device="cpu",
                 model_yaml="yolov8n.yaml",  # this test's recipe: a yolov8n from scratch
@@ -306,10 +307,7 @@ def trained(tmp_path_factory, demo_renders) -> tuple[StudentReport, dict, dict, 
     return report, truth, timing, guard.attempts
 
 
-@pytest.mark.slow
-def test_student_trains_offline_and_beats_the_floor(trained):
-    """The student (yolov8n from scratch, 40 epochs at 160 px on ~120 images, no mosaic) against the
-    teachers and the demo's ground truth on held-out subjects and scenes."""
+def _check_offline_run(trained, epochs: int) -> None:
     report, truth, timing, attempts = trained
     print(
         f"\nstudent: mAP50 vs teacher {report.map50_vs_teacher:.3f}, vs truth {report.map50_vs_truth:.3f}; "
@@ -319,30 +317,64 @@ def test_student_trains_offline_and_beats_the_floor(trained):
     assert attempts == [], f"something tried to reach the network: {attempts}"
     assert report.weights.name == "best.pt" and report.weights.is_file()
     assert report.onnx.suffix == ".onnx" and report.onnx.is_file()
-    assert report.device == "cpu" and report.epochs == STUDENT_EPOCHS
+    assert report.device == "cpu" and report.epochs == epochs
     assert report.train_images + report.val_images == len(truth)
     assert 0.1 <= report.val_images / len(truth) <= 0.35
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_renders) -> tuple[StudentReport, dict, dict, list[str]]:
+    """The whole path at the smallest budget: one epoch on every 16th DISFA frame and the scenes."""
+    return _teach(tmp_path_factory.mktemp("student"), demo_renders.path("small", seed=0), epochs=1, stride=16)
+
+
+@pytest.mark.slow
+def test_student_trains_offline(trained):
+    """Teachers' labels, the dataset, training, ONNX export and both mAPs, with no connection."""
+    _check_offline_run(trained, epochs=1)
+    report = trained[0]
+    assert 0.0 <= report.map50_vs_teacher <= 1.0 and report.map50_vs_truth is not None
+
+
+@pytest.mark.slow
+@pytest.mark.quality
+def test_student_trains_offline_and_beats_the_floor(tmp_path, demo_renders):
+    """`make quality`: the student (yolov8n from scratch, 40 epochs at 160 px on ~150 images, no
+    mosaic) against the teachers and the demo's ground truth on held-out subjects and scenes."""
+    trained = _teach(tmp_path, demo_renders.path("small", seed=0), epochs=STUDENT_EPOCHS, stride=VIDEO_STRIDE)
+    _check_offline_run(trained, epochs=STUDENT_EPOCHS)
+    report = trained[0]
     # An untrained yolov8n scores ~0 here; the teachers' labels are learnable in the budget.
     assert report.map50_vs_teacher >= 0.8
     assert report.map50_vs_truth is not None and report.map50_vs_truth >= TRUTH_MAP50_FLOOR
 
 
-def _val_image(report: StudentReport) -> np.ndarray:
-    data_yaml = report.weights.parents[3] / "dataset" / "data.yaml"
-    paths, _ = read_yolo_split(data_yaml, "val")
-    video = [p for p in paths if p.name.startswith("SN")]
-    return cv2.imread(str((video or paths)[0]))
+@pytest.fixture(scope="module")
+def student(face_detector_root) -> tuple[Path, Path]:
+    """The suite's one trained YOLO student (the face_detector asset's): .pt and .onnx."""
+    from labeling.student.face_detector import STUDENT_ONNX, STUDENT_PT, student_dir
+
+    folder = student_dir(face_detector_root.home)
+    return folder / STUDENT_PT, folder / STUDENT_ONNX
+
+
+@pytest.fixture(scope="module")
+def video_frame(demo_renders) -> np.ndarray:
+    """A DISFA frame of the demo (one face, one person)."""
+    from labeling.detection.media import Frame, iter_frames
+
+    video = sorted((demo_renders.path("small", seed=0) / "disfa").rglob("*.avi"))[-1]
+    return next(f.image for f in iter_frames([video], stride=16) if isinstance(f, Frame))
 
 
 @pytest.mark.slow
-def test_onnx_and_pt_give_the_same_boxes(trained):
-    report = trained[0]
-    frame = _val_image(report)
+def test_onnx_and_pt_give_the_same_boxes(student, video_frame):
+    frame = video_frame
     side = min(frame.shape[:2])
     x0 = (frame.shape[1] - side) // 2
     square = np.ascontiguousarray(frame[:side, x0 : x0 + side])  # same letterbox for both
     found = {}
-    for weights in (report.weights, report.onnx):
+    for weights in student:
         det = load_detector(str(weights), device="cpu", imgsz=STUDENT_IMGSZ, conf=0.1)
         found[weights.suffix] = sorted(det.detect([square])[0], key=lambda d: -d.score)
     pt, onnx = found[".pt"], found[".onnx"]
@@ -354,12 +386,12 @@ def test_onnx_and_pt_give_the_same_boxes(trained):
 
 
 @pytest.mark.slow
-def test_load_detector_on_the_student(trained):
-    report = trained[0]
-    default = load_detector(str(report.weights), device="cpu")  # the platform's path
+def test_load_detector_on_the_student(student, video_frame):
+    weights = student[0]
+    default = load_detector(str(weights), device="cpu")  # the platform's path
     assert default.class_map == {0: "face", 1: "person"}
     # At the size it learned (load_detector's default 640 shows it faces 4x larger).
-    student = load_detector(str(report.weights), device="cpu", imgsz=STUDENT_IMGSZ)
-    dets = student.detect([_val_image(report)])[0]
+    detector = load_detector(str(weights), device="cpu", imgsz=STUDENT_IMGSZ)
+    dets = detector.detect([video_frame])[0]
     assert {d.label for d in dets} >= {"face"}
     assert all(d.label in ("face", "person") and d.x2 > d.x1 and d.y2 > d.y1 for d in dets)
