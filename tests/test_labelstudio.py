@@ -407,3 +407,10 @@ def test_wrong_token_and_stopped_server_are_clear_errors(ls_server, tmp_path, ca
     assert main(["--home", str(ls_server.home), "labelstudio", "push"]) == 1
     assert "not reachable at " + ls_server.url in capsys.readouterr().err
     assert {t: wh.count(t) for t in before} == before  # nothing lost, nothing half-written
+
+
+def test_the_server_is_looked_for_in_the_repositorys_own_virtualenv():
+    """`make labelstudio-setup` builds <repo>/.venv-labelstudio: the path is the repository's."""
+    from labeling.labelstudio import server
+
+    assert Path(__file__).resolve().parents[1] == server.REPO

@@ -158,13 +158,14 @@ def test_emotion_models_beat_chance_by_a_wide_margin(home, version, settings):
     assert (Path(ev.report["markdown"]).parent / "confusion_matrix.png").is_file()
 
 
-def test_same_settings_same_model_id_and_clear_errors(home, version, demo_home, au_run):
+def test_same_settings_same_model_id_and_clear_errors(demo_home, au_run):
     from models.pipeline import model_id_for
 
+    version = au_run.dataset_version
     settings = AUTrainingSettings(image_size=64)
     assert model_id_for(version, settings) == model_id_for(version, AUTrainingSettings(image_size=64))
     assert model_id_for(version, settings) != model_id_for(version, settings.replace(loss="pr"))
-    wh = Warehouse(home)
+    wh = Warehouse(demo_home)
     with pytest.raises(LookupError, match="v-nope"):
         train_model(wh, "v-nope", settings)
     with pytest.raises(FileNotFoundError, match="no au model"):
@@ -172,9 +173,8 @@ def test_same_settings_same_model_id_and_clear_errors(home, version, demo_home, 
     with pytest.raises(ConfigError, match="loss"):
         AUTrainingSettings(loss="hinge")
     au = TASKS["au"]
-    demo = Warehouse(demo_home)
-    assert latest_model_id(demo, "au", au_run.dataset_version) == au_run.model_id
-    assert np.isfinite(au.trivial_baseline(load_run(demo, au_run.model_id).folds))
+    assert latest_model_id(wh, "au", version) == au_run.model_id
+    assert np.isfinite(au.trivial_baseline(load_run(wh, au_run.model_id).folds))
 
 
 def test_training_assets_through_dagster(home, version):

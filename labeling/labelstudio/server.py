@@ -24,7 +24,7 @@ from pathlib import Path
 from labeling.labelstudio.sync import KEY_ENV, LabelStudioError
 from warehouse.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # labeling/labelstudio/server.py
 DEFAULT_PORT = 8089
 HOST = "127.0.0.1"
 ADMIN_USER = "admin@ferlab.local"
