@@ -52,6 +52,13 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != "demo_root")
 
 
+def pytest_collection_finish(session):
+    """On an xdist worker with --dist loadgroup, every test must carry its group in its id (else
+    each worker would build every shared root): fail at once if this pytest and xdist disagree."""
+    if session.config.getvalue("loadgroup") and any("@" not in item.nodeid for item in session.items):
+        raise pytest.UsageError("pytest-xdist's --dist loadgroup did not tag the tests: check the pins")
+
+
 @pytest.fixture
 def wh(tmp_path):
     from warehouse import Warehouse
