@@ -49,7 +49,7 @@ test: setup labelstudio-setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -n 2 --dist loadgroup
+	$(VENV)/bin/pytest
 
 # The development loop: no servers, no training (the full suite is `make test`, as CI runs it).
 test-fast: setup

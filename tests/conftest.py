@@ -32,33 +32,6 @@ os.environ.update(
 )
 
 
-# `make test` runs the suite on two pytest-xdist workers, whole groups at a time: a test that uses
-# one of the session's shared data roots runs in that root's group, so that each root is built
-# once; any other test in its module's group, so that module-scoped fixtures are built once.
-SHARED_ROOTS = ("demo_root", "face_detector_root", "analysis_home", "fer2013_root")
-
-
-def xdist_group(item) -> str:
-    shared = [root for root in SHARED_ROOTS if root in getattr(item, "fixturenames", ())]
-    return shared[0] if shared else item.module.__name__.rsplit(".", 1)[-1]
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    # The longest group first (`ferlab demo` and what uses it): a worker takes the groups in order.
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != "demo_root")
-
-
-def pytest_collection_finish(session):
-    """On an xdist worker with --dist loadgroup, every test must carry its group in its id (else
-    each worker would build every shared root): fail at once if this pytest and xdist disagree."""
-    if session.config.getvalue("loadgroup") and any("@" not in item.nodeid for item in session.items):
-        raise pytest.UsageError("pytest-xdist's --dist loadgroup did not tag the tests: check the pins")
-
-
 @pytest.fixture
 def wh(tmp_path):
     from warehouse import Warehouse

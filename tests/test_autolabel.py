@@ -5,14 +5,12 @@ from __future__ import annotations
 import cv2
 
 from ferlab.demo import write_sample_sources
-from labeling.detection.autolabel import autolabel
+from labeling.detection.autolabel import autolabel, select_images
 from labeling.detection.detectors import load_detector
 from warehouse import Warehouse
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.sources.scraped import ingest_scraped
-
-COLUMNS = "SELECT image_id, source, source_uri, frame_index, media_path FROM images"
 
 
 def _warehouse(tmp_path) -> Warehouse:
@@ -27,7 +25,7 @@ def _warehouse(tmp_path) -> Warehouse:
 
 def test_detect_crop_store_and_rerun_adds_nothing(tmp_path):
     wh = _warehouse(tmp_path)
-    images = wh.sql(COLUMNS)
+    images = select_images(wh)
     report = autolabel(wh, images, load_detector("yunet"))
     assert report.frames == images.num_rows and not report.rejects
     assert report.added["detections"] == report.detections and report.added["crops"] == report.crops
@@ -56,7 +54,7 @@ def test_detect_crop_store_and_rerun_adds_nothing(tmp_path):
 
 def test_missing_media_is_a_reject_and_the_rest_goes_on(tmp_path):
     wh = _warehouse(tmp_path)
-    images = wh.sql(COLUMNS + " WHERE source = 'scraped' ORDER BY source_uri")
+    images = select_images(wh, source="scraped")
     lost = images.column("media_path")[0].as_py()
     wh.path(lost).unlink()
     report = autolabel(wh, images, load_detector("yunet"))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.server  # FiftyOne's database (mongod)
 
 @pytest.fixture(scope="module")
 def demo_version(demo_renders, tmp_path_factory) -> tuple[Warehouse, str]:
-    from labeling.detection.autolabel import autolabel
+    from labeling.detection.autolabel import autolabel, select_images
     from labeling.detection.detectors import load_detector
     from labeling.detection.settings import AutoLabelSettings
     from warehouse.sources.disfa import ingest_disfa
@@ -35,10 +35,7 @@ def demo_version(demo_renders, tmp_path_factory) -> tuple[Warehouse, str]:
     ingest_disfa(wh, src / "disfa", stride=3, show_progress=False)
     for batch in sorted((src / "scraped").iterdir()):
         ingest_scraped(wh, batch, show_progress=False)
-    images = wh.sql(
-        "SELECT image_id, source, source_uri, frame_index, media_path FROM images ORDER BY source_uri, frame_index"
-    )
-    autolabel(wh, images, load_detector("teachers"), AutoLabelSettings())
+    autolabel(wh, select_images(wh), load_detector("teachers"), AutoLabelSettings())
     # the version keeps the flagged crops too, so that every source has faces in it
     return wh, snapshot_dataset_version(wh, include_flagged=True).version
 
