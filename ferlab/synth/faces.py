@@ -30,7 +30,6 @@ placed between the warped inner-lip landmarks (mouth.py).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -890,8 +889,3 @@ def contact_sheet(
     if not cv2.imwrite(str(path), sheet):
         raise OSError(f"cannot write {path}")
     return path
-
-
-def face_seed(identity: str) -> int:
-    """A stable per-identity integer (for callers deriving rngs from identities)."""
-    return zlib.crc32(identity.encode())

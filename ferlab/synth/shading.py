@@ -69,15 +69,6 @@ class Shader:
         np.maximum(canvas, layer * amount * self.strength, out=canvas)
         self.used = True
 
-    def polygon(self, points: np.ndarray, amount: float, *, dark: bool, fine: bool = False) -> None:
-        if amount <= 0:
-            return
-        canvas = self._canvas(dark, fine)
-        layer = np.zeros(self.shape, np.float32)
-        cv2.fillPoly(layer, [_fixed(points)], 1.0, cv2.LINE_AA, _SHIFT)
-        np.maximum(canvas, layer * amount * self.strength, out=canvas)
-        self.used = True
-
     def paint(self, points: np.ndarray, amount: float, color: np.ndarray) -> None:
         """A filled polygon blended towards `color` (RGB 0..255) by `amount` (0..1), soft-edged;
         painted before the shading, in call order."""
