@@ -26,12 +26,12 @@ ferlab --home DIR demo            # demo data + every ingestion asset through Da
 ferlab --home DIR labelstudio serve [--port N] | push [--queue Q] | pull | status   # $LABEL_STUDIO_API_KEY
     ferlab demo-data OUT [--seed N] [--size small|medium]   # faces with rendered AUs, real formats
 
-One module per command group, each with its parsers beside its handlers (`add_parsers(sub)` +
-`cmd_*`): ingest (ingest, detect, autolabel), analysis (analyze, analyze-disfa, face-detector),
-curation (review, pseudo-label, review-queue), labelstudio, data (sql, doctor, weights, dev, version,
-demo, demo-data), models (export, distill, train, tune, compare-losses, pseudo-experiment, evaluate,
-models, predict); what they share is in common. Heavy packages (torch, dagster, ultralytics,
-fiftyone) are imported by the handlers, not here.
+One module per command group, each with its parsers beside its handlers (`PARSERS`, command -> the
+function adding its parser, + `cmd_*`): ingest (ingest, detect, autolabel), analysis (analyze,
+analyze-disfa, face-detector), curation (review, pseudo-label, review-queue), labelstudio, data
+(sql, doctor, weights, dev, version, demo, demo-data), models (export, distill, train, tune,
+compare-losses, pseudo-experiment, evaluate, models, predict); what they share is in common. Heavy
+packages (torch, dagster, ultralytics, fiftyone) are imported by the handlers, not here.
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: a
 TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment")
 
 
+def _add_parsers(sub, group, names: list[str] | None = None) -> None:
+    """Add a command group's commands `names` (default: all, in its `PARSERS` order) to `sub`."""
+    for name in names or group.PARSERS:
+        group.PARSERS[name](sub)
+
+
 def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     """The `ferlab` parser. `training_flags=False` leaves out the flags generated from the training
     settings (they import torch), for commands that do not train."""
@@ -90,16 +96,16 @@ def build_parser(training_flags: bool = True) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # in the order `ferlab --help` has always listed them
-    ingest.add_parsers(sub, ["ingest", "detect"])
-    analysis.add_parsers(sub)
-    ingest.add_parsers(sub, ["autolabel"])
-    curation.add_parsers(sub, ["review"])
-    data.add_parsers(sub, ["sql", "doctor", "weights", "dev"])
-    labelstudio.add_parsers(sub)
-    data.add_parsers(sub, ["version"])
+    _add_parsers(sub, ingest, ["ingest", "detect"])
+    _add_parsers(sub, analysis)
+    _add_parsers(sub, ingest, ["autolabel"])
+    _add_parsers(sub, curation, ["review"])
+    _add_parsers(sub, data, ["sql", "doctor", "weights", "dev"])
+    _add_parsers(sub, labelstudio)
+    _add_parsers(sub, data, ["version"])
     models.add_parsers(sub, training_flags=training_flags)
-    curation.add_parsers(sub, ["pseudo-label", "review-queue"])
-    data.add_parsers(sub, ["demo", "demo-data"])
+    _add_parsers(sub, curation, ["pseudo-label", "review-queue"])
+    _add_parsers(sub, data, ["demo", "demo-data"])
     return parser
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 from ferlab.cli.common import add_settings_flags, check_out_file, open_warehouse, settings_from_flags
@@ -156,9 +155,3 @@ PARSERS = {
     "analyze-disfa": _add_analyze_disfa,
     "face-detector": _add_face_detector,
 }
-
-
-def add_parsers(sub, names: Iterable[str] | None = None) -> None:
-    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
-    for name in PARSERS if names is None else names:
-        PARSERS[name](sub)

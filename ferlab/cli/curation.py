@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
 
 from ferlab.cli.common import add_settings_flags, data_home, open_warehouse, settings_from_flags, write_csv
 from labeling.curation.settings import PseudoLabelSettings, ReviewSettings
@@ -113,9 +112,3 @@ PARSERS = {
     "pseudo-label": _add_pseudo_label,
     "review-queue": _add_review_queue,
 }
-
-
-def add_parsers(sub, names: Iterable[str] | None = None) -> None:
-    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
-    for name in PARSERS if names is None else names:
-        PARSERS[name](sub)

@@ -6,7 +6,6 @@ import argparse
 import csv
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 from ferlab.cli.common import data_home, open_warehouse, write_csv
@@ -175,9 +174,3 @@ PARSERS = {
     "demo": _add_demo,
     "demo-data": _add_demo_data,
 }
-
-
-def add_parsers(sub, names: Iterable[str] | None = None) -> None:
-    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
-    for name in PARSERS if names is None else names:
-        PARSERS[name](sub)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
 from ferlab.cli.common import (
@@ -194,9 +193,3 @@ PARSERS = {
     "detect": _add_detect,
     "autolabel": _add_autolabel,
 }
-
-
-def add_parsers(sub, names: Iterable[str] | None = None) -> None:
-    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
-    for name in PARSERS if names is None else names:
-        PARSERS[name](sub)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
 
 from ferlab.cli.common import data_home, open_warehouse
 
@@ -107,9 +106,3 @@ def _add_labelstudio(sub) -> None:
 PARSERS = {
     "labelstudio": _add_labelstudio,
 }
-
-
-def add_parsers(sub, names: Iterable[str] | None = None) -> None:
-    """Add the commands `names` (default: all of this module's, in `PARSERS` order) to `sub`."""
-    for name in PARSERS if names is None else names:
-        PARSERS[name](sub)
