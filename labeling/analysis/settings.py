@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from labeling.detection.crops import MARGIN
+from labeling.detection.settings import Margin
 from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
 
@@ -48,9 +49,7 @@ class AnalyzeSettings(Settings):
     batch_size: int = Field(
         16, ge=1, description="frames per detector call; their faces form one model batch"
     )
-    margin: float = Field(
-        MARGIN, ge=0.0, le=2.0, description="crop margin, each side, as a share of the box's longer side"
-    )
+    margin: Margin = MARGIN
     track_buffer: int = Field(
         30, ge=0, description="frames a face out of view keeps its track id (ByteTrack's track_buffer)"
     )

@@ -4,10 +4,17 @@ object, whose fields are the Dagster config (assets.resources.DetectorResource) 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from labeling.detection.crops import MARGIN
 from warehouse.settings import DEFAULT_DEVICE, Device, Settings
+
+# The crop margin of every run kind that crops faces, declared once (default: MARGIN).
+Margin = Annotated[
+    float, Field(ge=0.0, le=2.0, description="crop margin, each side, as a share of the box's longer side")
+]
 
 
 class AutoLabelSettings(Settings):
@@ -21,6 +28,4 @@ class AutoLabelSettings(Settings):
     )
     device: Device = DEFAULT_DEVICE
     batch_size: int = Field(16, ge=1, description="frames per detector call")
-    margin: float = Field(
-        MARGIN, ge=0.0, le=2.0, description="crop margin, each side, as a share of the box's longer side"
-    )
+    margin: Margin = MARGIN
