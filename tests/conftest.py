@@ -73,20 +73,27 @@ def demo_renders(tmp_path_factory) -> DemoRenders:
 REPO = Path(__file__).resolve().parents[1]
 
 
-class DemoRoot:
-    """A data root made by `ferlab demo` (the small demo, seed 0: every ingest and auto-labeling
-    job, the AU and emotion models trained, promoted and evaluated, pseudo labels, the review
-    queue, the video analysis), once per test run. `home` is shared: read it, never write under
-    it; `copy` gives a private one to write in."""
+class SharedRoot:
+    """A data root built once per test run. `home` is shared: read it, never write under it;
+    `copy` gives a private one to write in."""
 
-    def __init__(self, home: Path, stdout: str) -> None:
+    def __init__(self, home: Path) -> None:
         self.home = home
-        self.stdout = stdout  # what `ferlab demo` printed
 
     def copy(self, dest: Path) -> Path:
         """A private copy of the data root at `dest` (a new folder); returns `dest`."""
         shutil.copytree(self.home, dest, symlinks=True)
         return dest
+
+
+class DemoRoot(SharedRoot):
+    """A data root made by `ferlab demo` (the small demo, seed 0: every ingest and auto-labeling
+    job, the AU and emotion models trained, promoted and evaluated, pseudo labels, the review
+    queue, the video analysis)."""
+
+    def __init__(self, home: Path, stdout: str) -> None:
+        super().__init__(home)
+        self.stdout = stdout  # what `ferlab demo` printed
 
 
 @pytest.fixture(scope="session")
@@ -109,17 +116,13 @@ def demo_root(tmp_path_factory, demo_renders) -> DemoRoot:
     return DemoRoot(home, demo.stdout)
 
 
-class Fer2013Root:
+class Fer2013Root(SharedRoot):
     """The small demo's FER-2013 faces (train / val / test from its Usage column) ingested,
-    auto-labeled and snapshotted, once per test run; `copy` gives each module its own."""
+    auto-labeled and snapshotted; each module takes its own `copy`."""
 
     def __init__(self, home: Path, version: str) -> None:
-        self.home = home
+        super().__init__(home)
         self.version = version
-
-    def copy(self, dest: Path) -> Path:
-        shutil.copytree(self.home, dest, symlinks=True)
-        return dest
 
 
 @pytest.fixture(scope="session")
