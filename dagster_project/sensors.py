@@ -2,6 +2,7 @@
 and get a run; the automation condition sensor runs what the assets' automation conditions ask
 for (a new dataset version's models and reports, the weekly snapshot)."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +23,22 @@ from assets.labelstudio import label_studio_annotations
 from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import LabelStudioResource, SourcesResource
 from dagster_project.jobs import disfa_ingest_job, scraped_ingest_job
+from warehouse.errors import ConfigError
 from warehouse.sources.disfa import find_disfa_subjects
 from warehouse.sources.scraped import find_scraped_batches
+
+INTERVAL_ENV = "FERLAB_SENSOR_INTERVAL_S"
+
+
+def sensor_interval(default: int) -> int:
+    """Seconds between a sensor's evaluations: `$FERLAB_SENSOR_INTERVAL_S` for every sensor when set
+    (a site polling faster or slower), else `default`."""
+    value = os.environ.get(INTERVAL_ENV, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{INTERVAL_ENV}={value!r}: give a whole number of seconds, 1 or more")
+    return int(value)
 
 
 def partition_discovery_sensor(
@@ -40,7 +55,7 @@ def partition_discovery_sensor(
     @sensor(
         name=name,
         job=job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=sensor_interval(30),
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Adds a `{partitions.name}` partition and requests its ingestion for each new {what}.",
     )
@@ -82,7 +97,7 @@ automation_sensor = AutomationConditionSensorDefinition(
     "automation_condition_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval(30),
     description="Evaluates the assets' automation conditions: each new dataset version's models trained "
     "once and their reports; the weekly dataset version snapshot.",
 )
@@ -91,7 +106,7 @@ automation_sensor = AutomationConditionSensorDefinition(
 @sensor(
     name="label_studio_sensor",
     asset_selection=[label_studio_annotations],
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     default_status=DefaultSensorStatus.RUNNING,
     description="Polls the Label Studio face project (annotation counts and its newest task update: two "
     "small requests) and requests `label_studio_annotations` when they changed.",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dagster_project.sensors import INTERVAL_ENV
 from ferlab.demo import run_demo, write_sample_sources
 from warehouse import Warehouse
 
@@ -133,7 +134,13 @@ def test_dagster_webserver_and_daemon_run_the_ingest_jobs(tmp_path):
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
-    env = {**os.environ, "FERLAB_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "FERLAB_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "PYTHONUNBUFFERED": "1",
+        INTERVAL_ENV: "5",  # the sensors' ticks, not their 30 s default, set the pace
+    }
     dagster = str(Path(sys.executable).parent / "dagster")
     command = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     with _dagster_server(command, port, env, tmp_path / "dagster.log"):
@@ -180,7 +187,7 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path, de
     the daemon, ticking the automation sensor, launches nothing (the demo's version is trained).
     On a copy of the session's demo data root: `dev` writes the sensor's ticks under it."""
     home = demo_root.copy(tmp_path / "var")
-    env = {**os.environ, "FERLAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "FERLAB_HOME": str(home), "PYTHONUNBUFFERED": "1", INTERVAL_ENV: "5"}
     env.pop("DAGSTER_HOME", None)  # as `make` sets it: <data root>/dagster, prepared by ferlab
     ferlab = [sys.executable, "-m", "ferlab", "--home", str(home)]
     demo_jobs = sorted(
@@ -228,3 +235,17 @@ def test_sensors_add_new_partitions_once(tmp_path, monkeypatch):
         instance.add_dynamic_partitions(partitions, result.dynamic_partitions_requests[0].partition_keys)
         again = sensor(build_sensor_context(instance=instance, resources={"sources": SourcesResource()}))
         assert isinstance(again, SkipReason) or not again.run_requests
+
+
+def test_sensor_interval_comes_from_the_environment(monkeypatch):
+    from dagster_project.sensors import sensor_interval
+    from warehouse.errors import ConfigError
+
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    assert sensor_interval(30) == 30
+    monkeypatch.setenv(INTERVAL_ENV, "5")
+    assert sensor_interval(30) == 5
+    for bad in ("0", "-3", "fast", "2.5"):
+        monkeypatch.setenv(INTERVAL_ENV, bad)
+        with pytest.raises(ConfigError, match=INTERVAL_ENV):
+            sensor_interval(30)

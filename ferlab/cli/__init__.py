@@ -72,7 +72,9 @@ Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: a
 --debug shows the traceback.
 """
 
-TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment")
+# Commands whose flags are generated from settings classes that import torch: their parsers are
+# built in full only when one of them is the command run (else a bare entry for `ferlab --help`).
+TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment", "distill")
 
 
 def _add_parsers(sub, group, names: list[str] | None = None) -> None:

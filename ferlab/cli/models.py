@@ -314,12 +314,18 @@ def _add_export(sub) -> None:
     export.set_defaults(func=cmd_export)
 
 
-def _add_distill(sub) -> None:
+DISTILL_HELP = "distill a trained MobileNet AU or emotion model into an alpha-0.25 student (seed 004)"
+
+
+def _add_distill(sub, training_flags: bool) -> None:
+    if not training_flags:  # listed in `ferlab --help`; its flags come with the settings (torch)
+        sub.add_parser("distill", help=DISTILL_HELP)
+        return
     from models.compact import DistillationSettings
 
     distill = sub.add_parser(
         "distill",
-        help="distill a trained MobileNet AU or emotion model into an alpha-0.25 student (seed 004)",
+        help=DISTILL_HELP,
         description=(DistillationSettings.__doc__ or "")
         + " Writes student.pt / student.onnx beside the teacher, then the compact table (fp32, int8, "
         "student on the same held-out faces).",
@@ -387,9 +393,10 @@ def _add_predict(sub) -> None:
 
 def add_parsers(sub, training_flags: bool = True) -> None:
     """export, distill, train (and with `training_flags` tune, compare-losses, pseudo-experiment; without
-    them, a bare `tune` for `ferlab --help`: their flags import torch), evaluate, models, predict."""
+    them, a bare `distill` and `tune` for `ferlab --help`: their flags import torch), evaluate, models,
+    predict."""
     _add_export(sub)
-    _add_distill(sub)
+    _add_distill(sub, training_flags)
     _add_train(sub, training_flags)
     _add_evaluate(sub)
     _add_models(sub)
