@@ -21,8 +21,8 @@ class LabelStudioPushConfig(Config):
     deps=["review_queue"],
     description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
     "emotion, the AUs present), pre-filled with the queue model's output on the face "
-    "(labeling.labelstudio.sync.queue_predictions); a face already pushed is not pushed again. Rows: "
-    "`label_studio_tasks`.",
+    "(labeling.labelstudio.sync.queue_predictions); a face with a task on the server is not pushed again, "
+    "one whose task was deleted there is. Rows: `label_studio_tasks`.",
 )
 def label_studio_tasks(
     context: AssetExecutionContext,
@@ -45,6 +45,7 @@ def label_studio_tasks(
             "tasks_pushed": MetadataValue.int(report.pushed),
             "with_prediction": MetadataValue.int(report.with_prediction),
             "already_pushed": MetadataValue.int(report.already),
+            "pushed_again": MetadataValue.int(report.repushed),
             "tasks_total": MetadataValue.int(int(total.column("n")[0].as_py())),
         }
     )
@@ -55,9 +56,10 @@ def label_studio_tasks(
     kinds={"labelstudio"},
     deps=[label_studio_tasks],
     description="The face project's submitted annotations as `human` emotion and AU labels of their faces "
-    "(annotator labelstudio:<user id>; ticked AUs present, the others absent). An updated annotation "
-    "supersedes the earlier labels; skipped tasks add nothing; requested by `label_studio_sensor` when the "
-    "project's annotations change.",
+    "(annotator labelstudio:<user id>; AUs only when the curator answered them: ticked AUs present, the "
+    "others absent). An annotation outside the project's label config is a reject (source labelstudio), no "
+    "label. An updated annotation supersedes the earlier labels; skipped tasks add nothing; requested by "
+    "`label_studio_sensor` when the project's annotations change.",
 )
 def label_studio_annotations(
     context: AssetExecutionContext, warehouse: WarehouseResource, labelstudio: LabelStudioResource
@@ -72,6 +74,7 @@ def label_studio_annotations(
             "annotations": MetadataValue.int(report.annotations),
             "skipped": MetadataValue.int(report.skipped),
             "unknown_faces": MetadataValue.int(report.unknown_faces),
+            "rejected": MetadataValue.int(report.rejected),
             "emotion_labels_added": MetadataValue.int(report.emotion_added),
             "emotion_labels_updated": MetadataValue.int(report.emotion_updated),
             "au_labels_added": MetadataValue.int(report.au_added),

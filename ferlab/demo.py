@@ -68,6 +68,8 @@ def prepare_dagster_home(home: Path) -> Path:
 
     Returns the DAGSTER_HOME folder, also set in the environment.
     Raises OSError when the folder or its dagster.yaml cannot be written."""
+    # The root's own FiftyOne database, served by its own mongod (labeling.fiftyone.sync); a
+    # FIFTYONE_DATABASE_DIR of another data root is refused there, not silently shared.
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str((home / "fiftyone").resolve()))
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # the packaged mongod is 6.0

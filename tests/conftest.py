@@ -81,8 +81,13 @@ class SharedRoot:
         self.home = home
 
     def copy(self, dest: Path) -> Path:
-        """A private copy of the data root at `dest` (a new folder); returns `dest`."""
-        shutil.copytree(self.home, dest, symlinks=True)
+        """A private copy of the data root at `dest` (a new folder); returns `dest`. Without the
+        root's FiftyOne database (`fiftyone/`, mostly mongod's journal): a dataset belongs to the
+        root that synced it, and a copy syncs its own."""
+        home = self.home
+        shutil.copytree(
+            home, dest, symlinks=True, ignore=lambda d, _: ["fiftyone"] if Path(d) == home else []
+        )
         return dest
 
 
@@ -103,7 +108,9 @@ def demo_root(tmp_path_factory, demo_renders) -> DemoRoot:
     home = tmp_path_factory.mktemp("demo-root") / "var"
     demo_renders.copy(home / "sources")
     env = {**os.environ, "FERLAB_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    env.pop("DAGSTER_HOME", None)  # as `make` sets it: <data root>/dagster, prepared by ferlab
+    # as `make` sets them: <data root>/dagster and <data root>/fiftyone, prepared by ferlab
+    env.pop("DAGSTER_HOME", None)
+    env.pop("FIFTYONE_DATABASE_DIR", None)
     demo = subprocess.run(
         [sys.executable, "-m", "ferlab", "--home", str(home), "demo"],
         cwd=REPO,
@@ -284,8 +291,9 @@ def dataset_name():
     """A unique FiftyOne dataset name (the database may be shared), deleted afterwards."""
     import uuid
 
-    import fiftyone as fo
+    from labeling.fiftyone.sync import import_fiftyone
 
+    fo = import_fiftyone()  # this process's own database, never another session's service
     name = f"ferlab-test-{uuid.uuid4().hex[:8]}"
     yield name
     if fo.dataset_exists(name):

@@ -7,8 +7,11 @@ the tracker's assignment solver and the in-memory predictor."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -95,6 +98,107 @@ def test_damaged_frames_are_skipped_and_the_rest_keep_their_numbers(tmp_path):
     skips, frames = decode_frames_skipping(cv2.VideoCapture(str(path)), stride=4)
     assert [n for n, _, _ in frames] == [1, 9, 13, 17]  # 5 was damaged
     assert skips.corrupt == [5, 6, 12]
+
+
+def _small_mp4(path: Path, n: int = 6) -> Path:
+    """Noise frames: their data fills most of the file (a cut in half falls in it, not in the index)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        writer.write(rng.integers(0, 255, (48, 64, 3), np.uint8))
+    writer.release()
+    return path
+
+
+# ---- the CLI's checks, made before any model loads (an empty data root: no model to load) ----------
+def test_cli_refuses_an_output_that_is_an_input(tmp_path, capsys):
+    """Issue 21.4: `analyze in.mp4 --video in.mp4` replaced the input. An --out or --video that is an
+    input file (the same path, a symlink or a hard link to it, a file of an input folder) is refused
+    before a model loads: one line, exit 2, the input untouched."""
+    from ferlab.cli import main
+
+    clip = _small_mp4(tmp_path / "in.mp4")
+    data = clip.read_bytes()
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(clip, folder / "a.mp4")
+    (tmp_path / "link.mp4").symlink_to(clip)
+    os.link(clip, tmp_path / "hard.mp4")
+    os.link(clip, tmp_path / "rows.csv")  # an --out of the right suffix that is the input's file
+    cases = [
+        ([str(clip), "--video", str(clip)], "--video", clip),
+        ([str(clip), "--video", str(tmp_path / "link.mp4")], "--video", clip),
+        (
+            [str(tmp_path / "link.mp4"), "--video", str(tmp_path / "hard.mp4")],
+            "--video",
+            tmp_path / "link.mp4",
+        ),
+        ([str(folder), "--video", str(folder / "a.mp4")], "--video", folder / "a.mp4"),
+        ([str(clip), "--out", str(tmp_path / "rows.csv")], "--out", clip),
+    ]
+    for argv, flag, source in cases:
+        assert main(["--home", str(tmp_path / "home"), "analyze", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flag} ") and "\n" not in err, (argv, err)
+        assert f"is the input {source}" in err, (argv, err)
+    assert clip.read_bytes() == data and (folder / "a.mp4").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clips",
+        "hard.mp4",
+        "in.mp4",
+        "link.mp4",
+        "rows.csv",
+    ]
+
+
+def test_cli_video_errors_name_the_video_flag(tmp_path, capsys):
+    """Issue 21.10a: a bad --video path was reported as `--out`."""
+    from ferlab.cli import main
+
+    clip = _small_mp4(tmp_path / "in.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    for video in (tmp_path / "missing" / "boxes.mp4", tmp_path / "folder.mp4"):
+        assert main(["--home", str(tmp_path / "home"), "analyze", str(clip), "--video", str(video)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --video {video}") and "--out" not in err, err
+
+
+def test_a_broken_image_of_a_folder_is_one_reject_not_also_a_corrupt_frame(tmp_path):
+    """Issue 21.10b: a broken image was counted twice, as a reject and as a corrupt frame skipped.
+    It is a reject (an unreadable file); corrupt frames are a video's frames that cannot be decoded."""
+    from labeling.analysis.analyze import _Frame, _input_frames
+    from warehouse.rejects import Reject
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    jpeg = cv2.imencode(".jpg", noise)[1].tobytes()  # mostly scan data: a cut in half falls in it
+    (folder / "0.jpg").write_bytes(jpeg)
+    (folder / "1-truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "2.jpg").write_bytes(jpeg)
+    infos: list = []
+    items = list(_input_frames([str(folder)], 1, infos))
+    assert [type(x) for x in items] == [_Frame, Reject, _Frame], items
+    assert items[1].reason == "truncated_image"
+    assert [i.first_frame for i in infos] == [1, 2, 3] and [x.frame for x in (items[0], items[2])] == [1, 3]
+
+
+def test_a_killed_run_s_temporary_video_is_removed_by_the_next_run(tmp_path):
+    """Issue 21.10c: kill -9 during analyze left `.<name>.<pid>.tmp.mp4` beside the --video file. The
+    next run to that file removes those of processes that are gone, not those of a run still going."""
+    from labeling.analysis.analyze import AnnotatedVideo
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f".ann.{gone.pid}.tmp.mp4"
+    running = tmp_path / f".ann.{os.getppid()}.tmp.mp4"  # a live process's run
+    other = tmp_path / f".other.{gone.pid}.tmp.mp4"  # another target's: not this run's business
+    for p in (stale, running, other):
+        p.write_bytes(b"half an mp4")
+    video = AnnotatedVideo(tmp_path / "ann.mp4")
+    video.write(np.zeros((48, 64, 3), np.uint8), [], 10.0)
+    assert video.close() == tmp_path / "ann.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ann.mp4", running.name, other.name])
 
 
 # ---- a data root with tiny production models ------------------------------------------------------
@@ -287,7 +391,9 @@ def test_a_folder_of_images_and_a_broken_file(home, demo_renders, tmp_path):
     print("\n" + r.summary())
     assert [s.kind for s in r.sources] == ["image"] * 3 and r.frames == 2
     assert [s.first_frame for s in r.sources] == [1, 2, 3]
-    assert r.corrupt == [3] and [x.reason for x in r.rejects] == ["truncated_image"]
+    # the broken photo is a reject (an unreadable file), not also a corrupt frame (issue 21.10b)
+    assert r.corrupt == [] and r.corrupt_frames == 0 and [x.reason for x in r.rejects] == ["truncated_image"]
+    assert "0 corrupt video frames skipped, 1 rejects (1 unreadable files, 0 boxes outside" in r.summary()
     assert set(r.table.column("frame").to_pylist()) <= {1, 2} and r.faces >= 2
     assert set(r.table.column("timestamp").to_pylist()) == {0.0}
     ids = r.table.column("track_id").to_pylist()
@@ -303,7 +409,7 @@ def test_cli_writes_csv_parquet_video_and_settings(home, video, tmp_path, capsys
     args = ["--home", str(home), "analyze", str(video), "--out", str(out), "--video", str(mp4)]
     assert main([*args, "--average", "3", "--min-probability", "0.3", "--batch-size", "8"]) == 0
     printed = capsys.readouterr().out
-    assert "corrupt frames skipped" in printed and f"-> {out}" in printed
+    assert "2 corrupt video frames skipped" in printed and f"-> {out}" in printed
     header = out.read_text().splitlines()[0].replace('"', "").split(",")
     assert header[:8] == ["frame", "timestamp", "x1", "y1", "x2", "y2", "score", "track_id"]
     assert header[-2:] == ["emotion", "emotion_from_aus"]
@@ -341,6 +447,27 @@ def test_cli_errors_are_one_line(home, video, tmp_path, capsys):
     empty = tmp_path / "empty-home"
     assert main(["--home", str(empty), "analyze", str(video)]) == 2
     assert "no production au model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_on_a_truncated_mp4_prints_ferlab_s_lines_only(home, tmp_path):
+    """Issue 21.10d: FFmpeg's own "moov atom not found" (native stderr) reached the terminal."""
+    clip = _small_mp4(tmp_path / "clip.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    out = tmp_path / "rows.csv"
+    argv = [sys.executable, "-m", "ferlab", "--home", str(home), "analyze", str(cut), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"rejected unreadable_video: {cut}" in proc.stdout, proc.stdout
+    assert "moov atom" not in proc.stderr and " @ 0x" not in proc.stderr, proc.stderr
+    # what is left on stderr: ferlab's log lines ("HH:MM:SS logger: ...") and progress bars
+    others = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.strip() and not re.search(r"%\||frame/s\]", line) and not re.match(r"\d\d:\d\d:\d\d \w", line)
+    ]
+    assert others == [], proc.stderr
 
 
 @pytest.mark.slow

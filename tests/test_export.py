@@ -5,6 +5,7 @@ back and checked box by box against the warehouse; the label tables are the mani
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -137,3 +138,40 @@ def test_export_refuses_what_it_cannot_do(demo_version, tmp_path, capsys):
     assert main(["--home", str(wh.home), "export", "v-nope", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown dataset version") and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_export_leaves_nothing_and_the_retry_works(demo_version, tmp_path, monkeypatch):
+    """Issue 21.8: FiftyOne failing after tables/ was written left a half export whose tables/ then
+    refused the retry. The export is built beside --out and published in one rename."""
+    import yaml
+
+    import labeling.fiftyone.export as export
+
+    wh, version = demo_version
+
+    def broken():
+        raise RuntimeError("FiftyOne's database did not start")
+
+    monkeypatch.setattr(export, "import_fiftyone", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="did not start"):
+        export_version(wh, version, out)
+    assert sorted(tmp_path.iterdir()) == []  # no out, no half-built folder beside it
+    # into a folder that holds an earlier export's tables: it is left as it was
+    assert export_version(wh, version, out, formats=["tables"]).paths == {"tables": str(out / "tables")}
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(RuntimeError, match="did not start"):
+        export_version(wh, version, out, formats=["coco", "yolo"])
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    monkeypatch.undo()
+    report = export_version(wh, version, out, formats=["coco", "yolo"])  # the retry
+    assert report.paths == {f: str(out / f) for f in ("coco", "yolo")}
+    assert sorted(p.name for p in out.iterdir()) == ["coco", "tables", "yolo"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # the YOLO dataset.yaml names where the export is, not where it was built; nothing else names it
+    assert yaml.safe_load((out / "yolo" / "dataset.yaml").read_text())["path"] == str(out / "yolo")
+    for f in out.rglob("*"):
+        assert f.suffix not in (".json", ".yaml", ".txt") or ".export-" not in f.read_text(), f
+        assert not f.is_symlink() or ".export-" not in os.readlink(f), f

@@ -21,6 +21,9 @@ from labeling.labelstudio.sync import (
     LabelStudioClient,
     LabelStudioError,
     LabelStudioSettings,
+    check_annotation,
+    config_controls,
+    diff_tasks,
     label_config_xml,
     label_tables,
     labels_from_annotation,
@@ -50,6 +53,12 @@ def test_label_config():
     assert choices["emotion"].get("choice") == "single" and choices["aus"].get("choice") == "multiple"
     assert [c.get("value") for c in choices["emotion"]] == list(EMOTIONS)
     assert [c.get("value") for c in choices["aus"]] == [f"AU{n}" for n in DISFA_AUS]
+    assert [c.get("value") for c in choices["aus_reviewed"]] == ["AUs reviewed"]
+    controls = config_controls(label_config_xml())
+    assert set(controls) == {"emotion", "aus", "aus_reviewed"} and controls["aus"].multiple
+    assert not controls["emotion"].multiple and controls["emotion"].values == set(EMOTIONS)
+    with pytest.raises(ConfigError, match="not valid XML"):
+        config_controls("<View><Choices", "the label config of project 3")
     assert AU_NAMES[0] == "AU1" and AU_NAMES[-1] == "AU26" and len(AU_NAMES) == 12
 
 
@@ -119,13 +128,21 @@ def test_annotation_to_labels():
 
 
 class FakeClient:
-    """Stands in for the server in pull: returns a fixed export."""
+    """Stands in for the server in pull: returns a fixed export under ferlab's label config."""
 
-    def __init__(self, tasks):
+    def __init__(self, tasks, label_config: str | None = None):
         self.tasks = tasks
+        self.config = label_config or label_config_xml()
+        self.settings = LabelStudioSettings(url="http://127.0.0.1:1", api_key="k")
 
     def export_annotated(self, project_id):
         return self.tasks
+
+    def label_config(self, project_id):
+        return self.config
+
+    def prediction_results(self, project_id):  # the export carries prediction ids only
+        return {71: [_result("aus", ["AU1", "AU2"])]}
 
 
 def test_pull_supersedes_and_is_idempotent(wh):
@@ -145,6 +162,176 @@ def test_pull_supersedes_and_is_idempotent(wh):
     assert wh.sql("SELECT emotion FROM emotion_labels WHERE label_source = 'human'").to_pylist() == [
         {"emotion": "angry"}
     ]
+
+
+def _result(from_name, choices):
+    return {
+        "from_name": from_name,
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": list(choices)},
+    }
+
+
+def _au_labels(wh) -> dict[str, dict[int, bool]]:
+    rows = wh.sql("SELECT crop_id, au, present FROM au_labels WHERE label_source = 'human'").to_pylist()
+    out: dict[str, dict[int, bool]] = {}
+    for r in rows:
+        out.setdefault(r["crop_id"], {})[r["au"]] = r["present"]
+    return out
+
+
+def test_emotion_only_answer_says_nothing_about_aus(wh):
+    """Issue 21, defect 2: an AU control counts only when the curator touched or confirmed it."""
+    crop = fill_queue(wh, 4)
+    prefill = {
+        "id": 70,
+        "model_version": "m",
+        "result": [_result("emotion", ["sad"]), _result("aus", ["AU12"])],
+    }
+    reviewed = {**_annotation(3, "happy"), "id": 12}
+    reviewed["result"] = [*reviewed["result"], _result("aus", []), _result("aus_reviewed", ["AUs reviewed"])]
+    untouched = {**_annotation(3, "sad", ["AU12"]), "parent_prediction": 70}  # the prefill, submitted as is
+    tasks = [
+        {"id": 1, "data": {"crop_id": crop[0]}, "annotations": [_annotation(3, "neutral")]},
+        {"id": 2, "data": {"crop_id": crop[1]}, "annotations": [reviewed]},
+        {"id": 3, "data": {"crop_id": crop[2]}, "annotations": [untouched], "predictions": [prefill]},
+        {"id": 4, "data": {"crop_id": crop[3]}, "annotations": [_annotation(3, "sad", ["AU4"])]},
+    ]
+    report = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    aus = _au_labels(wh)
+    assert crop[0] not in aus, "an emotion-only answer wrote AU labels"
+    assert crop[2] not in aus, "the model's pre-filled AUs, submitted untouched, became human labels"
+    assert aus[crop[1]] == {n: False for n in DISFA_AUS}  # confirmed: no AU present
+    assert {n for n, p in aus[crop[3]].items() if p} == {4} and len(aus[crop[3]]) == 12  # touched
+    assert (report.annotations, report.emotion_added, report.au_added) == (4, 4, 24)
+    # A prefill known by its id only (as in the server's export): untouched says nothing; changed, or
+    # confirmed as it is, answers.
+    by_id = {
+        **_annotation(3, "fear", ["AU1", "AU2"], updated="2026-03-01T00:00:00Z"),
+        "parent_prediction": 71,
+    }
+    tasks[0]["annotations"] = [by_id]
+    assert pull_annotations(wh, FakeClient(tasks), project_id=1).au_added == 0
+    by_id["result"] = [*by_id["result"], _result("aus_reviewed", ["AUs reviewed"])]
+    assert pull_annotations(wh, FakeClient(tasks), project_id=1).au_added == 12
+    assert {n for n, p in _au_labels(wh)[crop[0]].items() if p} == {1, 2}
+
+
+def test_annotation_outside_the_label_config_is_a_reject(wh):
+    """Issue 21, defect 6: values the label config does not have are rejects, never labels."""
+    crop = fill_queue(wh, 4)
+    bad = [
+        {**_annotation(5, "rage"), "id": 41},
+        {**_annotation(5, "sad", ["AU1", "AU99"]), "id": 42},
+        {
+            "completed_by": 5,
+            "id": 43,
+            "result": [_result("mood", ["sad"])],
+            "updated_at": "2026-01-01T00:00:00Z",
+        },
+    ]
+    tasks = [{"id": 10 + i, "data": {"crop_id": crop[i]}, "annotations": [a]} for i, a in enumerate(bad)]
+    tasks.append({"id": 13, "data": {"crop_id": crop[3]}, "annotations": [_annotation(5, "fear", ["AU5"])]})
+    before = wh.count("rejects")
+    report = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    assert set(_au_labels(wh)) == {crop[3]}, "an annotation outside the label config became labels"
+    emotions = wh.sql("SELECT crop_id, emotion FROM emotion_labels WHERE label_source = 'human'").to_pylist()
+    assert emotions == [{"crop_id": crop[3], "emotion": "fear"}]
+    rejects = wh.sql("SELECT * FROM rejects WHERE source = 'labelstudio' ORDER BY source_uri").to_pylist()
+    assert len(rejects) == 3 and wh.count("rejects") == before + 3
+    for r, task_id, value in zip(rejects, (10, 11, 12), ("'rage'", "'AU99'", "'mood'")):
+        assert f"task/{task_id}/" in r["source_uri"] and r["stage"] == "pull"
+        assert value in r["detail"] and "labelstudio:5" in r["detail"]
+    assert {r["reason"] for r in rejects} == {"unknown_choice", "unknown_control"}
+    assert report.rejected == 3 and "3 rejected" in report.summary()
+    again = pull_annotations(wh, FakeClient(tasks), project_id=1)
+    assert again.rejected == 3 and wh.count("rejects") == before + 3  # the same reject is not added twice
+
+
+def test_annotation_checks():
+    controls = config_controls(label_config_xml())
+    assert check_annotation(_annotation(1, "sad", ["AU1"]), controls) is None
+    assert check_annotation({"result": []}, controls) is None
+    two = {"result": [_result("emotion", ["sad", "happy"])]}
+    assert check_annotation(two, controls)[0] == "too_many_choices"
+    assert check_annotation({"result": [{"from_name": "aus", "value": {"choices": "AU1"}}]}, controls)[0] == (
+        "malformed_result"
+    )
+    assert check_annotation({"result": "x"}, controls)[0] == "malformed_result"
+    # A config edited on the server: a comment box is accepted (and not read), an emotion ferlab
+    # does not know is not a label.
+    edited = (
+        label_config_xml()
+        .replace('<Choice value="sad"/>', '<Choice value="sad"/><Choice value="contempt"/>')
+        .replace("</View>", '<TextArea name="note" toName="image"/></View>')
+    )
+    controls = config_controls(edited)
+    note = {"from_name": "note", "to_name": "image", "type": "textarea", "value": {"text": ["hm"]}}
+    assert check_annotation({"result": [note, _result("emotion", ["sad"])]}, controls) is None
+    reason, what = check_annotation({"result": [_result("emotion", ["contempt"])]}, controls)
+    assert reason == "unknown_choice" and "'contempt'" in what and "ferlab" in what
+
+
+def test_task_diff():
+    recorded = {"c1": 1, "c2": 2, "c3": 3, "c4": 4}
+    server = [(1, "c1"), (5, "c3"), (4, "c4"), (6, "c4"), (7, "c9"), (8, None)]
+    diff = diff_tasks(recorded, server)
+    assert diff.gone == ("c2",) and diff.unrecorded == ("c9",) and diff.pushed_again == ("c3",)
+    assert diff.several == ("c4",) and diff.no_face == 1 and diff.differs
+    text = "\n".join(diff.lines())
+    assert "1 recorded faces have no task on the server (deleted there; c2)" in text and "push" in text
+    agree = diff_tasks({"c1": 1}, [(1, "c1")])
+    assert not agree.differs and agree.lines() == []
+
+
+class FakeServer:
+    """Stands in for Label Studio in push: one project's tasks in memory."""
+
+    def __init__(self):
+        self.settings = LabelStudioSettings(url="http://127.0.0.1:1", api_key="k")
+        self.tasks: dict[int, dict] = {}
+        self.next_id = 100
+
+    def ensure_project(self, home, title=None):
+        return 1
+
+    def tasks_by_crop(self, project_id):
+        out: dict[str, int] = {}
+        for task_id, task in sorted(self.tasks.items()):
+            out.setdefault(task["data"]["crop_id"], task_id)
+        return out
+
+    def import_tasks(self, project_id, tasks):
+        for task in tasks:
+            self.tasks[self.next_id] = task
+            self.next_id += 1
+        return len(tasks)
+
+
+def test_push_again_a_face_whose_task_was_deleted(wh):
+    """Issue 21, defect 7: a task deleted on the server is pushed again, not lost from the queue."""
+    fill_queue(wh, 3)
+    server = FakeServer()
+    first = push_faces(wh, queued_faces(wh), client=server)
+    assert (first.pushed, first.recorded) == (3, 3) and len(server.tasks) == 3
+    del server.tasks[101]  # a curator (or an admin) deletes a task in the UI
+    again = push_faces(wh, queued_faces(wh), client=server)
+    assert again.pushed == 1, "the face whose task was deleted was not pushed again"
+    assert again.repushed == 1 and "1 again" in again.summary()
+    assert sorted(t["data"]["crop_id"] for t in server.tasks.values()) == [
+        "crop00000",
+        "crop00001",
+        "crop00002",
+    ]
+    assert push_faces(wh, queued_faces(wh), client=server).pushed == 0
+    diff = diff_tasks(
+        {r["crop_id"]: r["task_id"] for r in wh.read("label_studio_tasks").to_pylist()},
+        [(t, task["data"]["crop_id"]) for t, task in server.tasks.items()],
+    )
+    # the record follows the face to its new task
+    assert diff == diff_tasks({}, []) and not diff.differs, diff
+    assert wh.count("label_studio_tasks") == 3
 
 
 def test_queue_and_stored_predictions(wh):
@@ -235,10 +422,15 @@ def ls_server(tmp_path_factory):
         assert key not in log_path.read_text(errors="replace"), "the API key reached the server's log"
 
 
-def _annotate(server: Server, task_id: int, emotion=None, aus=(), cancelled=False) -> int:
-    """What a curator's submit sends: POST /api/tasks/{id}/annotations/."""
+def _annotate(
+    server: Server, task_id: int, emotion=None, aus=(), cancelled=False, reviewed=False, **extra
+) -> int:
+    """What a curator's submit sends: POST /api/tasks/{id}/annotations/ (`parent_prediction=` when
+    the annotation was pre-filled with a prediction)."""
     result = _annotation(None, emotion, aus)["result"]
-    ann = server.client().sdk.annotations.create(id=task_id, result=result, was_cancelled=cancelled)
+    if reviewed:
+        result.append(_result("aus_reviewed", ["AUs reviewed"]))
+    ann = server.client().sdk.annotations.create(id=task_id, result=result, was_cancelled=cancelled, **extra)
     return int(ann.id)
 
 
@@ -248,9 +440,12 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
 
     wh = Warehouse(ls_server.home)
     crops = fill_queue(wh, 4)
-    preds = {crops[0]: {"emotion": {"surprise": 0.9}, "aus": {"AU1": 0.8, "AU2": 0.7, "AU26": 0.6}}}
+    preds = {
+        crops[0]: {"emotion": {"surprise": 0.9}, "aus": {"AU1": 0.8, "AU2": 0.7, "AU26": 0.6}},
+        crops[1]: {"aus": {"AU12": 0.9, "AU4": 0.1}},
+    }
     report = push_faces(wh, queued_faces(wh), preds, client=ls_server.client())
-    assert (report.pushed, report.with_prediction, report.recorded) == (4, 1, 4)
+    assert (report.pushed, report.with_prediction, report.recorded) == (4, 2, 4)
     task_of = {r["crop_id"]: r["task_id"] for r in wh.read("label_studio_tasks").to_pylist()}
     assert set(task_of) == set(crops)
     sdk = ls_server.client().sdk
@@ -272,12 +467,20 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     assert "0 tasks pushed" in capsys.readouterr().out
     assert sdk.projects.get(id=report.project_id).task_number == 4 and wh.count("label_studio_tasks") == 4
 
-    # Curators: a full label, an emotion only, a skip.
-    first = _annotate(ls_server, task_of[crops[0]], "sad", ["AU1", "AU4", "AU15"])
-    _annotate(ls_server, task_of[crops[1]], "neutral")
+    # Curators: a full label, an emotion only (on a task pre-filled with AU12: the UI submits the
+    # prefill's AU ticks with it), a skip, and values the label config does not have (the server
+    # takes them).
+    first = _annotate(ls_server, task_of[crops[0]], "sad", ["AU1", "AU4", "AU15"], reviewed=True)
+    prefill = sdk.predictions.list(task=task_of[crops[1]])[0]
+    _annotate(ls_server, task_of[crops[1]], "neutral", ["AU12"], parent_prediction=int(prefill.id))
     _annotate(ls_server, task_of[crops[2]], cancelled=True)
+    _annotate(ls_server, task_of[crops[3]], "rage", ["AU99"])
     pulled = pull_annotations(wh, client=ls_server.client())
-    assert (pulled.annotations, pulled.skipped, pulled.emotion_added, pulled.au_added) == (2, 1, 2, 24)
+    assert (pulled.annotations, pulled.skipped, pulled.emotion_added, pulled.au_added) == (2, 1, 2, 12)
+    assert pulled.rejected == 1 and "1 rejected" in pulled.summary()
+    reject = wh.sql("SELECT source_uri, reason, detail FROM rejects WHERE source = 'labelstudio'").to_pylist()
+    assert len(reject) == 1 and f"/task/{task_of[crops[3]]}/" in reject[0]["source_uri"]
+    assert reject[0]["reason"] == "unknown_choice" and "'rage'" in reject[0]["detail"]
     me = ls_server.client().check()["id"]
     assert set(
         wh.sql("SELECT annotator FROM au_labels WHERE label_source = 'human'").column(0).to_pylist()
@@ -294,7 +497,8 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
         and rows[crops[0]]["au15"]
         and not rows[crops[0]]["au12"]
     )
-    assert rows[crops[1]]["emotion"] == "neutral" and rows[crops[1]]["au_source"] == "human"
+    assert rows[crops[1]]["emotion"] == "neutral" and rows[crops[1]]["au_source"] != "human"
+    assert rows[crops[3]]["emotion_source"] != "human" and rows[crops[3]]["au_source"] != "human"
     assert (rows[crops[2]]["emotion"], rows[crops[2]]["emotion_source"]) == ("happy", "weak")  # skipped
     v1 = snapshot_dataset_version(wh)
     assert v1.created
@@ -313,7 +517,23 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     assert snapshot_dataset_version(wh, parent=v1.version).version != v1.version
 
     assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
-    assert "4 tasks (4 recorded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 tasks (4 recorded" in out and "the server's tasks and the record agree" in out
+
+    # A task deleted on the server: status says so, push pushes the face again.
+    sdk.tasks.delete(id=str(task_of[crops[2]]))
+    assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "3 tasks (4 recorded" in out
+        and f"1 recorded faces have no task on the server (deleted there; {crops[2]})" in out
+    )
+    assert main(["--home", str(ls_server.home), "labelstudio", "push"]) == 0
+    assert "1 tasks pushed" in (out := capsys.readouterr().out) and "1 again" in out
+    assert crops[2] in ls_server.client().tasks_by_crop(report.project_id)
+    assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "4 tasks (4 recorded" in out and "1 faces were pushed again" in out
 
 
 @pytest.mark.server
@@ -321,7 +541,12 @@ def test_push_killed_before_recording_imports_nothing_twice(ls_server):
     wh = Warehouse(ls_server.home)
     client, title = ls_server.client(), "ferlab faces (killed push)"
     rows = queued_faces(wh)
+    # Made with the label config of before the AU confirmation: ensure_project brings it up to date.
+    old_config = label_config_xml().split('  <Choices name="aus_reviewed"')[0] + "</View>\n"
+    assert set(config_controls(old_config)) == {"emotion", "aus"}
+    made = client.sdk.projects.create(title=title, label_config=old_config)
     project_id = client.ensure_project(wh.home, title)
+    assert project_id == made.id and "aus_reviewed" in config_controls(client.label_config(project_id))
     # A push that imported two faces and died before writing label_studio_tasks:
     client.import_tasks(project_id, [{"data": {"image": "x", "crop_id": r["crop_id"]}} for r in rows[:2]])
     report = push_faces(wh, rows, client=client, title=title)

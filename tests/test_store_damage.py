@@ -1,15 +1,20 @@
 """Issue 9, points 10 and 11: a damaged Parquet part is quarantined (recorded, other parts and
 tables still read, `ferlab doctor` finds and repairs), a 0-byte schema part is regenerated,
-stale temp files of killed writers are found, and a data root whose path holds a quote works."""
+stale temp files of killed writers are found, and a data root whose path holds a quote works.
+Issue 21, points 5 and 9a: a part off its table's contract (a missing column, a column of another
+type, a foreign Parquet file) is quarantined as a `schema_mismatch` when the warehouse opens and
+listed by `ferlab doctor`; `doctor --repair` rebuilds a table folder that was replaced by a file."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ferlab.samples.fer2013 import write_fer2013_sample
@@ -154,3 +159,118 @@ def test_a_data_root_whose_path_holds_a_quote(tmp_path):
     assert duckdb.connect(str(wh.catalog_path), read_only=True).sql(
         "SELECT count(*) FROM images"
     ).fetchall() == [(5,)]
+
+
+def _label_part(wh: Warehouse) -> Path:
+    """The emotion_labels part of the first (6-row) ingest of `two_ingests`."""
+    return max((p for p in wh.parts("emotion_labels") if p.name != "part-0-schema.parquet"), key=pq_rows)
+
+
+def _schema_rejects(wh: Warehouse) -> list[dict]:
+    return wh.sql(
+        "SELECT source_uri, detail FROM rejects WHERE reason = 'schema_mismatch' ORDER BY source_uri"
+    ).to_pylist()
+
+
+def test_a_part_missing_a_column_is_quarantined_and_a_reingest_does_not_double_labels(two_ingests):
+    wh, tmp_path = two_ingests
+    part = _label_part(wh)
+    pq.write_table(pq.read_table(part).drop_columns(["annotator"]), part)  # a writer that lost a column
+
+    wh = Warehouse(wh.home)
+    for i in (0, 1):  # re-running the ingestions restores the rows, once each
+        ingest_fer2013(wh, tmp_path / f"fer{i}.csv", show_progress=False)
+    assert wh.count("emotion_labels_history") == 10
+    assert (
+        wh.sql("SELECT count(*) FROM emotion_labels_history WHERE annotator IS NULL").column(0)[0].as_py()
+        == 0
+    )
+    rejects = _schema_rejects(wh)
+    assert [r["source_uri"] for r in rejects] == [str(part)]
+    assert "missing column annotator" in rejects[0]["detail"], rejects
+    assert "quarantine/tables/emotion_labels/" in rejects[0]["detail"]
+    assert not part.exists() and (wh.quarantine_dir / "tables" / "emotion_labels" / part.name).exists()
+
+
+def test_a_column_of_another_type_is_quarantined_and_the_view_keeps_its_type(two_ingests):
+    wh, _ = two_ingests
+    part = _label_part(wh)
+    rows = pq.read_table(part)
+    i = rows.schema.get_field_index("confidence")
+    pq.write_table(rows.set_column(i, "confidence", rows.column(i).cast(pa.string())), part)
+
+    wh = Warehouse(wh.home)
+    types = wh.sql("SELECT DISTINCT typeof(confidence) AS t FROM emotion_labels_history").column("t")
+    assert types.to_pylist() == ["FLOAT"]
+    rejects = _schema_rejects(wh)
+    assert [r["source_uri"] for r in rejects] == [str(part)]
+    assert "column confidence is string, expected float" in rejects[0]["detail"], rejects
+
+
+def test_a_foreign_parquet_file_in_a_table_folder_adds_no_rows(two_ingests):
+    wh, _ = two_ingests
+    foreign = wh.table_dir("images") / "notes.parquet"
+    pq.write_table(pa.table({"note": ["not an image"], "n": [1]}), foreign)
+
+    wh = Warehouse(wh.home)
+    assert wh.count("images") == 10
+    assert wh.sql("SELECT count(*) FROM images WHERE image_id IS NULL").column(0)[0].as_py() == 0
+    rejects = _schema_rejects(wh)
+    assert [r["source_uri"] for r in rejects] == [str(foreign)]
+    assert "missing columns image_id, source" in rejects[0]["detail"], rejects
+    assert "extra columns note, n" in rejects[0]["detail"], rejects
+    assert "note" not in wh.read("images").column_names
+
+
+def test_a_read_only_open_leaves_a_mismatched_part_in_place_and_out_of_the_views(two_ingests):
+    wh, _ = two_ingests
+    part = _label_part(wh)
+    pq.write_table(pq.read_table(part).drop_columns(["annotator"]), part)
+    ro = Warehouse(wh.home, writable=False)
+    assert ro.count("emotion_labels") == 4
+    assert part.exists() and not wh.quarantine_dir.exists()
+
+
+def test_doctor_lists_a_schema_mismatch_then_repairs(two_ingests):
+    wh, _ = two_ingests
+    part = _label_part(wh)
+    rows = pq.read_table(part)
+    i = rows.schema.get_field_index("confidence")
+    pq.write_table(rows.set_column(i, "confidence", rows.column(i).cast(pa.string())), part)
+
+    found = _ferlab(wh.home, "doctor")
+    assert found.returncode == 1, found.stdout + found.stderr
+    line = next((ln for ln in found.stdout.splitlines() if str(part) in ln), "")
+    assert "schema mismatch" in line and "column confidence is string, expected float" in line, found.stdout
+    assert part.exists()  # nothing moved without --repair
+
+    repaired = _ferlab(wh.home, "doctor", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert not part.exists()
+    again = _ferlab(wh.home, "doctor")
+    assert again.returncode == 0, again.stdout + again.stderr
+    listed = next((ln for ln in again.stdout.splitlines() if part.name in ln), "")
+    assert listed.startswith("in quarantine:") and "schema_mismatch" in listed, again.stdout
+
+
+def test_doctor_repair_rebuilds_a_table_folder_replaced_by_a_file(two_ingests):
+    wh, _ = two_ingests
+    folder = wh.table_dir("crops")
+    shutil.rmtree(folder)
+    folder.write_bytes(b"a file where the crops folder was")
+
+    found = _ferlab(wh.home, "doctor")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert [ln for ln in found.stdout.splitlines() if str(folder) in ln], found.stdout
+
+    repaired = _ferlab(wh.home, "doctor", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "Traceback" not in repaired.stderr
+    lines = [ln for ln in repaired.stdout.splitlines() if str(folder) in ln and "quarantine" in ln]
+    assert len(lines) == 1 and "file" in lines[0] and "rebuilt" in lines[0], repaired.stdout
+    assert folder.is_dir() and (folder / "part-0-schema.parquet").exists()
+    moved = [p for p in wh.quarantine_dir.rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in moved] == [b"a file where the crops folder was"]
+    again = _ferlab(wh.home, "doctor")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert Warehouse(wh.home).count("images") == 10

@@ -3,6 +3,8 @@ every kept frame; a cut file never passes on a frame the cut may run through, an
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -73,3 +75,27 @@ def test_detection_reads_frames_the_same_way(video, tmp_path):
             assert [(r.reason, r.line) for r in rejects] == [("truncated_video", first_lost(state))]
         else:
             assert rejects == []
+
+
+def test_opening_a_truncated_mp4_leaves_stderr_to_the_caller(tmp_path):
+    """Issue 21.10d: FFmpeg wrote "moov atom not found" on stderr for a cut MP4, beside ferlab's own
+    line. `open_video` keeps FFmpeg's log quiet (read once per process: hence a fresh one here)."""
+    whole = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 10, SIZE)
+    rng = np.random.default_rng(0)
+    for _ in range(10):  # noise: the frame data fills most of the file, the cut falls in it
+        writer.write(rng.integers(0, 255, (SIZE[1], SIZE[0], 3), np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, str(cut)], capture_output=True, text=True)
+
+    plain = run("import sys, cv2; print(cv2.VideoCapture(sys.argv[1]).isOpened())")
+    if "moov atom not found" not in plain.stderr:
+        pytest.skip(f"this OpenCV's FFmpeg is quiet already: {plain.stderr!r}")
+    quiet = run(
+        "import sys; from warehouse.video import open_video; print(open_video(sys.argv[1]).isOpened())"
+    )
+    assert (quiet.stdout, quiet.stderr) == ("False\n", "")

@@ -127,3 +127,100 @@ def test_kill_between_table_writes_then_rerun_completes(tmp_path):
     assert _counts(home) == {"images": 50, "emotion_labels": 0, "rejects": 0}
     subprocess.run(_ingest_cmd(home, csv), check=True, capture_output=True)
     assert _counts(home) == {"images": 50, "emotion_labels": 50, "rejects": 6}
+
+
+# ---- issue 21, point 5: every part is checked against its table's contract when the warehouse opens
+def _write_raw_part(wh: Warehouse, table: str, rows: pa.Table, name: str) -> Path:
+    """Rows written straight into a table's folder, past the store (an outside or older writer)."""
+    import pyarrow.parquet as pq
+
+    part = wh.table_dir(table) / f"part-{name}.parquet"
+    pq.write_table(rows, part)
+    return part
+
+
+def test_an_open_reads_only_the_footers_that_changed(wh, monkeypatch):
+    import warehouse.store as store
+
+    for i in range(5):
+        wh.append("emotion_labels", _labels([f"x{i}"]))
+    Warehouse(wh.home)  # checks the new parts and remembers them
+    reads = []
+    real = store._read_footer
+    monkeypatch.setattr(store, "_read_footer", lambda path: reads.append(path) or real(path))
+    Warehouse(wh.home)
+    assert reads == []
+    wh.append("emotion_labels", _labels(["y"]))
+    Warehouse(wh.home)
+    assert [p.parent.name for p in reads] == ["emotion_labels"]
+    reads.clear()
+    # Another contract for the table (a column added, a check changed): its parts are read again.
+    monkeypatch.setitem(store._CONTRACT_IDS, "emotion_labels", "another contract")
+    Warehouse(wh.home)
+    assert len(reads) == 6 and {p.parent.name for p in reads} == {"emotion_labels"}
+
+
+def test_a_part_written_before_optional_columns_existed_is_kept(wh):
+    """Schema evolution: a label part without the columns added later (`optional` ones and the
+    write stamp) reads them as null; a part without any other column is off the contract."""
+    from warehouse.schemas import EMOTION_LABELS
+
+    old = pa.schema([f for f in EMOTION_LABELS if f.name not in ("recorded_at", "crop_id", "threshold")])
+    kept = _write_raw_part(wh, "emotion_labels", _labels(["old"]).select(old.names).cast(old), "old")
+    no_emotion = wh.conform("emotion_labels", _labels(["bad"])).drop_columns(["emotion"])
+    dropped = _write_raw_part(wh, "emotion_labels", no_emotion, "no-emotion")
+    wh = Warehouse(wh.home)
+    assert kept.exists() and not dropped.exists()
+    assert wh.sql("SELECT image_id, crop_id FROM emotion_labels").to_pylist() == [
+        {"image_id": "old", "crop_id": None}
+    ]
+    rejects = wh.sql("SELECT source_uri, detail FROM rejects WHERE reason = 'schema_mismatch'").to_pylist()
+    assert [r["source_uri"] for r in rejects] == [str(dropped)]
+    assert rejects[0]["detail"].startswith("missing column emotion;"), rejects
+
+
+def test_a_quarantined_part_off_the_contract_is_still_named_by_schema_mismatches(wh):
+    """The ingest assets' blocking `schema_matches_contract` check reads `schema_mismatches()`: a
+    part quarantined by an open stays named there until someone clears it from quarantine/."""
+    rows = wh.conform("emotion_labels", _labels(["a"]))
+    retyped = rows.set_column(
+        rows.schema.get_field_index("annotator"), "annotator", pa.array([7], pa.int64())
+    )
+    part = _write_raw_part(wh, "emotion_labels", retyped, "foreign")
+    wh = Warehouse(wh.home)
+    assert not part.exists()
+    problems = wh.schema_mismatches()
+    assert len(problems) == 1 and part.name in problems[0] and "quarantine" in problems[0], problems
+    assert "column annotator is int64, expected string" in problems[0]
+    for moved in (wh.quarantine_dir / "tables" / "emotion_labels").iterdir():
+        moved.unlink()
+    assert wh.schema_mismatches() == []
+
+
+def test_a_part_with_nulls_in_a_key_column_is_off_the_contract(wh):
+    rows = wh.conform("emotion_labels", _labels(["a", "b"]))
+    nullable = pa.schema([f.with_nullable(True) for f in rows.schema])
+    with_null = rows.cast(nullable).set_column(
+        rows.schema.get_field_index("annotator"), "annotator", pa.array(["t", None], pa.string())
+    )
+    part = _write_raw_part(wh, "emotion_labels", with_null, "nulls")
+    wh = Warehouse(wh.home)
+    assert not part.exists() and wh.count("emotion_labels") == 0
+    detail = wh.sql("SELECT detail FROM rejects WHERE reason = 'schema_mismatch'").column(0)[0].as_py()
+    assert detail.startswith("column annotator holds 1 null, expected none;"), detail
+
+
+def test_a_writable_open_moves_a_file_standing_where_the_tables_folder_belongs(wh):
+    import shutil
+
+    wh.append("emotion_labels", _labels(["a"]))
+    shutil.rmtree(wh.tables_dir)
+    wh.tables_dir.write_bytes(b"not a folder")
+    assert Warehouse(wh.home, writable=False).count("emotion_labels") == 0  # reads, as empty
+    wh = Warehouse(wh.home)
+    assert wh.tables_dir.is_dir() and wh.count("emotion_labels") == 0
+    assert [r[0] for r in wh.opening_repairs] == ["not_a_folder"]
+    rejects = wh.sql("SELECT source_uri, detail FROM rejects WHERE reason = 'not_a_folder'").to_pylist()
+    assert [r["source_uri"] for r in rejects] == [str(wh.tables_dir)]
+    assert "moved to quarantine/tables.not-a-folder-" in rejects[0]["detail"]
+    assert wh.append("emotion_labels", _labels(["a"])) == 1

@@ -55,13 +55,15 @@ Tables
   versioned like the labels, so removing the tag (excluded false) lifts it.
 - review_queue: faces for a curator, one row per (queue, face, reason): `queue` names the run
   that built it (e.g. the model id it was built for), `priority` orders it (higher first).
-- label_studio_tasks: which face is which Label Studio task in which project (push adds none twice).
+- label_studio_tasks: which face is which Label Studio task in which project (push adds none twice;
+  a face pushed again after its task was deleted gets a new row that supersedes the old one).
 - eval_metrics: every number of an evaluation. fold is null for the mean over folds; label is
   the AU ("AU12") or emotion the metric is about, "" for an overall figure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -310,6 +312,70 @@ class TableSpec:
     def versioned(self) -> bool:
         return bool(self.values)
 
+    @property
+    def evolvable(self) -> tuple[str, ...]:
+        """The columns a stored part may lack: those added to the contract after rows were
+        written (the `optional` ones and the write stamp). The views read them as null in such a
+        part, and the table's next write rewrites it with them (`Warehouse._migrate`)."""
+        return (*self.optional, *((self.stamp,) if self.stamp else ()))
+
+
+def part_differences(spec: TableSpec, schema: pa.Schema, nulls: Mapping[str, int] | None = None) -> list[str]:
+    """How a stored part's schema differs from its table's contract, one phrase each; [] when
+    the part is compatible. `nulls`: how many nulls each column holds (from the part's footer).
+
+    The views read every part of a table by column name (DuckDB's union_by_name), so a part is
+    compatible when that gives exactly the contract's columns and types:
+    - it has every contract column, except the table's `evolvable` ones (a part written before
+      they existed: they read as null, and the next write to the table adds them);
+    - it has no other column (the view would grow it, null in every other part);
+    - each column has the contract's type. Encodings of one type count as that type: string,
+      large_string and string_view; binary likewise; a dictionary-encoded column as its values'
+      type. A timestamp needs the contract's unit and a time zone where the contract has one (any
+      zone's name: the stored instants are UTC). Nothing else is widened or narrowed: an int32
+      column of an int64 contract, or a string of a float, changes the view's type;
+    - a column the contract declares not nullable holds no null (its key would match nothing);
+    - column order, the nullable flags and schema metadata do not matter.
+    """
+    counts: dict[str, int] = {}
+    for field in schema:
+        counts[field.name] = counts.get(field.name, 0) + 1
+    have = {field.name: field.type for field in schema}
+    missing = [f.name for f in spec.schema if f.name not in have and f.name not in spec.evolvable]
+    out = []
+    if missing:
+        out.append(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    out += [f"column {name} appears {n} times" for name, n in counts.items() if n > 1]
+    for field in spec.schema:
+        if field.name in have and not _same_type(have[field.name], field.type):
+            out.append(f"column {field.name} is {have[field.name]}, expected {field.type}")
+    for field in spec.schema:
+        n = (nulls or {}).get(field.name, 0)
+        if n and not field.nullable:
+            out.append(f"column {field.name} holds {n} null{'s' if n > 1 else ''}, expected none")
+    extra = [name for name in counts if spec.schema.get_field_index(name) < 0]
+    if extra:
+        out.append(f"extra column{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
+    return out
+
+
+_STRINGS = (pa.string(), pa.large_string(), pa.string_view())
+_BINARIES = (pa.binary(), pa.large_binary(), pa.binary_view())
+
+
+def _same_type(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a stored column of type `have` reads as the contract's `want` (part_differences)."""
+    if pa.types.is_dictionary(have):
+        have = have.value_type
+    if have == want:
+        return True
+    for family in (_STRINGS, _BINARIES):
+        if have in family and want in family:
+            return True
+    if pa.types.is_timestamp(have) and pa.types.is_timestamp(want):
+        return have.unit == want.unit and (have.tz is None) == (want.tz is None)
+    return False
+
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
@@ -348,6 +414,13 @@ TABLES: dict[str, TableSpec] = {
             stamp="recorded_at",
         ),
         TableSpec("review_queue", REVIEW_QUEUE, ("queue", "crop_id", "reason")),
-        TableSpec("label_studio_tasks", LABEL_STUDIO_TASKS, ("project_id", "crop_id")),
+        # versioned: a face pushed again (its task deleted on the server) records its new task id
+        TableSpec(
+            "label_studio_tasks",
+            LABEL_STUDIO_TASKS,
+            ("project_id", "crop_id"),
+            values=("task_id",),
+            stamp="pushed_at",
+        ),
     )
 }

@@ -16,6 +16,20 @@ A part that cannot be read (truncated, overwritten) is moved to `quarantine/tabl
 and recorded as a `damaged_part` reject, so every other part and table stays readable;
 re-running the ingestion that wrote it restores its rows. `doctor()` checks the whole root.
 
+Every part is checked against its table's contract when the warehouse opens: its footer is read
+(schema and statistics, no page) and compared by `schemas.part_differences`, which says what is
+compatible (an older part without the columns added since is; a missing or retyped column, an
+extra one, nulls in a key column are not). Unchecked, such a part is read by column name without
+a word: nulls in its missing columns (a re-ingest then doubles its rows, the key no longer
+matching), a view column turned VARCHAR, all-null rows from a foreign file. A writable open moves
+it to quarantine like a damaged part (reason `schema_mismatch`, the detail naming the
+difference), and a part whose footer does not read as `damaged_part`; a read-only open leaves
+both in place, out of its views, with a warning. A part is read once: the check remembers each
+good part by file identity (size, mtime_ns, ctime_ns, inode) under its table's contract in
+`tables/.checked-parts.json`, so an open costs a directory listing and a stat per part.
+A file standing where a folder of the root belongs (`tables/`, a table's folder, `media/`) is
+moved to quarantine the same way (`not_a_folder`) and the folder made again.
+
 Paths never go into SQL text as they are: table files are read through DuckDB's relation API
 (parameters), and the few DDL statements that must hold a path quote it as a SQL literal.
 """
@@ -26,6 +40,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -41,9 +57,24 @@ from warehouse.atomic import TMP_SUFFIX, atomic_path, atomic_write_bytes, is_sta
 from warehouse.errors import StorageError, describe_os_error
 from warehouse.hashing import sha256_bytes, stable_id
 from warehouse.rejects import Reject, rejects_table
-from warehouse.schemas import TABLES, TableSpec
+from warehouse.schemas import TABLES, TableSpec, part_differences
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA_PART = "part-0-schema.parquet"
+_CHECKED = ".checked-parts.json"  # in tables/: parts whose footer matched their contract
+_CHECK_VERSION = 1  # bump when what part_differences accepts changes: every part is read again
+# Each table's contract, as the check cache knows it: a part checked under another is read again.
+_CONTRACT_IDS = {
+    name: stable_id(_CHECK_VERSION, spec.schema.to_string(show_schema_metadata=False), *spec.evolvable)[:16]
+    for name, spec in TABLES.items()
+}
+# What a quarantined part's reject says after "moved to <where>.", per reason.
+_LOST_ROWS = {
+    "damaged_part": "Its rows are gone from {name}: re-run the ingestion that wrote them to restore them",
+    "schema_mismatch": "Its rows are out of {name}: re-run the ingestion that wrote them to restore them "
+    "(a file that never belonged there can be deleted)",
+}
 _ROW = "__row"
 _CURRENT = "__current"
 QUARANTINE = "quarantine"
@@ -77,19 +108,38 @@ class DoctorReport:
     """What `Warehouse.doctor` found (and, with repair, fixed)."""
 
     damaged_parts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (part, why)
+    schema_mismatches: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (part, what differs)
+    # files standing where a folder of the root belongs (tables/, a table's, media/)
+    not_folders: list[str] = dataclasses.field(default_factory=list)
     schema_parts: list[str] = dataclasses.field(default_factory=list)  # regenerated empty schema parts
     stale_tmp: list[str] = dataclasses.field(default_factory=list)  # temp files of killed writers
-    quarantined: list[str] = dataclasses.field(default_factory=list)  # parts in quarantine/ (now and before)
+    # files in quarantine/ (now and before), each with why when the rejects say
+    quarantined: list[str] = dataclasses.field(default_factory=list)
+    moved: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> where in quarantine/ it went
 
     @property
     def healthy(self) -> bool:
-        return not (self.damaged_parts or self.schema_parts or self.stale_tmp)
+        return not (
+            self.damaged_parts
+            or self.schema_mismatches
+            or self.not_folders
+            or self.schema_parts
+            or self.stale_tmp
+        )
 
     def lines(self, repaired: bool) -> list[str]:
         done = "fixed" if repaired else "found"
-        out = [
-            f"damaged part ({done}: {'quarantined' if repaired else 'run with --repair'}): {p}: {why}"
-            for p, why in self.damaged_parts
+
+        def state(path: str) -> str:
+            if path in self.moved:
+                return f"fixed: moved to {self.moved[path]}"
+            return "fixed: quarantined" if repaired else "found: run with --repair"
+
+        out = [f"damaged part ({state(p)}): {p}: {why}" for p, why in self.damaged_parts]
+        out += [f"schema mismatch ({state(p)}): {p}: {why}" for p, why in self.schema_mismatches]
+        out += [
+            f"a file where a folder belongs ({state(p)}{', folder rebuilt' if p in self.moved else ''}): {p}"
+            for p in self.not_folders
         ]
         out += [f"missing/broken schema part ({done}): {p}" for p in self.schema_parts]
         out += [f"stale temp file of a killed writer ({done}): {p}" for p in self.stale_tmp]
@@ -102,7 +152,12 @@ class Warehouse:
         """Open (creating when needed) the data root `home`.
 
         Raises StorageError when the root cannot be created or, with `writable`, cannot be
-        written (read-only file system, no permission): at once, before any work is done."""
+        written (read-only file system, no permission): at once, before any work is done.
+
+        Every table part is checked against its table's contract (see the module docstring);
+        with `writable`, parts off it (or unreadable) are quarantined and files standing where a
+        folder belongs moved away (`opening_repairs` lists both), else they are left where they
+        are and out of the views."""
         self.home = Path(home).expanduser().resolve()
         self.media_dir = self.home / "media"
         self.tables_dir = self.home / "tables"
@@ -110,14 +165,21 @@ class Warehouse:
         self.quarantine_dir = self.home / QUARANTINE
         self._home_str = str(self.home)
         self._migrated: set[str] = set()  # tables whose parts _migrate has brought up to date
+        self._excluded: dict[str, set[str]] = {}  # table -> parts left out of the views (read-only open)
+        # What this open repaired: (reason, path, why, where it went in quarantine/).
+        self.opening_repairs: list[tuple[str, str, str, str]] = []
         try:
+            rejects = self._ensure_folder(self.media_dir, write=writable)
             if writable:
-                self.media_dir.mkdir(parents=True, exist_ok=True)
                 self._probe_writable()
-            for spec in TABLES.values():
-                self._ensure_schema_part(spec, write=writable)
+            rejects += self._ensure_folder(self.tables_dir, write=writable)
+            rejects += self._check_parts(write=writable)
+            if rejects:
+                self.add_rejects(rejects)
             if writable and not self.catalog_path.exists():
                 self.write_catalog()
+        except StorageError:
+            raise
         except OSError as exc:
             raise storage_error(exc, self.home) from exc
 
@@ -125,6 +187,129 @@ class Warehouse:
         probe = self.home / f".write-probe{TMP_SUFFIX}"
         probe.write_bytes(b"")
         probe.unlink()
+
+    # ---- the open-time check ------------------------------------------------------------
+    def _check_parts(self, write: bool) -> list[Reject]:
+        """Check every table part against its table's contract, reading only the footers of
+        parts not seen unchanged before (`tables/.checked-parts.json`), and make sure each table
+        has its current schema part. With `write`, quarantine what is off the contract or
+        unreadable, remember the good parts and return the rejects to record; else leave those
+        parts out of the views."""
+        cache = self._load_checked()
+        checked: dict[str, dict] = {}
+        found: list[tuple[str, Path, str, str]] = []  # (table, part, reason, why)
+        rejects: list[Reject] = []
+        for name, spec in TABLES.items():
+            folder = self.table_dir(name)
+            contract = _CONTRACT_IDS[name]
+            known = cache.get(name, {})
+            known = known.get("parts", {}) if known.get("contract") == contract else {}
+            good: dict[str, list[int]] = {}
+            try:
+                with os.scandir(folder) as listing:
+                    entries = [e for e in listing if e.name.endswith(".parquet")]
+            except FileNotFoundError:
+                entries = []
+            except NotADirectoryError:
+                entries = []
+                rejects += self._ensure_folder(folder, write=write)
+            for entry in entries:
+                identity = _identity(entry)
+                if identity is not None and known.get(entry.name) == identity:
+                    good[entry.name] = identity
+                elif entry.name == _SCHEMA_PART:
+                    continue  # checked (and written again when outdated) below
+                elif identity is None and not entry.is_symlink():
+                    continue  # gone since the listing (quarantined or migrated by another process)
+                elif (problem := _part_problem(Path(entry.path), spec)) is None:
+                    if identity is not None:
+                        good[entry.name] = identity
+                else:
+                    found.append((name, Path(entry.path), *problem))
+            if write and _SCHEMA_PART not in good:  # (a read-only open has no use for it: the doctor's)
+                self._ensure_schema_part(spec)
+                identity = _identity(folder / _SCHEMA_PART)  # current now
+                if identity is not None:
+                    good[_SCHEMA_PART] = identity
+            checked[name] = {"contract": contract, "parts": good}
+        for name, part, reason, why in found:
+            if write:
+                try:
+                    with self._locked(name):
+                        moved = self._quarantine(name, part, reason, why)
+                except OSError as exc:
+                    logger.warning("%s: %s (%s); cannot move it to quarantine (%s)", part, reason, why, exc)
+                    self._excluded.setdefault(name, set()).add(str(part))
+                    continue
+                if moved is not None:
+                    rejects.append(moved[0])
+                    self.opening_repairs.append((reason, str(part), why, moved[1]))
+            else:
+                logger.warning(
+                    "%s: %s (%s); left out of the views: run `ferlab doctor --repair` on %s",
+                    part,
+                    reason.replace("_", " "),
+                    why,
+                    self.home,
+                )
+                self._excluded.setdefault(name, set()).add(str(part))
+        if write and checked != {n: c for n, c in cache.items() if n in TABLES}:
+            self._save_checked(checked)
+        return rejects
+
+    def _load_checked(self) -> dict[str, dict]:
+        """The check cache: table -> {"contract": id, "parts": {file name: identity}}; {} when
+        missing or unreadable (every part is then read once more)."""
+        try:
+            data = json.loads((self.tables_dir / _CHECKED).read_bytes())
+            tables = data["tables"] if data.get("version") == _CHECK_VERSION else {}
+            return {n: t for n, t in tables.items() if isinstance(t, dict)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _save_checked(self, checked: dict[str, dict]) -> None:
+        data = json.dumps({"version": _CHECK_VERSION, "tables": checked}, separators=(",", ":"))
+        try:
+            # No fsync: a lost cache only means footers are read again.
+            atomic_write_bytes(self.tables_dir / _CHECKED, data.encode(), durable=False)
+        except OSError as exc:
+            logger.debug("check cache not written: %s", exc)
+
+    def _ensure_folder(self, folder: Path, write: bool = True) -> list[Reject]:
+        """Make `folder` (media/, tables/, a table's folder) a folder; returns the rejects to
+        record. A file (or a link to one) standing there is moved to quarantine and becomes a
+        `not_a_folder` reject; without `write` it is only reported (a warning)."""
+        if folder.is_dir():
+            return []
+        if not os.path.lexists(folder):
+            if write:
+                folder.mkdir(parents=True, exist_ok=True)
+            return []
+        if not write:
+            logger.warning(
+                "%s is a file, not a folder: run `ferlab doctor --repair` on %s", folder, self.home
+            )
+            return []
+        reject, moved = self._move_file_for_folder(folder)
+        self.opening_repairs.append(("not_a_folder", str(folder), "a file, not a folder", moved))
+        return [reject]
+
+    def _move_file_for_folder(self, folder: Path) -> tuple[Reject, str]:
+        """Move the file standing at `folder` to quarantine and make the folder; returns the
+        `not_a_folder` reject and where the file went (relative to the data root)."""
+        rel = folder.relative_to(self.home)
+        target = self.quarantine_dir / rel.parent / f"{folder.name}.not-a-folder-{time.time_ns()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size = folder.lstat().st_size
+        os.replace(folder, target)
+        folder.mkdir(parents=True, exist_ok=True)
+        moved = str(target.relative_to(self.home))
+        detail = (
+            f"a file ({size} bytes) stood where the folder {rel} belongs; moved to {moved}, and the folder "
+            "made again. What the folder held is gone: re-run the ingestions that wrote it"
+        )
+        logger.warning("%s: %s", folder, detail)
+        return Reject("warehouse", str(folder), "storage", "not_a_folder", detail), moved
 
     # ---- media -------------------------------------------------------------------------
     def put_media(self, data: bytes, ext: str) -> str:
@@ -162,23 +347,29 @@ class Warehouse:
         return sorted(self.table_dir(name).glob("*.parquet"))
 
     def schema_mismatches(self) -> list[str]:
-        """Table parts whose schema is not the contract's (written by a foreign or outdated
-        writer): one "table/part: what differs" line each. The views read parts by column name,
-        so such a part would otherwise pass on missing or retyped columns without a word."""
+        """Parts off their table's contract (`schemas.part_differences`), one "table/part: what
+        differs" line each: those in the tables' folders (a read-only open leaves them there, out
+        of the views; an unreadable one is named too), and those an open quarantined for it that
+        are still in `quarantine/tables/<table>/`: their rows are out of the table until someone
+        looks (re-runs the ingestion, deletes the file). The ingest assets' blocking check reads
+        this, so bad data stops the runs after it until then."""
         found = []
         for name, spec in TABLES.items():
-            want = {f.name: f.type for f in spec.schema}
             for part in self.parts(name):
-                try:
-                    have = {f.name: f.type for f in pq.read_schema(part)}
-                except (OSError, pa.ArrowInvalid) as exc:
-                    found.append(f"{name}/{part.name}: unreadable ({exc})")
+                if part.name == _SCHEMA_PART:
                     continue
-                diff = [f"missing {c}" for c in want if c not in have]
-                diff += [f"unknown {c}" for c in have if c not in want]
-                diff += [f"{c} is {have[c]}, not {t}" for c, t in want.items() if c in have and have[c] != t]
-                if diff:
-                    found.append(f"{name}/{part.name}: {', '.join(diff)}")
+                problem = _part_problem(part, spec)
+                if problem is not None:
+                    reason, why = problem
+                    found.append(
+                        f"{name}/{part.name}: "
+                        + (why if reason == "schema_mismatch" else f"unreadable ({why})")
+                    )
+            held = self.quarantine_dir / "tables" / name
+            for part in sorted(held.glob("*.parquet")) if held.is_dir() else ():
+                problem = _part_problem(part, spec)
+                if problem is not None and problem[0] == "schema_mismatch":
+                    found.append(f"{name}/{part.name} (in {held.relative_to(self.home)}/): {problem[1]}")
         return found
 
     def _ensure_schema_part(self, spec: TableSpec, write: bool = True) -> bool:
@@ -278,17 +469,17 @@ class Warehouse:
         """Rewrite the parts of a table written before its `optional` columns (or its stamp) existed,
         with those columns null (each part atomically; the views read old parts meanwhile, by column name).
         Runs under the table's lock, before a write; returns how many parts were rewritten."""
-        if not spec.optional or spec.name in self._migrated:
+        if not spec.evolvable or spec.name in self._migrated:
             return 0
         rewritten = 0
         for part in self.parts(spec.name):
             try:
-                have = set(pq.read_schema(part).names)
+                schema = pq.read_schema(part)
             except (OSError, pa.ArrowInvalid):
                 continue  # a damaged part is the doctor's, not the migration's
-            missing = [c for c in (*spec.optional, spec.stamp) if c and c not in have]
-            if not missing or part.name == _SCHEMA_PART:
-                continue
+            missing = [c for c in spec.evolvable if c not in schema.names]
+            if not missing or part.name == _SCHEMA_PART or part_differences(spec, schema):
+                continue  # current, or off the contract (the next open quarantines it)
             rows = pq.read_table(part)
             for column in missing:
                 rows = rows.append_column(column, pa.nulls(rows.num_rows, spec.schema.field(column).type))
@@ -314,17 +505,33 @@ class Warehouse:
 
     def _stored(self, con: duckdb.DuckDBPyConnection, name: str, view: str) -> None:
         """Register the table's stored rows (every part, every version) as `view` on `con`,
-        quarantining parts that cannot be read."""
+        quarantining parts that cannot be read; with no part to read (a read-only open of an
+        older or broken root, every part left out), the contract's empty table."""
+        sources = self._sources(name)
         for attempt in range(2):
+            if not sources:
+                break
             try:
-                con.read_parquet(self.table_glob(name), union_by_name=True).create_view(view, replace=True)
+                con.read_parquet(sources, union_by_name=True).create_view(view, replace=True)
                 return
             except duckdb.Error as exc:
+                if not self.parts(name):
+                    break  # no part at all: no folder, or an empty one
                 if attempt or not self.quarantine_damaged(name):
                     raise StorageError(
                         f"table {name} cannot be read ({_first_line(exc)}); run `ferlab doctor` "
                         f"on {self.home}"
                     ) from exc
+                sources = self._sources(name)
+        con.register(view, TABLES[name].schema.empty_table())
+
+    def _sources(self, name: str) -> str | list[str]:
+        """What the views read for `name`: its parts' glob, or the list of its parts but those a
+        read-only open found off the contract."""
+        excluded = self._excluded.get(name)
+        if not excluded:
+            return self.table_glob(name)
+        return [str(p) for p in self.parts(name) if str(p) not in excluded]
 
     def _not_stored(self, spec: TableSpec, rows: pa.Table) -> pa.Table:
         rows = rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
@@ -368,67 +575,94 @@ class Warehouse:
             return con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchall()[0][0]
 
     # ---- damage ------------------------------------------------------------------------
-    def _damaged_parts(self, name: str, deep: bool = False) -> list[tuple[Path, str]]:
-        """Parts of `name` that do not read: their footer (or, when deep, every page)."""
-        damaged = []
+    def _part_problems(self, name: str, deep: bool = False) -> list[tuple[Path, str, str]]:
+        """The parts of `name` (its schema part aside) that do not read, their footer or, when
+        `deep`, every page (`damaged_part`), or are off the contract (`schema_mismatch`):
+        (part, reason, why) each."""
+        spec = TABLES[name]
+        found = []
         for part in self.parts(name):
-            try:
-                if deep:
-                    pq.read_table(part)
-                else:
-                    pq.read_metadata(part)
-            except (OSError, pa.ArrowException) as exc:
-                damaged.append((part, _first_line(exc)))
-        return damaged
+            if part.name != _SCHEMA_PART and (problem := _part_problem(part, spec, deep)) is not None:
+                found.append((part, *problem))
+        return found
+
+    def _quarantine(self, name: str, part: Path, reason: str, why: str) -> tuple[Reject, str] | None:
+        """Move `part` of `name` to quarantine/tables/<name>/; returns its reject (`reason`, with
+        `why`) and where it went (relative to the data root), None when it was gone already
+        (another process moved it)."""
+        target = self.quarantine_dir / "tables" / name / part.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{part.stem}-{time.time_ns()}{part.suffix}")
+        try:
+            os.replace(part, target)
+        except FileNotFoundError:
+            if os.path.lexists(part):
+                raise
+            return None
+        moved = str(target.relative_to(self.home))
+        logger.warning("%s: %s (%s); moved to %s", part, reason.replace("_", " "), why, moved)
+        detail = f"{why}; moved to {moved}. " + _LOST_ROWS[reason].format(name=name)
+        return Reject("warehouse", str(part), "storage", reason, detail), moved
 
     def quarantine_damaged(self, name: str, deep: bool = False) -> int:
-        """Move the parts of `name` that cannot be read to quarantine/ and record each as a
-        `damaged_part` reject; return how many were moved. A damaged schema part holds no
-        rows: it is written again instead."""
-        damaged = self._damaged_parts(name, deep)
+        """Move the parts of `name` that cannot be read, or are off its contract, to quarantine/
+        and record each as a `damaged_part` / `schema_mismatch` reject; return how many were
+        moved (and schema parts written again: a damaged one holds no rows)."""
+        fixed = int(self._ensure_schema_part(TABLES[name]))
         rejects = []
-        for part, why in damaged:
-            if part.name == _SCHEMA_PART:
-                self._ensure_schema_part(TABLES[name])
-                continue
-            target = self.quarantine_dir / "tables" / name / part.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target = target.with_name(f"{part.stem}-{time.time_ns()}{part.suffix}")
-            os.replace(part, target)
-            rejects.append(
-                Reject(
-                    "warehouse",
-                    str(part),
-                    "storage",
-                    "damaged_part",
-                    f"{why}; moved to {target.relative_to(self.home)}. Its rows are gone from {name}: "
-                    "re-run the ingestion that wrote them to restore them",
-                )
-            )
+        for part, reason, why in self._part_problems(name, deep):
+            moved = self._quarantine(name, part, reason, why)
+            if moved is not None:
+                rejects.append(moved[0])
         self.add_rejects(rejects)  # the damaged part is out of the way, so this table reads again
-        return len(damaged)
+        return fixed + len(rejects)
 
     def doctor(self, repair: bool = False, deep: bool = True) -> DoctorReport:
-        """Check every table part (every page when `deep`), the schema parts and temp files
-        left by killed writers; with `repair`, quarantine damaged parts, rewrite schema parts
-        and delete stale temp files."""
+        """Check every table part (every page when `deep`) and its schema against the contract,
+        the schema parts, the root's folders and temp files left by killed writers; with
+        `repair`, quarantine damaged parts and parts off the contract, move files standing where
+        a folder belongs, rewrite schema parts and delete stale temp files. What a writable open
+        of this warehouse repaired already is in the report as fixed."""
         report = DoctorReport()
+        for reason, path, why, moved in self.opening_repairs:
+            report.moved[path] = moved
+            if reason == "not_a_folder":
+                report.not_folders.append(path)
+            elif reason == "schema_mismatch":
+                report.schema_mismatches.append((path, why))
+            else:
+                report.damaged_parts.append((path, why))
+        rejects: list[Reject] = []
+        for folder in (self.media_dir, self.tables_dir, *(self.table_dir(n) for n in TABLES)):
+            if os.path.lexists(folder) and not folder.is_dir():
+                report.not_folders.append(str(folder))
+                if repair:
+                    reject, report.moved[str(folder)] = self._move_file_for_folder(folder)
+                    rejects.append(reject)
         for name, spec in TABLES.items():
             schema_part = self.table_dir(name) / _SCHEMA_PART
             try:
                 current = pq.read_schema(schema_part).equals(spec.schema, check_metadata=False)
             except (OSError, pa.ArrowInvalid):
-                current = False
+                current = str(self.table_dir(name)) in report.not_folders  # reported as such
             if not current:
                 report.schema_parts.append(str(schema_part))
                 if repair:
                     self._ensure_schema_part(spec)
-            for part, why in self._damaged_parts(name, deep):
-                if part.name != _SCHEMA_PART:
-                    report.damaged_parts.append((str(part), why))
-            if repair and any(p.startswith(str(self.table_dir(name))) for p, _ in report.damaged_parts):
-                self.quarantine_damaged(name, deep)
+            problems = self._part_problems(name, deep)
+            for part, reason, why in problems:
+                (report.schema_mismatches if reason == "schema_mismatch" else report.damaged_parts).append(
+                    (str(part), why)
+                )
+            if repair and problems:
+                with self._locked(name):
+                    for part, reason, why in problems:
+                        if (moved := self._quarantine(name, part, reason, why)) is not None:
+                            rejects.append(moved[0])
+                            report.moved[str(part)] = moved[1]
+        if rejects:
+            self.add_rejects(rejects)
         for folder in (self.tables_dir, self.media_dir, self.home):
             pattern = "*" + TMP_SUFFIX
             found = folder.glob(pattern) if folder == self.home else folder.rglob(pattern)
@@ -437,9 +671,32 @@ class Warehouse:
                     report.stale_tmp.append(str(tmp))
                     if repair:
                         tmp.unlink(missing_ok=True)
-        if self.quarantine_dir.exists():
-            report.quarantined = sorted(str(p) for p in self.quarantine_dir.rglob("*.parquet"))
+        if self.quarantine_dir.is_dir():
+            held = sorted(p for p in self.quarantine_dir.rglob("*") if p.is_file() or p.is_symlink())
+            why = self._quarantine_reasons([str(p.relative_to(self.home)) for p in held])
+            report.quarantined = [
+                f"{p} ({why[rel]})" if (rel := str(p.relative_to(self.home))) in why else str(p) for p in held
+            ]
         return report
+
+    def _quarantine_reasons(self, held: list[str]) -> dict[str, str]:
+        """What the rejects say about the files in quarantine (`held`, relative to the data root):
+        path -> "reason: why". Read from the rejects parts directly (the doctor does not lean on
+        the views of a root it is checking); a part that does not read is skipped."""
+        why: dict[str, str] = {}
+        for part in self.parts("rejects"):
+            try:
+                rows = pq.read_table(part, columns=["stage", "reason", "detail"]).to_pylist()
+            except (OSError, pa.ArrowException, KeyError):
+                continue
+            for row in rows:
+                what, _, rest = (row["detail"] or "").partition("; moved to ")
+                if row["stage"] != "storage" or not rest:
+                    continue
+                for rel in held:  # the detail goes on after the path with ". " or ", "
+                    if rest.startswith((f"{rel}. ", f"{rel}, ")):
+                        why[rel] = f"{row['reason']}: {what}"
+        return why
 
     # ---- catalog -----------------------------------------------------------------------
     def _view_sql(self) -> list[str]:
@@ -552,6 +809,58 @@ def _first_per_key(rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
     if len(take) == rows.num_rows:
         return rows
     return rows.take(take)
+
+
+def _identity(entry: os.DirEntry | Path) -> list[int] | None:
+    """What tells a part's file from any other: (size, mtime_ns, ctime_ns, inode); None when
+    it cannot be stat'ed (gone, or a broken link)."""
+    try:
+        st = entry.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_footer(path: Path) -> pq.FileMetaData:
+    """A part's footer: its schema and its column chunks' statistics, no page read."""
+    return pq.read_metadata(path)
+
+
+def _part_problem(part: Path, spec: TableSpec, deep: bool = False) -> tuple[str, str] | None:
+    """Why `part` cannot be one of `spec`'s parts: ("damaged_part", why) when its footer (or,
+    when `deep`, a page) does not read, ("schema_mismatch", what differs) when its schema is off
+    the contract (`schemas.part_differences`); None when it is fine."""
+    try:
+        footer = _read_footer(part)
+        schema = footer.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        return "damaged_part", _first_line(exc)
+    differences = part_differences(spec, schema, _null_counts(footer, spec))
+    if differences:
+        return "schema_mismatch", "; ".join(differences)
+    if deep:
+        try:
+            pq.read_table(part)
+        except (OSError, pa.ArrowException) as exc:
+            return "damaged_part", _first_line(exc)
+    return None
+
+
+def _null_counts(footer: pq.FileMetaData, spec: TableSpec) -> dict[str, int]:
+    """How many nulls the footer's statistics count in each column the contract declares not
+    nullable (a column without statistics counts none)."""
+    required = {f.name for f in spec.schema if not f.nullable}
+    counts: dict[str, int] = {}
+    for i in range(footer.num_row_groups):
+        group = footer.row_group(i)
+        for j in range(group.num_columns):
+            column = group.column(j)
+            if column.path_in_schema not in required:
+                continue
+            stats = column.statistics
+            if stats is not None and stats.has_null_count and stats.null_count:
+                counts[column.path_in_schema] = counts.get(column.path_in_schema, 0) + stats.null_count
+    return counts
 
 
 os.environ.setdefault("DUCKDB_NO_TELEMETRY", "1")

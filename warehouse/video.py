@@ -12,12 +12,30 @@ against the file's size, and what was lost is recorded in a VideoDecode for the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+FFMPEG_LOGLEVEL = "OPENCV_FFMPEG_LOGLEVEL"
+AV_LOG_QUIET = "-8"
+
+
+def quiet_ffmpeg() -> None:
+    """Keep FFmpeg's own log lines (e.g. "moov atom not found" for a cut MP4, written by the native
+    library on stderr) off the terminal: the caller reports a damaged video itself, in one line.
+    OpenCV reads OPENCV_FFMPEG_LOGLEVEL once per process, when it first opens a file with FFmpeg,
+    so this must run before that; a level already set (to debug a video) is kept."""
+    os.environ.setdefault(FFMPEG_LOGLEVEL, AV_LOG_QUIET)
+
+
+def open_video(path: str | Path) -> cv2.VideoCapture:
+    """`cv2.VideoCapture(path)` with FFmpeg quiet (`quiet_ffmpeg`); check `isOpened()`."""
+    quiet_ffmpeg()
+    return cv2.VideoCapture(str(path))
 
 
 def _grab(cap: cv2.VideoCapture) -> bool:

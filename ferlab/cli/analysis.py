@@ -19,10 +19,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     import pyarrow.csv as pacsv
 
-    from labeling.analysis.analyze import OUT_FORMATS, analyze, check_sources, save_analysis, settings_path
+    from labeling.analysis.analyze import (
+        OUT_FORMATS,
+        analyze,
+        check_not_an_input,
+        check_sources,
+        save_analysis,
+        settings_path,
+    )
     from models.device import resolve_device
     from warehouse.errors import InputError, StorageError
+    from warehouse.video import quiet_ffmpeg
 
+    quiet_ffmpeg()  # a damaged video is ferlab's one reject line, not also FFmpeg's own on stderr
     settings = settings_from_flags(args, AnalyzeSettings)
     resolve_device(settings.device)
     sources = [str(s) for s in args.sources]
@@ -31,11 +40,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.out:
         if Path(args.out).suffix.lower() not in OUT_FORMATS:
             raise InputError(f"--out {args.out}: give a .parquet or .csv file")
-        out = check_out_file(args.out)
+        check_not_an_input(args.out, sources, "--out")
+        out = check_out_file(args.out, "--out", example="analysis.parquet")
     if args.video:
         if Path(args.video).suffix.lower() != ".mp4":
             raise InputError(f"--video {args.video}: give an .mp4 file")
-        video = check_out_file(args.video)
+        check_not_an_input(args.video, sources, "--video")
+        video = check_out_file(args.video, "--video", example="annotated.mp4")
     wh = open_warehouse(args, writable=False)
     result = analyze(wh, sources, settings, video_out=video, show_progress=True)
     report = sys.stdout

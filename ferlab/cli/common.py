@@ -27,27 +27,31 @@ def open_warehouse(args: argparse.Namespace, writable: bool = True):
     return Warehouse(home, writable=writable or not home.exists())
 
 
-def check_out_file(out: str | Path) -> Path:
-    """The Parquet file `--out` names, checked before anything is detected: not a folder, and
-    in an existing folder that takes a new file (a missing folder is not created: a typo in
-    it should not make a new tree). InputError otherwise."""
+def check_out_file(
+    out: str | Path,
+    flag: str = "--out",
+    example: str = "detections.parquet",
+) -> Path:
+    """The file `flag` (--out, --video, ...) names, checked before anything is read or detected:
+    not a folder, and in an existing folder that takes a new file (a missing folder is not
+    created: a typo in it should not make a new tree). InputError, naming `flag`, otherwise."""
     import tempfile
 
     from warehouse.errors import InputError
 
     out = Path(out)
     if out.is_dir():
-        raise InputError(f"--out {out} is a folder: give a file name, e.g. {out / 'detections.parquet'}")
+        raise InputError(f"{flag} {out} is a folder: give a file name, e.g. {out / example}")
     folder = out.parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
-        raise InputError(f"--out {out}: {folder} {what}; create the folder or choose another path")
+        raise InputError(f"{flag} {out}: {folder} {what}; create the folder or choose another path")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
             pass
     except OSError as exc:
         raise InputError(
-            f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+            f"{flag} {out}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
         ) from exc
     return out
 

@@ -11,7 +11,9 @@ from labeling.curation.settings import PseudoLabelSettings, ReviewSettings
 def cmd_review(args: argparse.Namespace) -> int:
     from ferlab.demo import prepare_dagster_home
 
-    prepare_dagster_home(data_home(args))  # FiftyOne's database under the data root unless set
+    # FiftyOne's database: <data root>/fiftyone unless FIFTYONE_DATABASE_DIR is set; each root's
+    # own service (labeling.fiftyone.sync), a dataset or database folder of another root refused
+    prepare_dagster_home(data_home(args))
     if args.action == "pull":
         from labeling.fiftyone.corrections import pull_corrections
 
@@ -22,8 +24,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     if not args.no_sync:
         print(sync_fiftyone(open_warehouse(args), name=args.dataset))
-    print(f"FiftyOne App on http://{args.address}:{args.port} (Ctrl-C to stop)")
-    launch_review(args.dataset, port=args.port, address=args.address)
+    # launch_review prints the App's address once it serves
+    launch_review(args.dataset, port=args.port, address=args.address, home=data_home(args))
     return 0
 
 

@@ -25,7 +25,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for line in report.lines(repaired=args.repair):
         print(line)
     if report.healthy:
-        print(f"{data_home(args)}: every table part reads" + ("" if args.quick else " (every page checked)"))
+        print(
+            f"{data_home(args)}: every table part reads"
+            + ("" if args.quick else " (every page checked)")
+            + " and fits its table's contract"
+        )
         return 0
     if args.repair:
         print("repaired; re-run the ingestions that wrote quarantined parts to restore their rows")
@@ -98,10 +102,15 @@ def _add_sql(sub) -> None:
 def _add_doctor(sub) -> None:
     doctor = sub.add_parser(
         "doctor",
-        help="check the data root: damaged table parts, schema parts, temp files left by killed writers",
-        description="Reads every Parquet part (every page unless --quick). With --repair, damaged parts are "
-        "moved to <home>/quarantine/ and recorded as `damaged_part` rejects, missing schema parts are "
-        "written again and stale temp files deleted. Exit 1 when damage was found and not repaired.",
+        help="check the data root: damaged table parts, parts off their table's schema, schema parts, "
+        "files where a folder belongs, temp files left by killed writers",
+        description="Reads every Parquet part (every page unless --quick) and checks its schema against its "
+        "table's contract (a missing column, a column of another type, an extra column, a foreign file). "
+        "With --repair, such parts are moved to <home>/quarantine/ and recorded as `damaged_part` / "
+        "`schema_mismatch` rejects, a file standing where a table's folder belongs is moved there too "
+        "(`not_a_folder`) and the folder made again, missing schema parts are written again and stale "
+        "temp files deleted. Lists what is in quarantine and why. Exit 1 when something was found and "
+        "not repaired.",
     )
     doctor.add_argument("--repair", action="store_true", help="quarantine, rewrite and clean what is found")
     doctor.add_argument("--quick", action="store_true", help="check the parts' footers only")

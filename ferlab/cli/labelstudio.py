@@ -15,7 +15,15 @@ def _labelstudio_client(args: argparse.Namespace):
 
 
 def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
-    from labeling.labelstudio.server import ADMIN_USER, DATA_SUBDIR, HOST, find_executable, serve, server_env
+    from labeling.labelstudio.server import (
+        ADMIN_USER,
+        DATA_SUBDIR,
+        HOST,
+        PASSWORD_FILE,
+        find_executable,
+        serve,
+        server_env,
+    )
 
     home = data_home(args).resolve()
     server_env(
@@ -25,7 +33,7 @@ def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
     print(
         f"Label Studio on http://{HOST}:{args.port} (data: {home / DATA_SUBDIR}; sign in as {ADMIN_USER} with "
-        f"$LABEL_STUDIO_PASSWORD, else the API key; Ctrl-C to stop)",
+        f"$LABEL_STUDIO_PASSWORD, else the password in {home / DATA_SUBDIR / PASSWORD_FILE}; Ctrl-C to stop)",
         flush=True,
     )
     serve(home, port=args.port)  # execs the server: does not return
@@ -50,6 +58,8 @@ def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_labelstudio_status(args: argparse.Namespace) -> int:
+    from labeling.labelstudio.sync import project_status
+
     client = _labelstudio_client(args)
     me = client.check()
     print(f"Label Studio at {client.settings.url}: signed in as {me['email']} (user {me['id']})")
@@ -57,13 +67,8 @@ def cmd_labelstudio_status(args: argparse.Namespace) -> int:
     if project_id is None:
         print("no face project yet: `ferlab labelstudio push` creates it")
         return 0
-    p = client.sdk.projects.get(id=project_id)
-    wh = open_warehouse(args, writable=False)
-    recorded = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [project_id])
-    print(
-        f"project {project_id} {p.title!r}: {p.task_number} tasks ({recorded.column('n')[0].as_py()} recorded "
-        f"in {wh.home}), {p.total_annotations_number} annotations, {p.skipped_annotations_number} skipped"
-    )
+    for line in project_status(open_warehouse(args, writable=False), client, project_id).lines():
+        print(line)
     return 0
 
 
@@ -83,15 +88,21 @@ def _add_labelstudio(sub) -> None:
     serve.set_defaults(func=cmd_labelstudio_serve)
     push = ls_sub.add_parser(
         "push",
-        help="push the review_queue's faces as tasks (prediction pre-filled); a face already pushed adds nothing",
+        help="push the review_queue's faces as tasks (prediction pre-filled); a face with a task on the server "
+        "adds nothing, one whose task was deleted there is pushed again",
     )
     push.add_argument("--queue", help="only this queue (default: every queued face)")
     push.add_argument("--no-predictions", action="store_true", help="push without pre-filled predictions")
     pull = ls_sub.add_parser(
         "pull",
-        help="write submitted annotations as human labels (updated ones supersede; skipped add nothing)",
+        help="write submitted annotations as human labels (updated ones supersede; skipped add nothing; AUs "
+        "only when answered); those outside the label config become rejects",
     )
-    status = ls_sub.add_parser("status", help="check the server and the token; count tasks and annotations")
+    status = ls_sub.add_parser(
+        "status",
+        help="check the server and the token; count tasks and annotations; say how the server's tasks differ "
+        "from those recorded",
+    )
     for parser_, func in (
         (push, cmd_labelstudio_push),
         (pull, cmd_labelstudio_pull),

@@ -29,14 +29,17 @@ Columns, in this order (scripts may rely on them):
 
 With `average` N > 1 every probability is the mean over the face's track's last N frames (this one
 included), and the presence, `emotion` and `emotion_from_aus` follow the averaged values (seed 004:
-steadier labels on video). A frame the decoder cannot decode is skipped and counted
-(`corrupt_frames`), an unreadable file is a Reject; neither stops the run.
+steadier labels on video). A video frame the decoder cannot decode is skipped and counted
+(`corrupt_frames`); an unreadable file (a broken image, a video with no frame to decode) is a
+Reject, and only that; neither stops the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import re
 import signal
@@ -66,10 +69,12 @@ from warehouse.errors import InputError
 from warehouse.rejects import Reject
 from warehouse.sources.common import progress
 from warehouse.store import Warehouse
-from warehouse.video import decode_frames_skipping
+from warehouse.video import decode_frames_skipping, open_video
 
 if TYPE_CHECKING:
     from models.predict import Predictor
+
+log = logging.getLogger(__name__)
 
 UNCERTAIN = "uncertain"
 SOURCE = "analyze"
@@ -155,7 +160,7 @@ def _video_frames(path: Path, info: SourceInfo, sid: int, offset: int, stride: i
     except OSError as exc:
         yield Reject(SOURCE, uri, "decode", "unreadable_file", str(exc))
         return
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path)
     try:
         if size == 0 or not cap.isOpened():
             yield Reject(SOURCE, uri, "decode", "unreadable_video", f"OpenCV cannot open it ({size} bytes)")
@@ -169,11 +174,11 @@ def _video_frames(path: Path, info: SourceInfo, sid: int, offset: int, stride: i
                 reported = len(skips.corrupt)
             info.frames = max(info.frames, n)
             yield _Frame(offset + n, seconds, sid, image)
-        if len(skips.corrupt) > reported:
-            yield _Skipped(sid, [offset + k for k in skips.corrupt[reported:]])
         info.frames = max(info.frames, skips.last, skips.header_frames)
-        if skips.decoded == 0:
+        if skips.decoded == 0:  # an unreadable file: a reject, its frames not also counted corrupt
             yield Reject(SOURCE, uri, "decode", "unreadable_video", f"no frame decoded ({size} bytes)")
+        elif len(skips.corrupt) > reported:
+            yield _Skipped(sid, [offset + k for k in skips.corrupt[reported:]])
     finally:
         cap.release()
 
@@ -201,12 +206,30 @@ def _input_frames(sources: Sequence[str | Path], stride: int, infos: list[Source
                 info.frames = 1
                 for item in iter_frames([path]):  # images (and unknown extensions) as detection reads them
                     if isinstance(item, Reject):
-                        yield item
-                        yield _Skipped(sid, [offset + 1])
+                        yield item  # a broken file: a reject, not also a corrupt frame
                     else:
                         yield _Frame(offset + (item.frame_index or 1), 0.0, sid, item.image)
                         info.frames = max(info.frames, item.frame_index or 1)
             offset += info.frames
+
+
+def input_files(sources: Sequence[str | Path]) -> list[Path]:
+    """The files a run reads: those given and those of the folders given (cameras left out)."""
+    return media_files([s for s in sources if not is_camera(s)])
+
+
+def check_not_an_input(out: str | Path, sources: Sequence[str | Path], name: str) -> None:
+    """Raise InputError when the output `out` is one of the files `sources` read (the same path, a
+    link to it or a hard link): writing it would replace what is analyzed."""
+    for path in input_files(sources):
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:  # either does not exist
+            same = False
+        if same:
+            raise InputError(
+                f"{name} {out} is the input {path}: writing it would replace that input; choose another file"
+            )
 
 
 def check_sources(sources: Sequence[str | Path]) -> None:
@@ -236,7 +259,7 @@ def expected_frames(sources: Sequence[str | Path], stride: int = 1) -> int | Non
             if path.suffix.lower() not in VIDEO_EXTS:
                 total += 1
                 continue
-            cap = cv2.VideoCapture(str(path))
+            cap = open_video(path)
             try:
                 declared = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0) if cap.isOpened() else 0
             finally:
@@ -300,11 +323,14 @@ class AnalysisResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        """One line; each problem counted once: a video frame that cannot be decoded is a corrupt
+        frame, an unreadable file (image or video) or a box outside its frame a reject."""
+        files = sum(r.stage == "decode" for r in self.rejects)
         return (
             f"{self.frames} frames ({self.frames_with_faces} with a face), {self.faces} faces in "
-            f"{self.tracks} tracks, {self.corrupt_frames} corrupt frames skipped, {len(self.rejects)} "
-            f"rejects (unreadable files, boxes outside the frame); {self.frames_per_second:.1f} frames/s; "
-            f"detector {self.detector}, "
+            f"{self.tracks} tracks, {self.corrupt_frames} corrupt video frames skipped, {len(self.rejects)} "
+            f"rejects ({files} unreadable files, {len(self.rejects) - files} boxes outside the frame); "
+            f"{self.frames_per_second:.1f} frames/s; detector {self.detector}, "
             f"AU model {self.au_model}, emotion model {self.emotion_model}"
         )
 
@@ -373,16 +399,54 @@ def _color(track_id: int | None) -> tuple[int, int, int]:
     return tuple(int(v) for v in bgr)
 
 
+STALE_AFTER_S = 24 * 3600  # a pid may be reused: a temporary untouched this long is stale regardless
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class AnnotatedVideo:
     """The MP4 of `--video`: every analyzed frame, with its faces' boxes, track ids and labels.
-    Written beside the target under a temporary name and renamed onto it when the run ends well."""
+    Written beside the target under a temporary name (`.<stem>.<pid>.tmp.mp4`) and renamed onto it
+    when the run ends well. The temporaries a killed run left for this target (of processes that
+    are gone) are removed when the next one starts."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.mp4")
+        self._tmp = self._tmp_name(os.getpid())
+        self.remove_stale()
         self._writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
+
+    def _tmp_name(self, pid: int) -> Path:
+        return self.path.with_name(f".{self.path.stem}.{pid}.tmp.mp4")
+
+    def remove_stale(self) -> list[Path]:
+        """Remove this target's temporaries whose writer is gone (kill -9); returns them."""
+        pattern = re.compile(rf"\.{re.escape(self.path.stem)}\.(\d+)\.tmp\.mp4")
+        removed = []
+        for tmp in self.path.parent.glob(f".{glob.escape(self.path.stem)}.*.tmp.mp4"):
+            m = pattern.fullmatch(tmp.name)
+            if m and (not _pid_alive(int(m.group(1))) or _older_than(tmp, STALE_AFTER_S)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+                log.info("removed %s, left by a run that was killed", tmp)
+        return removed
 
     def write(self, image: np.ndarray, faces: list[dict[str, Any]], fps: float) -> None:
         if self._writer is None:
@@ -501,8 +565,14 @@ class VideoAnalysis:
     def run(
         self, sources: Sequence[str | Path], video_out: str | Path | None = None, show_progress: bool = False
     ) -> AnalysisResult:
-        """Analyze `sources` (checked: `check_sources`) as `analyze` does."""
+        """Analyze `sources` (checked: `check_sources`) as `analyze` does.
+
+        Raises:
+            InputError: `video_out` is one of the input files.
+        """
         s = self.settings
+        if video_out is not None:
+            check_not_an_input(video_out, sources, "video_out")
         self._reset(video_out)
         total = expected_frames(sources, s.stride) if show_progress else None
         if total is not None and s.max_frames:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from labeling.fiftyone.docs import CURATOR_TAGS
-from labeling.fiftyone.sync import DEFAULT_NAME, import_fiftyone
+from labeling.fiftyone.sync import DEFAULT_NAME, check_dataset_root, import_fiftyone
 from warehouse.schemas import EMOTIONS, TABLES
 from warehouse.store import Warehouse
 from warehouse.versions import ONE_FACE_SOURCES
@@ -153,11 +153,14 @@ def pull_corrections(
     """Write the curator's edits and tags in the FiftyOne dataset `dataset_name` to the
     warehouse (module docstring); annotator `fiftyone:<user>`.
 
-    Raises LookupError when the dataset does not exist (sync it first)."""
-    fo = import_fiftyone()
+    Raises LookupError when the dataset does not exist (sync it first), ConfigError when it
+    holds another data root (labeling.fiftyone.sync.check_dataset_root) or the database is
+    another root's."""
+    fo = import_fiftyone(wh.home)
     if not fo.dataset_exists(dataset_name):
         raise LookupError(f"no FiftyOne dataset {dataset_name!r}: run the sync first (ferlab review)")
     ds = fo.load_dataset(dataset_name)
+    check_dataset_root(ds, wh.home)
     if "face_emotions" not in ds.get_field_schema():
         raise LookupError(f"FiftyOne dataset {dataset_name!r} has no face_emotions: re-sync it first")
     annotator = f"fiftyone:{user}"

@@ -18,12 +18,23 @@ is its faces' split (a group never straddles splits). The formats are written by
 own exporters (`fo.types.COCODetectionDataset`, `fo.types.YOLOv5Dataset`) over a temporary,
 non-persistent dataset built from the warehouse's rows, which is deleted afterwards; nothing is
 downloaded. COCO annotations carry the face's crop_id and emotion as extra attributes.
+
+The export is built in a hidden folder and published once every format is written: built beside
+`out_dir` and renamed to it in one step when there is no `out_dir` yet, else built inside it and
+each format's folder renamed into place. A failed export (FiftyOne's database down, a full disk)
+leaves nothing behind, so the same command can be run again; the hidden folder of a killed one is
+removed by the next export to the same place.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
+import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +50,8 @@ from warehouse.errors import ConfigError, InputError
 from warehouse.schemas import SPLITS
 from warehouse.store import Warehouse
 from warehouse.versions import read_manifest
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "yolo", "tables")
 CLASSES = ("face", "person")
@@ -87,6 +100,74 @@ def _check_out(out_dir: Path, formats: Sequence[str]) -> None:
             raise InputError(f"{target} exists and is not empty: choose another --out or remove it")
 
 
+STALE_AFTER_S = 24 * 3600  # a pid may be reused: a build folder untouched this long is stale regardless
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A new hidden build folder on the file system the export is published to: beside `out_dir`
+    when there is none yet (it is then renamed to `out_dir`), else inside it (its format folders
+    are then renamed out of it)."""
+    tag = f"export-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    return out_dir / f".{tag}" if out_dir.exists() else out_dir.parent / f".{out_dir.name}.{tag}"
+
+
+def _writer_gone(pid: int, folder: Path) -> bool:
+    try:
+        if time.time() - folder.stat().st_mtime > STALE_AFTER_S:
+            return True
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # removed meanwhile, or another user's process
+        return False
+    return False
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove the build folders that killed exports to `out_dir` left (their process is gone)."""
+    for folder, prefix in ((out_dir.parent, f".{out_dir.name}."), (out_dir, ".")):
+        if not folder.is_dir():
+            continue
+        for build in folder.glob(f"{glob.escape(prefix)}export-*.tmp"):
+            m = re.fullmatch(r"export-(\d+)-[0-9a-f]{8}\.tmp", build.name[len(prefix) :])
+            if m and build.is_dir() and _writer_gone(int(m.group(1)), build):
+                shutil.rmtree(build, ignore_errors=True)
+                log.info("removed %s, left by an export that was killed", build)
+
+
+def _point_yolo_yaml_at(yolo_dir: Path, final: Path) -> None:
+    """FiftyOne writes the folder it exported into as dataset.yaml's `path`: the build folder's.
+    Name where the export is published instead."""
+    import yaml
+
+    yaml_path = yolo_dir / "dataset.yaml"
+    if not yaml_path.is_file():
+        return
+    d = yaml.safe_load(yaml_path.read_text()) or {}
+    if "path" in d:
+        d["path"] = os.path.abspath(final)
+        yaml_path.write_text(yaml.safe_dump(d, default_flow_style=False))
+
+
+def _publish(staging: Path, out_dir: Path, written: Sequence[str]) -> None:
+    """Move the formats built in `staging` (`_staging_dir`) to `out_dir`: one rename when there is
+    no `out_dir` yet, else one per format folder (each absent or empty: `_check_out`; a rename
+    replaces an empty folder), those done put back if one fails. `staging` is gone afterwards."""
+    if staging.parent != out_dir:
+        os.rename(staging, out_dir)
+        return
+    moved: list[str] = []
+    try:
+        for fmt in written:
+            os.rename(staging / fmt, out_dir / fmt)
+            moved.append(fmt)
+    except OSError:
+        for fmt in moved:
+            os.rename(out_dir / fmt, staging / fmt)
+        raise
+    staging.rmdir()
+
+
 def _build_dataset(fo, wh: Warehouse, boxes: pa.Table):
     """A temporary FiftyOne dataset: one sample per image, its boxes in `ground_truth`."""
     ds = fo.Dataset(f"ferlab-export-{uuid.uuid4().hex[:12]}")
@@ -116,6 +197,58 @@ def _build_dataset(fo, wh: Warehouse, boxes: pa.Table):
     return ds
 
 
+def _write_tables(wh: Warehouse, version: str, manifest: pa.Table, boxes: pa.Table, tables: Path) -> None:
+    tables.mkdir(parents=True)
+    box_table = boxes.drop_columns(["width", "height"])
+    for name, table in (("manifest", manifest), ("boxes", box_table)):
+        pq.write_table(table, tables / f"{name}.parquet")
+        pacsv.write_csv(table, tables / f"{name}.csv")
+    row = wh.sql("SELECT * FROM dataset_versions WHERE version = $v", params={"v": version}).to_pylist()[0]
+    row["created_at"] = row["created_at"].isoformat()
+    row["counts"] = json.loads(row["counts"])
+    (tables / "version.json").write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+
+
+def _write_detection_sets(
+    wh: Warehouse,
+    boxes: pa.Table,
+    splits: dict[str, int],
+    formats: Sequence[str],
+    out_dir: Path,
+    link_media: bool,
+) -> None:
+    """COCO and / or YOLO under `out_dir`, written by FiftyOne's exporters split by split."""
+    fo = import_fiftyone()
+    F = fo.ViewField
+    ds = _build_dataset(fo, wh, boxes)
+    media = "symlink" if link_media else True
+    try:
+        for split in (s for s in SPLITS if s in splits):
+            view = ds.match(F("split") == split)
+            if "coco" in formats:
+                view.export(
+                    dataset_type=fo.types.COCODetectionDataset,
+                    data_path=str(out_dir / "coco" / "data"),
+                    labels_path=str(out_dir / "coco" / f"{split}.json"),
+                    label_field="ground_truth",
+                    classes=list(CLASSES),
+                    export_media=media,
+                    progress=False,
+                )
+            if "yolo" in formats:
+                view.export(
+                    export_dir=str(out_dir / "yolo"),
+                    dataset_type=fo.types.YOLOv5Dataset,
+                    label_field="ground_truth",
+                    classes=list(CLASSES),
+                    split=split,
+                    export_media=media,
+                    progress=False,
+                )
+    finally:
+        ds.delete()
+
+
 def export_version(
     wh: Warehouse,
     version: str,
@@ -128,7 +261,8 @@ def export_version(
     `link_media` symlinks the images instead of copying them (quicker; the export then needs
     the data root). Raises UnknownDatasetVersion for a version that is not stored,
     ConfigError for an unknown format and InputError when a format's folder exists and is
-    not empty (nothing is overwritten)."""
+    not empty (nothing is overwritten). Whatever fails, nothing is left under `out_dir`
+    (module docstring)."""
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -141,57 +275,23 @@ def export_version(
     splits = {s: n for s in SPLITS if (n := sum(v == s for v in image_split.values()))}
     labels = boxes.column("label").to_pylist()
     counts = {c: labels.count(c) for c in CLASSES}
-    paths: dict[str, str] = {}
 
-    if "tables" in formats:
-        tables = out_dir / "tables"
-        tables.mkdir(parents=True, exist_ok=True)
-        box_table = boxes.drop_columns(["width", "height"])
-        for name, table in (("manifest", manifest), ("boxes", box_table)):
-            pq.write_table(table, tables / f"{name}.parquet")
-            pacsv.write_csv(table, tables / f"{name}.csv")
-        row = wh.sql("SELECT * FROM dataset_versions WHERE version = $v", params={"v": version}).to_pylist()[
-            0
-        ]
-        row["created_at"] = row["created_at"].isoformat()
-        row["counts"] = json.loads(row["counts"])
-        (tables / "version.json").write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
-        paths["tables"] = str(tables)
-
-    detection_formats = [f for f in formats if f in ("coco", "yolo")]
-    if detection_formats:
-        fo = import_fiftyone()
-        F = fo.ViewField
-        ds = _build_dataset(fo, wh, boxes)
-        media = "symlink" if link_media else True
-        try:
-            for split in (s for s in SPLITS if s in splits):
-                view = ds.match(F("split") == split)
-                if "coco" in formats:
-                    view.export(
-                        dataset_type=fo.types.COCODetectionDataset,
-                        data_path=str(out_dir / "coco" / "data"),
-                        labels_path=str(out_dir / "coco" / f"{split}.json"),
-                        label_field="ground_truth",
-                        classes=list(CLASSES),
-                        export_media=media,
-                        progress=False,
-                    )
-                if "yolo" in formats:
-                    view.export(
-                        export_dir=str(out_dir / "yolo"),
-                        dataset_type=fo.types.YOLOv5Dataset,
-                        label_field="ground_truth",
-                        classes=list(CLASSES),
-                        split=split,
-                        export_media=media,
-                        progress=False,
-                    )
-        except BaseException:
-            for fmt in detection_formats:  # no half-written export is left behind
-                shutil.rmtree(out_dir / fmt, ignore_errors=True)
-            raise
-        finally:
-            ds.delete()
-        paths.update({f: str(out_dir / f) for f in detection_formats if (out_dir / f).exists()})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
+    staging = _staging_dir(out_dir)
+    staging.mkdir()
+    try:
+        if "tables" in formats:
+            _write_tables(wh, version, manifest, boxes, staging / "tables")
+        detection_formats = [f for f in formats if f in ("coco", "yolo")]
+        if detection_formats:
+            _write_detection_sets(wh, boxes, splits, detection_formats, staging, link_media)
+        if (staging / "yolo").exists():
+            _point_yolo_yaml_at(staging / "yolo", out_dir / "yolo")
+        written = [f for f in formats if (staging / f).exists()]
+        _publish(staging, out_dir, written)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # no half-written export is left behind
+        raise
+    paths = {f: str(out_dir / f) for f in written}
     return ExportReport(version=version, images=len(image_split), boxes=counts, splits=splits, paths=paths)

@@ -54,14 +54,38 @@ never erases an edit; after `pull_corrections` the edit is a human label in the 
 comes back from there. All writes are batched (`add_samples`, one
 `set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
 What each field holds is built by labeling.fiftyone.docs; the App is labeling.fiftyone.app.
+
+**One database per data root.** FiftyOne runs its database (mongod) as a service that every
+FiftyOne process of the user shares: a process attaches to whichever service runs, whatever
+folder it serves, and ignores its own `database_dir`. Two data roots open at once (one's App, the
+other's sync) then wrote into one database, and the second root's sync replaced the first's
+dataset. `import_fiftyone` therefore opens the database itself, before FiftyOne connects: it
+attaches only to a FiftyOne database service over this process's folder (FIFTYONE_DATABASE_DIR;
+the CLI's default is <data root>/fiftyone, ferlab.demo.prepare_dagster_home), else starts one
+there (its own mongod, on its own port), and hands FiftyOne that port. Own services rather than
+dataset names tied to a root: a root's database then lives in the root (it moves, is backed up
+and is deleted with it), its App shows only its own datasets, and `--dataset` names stay the
+user's. Processes of one root share its service (the App, a Dagster run, `review pull`); it stops
+with its last client, as FiftyOne's does. A database folder some other process holds (a mongod
+that is not such a service) is named in one line, with its pid from mongod.lock.
+Guards where one database still serves several roots (FIFTYONE_DATABASE_DIR or
+FIFTYONE_DATABASE_URI set to one place, as in the test suite): a dataset records its data root
+(`dataset.info["ferlab_sync"]["warehouse"]`) and sync, pull and the App refuse a dataset of
+another root that still exists (one whose root is gone, moved or renamed, is adopted); and a
+database folder <root>/fiftyone of another data root is refused before anything starts there.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from labeling.fiftyone.docs import (
@@ -73,12 +97,20 @@ from labeling.fiftyone.docs import (
     documents,
     read_warehouse,
 )
+from warehouse.errors import ConfigError
 from warehouse.schemas import EMOTIONS, SOURCES
 from warehouse.store import Warehouse
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "ferlab"
 REVIEW_VIEW = "review_queue"  # the saved view of the faces waiting for a curator
 _MARK = "ferlab_sync"  # key in dataset.info that says a dataset is this module's
+DATABASE_FOLDER = "fiftyone"  # <data root>/fiftyone: a root's own FiftyOne database (the CLI's default)
+# FiftyOne's variable: the port of the mongod a process (and the processes it starts) use
+PORT_VAR = "FIFTYONE_PRIVATE_DATABASE_PORT"
+_SERVICE_ARGS = ["--51-service", "db", "--multi"]  # how FiftyOne's database service is started
+_START_TIMEOUT = 60.0  # seconds for a new mongod to listen (FiftyOne's own limit)
 
 
 @dataclass(frozen=True)
@@ -92,12 +124,252 @@ class SyncReport:
         return f"added {self.added}, updated {self.updated}, removed {self.removed}; {self.total} samples"
 
 
-def import_fiftyone():
-    """Import FiftyOne with its usage tracking off unless the environment says otherwise."""
+def import_fiftyone(home: str | Path | None = None):
+    """Import FiftyOne (usage tracking off unless the environment says otherwise), connected to
+    this process's own database: the FiftyOne database service over its `database_dir`, attached
+    or started here (module docstring). With `home` (the data root being worked on), a database
+    folder that is another data root's is refused first.
+
+    Raises ConfigError when the folder is another root's, when another process holds it, or when
+    FiftyOne is already connected in this process to a database over another folder."""
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     import fiftyone as fo
 
+    if home is not None:
+        _check_database_folder(fo.config.database_dir, home)
+    _open_database(fo)
     return fo
+
+
+# ---- the database: one service per folder ------------------------------------------------------------
+_database: str | None = None  # the database this process's FiftyOne uses, once opened and checked
+_service = None  # this process's hold on its database service: kept until the process exits
+
+
+def _check_database_folder(database_dir: str, home: str | Path) -> None:
+    """Refuse a database folder <other root>/fiftyone of another data root (an exported
+    FIFTYONE_DATABASE_DIR left pointing at it), before anything starts there."""
+    folder = Path(database_dir).expanduser().resolve()
+    owner, here = folder.parent, Path(home).expanduser().resolve()
+    if folder.name == DATABASE_FOLDER and owner != here and (owner / "tables").is_dir():
+        raise ConfigError(
+            f"FiftyOne's database {folder} belongs to data root {owner}, not {here}: unset "
+            f"FIFTYONE_DATABASE_DIR (ferlab then uses {here / DATABASE_FOLDER}) or point it at this root's"
+        )
+
+
+def _open_database(fo) -> None:
+    """Connect FiftyOne to the database service over fo.config.database_dir, once per process
+    (a server the user runs, FIFTYONE_DATABASE_URI, is used as it is)."""
+    global _database, _service
+    if _database is not None:
+        return
+    config = fo.config
+    if config.database_uri or os.environ.get("FIFTYONE_DISABLE_SERVICES"):
+        _database = config.database_uri or ""
+        return
+    import fiftyone.core.odm.database as fod
+
+    folder = os.path.realpath(os.path.expanduser(config.database_dir))
+    if getattr(fod, "_client", None) is None:  # FiftyOne has not connected yet in this process
+        # A port handed down by a parent process may be another root's mongod: find our own.
+        os.environ.pop(PORT_VAR, None)
+        service = _DatabaseService(folder)
+        os.environ[PORT_VAR] = str(service.port)
+        _service = service
+    served = _served_folder(fod.get_db_client())
+    if served is not None and served != folder:
+        raise ConfigError(
+            f"this process's FiftyOne is connected to the database {served}, not {folder}: "
+            "run ferlab in a process of its own (FiftyOne was used before ferlab opened its database)"
+        )
+    _database = folder
+
+
+def _served_folder(client) -> str | None:
+    """The folder the connected mongod serves (None when it does not say)."""
+    try:
+        parsed = client.admin.command("getCmdLineOpts")["parsed"]
+    except Exception as exc:  # no admin rights on a server the user runs
+        logger.debug("cannot ask mongod for its folder: %s", exc)
+        return None
+    path = (parsed.get("storage") or {}).get("dbPath")
+    return os.path.realpath(path) if path else None
+
+
+def _services_over(folder: str) -> Iterator[Any]:
+    """FiftyOne's database services (this user's) whose mongod serves `folder`."""
+    import psutil
+    from fiftyone.service.util import find_processes_by_args
+
+    for process in find_processes_by_args(_SERVICE_ARGS):
+        try:
+            cmd = process.cmdline()
+        except psutil.Error:
+            continue
+        if "--dbpath" in cmd[:-1] and os.path.realpath(cmd[cmd.index("--dbpath") + 1]) == folder:
+            yield process
+
+
+def _lock_holder(folder: str):
+    """The live mongod whose pid is in `folder`'s mongod.lock (mongod empties it on exit), or None."""
+    import psutil
+
+    try:
+        pid = int((Path(folder) / "mongod.lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        process = psutil.Process(pid)
+        if pid and "mongod" in process.name() and process.status() != psutil.STATUS_ZOMBIE:
+            return process
+    except psutil.Error:
+        pass
+    return None
+
+
+def _held_error(folder: str, holder) -> ConfigError:
+    """One line: which process holds the folder, and what to do."""
+    import psutil
+
+    try:
+        what = " ".join(holder.cmdline()[:1]) or holder.name()
+        parent = holder.parent()
+        if parent is not None and "--51-service" in parent.cmdline():
+            what += f", run by FiftyOne's database service {parent.pid}, which does not answer"
+        else:
+            what += ", not run by a FiftyOne database service ferlab could share"
+    except psutil.Error:
+        what = "mongod"
+    return ConfigError(
+        f"FiftyOne's database {folder} is held by process {holder.pid} ({what}): stop it "
+        f"(kill {holder.pid}) or wait for it to exit, then retry"
+    )
+
+
+def _listening_port(process) -> int | None:
+    import psutil
+
+    for conn in process.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and not conn.raddr:
+            return conn.laddr[1]
+    return None
+
+
+def _run_by_service(holder) -> bool:
+    """Whether a mongod holding the folder runs under a FiftyOne database service (one that did
+    not take this process as a client yet: starting, or shutting down and freeing the folder)."""
+    import psutil
+
+    try:
+        parent = holder.parent()
+        return parent is not None and "--51-service" in parent.cmdline()
+    except psutil.Error:
+        return False
+
+
+class _DatabaseService:
+    """A hold on FiftyOne's database service over one folder, as fiftyone.core.service's
+    DatabaseService but keyed by the folder: attach (register as a client) to a service whose
+    mongod serves `folder`, else start one there (FiftyOne's service/main.py running mongod on a
+    free port). A service stops its mongod once the process that started it and every client
+    have exited; this hold is dropped when this process exits."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.child: Any = None  # the service's process (psutil)
+        self.attached = False
+        self._start()
+
+    def _start(self) -> None:
+        from fiftyone.service.util import send_ipc_message
+
+        deadline = time.monotonic() + 10.0  # for a service of this folder that is shutting down
+        while True:
+            for process in _services_over(self.folder):
+                try:
+                    reply = send_ipc_message(process, ("register", os.getpid()))
+                except Exception as exc:  # not listening (yet, or any more), or gone
+                    logger.debug("FiftyOne database service %d did not respond: %s", process.pid, exc)
+                    continue
+                if reply is True:
+                    logger.debug("attached to FiftyOne database service %d over %s", process.pid, self.folder)
+                    self.attached, self.child = True, process
+                    return
+                logger.debug("FiftyOne database service %d refused a client: %r", process.pid, reply)
+            holder = _lock_holder(self.folder)
+            if holder is None:
+                break
+            if not _run_by_service(holder) or time.monotonic() > deadline:
+                raise _held_error(self.folder, holder)
+            time.sleep(0.5)
+        self.child = self._spawn()
+        logger.debug("started FiftyOne database service %d over %s", self.child.pid, self.folder)
+
+    def _spawn(self):
+        import fiftyone.core.service as fos
+        import psutil
+
+        logs = Path(self.folder) / "log"
+        logs.mkdir(parents=True, exist_ok=True)
+        mongod = [
+            fos.DatabaseService.find_mongod(),
+            "--dbpath",
+            self.folder,
+            "--logpath",
+            str(logs / "mongo.log"),
+        ]
+        main = Path(fos.__file__).parent.parent / "service" / "main.py"
+        with open(logs / "service.log", "ab") as out:  # its complaints go to its log, not the terminal
+            return psutil.Popen(
+                [sys.executable, str(main), *_SERVICE_ARGS, *mongod, "--port", "0", "--nounixsocket"],
+                stdin=subprocess.PIPE,  # closed when this process exits: the service sees it go
+                stdout=out,
+                stderr=out,
+                env={**os.environ, "FIFTYONE_DISABLE_SERVICES": "1"},
+            )
+
+    @property
+    def port(self) -> int:
+        """The port its mongod listens on (waits for a new one to start).
+
+        Raises ConfigError when it exits instead, naming the process holding the folder if any."""
+        import psutil
+
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            try:
+                if self.child.status() == psutil.STATUS_ZOMBIE:
+                    raise psutil.NoSuchProcess(self.child.pid)
+                for child in self.child.children(recursive=True):
+                    port = _listening_port(child)
+                    if port is not None:
+                        return port
+            except psutil.NoSuchProcess:
+                holder = _lock_holder(self.folder)
+                if holder is not None and not self.attached and _run_by_service(holder):
+                    # Another process of this root started a service over the folder at the
+                    # same moment, and won: join it.
+                    self._start()
+                    continue
+                if holder is not None:
+                    raise _held_error(self.folder, holder) from None
+                raise ConfigError(
+                    f"FiftyOne's database {self.folder} did not start: see its logs in "
+                    f"{Path(self.folder) / 'log'} (mongo.log, service.log)"
+                ) from None
+            except psutil.Error:
+                pass  # a child that came or went meanwhile
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"FiftyOne's database {self.folder} did not listen within {_START_TIMEOUT:.0f} s: "
+                    f"see {Path(self.folder) / 'log' / 'mongo.log'}"
+                )
+            time.sleep(0.1)
+
+    def __del__(self) -> None:
+        if not self.attached and self.child is not None and getattr(self.child, "stdin", None):
+            self.child.stdin.close()  # as FiftyOne's: the service outlives us while clients remain
 
 
 def _declare_schema(ds) -> None:
@@ -177,12 +449,34 @@ def _declare_schema(ds) -> None:
             ds.add_sample_field(path, ftype, **kwargs)
 
 
+def check_dataset_root(ds, home: str | Path) -> None:
+    """Refuse the dataset `ds` when the sync made it for another data root that still exists;
+    one whose root is gone (moved, renamed) is the caller's to adopt (logged).
+
+    Raises ConfigError naming both roots."""
+    owner = (ds.info.get(_MARK) or {}).get("warehouse")
+    here = Path(home).expanduser().resolve()
+    if not owner or os.path.realpath(owner) == str(here):
+        return
+    if Path(owner).exists():
+        raise ConfigError(
+            f"FiftyOne dataset {ds.name!r} holds data root {owner}, not {here}: give this root another "
+            f"--dataset, or its own database (unset FIFTYONE_DATABASE_DIR: ferlab then uses {here / DATABASE_FOLDER})"
+        )
+    logger.warning(
+        "FiftyOne dataset %r was synced from %s, which is gone: now data root %s's", ds.name, owner, here
+    )
+
+
 def _open_dataset(name: str, home: str):
-    fo = import_fiftyone()
+    fo = import_fiftyone(home)
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
         if len(ds) and _MARK not in ds.info:
-            raise ValueError(f"FiftyOne dataset {name!r} was not made by sync_fiftyone; choose another name")
+            raise ConfigError(
+                f"FiftyOne dataset {name!r} was not made by sync_fiftyone: choose another --dataset"
+            )
+        check_dataset_root(ds, home)
     else:
         ds = fo.Dataset(name)
     ds.persistent = True
@@ -287,7 +581,10 @@ def sync_fiftyone(
     """Make the persistent FiftyOne dataset `name` show the warehouse's images and labels.
 
     With `sources`, only images of those sources are added, updated or removed; samples of
-    other sources are left as they are. Returns what changed."""
+    other sources are left as they are. Returns what changed.
+
+    Raises ConfigError for a dataset of another data root, or a database that is not this
+    process's to use (module docstring)."""
     if isinstance(sources, str):
         sources = [sources]
     if sources is not None:
@@ -295,8 +592,8 @@ def sync_fiftyone(
         if unknown:
             raise ValueError(f"unknown sources {unknown}; known: {list(SOURCES)}")
         sources = sorted(set(sources))
-    fo = import_fiftyone()
     home = str(wh.home)
+    fo = import_fiftyone(home)
     wanted = read_warehouse(wh, sources)
     ds = _open_dataset(name, home)
 
