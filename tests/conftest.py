@@ -32,6 +32,21 @@ os.environ.update(
 )
 
 
+_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def _child_processes_keep_their_threads():
+    """A test importing ultralytics itself (not through labeling.detection.yolo_env) leaves
+    OMP_NUM_THREADS=1 behind, and every process the suite starts afterwards (the demo, the CLI,
+    Dagster's workers) would train on one thread."""
+    yield
+    if _OMP_THREADS is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = _OMP_THREADS
+
+
 @pytest.fixture
 def wh(tmp_path):
     from warehouse import Warehouse

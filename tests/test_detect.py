@@ -469,3 +469,32 @@ def test_quality_flags(astronaut, yunet):
     assert dark.quality["brightness"] < 0.4 * sharp.quality["brightness"]
     (strict,), _ = crop_faces(astronaut, [face], min_face_px=100, blur_threshold=1e6)
     assert strict.quality["too_small"] and strict.quality["too_blurry"]
+
+
+def test_ultralytics_leaves_the_threads_of_torch_and_of_child_processes_alone(tmp_path):
+    """`import ultralytics` sets OMP_NUM_THREADS=1 when unset ("reduced CPU utilization"): torch
+    imported after it, and every process started after it (Dagster's step workers, the CLI a
+    test runs), then trains on one thread. Preparing ultralytics keeps the process' own setting."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, subprocess, sys\n"
+        "from labeling.detection.yolo_env import prepare_ultralytics_offline\n"
+        "prepare_ultralytics_offline()\n"
+        "import torch\n"
+        "child = subprocess.run([sys.executable, '-c', 'import torch; print(torch.get_num_threads())'],"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads(), child)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path)
+    clean = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].split() == ["None", clean, clean], out.stdout

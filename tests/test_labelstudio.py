@@ -532,8 +532,12 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     assert "1 tasks pushed" in (out := capsys.readouterr().out) and "1 again" in out
     assert crops[2] in ls_server.client().tasks_by_crop(report.project_id)
     assert main(["--home", str(ls_server.home), "labelstudio", "status"]) == 0
-    out = capsys.readouterr().out
-    assert "4 tasks (4 recorded" in out and "1 faces were pushed again" in out
+    out = capsys.readouterr().out  # the record follows the face to its new task
+    assert "4 tasks (4 recorded" in out and "the server's tasks and the record agree" in out
+    new_task = ls_server.client().tasks_by_crop(report.project_id)[crops[2]]
+    assert {r["crop_id"]: r["task_id"] for r in wh.read("label_studio_tasks").to_pylist()}[
+        crops[2]
+    ] == new_task
 
 
 @pytest.mark.server

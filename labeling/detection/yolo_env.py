@@ -20,6 +20,7 @@ from warehouse.errors import StorageError
 from warehouse.paths import configured_data_root
 
 FONT_NAME = "Arial.ttf"
+OMP_THREADS = "OMP_NUM_THREADS"
 
 
 def user_cache_dir() -> Path:
@@ -110,9 +111,11 @@ def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:
     import cv2
 
     opencv_threads = cv2.getNumThreads() if not already else cv2.getNumberOfCPUs()
+    omp_threads = os.environ.get(OMP_THREADS)
+    import torch  # noqa: F401  (before ultralytics: its OpenMP reads OMP_NUM_THREADS once, at load)
     from ultralytics import utils
 
-    _keep_thread_settings(opencv_threads)
+    _keep_thread_settings(opencv_threads, omp_threads, already)
     _restrict_checkpoint_loading()
 
     if already and folder != utils.USER_CONFIG_DIR:
@@ -122,16 +125,21 @@ def prepare_ultralytics_offline(config_dir: Path | None = None) -> None:
         utils.SETTINGS.update(sync=False)
 
 
-def _keep_thread_settings(opencv_threads: int) -> None:
-    """ultralytics turns OpenCV's threads off at import, and sets torch to cpu_count - 1
-    threads whenever it selects a CPU device (one thread on 2 cores, process-wide: a model
-    trained after a detection ran at half speed). Keep the process' own settings."""
+def _keep_thread_settings(opencv_threads: int, omp_threads: str | None, already: bool) -> None:
+    """ultralytics turns OpenCV's threads off at import, sets torch to cpu_count - 1 threads
+    whenever it selects a CPU device (one thread on 2 cores, process-wide: a model trained after
+    a detection ran at half speed), and sets OMP_NUM_THREADS=1 when unset, which every process
+    started afterwards inherits (Dagster's step workers, a CLI run from here: training on one
+    thread). Keep the process' own settings (`omp_threads`: OMP_NUM_THREADS before the import;
+    when ultralytics was imported `already`, what it set is left alone)."""
     import cv2
     import torch
     from ultralytics.utils import torch_utils
 
     torch_utils.NUM_THREADS = torch.get_num_threads()
     cv2.setNumThreads(opencv_threads)
+    if omp_threads is None and not already:
+        os.environ.pop(OMP_THREADS, None)
 
 
 def _restrict_checkpoint_loading() -> None:
