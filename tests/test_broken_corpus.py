@@ -29,20 +29,22 @@ _spec.loader.exec_module(make_broken)
 # a `schema_mismatch` when the next command opens the warehouse; the views keep their rows and types.
 _LABELS_V1 = ("ingest", "fer2013", "{corpus}/fer2013/labels_v1.csv")  # 4 good rows
 _PLANT = "COPY (SELECT {select}) TO '{{home}}/tables/{table}/{file}' (FORMAT parquet)"
+
+
+def _plant(select: str, table: str, file: str) -> tuple[str, ...]:
+    """The command that writes `SELECT select` as a part named `file` into `table`'s folder."""
+    return ("sql", "--write", _PLANT.format(select=select, table=table, file=file))
+
+
+_PLANT_NO_ANNOTATOR = _plant(
+    "* EXCLUDE (annotator) FROM emotion_labels_history", "emotion_labels", "part-no-annotator.parquet"
+)
 SCHEMA_DRIFT = [
     make_broken.Case(
         "warehouse: a label part missing a column is quarantined; a re-ingest adds no label twice",
         (
             _LABELS_V1,
-            (
-                "sql",
-                "--write",
-                _PLANT.format(
-                    select="* EXCLUDE (annotator) FROM emotion_labels_history",
-                    table="emotion_labels",
-                    file="part-no-annotator.parquet",
-                ),
-            ),
+            _PLANT_NO_ANNOTATOR,
             _LABELS_V1,
             ("sql", "SELECT count(*) AS n, count(annotator) AS annotated FROM emotion_labels_history"),
         ),
@@ -54,14 +56,10 @@ SCHEMA_DRIFT = [
         "warehouse: a column stored with another type is quarantined; the view keeps its type",
         (
             _LABELS_V1,
-            (
-                "sql",
-                "--write",
-                _PLANT.format(
-                    select="* REPLACE (CAST(confidence AS VARCHAR) AS confidence) FROM emotion_labels_history",
-                    table="emotion_labels",
-                    file="part-retyped.parquet",
-                ),
+            _plant(
+                "* REPLACE (CAST(confidence AS VARCHAR) AS confidence) FROM emotion_labels_history",
+                "emotion_labels",
+                "part-retyped.parquet",
             ),
             ("sql", "SELECT typeof(confidence) AS t, count(*) AS n FROM emotion_labels_history GROUP BY t"),
         ),
@@ -73,11 +71,7 @@ SCHEMA_DRIFT = [
         "warehouse: a foreign Parquet file in a table's folder adds no rows",
         (
             _LABELS_V1,
-            (
-                "sql",
-                "--write",
-                _PLANT.format(select="'my notes' AS note, 42 AS n", table="images", file="notes.parquet"),
-            ),
+            _plant("'my notes' AS note, 42 AS n", "images", "notes.parquet"),
             ("sql", "SELECT count(*) AS n, count(image_id) AS ids FROM images"),
         ),
         rejects={"schema_mismatch": 1},
@@ -88,15 +82,7 @@ SCHEMA_DRIFT = [
         "warehouse: doctor names a part off the contract; --repair quarantines it",
         (
             _LABELS_V1,
-            (
-                "sql",
-                "--write",
-                _PLANT.format(
-                    select="* EXCLUDE (annotator) FROM emotion_labels_history",
-                    table="emotion_labels",
-                    file="part-no-annotator.parquet",
-                ),
-            ),
+            _PLANT_NO_ANNOTATOR,
             ("doctor", "--repair"),
         ),
         rejects={"schema_mismatch": 1},

@@ -192,12 +192,17 @@ def test_a_part_missing_a_column_is_quarantined_and_a_reingest_does_not_double_l
     assert not part.exists() and (wh.quarantine_dir / "tables" / "emotion_labels" / part.name).exists()
 
 
-def test_a_column_of_another_type_is_quarantined_and_the_view_keeps_its_type(two_ingests):
-    wh, _ = two_ingests
-    part = _label_part(wh)
+def _store_confidence_as_text(part) -> None:
+    """Rewrite a label part with its `confidence` column as strings (off the contract's float)."""
     rows = pq.read_table(part)
     i = rows.schema.get_field_index("confidence")
     pq.write_table(rows.set_column(i, "confidence", rows.column(i).cast(pa.string())), part)
+
+
+def test_a_column_of_another_type_is_quarantined_and_the_view_keeps_its_type(two_ingests):
+    wh, _ = two_ingests
+    part = _label_part(wh)
+    _store_confidence_as_text(part)
 
     wh = Warehouse(wh.home)
     types = wh.sql("SELECT DISTINCT typeof(confidence) AS t FROM emotion_labels_history").column("t")
@@ -234,9 +239,7 @@ def test_a_read_only_open_leaves_a_mismatched_part_in_place_and_out_of_the_views
 def test_doctor_lists_a_schema_mismatch_then_repairs(two_ingests):
     wh, _ = two_ingests
     part = _label_part(wh)
-    rows = pq.read_table(part)
-    i = rows.schema.get_field_index("confidence")
-    pq.write_table(rows.set_column(i, "confidence", rows.column(i).cast(pa.string())), part)
+    _store_confidence_as_text(part)
 
     found = _ferlab(wh.home, "doctor")
     assert found.returncode == 1, found.stdout + found.stderr
