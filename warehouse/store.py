@@ -30,6 +30,15 @@ good part by file identity (size, mtime_ns, ctime_ns, inode) under its table's c
 A file standing where a folder of the root belongs (`tables/`, a table's folder, `media/`) is
 moved to quarantine the same way (`not_a_folder`) and the folder made again.
 
+Parts stay few as a table grows: after each write the table's parts are sorted into size tiers
+(`Compaction`: a tier is `fanout` times the one below) and a tier holding `fanout` parts is merged
+into one part of the tier above, so a table of N rows has O(log N) parts and each row is rewritten
+O(log N) times. A merged part (`part-m-<hash>.parquet`) names the parts it replaces in its footer
+(`ferlab.replaces`); every reader leaves those out, so the merge is published by one rename and a
+reader never sees a row twice or misses one, whenever a process is killed. The replaced parts stay
+on disk for `grace_s` (a connection opened before the merge still reads them) and are deleted by a
+later write.
+
 Paths never go into SQL text as they are: table files are read through DuckDB's relation API
 (parameters), and the few DDL statements that must hold a path quote it as a SQL literal.
 """
@@ -43,8 +52,9 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +72,8 @@ from warehouse.schemas import TABLES, TableSpec, part_differences
 logger = logging.getLogger(__name__)
 
 _SCHEMA_PART = "part-0-schema.parquet"
+_MERGED = "part-m-"  # a merged part's name starts so; its footer lists the parts it replaces
+REPLACES_KEY = b"ferlab.replaces"
 _CHECKED = ".checked-parts.json"  # in tables/: parts whose footer matched their contract
 _CHECK_VERSION = 1  # bump when what part_differences accepts changes: every part is read again
 # Each table's contract, as the check cache knows it: a part checked under another is read again.
@@ -80,6 +92,10 @@ _CURRENT = "__current"
 QUARANTINE = "quarantine"
 # Statements `Warehouse.query` runs without write=True: they can only read the views.
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+# The in-memory DuckDB every Warehouse.connect is a cursor of (see Warehouse._cursor).
+_DB: duckdb.DuckDBPyConnection | None = None
+_DB_PID = 0
+_DB_LOCK = threading.Lock()
 
 
 class SchemaError(ValueError):
@@ -101,6 +117,38 @@ class LabelWrite:
 
     added: int = 0  # keys that had no label yet
     updated: int = 0  # keys whose stored value changed: the new row supersedes the old one
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """When a table's parts are merged: size tiers, `fanout` times apart from `base_bytes` up;
+    a tier holding `fanout` parts becomes one part of the tier above. Parts of `max_bytes` or more
+    are left as they are. Replaced parts are deleted `grace_s` after their merge was published."""
+
+    fanout: int = 8
+    base_bytes: int = 1 << 20
+    max_bytes: int = 1 << 30
+    grace_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.fanout < 2 or self.base_bytes < 1 or self.max_bytes < self.base_bytes or self.grace_s < 0:
+            raise ValueError(f"compaction settings out of range: {self}")
+
+    def tier(self, size: int) -> int:
+        tier, limit = 0, self.base_bytes
+        while size >= limit:
+            tier, limit = tier + 1, limit * self.fanout
+        return tier
+
+
+@dataclass(frozen=True)
+class Merge:
+    """One merge `Warehouse.compact` made: which table, how many parts into which one."""
+
+    table: str
+    parts: int
+    rows: int
+    into: str
 
 
 @dataclass
@@ -148,8 +196,9 @@ class DoctorReport:
 
 
 class Warehouse:
-    def __init__(self, home: str | Path, writable: bool = True):
-        """Open (creating when needed) the data root `home`.
+    def __init__(self, home: str | Path, writable: bool = True, compaction: Compaction | None = None):
+        """Open (creating when needed) the data root `home`; `compaction` says when parts are
+        merged (the default `Compaction()` unless given).
 
         Raises StorageError when the root cannot be created or, with `writable`, cannot be
         written (read-only file system, no permission): at once, before any work is done.
@@ -164,6 +213,7 @@ class Warehouse:
         self.catalog_path = self.home / "warehouse.duckdb"
         self.quarantine_dir = self.home / QUARANTINE
         self._home_str = str(self.home)
+        self.compaction = compaction or Compaction()
         self._migrated: set[str] = set()  # tables whose parts _migrate has brought up to date
         self._excluded: dict[str, set[str]] = {}  # table -> parts left out of the views (read-only open)
         # What this open repaired: (reason, path, why, where it went in quarantine/).
@@ -213,7 +263,10 @@ class Warehouse:
             except NotADirectoryError:
                 entries = []
                 rejects += self._ensure_folder(folder, write=write)
+            replaced = _replaced_in(entries)  # merged away: no reader reads them again
             for entry in entries:
+                if entry.name in replaced:
+                    continue
                 identity = _identity(entry)
                 if identity is not None and known.get(entry.name) == identity:
                     good[entry.name] = identity
@@ -344,7 +397,14 @@ class Warehouse:
         return str(self.table_dir(name) / "*.parquet")
 
     def parts(self, name: str) -> list[Path]:
+        """Every part file of `name` on disk, those merged into another still in their grace."""
         return sorted(self.table_dir(name).glob("*.parquet"))
+
+    def live_parts(self, name: str) -> list[Path]:
+        """The parts that hold `name`'s rows: every part but those a merged part replaces."""
+        entries = _listing(self.table_dir(name))
+        replaced = _replaced_in(entries)
+        return sorted(Path(e.path) for e in entries if e.name not in replaced)
 
     def schema_mismatches(self) -> list[str]:
         """Parts off their table's contract (`schemas.part_differences`), one "table/part: what
@@ -436,6 +496,7 @@ class Warehouse:
             new = self._not_stored(spec, rows)
             if new.num_rows:
                 self._write_part(name, new, _key_strings(new, spec.key))
+                self._compact_locked(spec)
         return new.num_rows
 
     def append_labels(self, name: str, rows: pa.Table) -> LabelWrite:
@@ -462,6 +523,7 @@ class Warehouse:
             # new part, not a rewrite of the first one.
             changed = changed.cast(spec.schema)
             self._write_part(name, changed, [*_key_strings(changed, spec.key), str(time.time_ns())])
+            self._compact_locked(spec)
         n_updated = int(existed.sum())
         return LabelWrite(added=changed.num_rows - n_updated, updated=n_updated)
 
@@ -485,12 +547,101 @@ class Warehouse:
                 rows = rows.append_column(column, pa.nulls(rows.num_rows, spec.schema.field(column).type))
             try:
                 with atomic_path(part) as tmp:
-                    pq.write_table(rows.select(spec.schema.names).cast(spec.schema), tmp, compression="zstd")
+                    current = rows.select(spec.schema.names).cast(spec.schema)
+                    # a merged part keeps the list of the parts it replaces
+                    pq.write_table(current.replace_schema_metadata(schema.metadata), tmp, compression="zstd")
             except OSError as exc:
                 raise storage_error(exc, self.home) from exc
             rewritten += 1
         self._migrated.add(spec.name)
         return rewritten
+
+    # ---- compaction ----------------------------------------------------------------------
+    def compact(self, name: str | None = None, full: bool = False) -> list[Merge]:
+        """Merge the parts of `name` (every table when None) as `self.compaction` says, or, with
+        `full`, every live part of a table into one; delete replaced parts past their grace.
+        Returns the merges made. Writes go on meanwhile (each table's lock is held per table)."""
+        merges: list[Merge] = []
+        for table in [name] if name else list(TABLES):
+            spec = TABLES[table]
+            with self._locked(table):
+                self._migrate(spec)
+                merges += self._compact_locked(spec, full=full)
+        return merges
+
+    def _compact_locked(self, spec: TableSpec, full: bool = False) -> list[Merge]:
+        """Under the table's lock: delete the parts replaced longer than the grace ago, then merge
+        while a tier holds `fanout` parts (or, `full`, all live parts into one)."""
+        policy = self.compaction
+        folder = self.table_dir(spec.name)
+        merges: list[Merge] = []
+        while True:
+            entries = _listing(folder)
+            by_name = {e.name: e for e in entries}
+            replaced: set[str] = set()
+            now = time.time()
+            for entry in entries:
+                if not entry.name.startswith(_MERGED) or (identity := _identity(entry)) is None:
+                    continue
+                lineage = _lineage(entry.path, identity)
+                replaced.update(lineage)
+                if now - identity[1] / 1e9 >= policy.grace_s:
+                    for old in lineage:
+                        if old in by_name:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(by_name[old].path)
+            live = []
+            for entry in entries:
+                if entry.name in replaced or entry.name == _SCHEMA_PART:
+                    continue
+                with contextlib.suppress(OSError):
+                    live.append((entry, entry.stat().st_size))
+            if full:
+                group = [e for e, _ in live] if len(live) > 1 else []
+            else:
+                tiers: dict[int, list[os.DirEntry]] = {}
+                for entry, size in live:
+                    if size < policy.max_bytes:
+                        tiers.setdefault(policy.tier(size), []).append(entry)
+                full_tiers = [t for t, group in sorted(tiers.items()) if len(group) >= policy.fanout]
+                group = tiers[full_tiers[0]] if full_tiers else []
+            if not group:
+                return merges
+            merge = self._merge(spec, sorted(group, key=lambda e: e.name))
+            if merge is None:
+                return merges
+            merges.append(merge)
+            if full:
+                full = False  # one part now; go on only to delete what is past its grace
+
+    def _merge(self, spec: TableSpec, parts: list[os.DirEntry]) -> Merge | None:
+        """Write `parts`' rows as one merged part naming them (and what they replaced) in its
+        footer, published by one rename; None when a part cannot be read (left to the doctor)."""
+        lineage: set[str] = set()
+        for entry in parts:
+            lineage.add(entry.name)
+            if entry.name.startswith(_MERGED) and (identity := _identity(entry)) is not None:
+                lineage.update(_lineage(entry.path, identity))
+        schema = spec.schema.with_metadata({REPLACES_KEY: json.dumps(sorted(lineage)).encode()})
+        target = self.table_dir(spec.name) / f"{_MERGED}{stable_id(*(e.name for e in parts))[:32]}.parquet"
+        rows = 0
+        try:
+            with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                for entry in parts:
+                    for batch in pq.ParquetFile(entry.path).iter_batches(batch_size=65_536):
+                        chunk = pa.Table.from_batches([batch])
+                        for field in spec.schema:  # a part older than an optional column
+                            if field.name not in chunk.column_names:
+                                chunk = chunk.append_column(field.name, pa.nulls(chunk.num_rows, field.type))
+                        writer.write_table(chunk.select(spec.schema.names).cast(schema))
+                        rows += chunk.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            logger.warning(
+                "%s: parts not merged (%s); run `ferlab doctor` on %s", spec.name, _first_line(exc), self.home
+            )
+            return None
+        logger.debug("%s: merged %d parts (%d rows) into %s", spec.name, len(parts), rows, target.name)
+        return Merge(spec.name, len(parts), rows, target.name)
 
     def add_rejects(self, rejects: list[Reject]) -> int:
         return self.append("rejects", rejects_table(rejects)) if rejects else 0
@@ -512,7 +663,11 @@ class Warehouse:
             if not sources:
                 break
             try:
-                con.read_parquet(sources, union_by_name=True).create_view(view, replace=True)
+                files = ", ".join(quote_literal(f) for f in sources)
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS "
+                    f"SELECT * FROM read_parquet([{files}], union_by_name=true)"
+                )
                 return
             except duckdb.Error as exc:
                 if not self.parts(name):
@@ -525,17 +680,15 @@ class Warehouse:
                 sources = self._sources(name)
         con.register(view, TABLES[name].schema.empty_table())
 
-    def _sources(self, name: str) -> str | list[str]:
-        """What the views read for `name`: its parts' glob, or the list of its parts but those a
+    def _sources(self, name: str) -> list[str]:
+        """What the views read for `name`: its live parts (merged ones replace theirs), but those a
         read-only open found off the contract."""
-        excluded = self._excluded.get(name)
-        if not excluded:
-            return self.table_glob(name)
-        return [str(p) for p in self.parts(name) if str(p) not in excluded]
+        excluded = self._excluded.get(name, ())
+        return [str(p) for p in self.live_parts(name) if str(p) not in excluded]
 
     def _not_stored(self, spec: TableSpec, rows: pa.Table) -> pa.Table:
         rows = rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
-        with duckdb.connect() as con:
+        with self._cursor() as con:
             con.register("new_rows", rows)
             self._stored(con, spec.name, "stored")
             on = " AND ".join(f"n.{quote_ident(k)} IS NOT DISTINCT FROM s.{quote_ident(k)}" for k in spec.key)
@@ -550,7 +703,7 @@ class Warehouse:
         """The rows whose key is not stored or whose values differ from the newest stored
         version, with a column `__current` saying whether the key was stored."""
         rows = rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
-        with duckdb.connect() as con:
+        with self._cursor() as con:
             con.register("new_rows", rows)
             self._stored(con, spec.name, "stored")
             con.execute(f"CREATE TEMP VIEW cur AS {_newest_sql(spec, 'stored')}")
@@ -566,12 +719,12 @@ class Warehouse:
         return changed.drop_columns([_ROW])
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        with self.connect() as con:
+        with self.connect([name]) as con:
             cols = ", ".join(quote_ident(c) for c in columns) if columns else "*"
             return con.sql(f"SELECT {cols} FROM {quote_ident(name)}").to_arrow_table()
 
     def count(self, name: str) -> int:
-        with self.connect() as con:
+        with self.connect([name]) as con:
             return con.execute(f"SELECT count(*) FROM {quote_ident(name)}").fetchall()[0][0]
 
     # ---- damage ------------------------------------------------------------------------
@@ -704,25 +857,47 @@ class Warehouse:
         stmts = []
         for name, spec in TABLES.items():
             stored = f"{name}_history" if spec.versioned else name
+            parts = quote_literal(self.table_glob(name))
+            # The parts a merged part replaces are left out as the library's views do, read from
+            # the footers when the query runs (so the file stays right as parts merge).
             stmts.append(
-                f"CREATE OR REPLACE VIEW {quote_ident(stored)} AS SELECT * FROM "
-                f"read_parquet({quote_literal(self.table_glob(name))}, union_by_name=true)"
+                f"CREATE OR REPLACE VIEW {quote_ident(stored)} AS SELECT * EXCLUDE (__part) FROM "
+                f"read_parquet({parts}, union_by_name=true, filename='__part') WHERE parse_filename(__part) "
+                f"NOT IN (SELECT unnest(from_json(decode(value), '[\"VARCHAR\"]')) FROM "
+                f"parquet_kv_metadata({parts}) WHERE decode(key) = {quote_literal(REPLACES_KEY.decode())})"
             )
             if spec.versioned:
                 stmts.append(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS {_newest_sql(spec, stored)}")
         return stmts
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with one view per table (and `<table>_history` for labels): no
-        lock on the catalog file, so any number of readers and writers can work at once. A
-        part that cannot be read is quarantined (see the module docstring)."""
-        con = duckdb.connect()
+    @staticmethod
+    def _cursor() -> duckdb.DuckDBPyConnection:
+        """A new connection to the process's in-memory DuckDB (made on first use, and again in a
+        forked child: a database is not carried over a fork); what it makes is temporary, its own."""
+        global _DB, _DB_PID
+        with _DB_LOCK:
+            if _DB is None or os.getpid() != _DB_PID:
+                _DB, _DB_PID = duckdb.connect(), os.getpid()
+            return _DB.cursor()
+
+    def connect(self, tables: Iterable[str] | None = None, fresh: bool = False) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per table (and `<table>_history` for labels), or
+        only for `tables` (names as in SQL, `_history` ones included): no lock on the catalog
+        file, so any number of readers and writers can work at once. A part that cannot be read
+        is quarantined (see the module docstring). The connection is a cursor of this
+        process's in-memory database (starting a database costs more than most queries), its
+        views temporary (its own); `fresh`: a database of its own, for settings that would
+        reach every cursor (the read-only sandbox of `query`)."""
+        wanted = None if tables is None else {t.removesuffix("_history") for t in tables}
+        con = duckdb.connect() if fresh else self._cursor()
         try:
             for name, spec in TABLES.items():
+                if wanted is not None and name not in wanted:
+                    continue
                 stored = f"{name}_history" if spec.versioned else name
                 self._stored(con, name, stored)
                 if spec.versioned:
-                    con.execute(f"CREATE VIEW {quote_ident(name)} AS {_newest_sql(spec, stored)}")
+                    con.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {_newest_sql(spec, stored)}")
             con.execute(f"SET file_search_path = {quote_literal(self.home)}")
         except BaseException:
             con.close()
@@ -731,7 +906,7 @@ class Warehouse:
 
     def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
         """Run one query over the views (any statement: this is the library's own access)."""
-        with self.connect() as con:
+        with self.connect(_tables_in(query)) as con:
             return con.sql(query, params=params).to_arrow_table()
 
     def query(self, query: str, write: bool = False) -> pa.Table:
@@ -742,7 +917,7 @@ class Warehouse:
         so the query cannot undo this. Raises ConfigError for a refused statement."""
         from warehouse.errors import ConfigError
 
-        with self.connect() as con:
+        with self.connect(None if write else _tables_in(query), fresh=True) as con:
             statements = con.extract_statements(query)
             if not statements:
                 raise ConfigError("no SQL statement given")
@@ -773,6 +948,15 @@ class Warehouse:
             con.close()
             wal = Path(str(tmp) + ".wal")
             wal.unlink(missing_ok=True)
+
+
+def _tables_in(query: str) -> set[str] | None:
+    """The tables `query` names (so only their views are made), None when DuckDB cannot tell
+    without the tables (a join USING their columns): then every view is made."""
+    try:
+        return duckdb.get_table_names(query)
+    except duckdb.Error:
+        return None
 
 
 def _newest_sql(spec: TableSpec, stored: str) -> str:
@@ -819,6 +1003,45 @@ def _identity(entry: os.DirEntry | Path) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _listing(folder: Path) -> list[os.DirEntry]:
+    """The part files in a table's folder (none when it is missing or not a folder)."""
+    try:
+        with os.scandir(folder) as listing:
+            return [e for e in listing if e.name.endswith(".parquet")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+# (path, identity) -> the part names a merged part replaces; a file's footer is read once
+_LINEAGES: dict[tuple[str, tuple[int, ...]], tuple[str, ...]] = {}
+
+
+def _lineage(path: str, identity: list[int]) -> tuple[str, ...]:
+    """The parts the merged part at `path` replaces, from its footer; () when it does not read
+    (a damaged merged part is quarantined by the check, and what it replaced reads again)."""
+    key = (path, tuple(identity))
+    found = _LINEAGES.get(key)
+    if found is None:
+        try:
+            raw = (pq.read_metadata(path).metadata or {}).get(REPLACES_KEY, b"[]")
+            found = tuple(str(n) for n in json.loads(raw))
+        except (OSError, pa.ArrowException, ValueError, TypeError):
+            found = ()
+        if len(_LINEAGES) > 65_536:
+            _LINEAGES.clear()
+        _LINEAGES[key] = found
+    return found
+
+
+def _replaced_in(entries: list[os.DirEntry]) -> set[str]:
+    """The names of the parts that the merged parts among `entries` replace."""
+    replaced: set[str] = set()
+    for entry in entries:
+        if entry.name.startswith(_MERGED) and (identity := _identity(entry)) is not None:
+            replaced.update(_lineage(entry.path, identity))
+    return replaced
 
 
 def _read_footer(path: Path) -> pq.FileMetaData:
