@@ -172,3 +172,20 @@ def test_a_writer_killed_at_any_point_loses_nothing_it_reported(tmp_path):
     proc = _writer(home, 0, 800, 8)
     proc.communicate()
     assert tuple(_keys(Warehouse(home, compaction=SMALL))) == (800, 800)
+
+
+def test_doctor_compact_merges_every_table_into_one_part(tmp_path):
+    home = tmp_path / "home"
+    wh = Warehouse(home)
+    for i in range(3):
+        wh.append("emotion_labels", _labels(_ids(i * 5, 5)))
+    ferlab = Path(sys.executable).with_name("ferlab")
+    out = subprocess.run(
+        [str(ferlab), "--home", str(home), "doctor", "--quick", "--compact"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "compacted emotion_labels: 3 parts, 15 rows -> part-m-" in out
+    assert len(_data_parts(wh, "emotion_labels")) == 1
+    assert wh.count("emotion_labels") == 15

@@ -21,9 +21,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    report = open_warehouse(args, writable=args.repair).doctor(repair=args.repair, deep=not args.quick)
+    wh = open_warehouse(args, writable=args.repair or args.compact)
+    report = wh.doctor(repair=args.repair, deep=not args.quick)
     for line in report.lines(repaired=args.repair):
         print(line)
+    if args.compact:
+        for merge in wh.compact(full=True):
+            print(f"compacted {merge.table}: {merge.parts} parts, {merge.rows} rows -> {merge.into}")
     if report.healthy:
         print(
             f"{data_home(args)}: every table part reads"
@@ -114,6 +118,12 @@ def _add_doctor(sub) -> None:
     )
     doctor.add_argument("--repair", action="store_true", help="quarantine, rewrite and clean what is found")
     doctor.add_argument("--quick", action="store_true", help="check the parts' footers only")
+    doctor.add_argument(
+        "--compact",
+        action="store_true",
+        help="then merge each table's parts into one (writes merge small parts by themselves; the "
+        "merged-away files are deleted by a later write once no reader can still be reading them)",
+    )
     doctor.set_defaults(func=cmd_doctor)
 
 
