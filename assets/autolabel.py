@@ -1,5 +1,6 @@
 """Auto-labeling assets: per source, face (and person) detections and face crops, partitioned
-like the images they come from. Each is a thin call into labeling.detection.autolabel."""
+like the images they come from. Each is a thin call into labeling.detection.autolabel, so a
+materialization stores its rows chunk by chunk and skips the images the detector has finished."""
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -84,6 +85,8 @@ def _detection_metadata(wh: Warehouse, where: str, report, detector_name: str) -
         "detector": MetadataValue.text(detector_name),
         "images": MetadataValue.int(report.frames),
         "images_without_face": MetadataValue.int(report.frames_without_face),
+        # finished earlier by this detector at this margin (a re-run, a resumed run): not read again
+        "images_skipped": MetadataValue.int(report.skipped),
         "by_label": table_metadata(by_label),
         "rows_added": MetadataValue.int(report.added.get("detections", 0)),
     }

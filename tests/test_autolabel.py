@@ -44,7 +44,8 @@ def test_detect_crop_store_and_rerun_adds_nothing(tmp_path):
     )
     assert cv2.imread(str(wh.path(crop["gray_media_path"])), cv2.IMREAD_UNCHANGED).shape == (48, 48)
     again = autolabel(wh, images, load_detector("yunet"))
-    assert again.added == {"detections": 0, "crops": 0, "rejects": 0}
+    assert again.added == {"detections": 0, "rejects": 0, "crops": 0, "autolabel_done": 0}
+    assert (again.frames, again.skipped) == (0, images.num_rows)  # nothing decoded twice
     fer = wh.sql(
         "SELECT d.detector, d.x2 - d.x1 AS w FROM detections d JOIN images i USING (image_id) "
         "WHERE i.source = 'fer2013' LIMIT 1"

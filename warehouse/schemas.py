@@ -28,6 +28,12 @@ Tables
   face_px is the short side of the clipped box, blur the variance of the Laplacian of the
   224 px gray crop, brightness its mean gray level; angle the degrees it was turned to level
   the eyes.
+- autolabel_done: one row per image an auto-labeling run has finished with one detector at one
+  crop margin: its detections, face crops and rejects are stored. detector and weights_sha256 are
+  the run's detector's (a merged one, the teachers, under its own name while its detections name
+  each teacher); detections counts the boxes found, 0 when none (such an image has no detections
+  row), so a repeated or resumed run skips it without decoding it. Written after the image's
+  other rows: an image without one is redone, and those of its rows that had landed are skipped.
 - dataset_versions: one row per dataset version (warehouse/versions.py). version is "v-" + the
   first 16 hex digits of the sha256 of the manifest's content (its sorted rows' values, not
   Parquet bytes), so the same crops + labels + splits always give the same id; parent the version
@@ -178,6 +184,17 @@ CROPS = pa.schema(
         pa.field("brightness", pa.float32(), nullable=False),
         pa.field("too_small", pa.bool_(), nullable=False),
         pa.field("too_blurry", pa.bool_(), nullable=False),
+    ]
+)
+
+
+AUTOLABEL_DONE = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("weights_sha256", pa.string(), nullable=False),
+        pa.field("margin", pa.float32(), nullable=False),
+        pa.field("detections", pa.int32(), nullable=False),
     ]
 )
 
@@ -401,6 +418,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),
         TableSpec("detections", DETECTIONS, ("detection_id",)),
         TableSpec("crops", CROPS, ("crop_id",)),
+        TableSpec("autolabel_done", AUTOLABEL_DONE, ("image_id", "detector", "weights_sha256", "margin")),
         TableSpec("dataset_versions", DATASET_VERSIONS, ("version",)),
         TableSpec("dataset_manifest", DATASET_MANIFEST, ("version", "crop_id")),
         TableSpec("model_runs", MODEL_RUNS, ("model_id",)),

@@ -181,7 +181,9 @@ def _add_autolabel(sub) -> None:
     autolab = sub.add_parser(
         "autolabel",
         help="detect and crop the faces of the warehouse's images (what the *_faces assets do)",
-        description="The flags are labeling.detection.settings.AutoLabelSettings' fields.",
+        description="The flags are labeling.detection.settings.AutoLabelSettings' fields. Rows are stored "
+        "every --commit-every images, so a killed run resumes where it stopped; images this detector "
+        "(same weights) has labeled at this margin are skipped, and the summary says how many.",
     )
     add_settings_flags(autolab, AutoLabelSettings)
     autolab.add_argument("--source", help="only the images of this source (fer2013, disfa, scraped)")

@@ -11,6 +11,7 @@ Reject and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -71,6 +72,37 @@ class DetectionRows:
 
 
 FrameCallback = Callable[[Frame, list[Detection]], None]
+Detected = tuple[Frame, list[Detection]]
+
+
+def iter_detections(
+    detector: Detector, items: Iterator[Frame | Reject], batch_size: int = 16
+) -> Iterator[Detected | Reject]:
+    """Detect on decoded frames, fed to the detector in batches while the next are decoded;
+    yield each frame with its detections, in order, and each Reject as it comes. Holds one batch
+    and the one decoded ahead, so a caller that stores as it goes needs no more memory for a
+    long run. Close it (contextlib.closing) when leaving early: that stops the decoder thread."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    return _iter_detections(detector, items, batch_size)
+
+
+def _iter_detections(
+    detector: Detector, items: Iterator[Frame | Reject], batch_size: int
+) -> Iterator[Detected | Reject]:
+    batch: list[Frame] = []
+    # One batch decoded ahead keeps the detector fed; more only holds frames in memory.
+    with contextlib.closing(prefetch(items, depth=batch_size)) as decoded:
+        for item in decoded:
+            if isinstance(item, Reject):
+                yield item
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield from zip(batch, detector.detect([f.image for f in batch]), strict=True)
+                batch = []
+        if batch:
+            yield from zip(batch, detector.detect([f.image for f in batch]), strict=True)
 
 
 def detect_frames(
@@ -80,42 +112,29 @@ def detect_frames(
     on_frame: FrameCallback | None = None,
     show_progress: bool = False,
 ) -> tuple[pa.Table, int, int, list[Reject]]:
-    """Detect on decoded frames, fed to the detector in batches while the next are decoded.
+    """Detect on decoded frames (iter_detections) into one table.
 
     Returns (detections table, frames run through the detector, frames with no detection,
     rejects passed through). `on_frame(frame, detections)` is called for every frame, in
     order, for work that needs the pixels (cropping) without decoding twice."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    stream = iter_detections(detector, items, batch_size)
     rows = DetectionRows(detector.name, detector.weights_sha256)
     rejects: list[Reject] = []
     frames_total = frames_empty = 0
-    batch: list[Frame] = []
     bar = progress(desc=f"detect {detector.name}", unit="frame", enabled=show_progress)
-
-    def flush() -> None:
-        nonlocal frames_total, frames_empty
-        results = detector.detect([f.image for f in batch])
-        for frame, found in zip(batch, results, strict=True):
-            rows.add(frame, found)
-            frames_empty += not found
-            if on_frame is not None:
-                on_frame(frame, found)
-        frames_total += len(batch)
-        bar.update(len(batch))
-        batch.clear()
-
     try:
-        # One batch decoded ahead keeps the detector fed; more only holds frames in memory.
-        for item in prefetch(items, depth=batch_size):
-            if isinstance(item, Reject):
-                rejects.append(item)
-                continue
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-        if batch:
-            flush()
+        with contextlib.closing(stream):
+            for item in stream:
+                if isinstance(item, Reject):
+                    rejects.append(item)
+                    continue
+                frame, found = item
+                rows.add(frame, found)
+                frames_total += 1
+                frames_empty += not found
+                if on_frame is not None:
+                    on_frame(frame, found)
+                bar.update(1)
     finally:
         bar.close()
     return rows.table(), frames_total, frames_empty, rejects

@@ -28,4 +28,8 @@ class AutoLabelSettings(Settings):
     )
     device: Device = DEFAULT_DEVICE
     batch_size: int = Field(16, ge=1, description="frames per detector call")
+    # A chunk's rows are held until they are stored: this bounds both memory and what a killed run loses.
+    commit_every: int = Field(
+        2048, ge=1, description="images per commit: the rows are stored, and a killed run resumes, per chunk"
+    )
     margin: Margin = MARGIN

@@ -51,8 +51,8 @@ longer in the warehouse are removed. The fields above belong to the sync, except
 label or tags a curator changed and nobody pulled yet (they differ from ferlab_label /
 ferlab_tags): that face keeps the curator's label, tags and ferlab_* values, so a re-sync
 never erases an edit; after `pull_corrections` the edit is a human label in the warehouse and
-comes back from there. All writes are batched (`add_samples`, one
-`set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
+comes back from there. All writes are batched, `SYNC_BATCH` samples at a time (`add_samples`,
+one `set_values` per field keyed by sample id); unchanged samples cost nothing but a digest.
 What each field holds is built by labeling.fiftyone.docs; the App is labeling.fiftyone.app.
 
 **One database per data root.** FiftyOne runs its database (mongod) as a service that every
@@ -104,6 +104,8 @@ from warehouse.store import Warehouse
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME = "ferlab"
+# Samples written per batch (new ones added, changed ones rewritten): what a batch's documents cost in memory.
+SYNC_BATCH = 10_000
 REVIEW_VIEW = "review_queue"  # the saved view of the faces waiting for a curator
 _MARK = "ferlab_sync"  # key in dataset.info that says a dataset is this module's
 DATABASE_FOLDER = "fiftyone"  # <data root>/fiftyone: a root's own FiftyOne database (the CLI's default)
@@ -576,15 +578,21 @@ def _chunks(items: list, n: int) -> Iterable[list]:
 
 
 def sync_fiftyone(
-    wh: Warehouse, name: str = DEFAULT_NAME, sources: Sequence[str] | None = None
+    wh: Warehouse,
+    name: str = DEFAULT_NAME,
+    sources: Sequence[str] | None = None,
+    batch_size: int = SYNC_BATCH,
 ) -> SyncReport:
     """Make the persistent FiftyOne dataset `name` show the warehouse's images and labels.
 
     With `sources`, only images of those sources are added, updated or removed; samples of
-    other sources are left as they are. Returns what changed.
+    other sources are left as they are. Samples are written `batch_size` at a time. Returns what
+    changed.
 
     Raises ConfigError for a dataset of another data root, or a database that is not this
     process's to use (module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if isinstance(sources, str):
         sources = [sources]
     if sources is not None:
@@ -611,11 +619,11 @@ def sync_fiftyone(
     changed = [
         (sid, image_id) for image_id, (sid, digest) in existing.items() if digest != wanted[image_id].digest
     ]
-    if changed:
-        _set_fields(ds, [s for s, _ in changed], [i for _, i in changed], wanted, home, new=False)
+    for part in _chunks(changed, batch_size):
+        _set_fields(ds, [s for s, _ in part], [i for _, i in part], wanted, home, new=False)
 
     new = [image_id for image_id in wanted if image_id not in existing]
-    for part in _chunks(new, 10_000):
+    for part in _chunks(new, batch_size):
         samples = [
             fo.Sample(
                 filepath=wanted[i].filepath,
