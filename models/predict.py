@@ -4,7 +4,7 @@
     prob = predictor.predict(["media/ab/ab12....png", ...])  # (N, K): sigmoid per AU / softmax
     prob = predictor.predict_arrays([rgb224, ...])           # crops in memory (labeling.analysis.analyze)
     found = predictor.predict_crops(wh, crop_ids)            # by crop id; unreadable crops skipped
-    z = predictor.embed(paths)                               # pooled backbone features (torch)
+    z = predictor.embed(paths)                               # pooled backbone features
 
 Crops are decoded exactly as training decodes them (models.data.decode_crop: the 224 px RGB crop,
 or the 48 px gray one for a gray model, resized to the model's input) and normalised by
@@ -17,8 +17,11 @@ and FiftyOne all predict through this class.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Iterator, Sequence
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +30,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import ONNX_INPUT, ONNX_OPSET, load_checkpoint
 from models.data import decode_crop, prepare_crop
 from models.device import resolve_device
 from models.networks import ModelConfig, WithProbabilities, normalize
 from models.pipeline import load_run
 from warehouse import Warehouse
+from warehouse.atomic import atomic_write_bytes
 from warehouse.errors import ConfigError
+from warehouse.hashing import sha256_file
 
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
+EMBED_ONNX_TAG = "embed"  # the embedding's ONNX export: <checkpoint stem>.embed-<checkpoint sha256>.onnx
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,6 +96,7 @@ class Predictor:
         self._spin = spin
         self._session = None
         self._torch: torch.nn.Module | None = None
+        self._embed_session = None  # the ONNX embedding session; False: torch embeds instead
         if backend == "onnx":
             self._session = self._onnx_session()
         else:
@@ -238,31 +246,99 @@ class Predictor:
         return out
 
     def embed(self, media_paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
-        """Pooled backbone features (N, D) float32 (the torch checkpoint; NaN rows for unreadable
-        crops): the transfer networks' GAP output, the seed-003 CNN's last conv block average-pooled.
-        What the review queue measures uniqueness with.
+        """Pooled backbone features (N, D) float32 (NaN rows for unreadable crops): the transfer
+        networks' GAP output, the seed-003 CNN's last conv block average-pooled. What the review
+        queue measures uniqueness with.
+
+        The onnx backend runs the embedding sub-network through ONNX Runtime (exported from the
+        checkpoint once, cached beside it as `<checkpoint stem>.embed-<its sha256>.onnx`); where
+        onnxruntime is missing or the export fails, it says why in the log and runs torch. The
+        torch backend runs the checkpoint.
 
         Raises:
-            ValueError: the architecture has no backbone to embed with (fer2013_cnn).
+            ValueError: the architecture has no backbone to embed with.
         """
-        model = self._torch_model()
-        if hasattr(model, "embed"):  # the transfer networks: their GAP output
-            pooled = model.embed
-        elif hasattr(model, "features"):  # seed 003's CNN: its last conv block, average-pooled
-            pooled = lambda x: torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)  # noqa: E731
-        else:
-            raise ValueError(f"model {self.model_id} ({self.config.architecture}) has no backbone embedding")
+        run = self._embedder()
         rows: list[tuple[list[int], np.ndarray]] = []
         for _, images, ok, _ in self._batches(media_paths, batch_size):
             if ok:
-                with torch.no_grad():
-                    x = normalize(torch.from_numpy(images).to(self.device), self.config)
-                    rows.append((ok, pooled(x).float().cpu().numpy()))
+                rows.append((ok, run(images)))
         dim = rows[0][1].shape[1] if rows else 0
         out = np.full((len(media_paths), dim), np.nan, dtype=np.float32)
         for ok, z in rows:
             out[ok] = z
         return out
+
+    def _embedder(self) -> Callable[[np.ndarray], np.ndarray]:
+        """uint8 batch -> (N, D) float32 embeddings, through ONNX Runtime where it can be."""
+        if self.backend == "onnx":
+            if self._embed_session is None:
+                self._embed_session = self._onnx_embed_session() or False
+            session = self._embed_session
+            if session:
+                name = session.get_inputs()[0].name
+
+                def run_onnx(images: np.ndarray) -> np.ndarray:
+                    x = normalize(torch.from_numpy(images), self.config).numpy()
+                    return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+                return run_onnx
+        pooled = _embedding_network(self._torch_model(), self.model_id, self.config)
+
+        def run_torch(images: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                x = normalize(torch.from_numpy(images).to(self.device), self.config)
+                return pooled(x).float().cpu().numpy()
+
+        return run_torch
+
+    def _onnx_embed_session(self):
+        """An ONNX Runtime session of the embedding sub-network: the cached export beside the
+        checkpoint (named by the checkpoint's sha256, so a retrained checkpoint gets its own), else
+        exported now and cached. None, with the reason logged, where ONNX Runtime cannot embed.
+        ONNX Runtime reads a graph and weights only: loading the file runs no code.
+
+        Raises:
+            ValueError: the architecture has no backbone to embed with.
+        """
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            log.warning(f"{self.model_id}: embeddings through torch: onnxruntime is not installed ({exc})")
+            return None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # no warnings about unused initializers on every load
+        options.intra_op_num_threads = _cpu_count()
+        if not self._spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        stem = self._checkpoint.stem
+        path = self._checkpoint.with_name(f"{stem}.{EMBED_ONNX_TAG}-{sha256_file(self._checkpoint)}.onnx")
+        if path.is_file():
+            try:
+                return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            except Exception as exc:  # onnxruntime's errors have no common base: a damaged file
+                log.warning(f"{self.model_id}: exporting the ONNX embedding again: {path.name}: {exc!r}")
+        # A CPU copy of its own (weights_only=True): the torch model of this predictor keeps its device.
+        model, _, _ = load_checkpoint(self._checkpoint, device="cpu")
+        network = _embedding_network(model, self.model_id, self.config)
+        try:
+            graph = _export_embedding(network, self.config)
+            session = ort.InferenceSession(graph, sess_options=options, providers=providers)
+        except Exception as exc:  # the exporter's and onnxruntime's errors have no common base
+            log.warning(f"{self.model_id}: embeddings through torch: the ONNX export failed ({exc!r})")
+            return None
+        log.info(f"{self.model_id}: exported the embedding to ONNX ({len(graph) / 2**20:.1f} MB)")
+        try:
+            atomic_write_bytes(path, graph)
+            for stale in path.parent.glob(f"{stem}.{EMBED_ONNX_TAG}-*.onnx"):
+                if stale != path:  # an earlier checkpoint's export
+                    stale.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only model folder: this export serves, uncached
+            log.warning(f"{self.model_id}: the ONNX embedding is not cached at {path}: {exc}")
+        return session
 
     @property
     def fingerprint(self) -> str:
@@ -303,6 +379,64 @@ class Predictor:
             prob=prob[keep],
             skipped=skipped,
         )
+
+
+def _embedding_network(model: torch.nn.Module, model_id: str, config: ModelConfig) -> torch.nn.Module:
+    """The part of the network that embeds: the transfer networks' GAP output, or the seed-003
+    CNN's last conv block average-pooled.
+
+    Raises:
+        ValueError: the architecture has no backbone to embed with.
+    """
+    if hasattr(model, "embed"):
+        return _Embedding(model, model.embed)
+    if hasattr(model, "features"):
+        return _Embedding(
+            model, lambda x: torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(x), 1), 1)
+        )
+    raise ValueError(f"model {model_id} ({config.architecture}) has no backbone embedding")
+
+
+class _Embedding(torch.nn.Module):
+    """A model's embedding as a module of its own (what is exported to ONNX)."""
+
+    def __init__(self, model: torch.nn.Module, embed: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._embed = embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embed(x)
+
+
+def _export_embedding(network: torch.nn.Module, config: ModelConfig) -> bytes:
+    """The embedding network (eval mode, CPU) as ONNX bytes: input "input" (N, C, S, S) float32,
+    already normalised; output "embedding" (N, D); the batch axis is dynamic."""
+    network = network.eval()
+    dummy = torch.zeros(2, config.channels, config.image_size, config.image_size)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter works offline (dynamo=True needs onnxscript); it warns of its deprecation.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        out = Path(tmp) / "embed.onnx"
+        torch.onnx.export(
+            network,
+            (dummy,),
+            str(out),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[ONNX_INPUT],
+            output_names=["embedding"],
+            dynamic_axes={ONNX_INPUT: {0: "batch"}, "embedding": {0: "batch"}},
+        )
+        return out.read_bytes()
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _ids_table(crop_ids: Sequence[str]):

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
+import warehouse.hamming as hamming
 import warehouse.sources.scraped as scraped
 from ferlab.samples.scraped import BROKEN_FILES, DUPLICATE, NEAR_DUPLICATE, ROTATED, write_scraped_sample
+from warehouse.hamming import hamming_pairs
 from warehouse.hashing import sha256_bytes, sha256_file
-from warehouse.sources.scraped import find_scraped_batches, hamming_pairs, ingest_scraped
+from warehouse.sources.scraped import find_scraped_batches, ingest_scraped
 from warehouse.store import Warehouse
 
 TABLES = ("images", "emotion_labels", "rejects", "near_duplicates")
@@ -258,7 +260,8 @@ def test_find_scraped_batches(tmp_path: Path) -> None:
 
 
 def test_hamming_pairs_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scraped, "_PAIR_BLOCK", 37)  # many small blocks
+    monkeypatch.setattr(hamming, "_PAIR_BLOCK", 37)  # many small blocks
+    monkeypatch.setattr(hamming, "_QUERY_BLOCK", 16)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2**63, 40, dtype=np.uint64)
     flips = np.uint64(1) << rng.integers(0, 64, 40).astype(np.uint64)

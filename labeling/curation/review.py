@@ -15,14 +15,14 @@ Reasons (REASONS), over the usable faces of a dataset version and the task's pro
 - `likely_mistake`: the face's label (gold, weak or human) disagrees with the model: 1 - p(label)
   for an emotion, the mean |label - p| over the labeled AUs, computed here in numpy; queued from
   `mistake_threshold` up. With `brain`, emotions use FiftyOne Brain's mistakenness instead.
-- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour, numpy) from
-  the other faces in the model's own backbone embedding: the rare looks a data set has few of; the
-  `unique_top` most unique are queued. With `brain`, FiftyOne Brain's uniqueness on the same
-  embeddings (passed in: no model-zoo download).
+- `most_unique`: the faces farthest (cosine distance to their k-th nearest neighbour, through a
+  faiss index: `knn_uniqueness`) from the other faces in the model's own backbone embedding: the
+  rare looks a data set has few of; the `unique_top` most unique are queued. With `brain`,
+  FiftyOne Brain's uniqueness on the same embeddings (passed in: no model-zoo download).
 
 FiftyOne Brain works offline here (fiftyone-brain 0.25) and takes ~1-2 s on 300 faces, but needs
-FiftyOne's database (its mongod starts in ~10 s), hence opt-in (`brain=True`); the numpy measures
-need nothing.
+FiftyOne's database (its mongod starts in ~10 s), hence opt-in (`brain=True`); the numpy and faiss
+measures need nothing.
 """
 
 from __future__ import annotations
@@ -71,22 +71,91 @@ class ReviewReport:
         return f"review queue {self.queue}: {sum(self.by_reason.values())} rows over {self.faces} faces: {reasons}; {self.added} new{notes}"
 
 
+# Exact search up to this many faces: faiss' flat index is exact and, at this size, about as fast
+# as the approximate one. Above it an inverted-file index (IVF) compares each face with the faces
+# of a few k-means cells only, so the cost grows as N^1.5 instead of N^2.
+EXACT_UP_TO = 20_000
+IVF_PROBES = 16  # cells searched per face: more finds more true neighbours, at a linear cost
+_TRAIN_BYTES = 1 << 28  # the k-means sample of the IVF, whatever the number of faces
+_SEARCH_ROWS = 4096  # faces searched at a time: fewer leave faiss' matrix products short of work
+_RECOMPUTE_ROWS = 1024  # faces whose candidates' distances are recomputed in float64 at a time
+_CHUNK_BYTES = 1 << 25  # float32 rows added to the index at a time
+
+
 def knn_uniqueness(z: np.ndarray, k: int = 3) -> np.ndarray:
-    """Cosine distance of each row to its k-th nearest other row (0..2); NaN rows get NaN."""
+    """Cosine distance of each row to its k-th nearest other row (0..2); NaN rows get NaN; k is
+    capped at the number of other rows.
+
+    The neighbours come from a faiss index of the L2-normalised rows (inner product): exact up to
+    EXACT_UP_TO rows, an IVF index above it (approximate: a neighbour in a cell not probed is
+    missed, so a distance can only come out larger than the exact one). A row's own match is left
+    out by its index, also where a duplicate ties with it, and the candidates' distances are
+    recomputed in float64. Memory: the index plus one chunk of rows, whatever the number of rows."""
     out = np.full(len(z), np.nan)
-    ok = ~np.isnan(z).any(1)
-    zn = z[ok] / np.maximum(np.linalg.norm(z[ok], axis=1, keepdims=True), 1e-12)
-    if len(zn) < 2:
+    rows = np.flatnonzero(~np.isnan(z).any(1))
+    n = len(rows)
+    if n < 2:
         return out
-    k = min(k, len(zn) - 1)
-    dist = np.empty(len(zn))
-    for start in range(0, len(zn), 1024):  # bounded memory: 1024 x N at a time
-        d = 1.0 - zn[start : start + 1024] @ zn.T
-        rows = np.arange(d.shape[0])
-        d[rows, start + rows] = np.inf  # not its own neighbour
-        dist[start : start + 1024] = np.partition(d, k - 1, axis=1)[:, k - 1]
-    out[ok] = dist
+    k = min(k, n - 1)
+    index = _ip_index(z, rows)
+    for start in range(0, n, _SEARCH_ROWS):
+        at = rows[start : start + _SEARCH_ROWS]
+        _, found = index.search(_unit(z[at], np.float32), k + 1)
+        short = np.flatnonzero((found < 0).any(1))
+        if len(short):  # the probed cells held too few faces: search these faces exhaustively
+            found[short] = _search_all_cells(index, _unit(z[at[short]], np.float32), k + 1)
+        d = np.empty(found.shape)
+        for sub in range(0, len(at), _RECOMPUTE_ROWS):
+            part = slice(sub, sub + _RECOMPUTE_ROWS)
+            q = _unit(z[at[part]], np.float64)
+            for j in range(k + 1):
+                other = _unit(z[rows[np.maximum(found[part, j], 0)]], np.float64)
+                d[part, j] = 1.0 - np.einsum("nd,nd->n", q, other)
+        own = found == np.arange(start, start + len(at))[:, None]
+        d[own | (found < 0)] = np.inf  # not its own neighbour
+        out[at] = np.partition(d, k - 1, axis=1)[:, k - 1]
     return out
+
+
+def _unit(z: np.ndarray, dtype: type) -> np.ndarray:
+    z = np.asarray(z, dtype=dtype)
+    return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+
+
+def _ip_index(z: np.ndarray, rows: np.ndarray):
+    """A faiss inner-product index of the unit rows z[rows] (ids: positions in `rows`), added a
+    chunk at a time: exact (flat) up to EXACT_UP_TO rows, else IVF with 4 sqrt(N) cells (fewer
+    where the bounded training sample is short of 39 rows per cell), trained on a seeded sample
+    (k-means with faiss' fixed seed: the same index each run)."""
+    import faiss
+
+    n, dim = len(rows), z.shape[1]
+    if n <= EXACT_UP_TO:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        cap = max(1, _TRAIN_BYTES // (4 * dim))
+        # faiss' advice: 4 to 16 sqrt(N) cells, k-means on at least 39 points per cell
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39, cap // 39))
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, 40 * nlist, cap), replace=False))
+        index.train(_unit(z[rows[sample]], np.float32))
+        faiss.extract_index_ivf(index).nprobe = min(IVF_PROBES, nlist)
+    step = max(1, _CHUNK_BYTES // (4 * dim))
+    for start in range(0, n, step):
+        index.add(_unit(z[rows[start : start + step]], np.float32))
+    return index
+
+
+def _search_all_cells(index, x: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k nearest of x in an IVF index, every cell probed (exact)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    probes, ivf.nprobe = ivf.nprobe, ivf.nlist
+    try:
+        return index.search(x, k)[1]
+    finally:
+        ivf.nprobe = probes
 
 
 def brain_scores(

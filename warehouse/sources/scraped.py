@@ -58,6 +58,7 @@ import pyarrow as pa
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from warehouse.errors import InputError
+from warehouse.hamming import HammingIndex
 from warehouse.hashing import sha256_bytes
 from warehouse.rejects import Reject
 from warehouse.schemas import EMOTIONS, TABLES
@@ -98,7 +99,7 @@ _HEAD = 256  # bytes read to tell a file's kind: the magic numbers, an ftyp box'
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _ORIENTATION = 0x0112
 _WRITE_EVERY = 256  # files per write: bounds memory and what a killed run must redo
-_PAIR_BLOCK = 1 << 22  # hash comparisons per numpy block (32 MiB of uint64)
+_STORED_BLOCK = 1 << 17  # stored hashes read at a time when looking for near duplicates
 _CHUNK = 1 << 20  # bytes per read when hashing a file
 # Opening a listed file: never through a link at the last step, never blocking on a FIFO.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -548,51 +549,33 @@ def phash64(im: Image.Image) -> int:
 
 
 # ---- near duplicates --------------------------------------------------------------------
-def hamming_pairs(
-    a: np.ndarray, b: np.ndarray, max_bits: int, upper: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index pairs (i into a, j into b, distance) of uint64 hashes within max_bits bits.
-    With upper=True (a is b), only j < i: each pair once, j the earlier one."""
-    a = np.ascontiguousarray(a, dtype=np.uint64)
-    b = np.ascontiguousarray(b, dtype=np.uint64)
-    out_i, out_j, out_d = [], [], []
-    if len(a) and len(b):
-        rows = max(1, _PAIR_BLOCK // len(b))  # bounded memory however big the warehouse is
-        for start in range(0, len(a), rows):
-            dist = np.bitwise_count(a[start : start + rows, None] ^ b[None, :])
-            hit = dist <= max_bits
-            if upper:
-                hit &= np.arange(len(b))[None, :] < np.arange(start, start + len(dist))[:, None]
-            i, j = np.nonzero(hit)
-            out_i.append(i + start)
-            out_j.append(j)
-            out_d.append(dist[i, j])
-    if not out_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8)
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
-
-
 def _near_duplicate_pairs(wh: Warehouse, ids: list[str], hashes: np.ndarray, max_bits: int) -> pa.Table:
     """near_duplicates rows for this batch's images (ids oldest first): among themselves and
     against scraped images already stored. A pair already stored the other way round (the
-    other image arrived first) is not added again."""
+    other image arrived first) is not added again. The batch's hashes are indexed
+    (warehouse.hamming) and the stored ones read a block at a time and looked up in the index
+    (a few keys each, not a comparison with every hash of the batch); memory: the index and
+    one block, however many images are stored."""
+    index = HammingIndex(hashes, max_bits)
+    rows: list[tuple[str, str, int]] = []
+    i, j, d = index.search(hashes)
+    rows += [(ids[a], ids[b], int(x)) for a, b, x in zip(i, j, d) if b < a]
     with wh.connect() as con:
         con.register("batch_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
-        old = con.sql(
-            "SELECT image_id, phash FROM images WHERE source = 'scraped' AND phash IS NOT NULL "
-            "AND image_id NOT IN (SELECT image_id FROM batch_ids)"
-        ).to_arrow_table()
         known = con.sql(
             "SELECT image_id, duplicate_of FROM near_duplicates WHERE image_id IN "
             "(SELECT image_id FROM batch_ids) OR duplicate_of IN (SELECT image_id FROM batch_ids)"
         ).fetchall()
-    old_ids = old.column("image_id").to_pylist()
-    old_hashes = old.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)
-    rows: list[tuple[str, str, int]] = []
-    i, j, d = hamming_pairs(hashes, hashes, max_bits, upper=True)
-    rows += [(ids[a], ids[b], int(x)) for a, b, x in zip(i, j, d)]
-    i, j, d = hamming_pairs(hashes, old_hashes, max_bits)
-    rows += [(ids[a], old_ids[b], int(x)) for a, b, x in zip(i, j, d)]
+        if len(index):
+            old = con.sql(
+                "SELECT image_id, phash FROM images WHERE source = 'scraped' AND phash IS NOT NULL "
+                "AND image_id NOT IN (SELECT image_id FROM batch_ids)"
+            ).to_arrow_reader(_STORED_BLOCK)
+            for block in old:
+                old_hashes = block.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64)
+                o, b, d = index.search(old_hashes)
+                old_ids = block.column("image_id")
+                rows += [(ids[a], old_ids[x].as_py(), int(y)) for x, a, y in zip(o, b, d)]
     reverse = {(dup, img) for img, dup in known}
     rows = sorted(r for r in rows if r[0] != r[1] and (r[0], r[1]) not in reverse)
     return pa.table(
