@@ -14,7 +14,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export YOLO_OFFLINE := 1
 
-.PHONY: setup labelstudio-setup labelstudio demo test test-fast quality bench dev lint format clean
+.PHONY: setup labelstudio-setup labelstudio demo test test-fast quality bench bench-scale dev lint format clean
 
 setup: $(STAMP)
 
@@ -70,6 +70,18 @@ bench: setup
 	$(PY) -m benchmarks.thresholds
 	$(PY) -m benchmarks.pseudo_label_throughput
 	$(PY) -m benchmarks.labelstudio_roundtrip
+
+# Every stage at 3 sizes up to FER-2013 (35,887 rows), 2 DISFA subjects (9,690 frames at 1024x768)
+# and 100,000 scraped images: time, CPU, peak memory, disk, parts; growth exponents, projections;
+# benchmarks/scale/results/scale.{md,png,jsonl}. On 2 CPU cores about half a day (the teachers
+# auto-labeling 140,000 scraped images dominate; a GPU is used when present). Inputs (~6 GB) are
+# generated once under $TMPDIR/ferlab-bench-scale and reused. The YOLO student timed is
+# $(FERLAB_HOME)/models/face_detector/student.pt when `make demo` trained one, else a quick one.
+# First the storage layers on the same 1,000 small appends: parts, tiered merges, Delta Lake.
+bench-scale: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.storage_layers --appends 1000
+	$(PY) -m benchmarks.scale --sizes full
 
 dev: setup
 	$(PY) -m ferlab --home $(FERLAB_HOME) dev
