@@ -297,3 +297,182 @@ def test_a_tar_gz_download_and_a_damaged_gzip_say_what_to_do(tmp_path):
     with pytest.raises(InputError, match="damaged or cut short") as caught:
         parse_fer2013(cut)
     assert str(caught.value).isprintable()
+
+
+# ---- issue: the whole ingest at most half a naive parse's time ---------------------------------
+
+
+def _known_images():
+    i, j = np.mgrid[:48, :48]
+    return [
+        np.zeros((48, 48), np.uint8),
+        ((i + j) % 256).astype(np.uint8),
+        ((i * 7 + j * 13) % 256).astype(np.uint8),
+    ]
+
+
+# The ids the ingest gave _known_images when it stored each one with put_media(cv2.imencode(...)):
+# a re-ingest of a data root written then must find every image already there.
+KNOWN_IDS = [
+    "b39ce0ff973b44207c70b22b76c669e3e2585bd1f5de56523269625090eb438d",
+    "31e4a82ac1ea49a027b9300674c17a6d3bd84939b79c4038d837f91756bff079",
+    "88767b8f1788bb724331ea133718e519d0abbb5c914e547b3ea10cfadf5c2cfb",
+]
+
+
+def test_image_ids_and_bytes_are_those_of_the_put_media_path(tmp_path, wh):
+    import cv2
+
+    from warehouse import Warehouse
+
+    known = _write(
+        tmp_path / "known.csv",
+        ["emotion,pixels,Usage"]
+        + [f"{k},{' '.join(map(str, im.ravel()))},Training" for k, im in enumerate(_known_images())],
+    )
+    assert ingest_fer2013(wh, known, show_progress=False).image_ids == KNOWN_IDS
+    faces = write_fer2013_sample(tmp_path / "faces.csv", rows=60, faces=True, seed=7)
+    report = ingest_fer2013(wh, faces, show_progress=False)
+    old = Warehouse(tmp_path / "old")  # the code path the ingest used to take, image by image
+    old_paths = [
+        old.put_media(cv2.imencode(".png", im)[1].tobytes(), "png") for im in parse_fer2013(faces).pixels
+    ]
+    rows = wh.sql("SELECT image_id, media_path FROM images").to_pylist()
+    stored = {r["image_id"]: r["media_path"] for r in rows}
+    assert [stored[i] for i in report.image_ids] == old_paths
+    for rel in old_paths:
+        assert wh.path(rel).read_bytes() == old.path(rel).read_bytes()
+    assert not list(wh.media_dir.rglob("*.tmp"))
+
+
+def test_an_ingest_over_a_root_with_the_images_adds_nothing(tmp_path, wh):
+    import cv2
+
+    csv = write_fer2013_sample(tmp_path / "f.csv", rows=30, faces=True, seed=8)
+    for image in parse_fer2013(csv).pixels:  # media written earlier, as put_media writes them
+        wh.put_media(cv2.imencode(".png", image)[1].tobytes(), "png")
+    before = sorted(p.relative_to(wh.home) for p in wh.media_dir.rglob("*"))
+    assert ingest_fer2013(wh, csv, show_progress=False).added["images"] == 30
+    assert sorted(p.relative_to(wh.home) for p in wh.media_dir.rglob("*")) == before
+
+
+def test_pixel_rows_agree_with_a_per_row_reference(tmp_path):
+    """The vectorised tokenizer against the rule it implements, on rows broken in many ways."""
+    import re
+
+    rng = np.random.default_rng(11)
+    lines, expected = ["emotion,pixels,Usage"], {}
+    for n in range(2, 202):
+        values = [str(v) for v in rng.integers(0, 256, 2304)]
+        k = int(rng.integers(0, 2304))
+        kind = n % 10
+        if kind == 1:
+            values[k] = str(rng.choice(["256", "999", "0255", "000", "1000", "", "a", "+1", "1.5"]))
+        elif kind == 2:
+            values.insert(k, "7")
+        elif kind == 3:
+            del values[k]
+        text = " ".join(values)
+        if kind == 4:
+            text = rng.choice([" ", "  ", "\t"]) + text if rng.random() < 0.5 else text + " "
+        elif kind == 5:
+            text = text.replace(" ", "  ", 1)
+        lines.append(f"3,{text},Training")
+        fine = re.fullmatch(r"\d{1,3}( \d{1,3}){2303}", text) and all(int(v) <= 255 for v in text.split(" "))
+        if fine:
+            expected[n] = np.array(text.split(" "), np.uint8).reshape(48, 48)
+    parsed = parse_fer2013(_write(tmp_path / "f.csv", lines))
+    assert parsed.line.tolist() == sorted(expected)
+    for line, pixels in zip(parsed.line.tolist(), parsed.pixels):
+        np.testing.assert_array_equal(pixels, expected[line])
+    assert sorted(r.line for r in parsed.rejects) == sorted(set(range(2, 202)) - set(expected))
+
+
+def test_the_progress_bar_ends_at_the_images_found(tmp_path, wh, monkeypatch):
+    import warehouse.sources.fer2013 as fer
+
+    bars = []
+
+    def progress(**kwargs):
+        bars.append(fer_progress(**kwargs))
+        return bars[-1]
+
+    fer_progress = fer.progress
+    monkeypatch.setattr(fer, "progress", progress)
+    monkeypatch.setattr(fer, "READ_BYTES", 50_000)  # several blocks, so the total is estimated first
+    csv = write_fer2013_sample(tmp_path / "f.csv", rows=40, broken=True)
+    ingest_fer2013(wh, csv, show_progress=True)
+    assert len(bars) == 1 and bars[0].n == bars[0].total == 40
+
+
+def test_atomic_write_small_leaves_the_whole_file_or_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from warehouse.atomic import _TMP_PID, atomic_write_small
+
+    target = str(tmp_path / "ab.png")
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_small(target, b"x" * 5000)
+    assert (tmp_path / "ab.png").read_bytes() == b"x" * 5000
+    assert _TMP_PID.search(os.path.basename(renamed[0]))  # a killed writer's temp file is found
+    assert os.listdir(tmp_path) == ["ab.png"]
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_small(str(tmp_path / "cd.png"), b"y" * 10)
+    assert os.listdir(tmp_path) == ["ab.png"]
+
+
+def test_a_failure_while_storing_stops_the_ingest_with_no_rows(tmp_path, wh, monkeypatch):
+    import errno
+    import re
+
+    import warehouse.sources.fer2013 as fer
+    from warehouse.errors import StorageError
+
+    written = []
+    real_write = fer.atomic_write_small
+
+    def fill_up(target, data):
+        if len(written) == 50:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(target)
+        real_write(target, data)
+
+    monkeypatch.setattr(fer, "atomic_write_small", fill_up)
+    monkeypatch.setattr(fer, "READ_BYTES", 50_000)  # many blocks: some are still to parse or store
+    csv = write_fer2013_sample(tmp_path / "f.csv", rows=200, faces=False)
+    with pytest.raises(StorageError, match=re.escape(str(wh.home))):
+        ingest_fer2013(wh, csv, show_progress=False)
+    assert wh.count("images") == 0 and wh.count("emotion_labels") == 0
+    assert 50 <= len(written) < 200 and not list(wh.media_dir.rglob("*.tmp"))
+
+
+def test_a_data_root_opened_beside_the_parse(tmp_path):
+    from warehouse import Warehouse
+    from warehouse.errors import StorageError
+
+    csv = write_fer2013_sample(tmp_path / "f.csv", rows=20, broken=True)
+    report = ingest_fer2013(lambda: Warehouse(tmp_path / "home"), csv, show_progress=False)
+    assert report.added == {"images": 20, "emotion_labels": 20, "rejects": 6}
+    assert Warehouse(tmp_path / "home").count("images") == 20
+
+    def unusable():
+        raise StorageError("data root: read-only file system")
+
+    not_a_csv = tmp_path / "fer2013.csv.zip"
+    not_a_csv.write_bytes(b"PK\x03\x04" + bytes(200))
+    for path in (csv, not_a_csv, tmp_path / "missing.csv"):  # the root's error comes first
+        with pytest.raises(StorageError, match="read-only"):
+            ingest_fer2013(unusable, path, show_progress=False)

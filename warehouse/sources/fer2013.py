@@ -3,8 +3,10 @@
 The 35,887 pixel strings (2,304 space-separated values each, ~290 MB of text) are parsed
 without a Python loop over rows: the file is read in blocks of whole lines, and numpy finds a
 block's line ends, commas and quotes, then tokenizes the pixel bytes of all its rows at once
-(space positions -> token ends -> up to three digit gathers); blocks are parsed in threads.
-Only rows already known to be bad are looked at one by one, to say why.
+(space positions -> the four bytes before each one, gathered as digits); blocks are parsed in
+threads. Only rows already known to be bad are looked at one by one, to say why. The ingest
+encodes a block's images (PNG) in the same threads as soon as it is parsed, and one more thread
+writes them to the media store.
 
 Each physical line is one row. FER-2013's fields never hold a comma or a line break, so a double
 quote may only wrap a whole field (`"70 80 ..."`). A general CSV reader would take an unclosed
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,11 +34,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from warehouse.atomic import atomic_write_small
 from warehouse.errors import InputError
+from warehouse.hashing import sha256_bytes
 from warehouse.rejects import Reject
 from warehouse.schemas import EMOTIONS
 from warehouse.sources.common import IngestReport, progress
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, storage_error
 
 SIDE = 48
 N_PIXELS = SIDE * SIDE
@@ -48,6 +53,8 @@ ANNOTATOR = "fer2013"
 MAX_LINE_BYTES = 1 << 20
 READ_BYTES = 1 << 22  # read at a time; the whole lines of each read are parsed as one block
 TOKENIZE_ROWS = 128  # rows whose pixels are tokenized together (faster than a whole block)
+_PAD = 4  # bytes read before a token's end (one more than the most digits a pixel has)
+WRITES_QUEUED = 4  # blocks of encoded images waiting for the writer (a few MB)
 MAX_HEADER_BYTES = 4096
 UTF8_BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -117,9 +124,10 @@ def _show(text: str, limit: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[Callable[[bytearray | memoryview], int]]:
+def _open(path: Path) -> Iterator[tuple[Callable[[bytearray | memoryview], int], Callable[[], float]]]:
     """A `readinto(buffer)` over the file's bytes (it fills the buffer unless the file ends),
-    gunzipped when the file starts with gzip's magic bytes.
+    gunzipped when the file starts with gzip's magic bytes, and a function saying which
+    fraction of the file has been read.
 
     Whatever goes wrong reading the file as a whole is an InputError naming it."""
     if path.is_dir():
@@ -147,8 +155,13 @@ def _open(path: Path) -> Iterator[Callable[[bytearray | memoryview], int]]:
                     ) from e
                 raise InputError(f"{path} could not be read ({_printable(str(e))})") from e
 
+        size = max(os.fstat(raw.fileno()).st_size, 1)
+
+        def read_fraction() -> float:
+            return min(raw.tell() / size, 1.0)
+
         with stream:
-            yield readinto
+            yield readinto, read_fraction
 
 
 def _names(line: bytes) -> list[str]:
@@ -262,13 +275,20 @@ def _tokenize(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.nda
     ok[:] = False
     if len(starts) == 0:
         return
-    lo = int(starts[0])
-    buf = buf[lo : int(ends[-1])]
+    lo, hi = int(starts[0]), int(ends[-1])
+    # A token is read as the four bytes before its end: the slice starts four bytes early. A
+    # field's first token stops at the byte before the field (a comma, quote or line end: no
+    # digit), or at the four non-digits put ahead of the block's first byte.
+    if lo >= _PAD:
+        padded = buf[lo - _PAD : hi]
+    else:
+        padded = np.zeros(hi - lo + _PAD, np.uint8)
+        padded[_PAD:] = buf[lo:hi]
+    buf = padded[_PAD:]
     starts = starts - lo
     ends = ends - lo
-    digits = buf - np.uint8(48)
     space = buf == 32
-    space_pos = np.flatnonzero(space).astype(np.int32)
+    space_pos = np.flatnonzero(space)
     first_space = np.searchsorted(space_pos, starts)
     spaces_per_row = np.searchsorted(space_pos, ends) - first_space
     if spaces_per_row.sum() != len(space_pos):  # spaces outside the pixel fields (e.g. " 3" as emotion)
@@ -276,7 +296,7 @@ def _tokenize(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.nda
         inside = np.repeat(first_space - before, spaces_per_row) + np.arange(spaces_per_row.sum())
         space_pos = space_pos[inside]
     shape_ok = spaces_per_row == N_PIXELS - 1
-    other = np.flatnonzero((digits > 9) & ~space)  # neither digit nor space, in a field or between
+    other = np.flatnonzero(((buf - np.uint8(48)) > 9) & ~space)  # neither digit nor space
     row = np.searchsorted(starts, other, side="right") - 1
     shape_ok[row[other < ends[row]]] = False
     if not shape_ok.all():
@@ -284,20 +304,20 @@ def _tokenize(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, out: np.nda
     n_ok = int(shape_ok.sum())
     if n_ok == 0:
         return
-    space_pos = space_pos.reshape(n_ok, N_PIXELS - 1)
-    token_end = np.empty((n_ok, N_PIXELS), np.int32)  # index of each token's last digit
-    token_end[:, :-1] = space_pos - 1
-    token_end[:, -1] = ends[shape_ok] - 1
-    token_start = np.empty((n_ok, N_PIXELS), np.int32)
-    token_start[:, 1:] = space_pos + 1
-    token_start[:, 0] = starts[shape_ok]
-    length = token_end - token_start + 1
-    values = digits[token_end].astype(np.uint16)
-    values += np.where(length >= 2, digits[token_end - 1], 0).astype(np.uint16) * 10
-    values += np.where(length >= 3, digits[token_end - 2], 0).astype(np.uint16) * 100
-    clean = ((length >= 1) & (length <= 3) & (values <= 255)).all(axis=1)
+    after = np.empty((n_ok, N_PIXELS), np.int64)  # just past each token: its space, or the field's end
+    after[:, :-1] = space_pos.reshape(n_ok, N_PIXELS - 1)
+    after[:, -1] = ends[shape_ok]
+    # The k-th byte before each token's end as a digit value (a non-digit is >= 10), k = 1..4.
+    d1, d2, d3, d4 = (padded[_PAD - k :].take(after) - np.uint8(48) for k in range(1, 5))
+    two = d2 < 10  # the token has at least two digits
+    three = two & (d3 < 10)
+    values = np.multiply(d3, three, out=d3).astype(np.uint16) * np.uint16(100)
+    values += np.multiply(d2, two, out=d2) * np.uint16(10)
+    values += d1
+    bad = (d1 > 9) | (values > 255)  # an empty token (a space ends it), or over 255
+    bad |= three & (d4 < 10)  # four digits or more
     out[shape_ok] = values
-    ok[shape_ok] = clean
+    ok[shape_ok] = ~bad.any(axis=1)
 
 
 def _pixel_problem(text: str) -> tuple[str, str]:
@@ -449,55 +469,71 @@ def _parse_block(data: memoryview, columns: _Columns, uri: str) -> _Block:
     )
 
 
-def parse_fer2013(path: str | Path, threads: int = 2) -> Fer2013Rows:
-    """Read a FER-2013 CSV (plain or gzipped): its good rows, and one reject per bad line.
+def _empty_block(lines: int = 0, rejects: list[Reject] | None = None) -> _Block:
+    return _Block(
+        np.zeros((0, SIDE, SIDE), np.uint8),
+        *(np.zeros(0, t) for t in (np.int8, np.int8, np.int64)),
+        rejects or [],
+        lines,
+    )
+
+
+def _parsed_blocks(path: Path, pool: ThreadPoolExecutor, ahead: int) -> Iterator[tuple[_Block, float]]:
+    """Parse the file's blocks of lines in `pool`, `ahead` of them in flight (memory stays
+    bounded): each block numbered, in file order, with the fraction of the file read when it
+    was (for a progress bar). A line too long to parse is a block of its own, with no row.
 
     Raises InputError (Fer2013FormatError when the file is readable but not FER-2013's) when
     the file as a whole is unusable; a bad row never stops the parse."""
-    path = Path(path)
     uri = str(path.resolve())
-    blocks: list[_Block] = []
-    rejects: list[Reject] = []
     line = 2  # the next line to number: the header is line 1
-    with _open(path) as readinto, ThreadPoolExecutor(threads) as pool:
+    with _open(path) as (readinto, read_fraction):
         head = bytearray(READ_BYTES)
         head = head[: readinto(head)]
         columns, rows_start = _header(path, head)
-        queue: deque[Future[_Block] | _LongLine] = deque()  # in file order
+        queue: deque[tuple[Future[_Block] | _LongLine, float]] = deque()  # in file order
 
-        def settle_oldest() -> None:
+        def oldest() -> tuple[_Block, float]:
             nonlocal line
-            item = queue.popleft()
+            item, read = queue.popleft()
             if isinstance(item, _LongLine):
-                rejects.append(_too_long(uri, line, item.length))
-                line += 1
+                block = _empty_block(1, [_too_long(uri, 0, item.length)])
             else:
-                block = item.result().number(line)
-                blocks.append(block)
-                line += block.lines
+                block = item.result()
+            line += block.lines
+            return block.number(line - block.lines), read
 
         for item in _line_blocks(readinto, head[rows_start:]):
-            queue.append(
-                item if isinstance(item, _LongLine) else pool.submit(_parse_block, item, columns, uri)
-            )
-            if len(queue) > threads:  # a few blocks in flight: memory stays bounded
-                settle_oldest()
+            if not isinstance(item, _LongLine):
+                item = pool.submit(_parse_block, item, columns, uri)
+            queue.append((item, read_fraction()))
+            if len(queue) > ahead:
+                yield oldest()
         while queue:
-            settle_oldest()
-    rejects += [r for b in blocks for r in b.rejects]
-    rejects.sort(key=lambda r: r.line or 0)
+            yield oldest()
+
+
+def _rows(blocks: list[_Block], with_pixels: bool = True) -> Fer2013Rows:
+    """The blocks' rows as one Fer2013Rows (`pixels` left empty without `with_pixels`)."""
+    rejects = sorted((r for b in blocks for r in b.rejects), key=lambda r: r.line or 0)
+    blocks = [_empty_block(), *blocks]  # a file with no rows still gives arrays of the right types
     split_names = np.array([*USAGE_TO_SPLIT.values(), None], dtype=object)  # -1: no Usage column
-    empty = _Block(
-        np.zeros((0, SIDE, SIDE), np.uint8), *(np.zeros(0, t) for t in (np.int8, np.int8, np.int64)), [], 0
-    )
-    blocks.insert(0, empty)  # a file with no rows still gives arrays of the right types
     return Fer2013Rows(
-        pixels=np.concatenate([b.pixels for b in blocks]),
+        pixels=np.concatenate([b.pixels for b in blocks]) if with_pixels else blocks[0].pixels,
         emotion=np.concatenate([b.emotion for b in blocks]),
         split=list(split_names[np.concatenate([b.split for b in blocks])]),
         line=np.concatenate([b.line for b in blocks]),
         rejects=rejects,
     )
+
+
+def parse_fer2013(path: str | Path, threads: int = 2) -> Fer2013Rows:
+    """Read a FER-2013 CSV (plain or gzipped): its good rows, and one reject per bad line.
+
+    Raises InputError (Fer2013FormatError when the file is readable but not FER-2013's) when
+    the file as a whole is unusable; a bad row never stops the parse."""
+    with ThreadPoolExecutor(threads) as pool:
+        return _rows([block for block, _ in _parsed_blocks(Path(path), pool, threads)])
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -507,36 +543,120 @@ def _encode_png(image: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-def _store_pngs(
-    wh: Warehouse, images: np.ndarray, threads: int, on_block: Callable[[int], None]
-) -> list[str]:
-    """Encode and store each 48x48 image as PNG (threads: OpenCV, hashlib and file writes
-    release the GIL); return the media paths."""
-    paths: list[str] = [""] * len(images)
-    block = 1024
+def _encode_pngs(images: np.ndarray) -> tuple[list[str], list[bytes]]:
+    """The sha256 (the image id) and PNG bytes of each (48, 48) image."""
+    pngs = [_encode_png(image) for image in images]
+    return [sha256_bytes(png) for png in pngs], pngs
 
-    def work(start: int) -> int:
-        for i in range(start, min(len(images), start + block)):
-            paths[i] = wh.put_media(_encode_png(images[i]), "png")
-        return min(block, len(images) - start)
 
-    with ThreadPoolExecutor(threads) as pool:
-        for done in pool.map(work, range(0, len(images), block)):
-            on_block(done)
-    return paths
+class _MediaWriter:
+    """Writes PNGs under the data root's media/ as `Warehouse.put_media` does (content-addressed,
+    each file whole or not at all), with less per file: a shard folder (media/<ab>/) that this
+    writer made holds no older file, so its files are written without looking for them first.
+
+    One thread writes: creating files went no faster from two threads (the file system takes
+    them one at a time), it only cost more CPU and GIL hand-offs; the others parse and encode."""
+
+    def __init__(self, wh: Warehouse):
+        self.home = wh.home
+        self.media = str(wh.media_dir)
+        self.made: dict[str, bool] = {}  # shard -> made by this writer
+
+    def _made(self, shard: str) -> bool:
+        made = self.made.get(shard)
+        if made is None:
+            try:
+                os.mkdir(f"{self.media}/{shard}")
+                made = True
+            except FileExistsError:
+                made = False
+            self.made[shard] = made
+        return made
+
+    def write(self, digests: list[str], pngs: list[bytes]) -> int:
+        """Store PNGs under their sha256; return how many."""
+        try:
+            for digest, png in zip(digests, pngs, strict=True):
+                target = f"{self.media}/{digest[:2]}/{digest}.png"
+                if self._made(digest[:2]) or not os.path.exists(target):
+                    atomic_write_small(target, png)
+        except OSError as exc:
+            raise storage_error(exc, self.home) from exc
+        return len(digests)
+
+
+def _parse_and_store(
+    wh: Warehouse | Callable[[], Warehouse], path: Path, threads: int, show_progress: bool
+) -> tuple[Warehouse, Fer2013Rows, list[str]]:
+    """Parse the file and store its images, a block's images as soon as it is parsed: the data
+    root, the rows (without their pixels) and the image ids. `threads` parse and encode, one
+    more thread writes the files (after opening the data root, when `wh` is a function that
+    does: the first blocks are parsed meanwhile)."""
+    blocks: list[_Block] = []
+    encoded: deque[Future[tuple[list[str], list[bytes]]]] = deque()
+    written: deque[Future[int]] = deque()
+    digests: list[str] = []
+    found = 0
+    with (
+        ThreadPoolExecutor(threads) as pool,
+        ThreadPoolExecutor(1) as files,
+        progress(total=1, desc="fer2013 images", enabled=show_progress) as pbar,
+    ):
+        opening = None if isinstance(wh, Warehouse) else files.submit(wh)
+        writer: _MediaWriter | None = None
+
+        def write_oldest() -> None:
+            nonlocal wh, writer
+            ids, pngs = encoded.popleft().result()
+            digests.extend(ids)
+            if writer is None:
+                wh = opening.result() if opening else wh
+                writer = _MediaWriter(wh)
+            written.append(files.submit(writer.write, ids, pngs))
+            while written and (written[0].done() or len(written) > WRITES_QUEUED):
+                pbar.update(written.popleft().result())
+
+        parsed = _parsed_blocks(path, pool, threads)
+        try:
+            for block, read in parsed:
+                blocks.append(block)
+                found += len(block.pixels)
+                pbar.total = max(round(found / max(read, 1e-9)), found, 1)  # scaled to the whole file
+                encoded.append(pool.submit(_encode_pngs, block.pixels))
+                block.pixels = block.pixels[:0]  # the task holds them; freed once encoded
+                if len(encoded) > threads:
+                    write_oldest()
+            pbar.total = max(found, 1)
+            while encoded:
+                write_oldest()
+            while written:
+                pbar.update(written.popleft().result())
+            wh = opening.result() if opening else wh
+        except BaseException:
+            parsed.close()  # the file, now
+            for executor in (pool, files):  # blocks not started yet are not parsed, encoded or written
+                executor.shutdown(wait=False, cancel_futures=True)
+            if opening is not None and not opening.cancelled():
+                opening.result()  # a data root that cannot be used is the error to report first
+            raise
+    return wh, _rows(blocks, with_pixels=False), digests
 
 
 def ingest_fer2013(
-    wh: Warehouse, path: str | Path, threads: int = 2, show_progress: bool = True
+    wh: Warehouse | Callable[[], Warehouse], path: str | Path, threads: int = 2, show_progress: bool = True
 ) -> IngestReport:
-    """Parse, store images (48x48 PNG) + gold emotion labels, record bad rows in rejects."""
+    """Parse, store images (48x48 PNG) + gold emotion labels, record bad rows in rejects.
+
+    `wh` may be a function that opens the data root (the CLI's): it then runs while the file's
+    first blocks are parsed, since opening a new root takes a while, and what it raises is the
+    error reported, whatever the file holds. Images are stored while the file is read, so an
+    input error found late (a damaged gzip) can leave media files that no row names yet; the
+    next ingestion of the mended file reuses them."""
     path = Path(path)
     uri = str(path.resolve())
     report = IngestReport("fer2013")
-    rows = parse_fer2013(path, threads=threads)
-    with progress(total=len(rows.pixels), desc="fer2013 images", enabled=show_progress) as pbar:
-        media = _store_pngs(wh, rows.pixels, threads, pbar.update)
-    image_ids = np.array([p.rsplit("/", 1)[-1].split(".", 1)[0] for p in media], dtype=object)
+    wh, rows, digests = _parse_and_store(wh, path, threads, show_progress)
+    image_ids = np.array(digests, dtype=object)
 
     # Identical pixels on two rows are one image: keep the first row, reject the others.
     _, first_index, inverse = np.unique(image_ids, return_index=True, return_inverse=True)
@@ -574,7 +694,7 @@ def ingest_fer2013(
             "batch": [path.name] * n,
             "width": np.full(n, SIDE, np.int32),
             "height": np.full(n, SIDE, np.int32),
-            "media_path": [media[i] for i in keep],
+            "media_path": [Warehouse.media_relpath(d, "png") for d in image_ids[keep]],
             "phash": pa.nulls(n, pa.uint64()),
         }
     )
