@@ -578,14 +578,10 @@ class Warehouse:
         while True:
             entries = _listing(folder)
             by_name = {e.name: e for e in entries}
-            replaced: set[str] = set()
-            now = time.time()
+            replaced = _replaced_in(entries)
+            past_grace = time.time_ns() - int(policy.grace_s * 1e9)
             for entry in entries:
-                if not entry.name.startswith(_MERGED) or (identity := _identity(entry)) is None:
-                    continue
-                lineage = _lineage(entry.path, identity)
-                replaced.update(lineage)
-                if now - identity[1] / 1e9 >= policy.grace_s:
+                if (lineage := _lineage_of(entry)) and _identity(entry)[1] <= past_grace:
                     for old in lineage:
                         if old in by_name:
                             with contextlib.suppress(FileNotFoundError):
@@ -617,11 +613,7 @@ class Warehouse:
     def _merge(self, spec: TableSpec, parts: list[os.DirEntry]) -> Merge | None:
         """Write `parts`' rows as one merged part naming them (and what they replaced) in its
         footer, published by one rename; None when a part cannot be read (left to the doctor)."""
-        lineage: set[str] = set()
-        for entry in parts:
-            lineage.add(entry.name)
-            if entry.name.startswith(_MERGED) and (identity := _identity(entry)) is not None:
-                lineage.update(_lineage(entry.path, identity))
+        lineage = {e.name for e in parts}.union(*(_lineage_of(e) for e in parts))
         schema = spec.schema.with_metadata({REPLACES_KEY: json.dumps(sorted(lineage)).encode()})
         target = self.table_dir(spec.name) / f"{_MERGED}{stable_id(*(e.name for e in parts))[:32]}.parquet"
         rows = 0
@@ -629,13 +621,10 @@ class Warehouse:
             with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
                 for entry in parts:
                     for batch in pq.ParquetFile(entry.path).iter_batches(batch_size=65_536):
-                        chunk = pa.Table.from_batches([batch])
-                        for field in spec.schema:  # a part older than an optional column
-                            if field.name not in chunk.column_names:
-                                chunk = chunk.append_column(field.name, pa.nulls(chunk.num_rows, field.type))
-                        writer.write_table(chunk.select(spec.schema.names).cast(schema))
-                        rows += chunk.num_rows
-        except (OSError, pa.ArrowException) as exc:
+                        # conform: a part older than an optional column gets it, null
+                        writer.write_table(self.conform(spec.name, pa.Table.from_batches([batch])))
+                        rows += batch.num_rows
+        except (OSError, pa.ArrowException, SchemaError) as exc:
             logger.warning(
                 "%s: parts not merged (%s); run `ferlab doctor` on %s", spec.name, _first_line(exc), self.home
             )
@@ -1035,13 +1024,16 @@ def _lineage(path: str, identity: list[int]) -> tuple[str, ...]:
     return found
 
 
+def _lineage_of(entry: os.DirEntry) -> tuple[str, ...]:
+    """The parts `entry` replaces: () for a part that is not a merged one (or is gone)."""
+    if not entry.name.startswith(_MERGED) or (identity := _identity(entry)) is None:
+        return ()
+    return _lineage(entry.path, identity)
+
+
 def _replaced_in(entries: list[os.DirEntry]) -> set[str]:
     """The names of the parts that the merged parts among `entries` replace."""
-    replaced: set[str] = set()
-    for entry in entries:
-        if entry.name.startswith(_MERGED) and (identity := _identity(entry)) is not None:
-            replaced.update(_lineage(entry.path, identity))
-    return replaced
+    return set().union(*(_lineage_of(e) for e in entries))
 
 
 def _read_footer(path: Path) -> pq.FileMetaData:

@@ -559,6 +559,7 @@ class _MediaWriter:
 
     def __init__(self, wh: Warehouse):
         self.home = wh.home
+        self.root = str(wh.home)
         self.media = str(wh.media_dir)
         self.made: dict[str, bool] = {}  # shard -> made by this writer
 
@@ -577,7 +578,7 @@ class _MediaWriter:
         """Store PNGs under their sha256; return how many."""
         try:
             for digest, png in zip(digests, pngs, strict=True):
-                target = f"{self.media}/{digest[:2]}/{digest}.png"
+                target = f"{self.root}/{Warehouse.media_relpath(digest, 'png')}"
                 if self._made(digest[:2]) or not os.path.exists(target):
                     atomic_write_small(target, png)
         except OSError as exc:
