@@ -97,26 +97,33 @@ def export_onnx(model: nn.Module, config: ModelConfig, path: Path) -> Path:
     model = _unwrap(model)
     was_training = model.training
     wrapped = WithProbabilities(model, config.task).eval()
-    param = next(model.parameters())
-    dummy = torch.zeros(2, config.channels, config.image_size, config.image_size, device=param.device)
     try:
-        with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
-            # The legacy exporter announces its deprecation on every call; it is the one that works
-            # offline here (dynamo=True needs onnxscript).
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(
-                wrapped,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-            )
+        write_onnx(wrapped, config, path, ONNX_OUTPUT)
     finally:
         model.train(was_training)
     return path
+
+
+def write_onnx(network: nn.Module, config: ModelConfig, path: Path, output: str) -> None:
+    """Export `network` (in the mode and on the device it is in) to `path` atomically: input
+    "input" (N, C, S, S) float32, already normalised; one output named `output`; the batch axis
+    is dynamic."""
+    param = next(network.parameters())
+    dummy = torch.zeros(2, config.channels, config.image_size, config.image_size, device=param.device)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter announces its deprecation on every call; it is the one that works
+        # offline here (dynamo=True needs onnxscript).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            network,
+            (dummy,),
+            str(tmp),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[ONNX_INPUT],
+            output_names=[output],
+            dynamic_axes={ONNX_INPUT: {0: "batch"}, output: {0: "batch"}},
+        )
 
 
 def onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:

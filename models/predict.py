@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from models.checkpoint import ONNX_INPUT, ONNX_OPSET, load_checkpoint
+from models.checkpoint import load_checkpoint, write_onnx
 from models.data import decode_crop, prepare_crop
 from models.device import resolve_device
 from models.networks import ModelConfig, WithProbabilities, normalize
@@ -152,6 +151,12 @@ class Predictor:
     def _onnx_session(self):
         import onnxruntime as ort
 
+        options, providers = self._session_settings(ort)
+        return ort.InferenceSession(str(self._onnx), sess_options=options, providers=providers)
+
+    def _session_settings(self, ort) -> tuple:
+        """ONNX Runtime's session options and providers for this predictor: CUDA first on a cuda
+        device, quiet loads, threads that sleep between calls unless `spin`."""
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -159,7 +164,7 @@ class Predictor:
         options.log_severity_level = 3  # no warnings about unused initializers on every load
         if not self._spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(self._onnx), sess_options=options, providers=providers)
+        return options, providers
 
     def _torch_model(self) -> torch.nn.Module:
         if self._torch is None:
@@ -306,14 +311,8 @@ class Predictor:
         except ImportError as exc:
             log.warning(f"{self.model_id}: embeddings through torch: onnxruntime is not installed ({exc})")
             return None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # no warnings about unused initializers on every load
+        options, providers = self._session_settings(ort)
         options.intra_op_num_threads = _cpu_count()
-        if not self._spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
         stem = self._checkpoint.stem
         path = self._checkpoint.with_name(f"{stem}.{EMBED_ONNX_TAG}-{sha256_file(self._checkpoint)}.onnx")
         if path.is_file():
@@ -412,22 +411,9 @@ class _Embedding(torch.nn.Module):
 def _export_embedding(network: torch.nn.Module, config: ModelConfig) -> bytes:
     """The embedding network (eval mode, CPU) as ONNX bytes: input "input" (N, C, S, S) float32,
     already normalised; output "embedding" (N, D); the batch axis is dynamic."""
-    network = network.eval()
-    dummy = torch.zeros(2, config.channels, config.image_size, config.image_size)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        # The legacy exporter works offline (dynamo=True needs onnxscript); it warns of its deprecation.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "embed.onnx"
-        torch.onnx.export(
-            network,
-            (dummy,),
-            str(out),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=[ONNX_INPUT],
-            output_names=["embedding"],
-            dynamic_axes={ONNX_INPUT: {0: "batch"}, "embedding": {0: "batch"}},
-        )
+        write_onnx(network.eval(), config, out, "embedding")
         return out.read_bytes()
 
 
