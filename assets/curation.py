@@ -65,7 +65,9 @@ def _pseudo_asset(task: str):
         kinds={"onnx", "parquet"},
         automation_condition=FOLLOW_UPSTREAM,  # a promotion decision refreshes them (none: adds nothing)
         description=f"{task} pseudo labels by the production model on the latest dataset version's faces "
-        "without a human or gold label, where its out-of-fold predictions reach the target precision.",
+        "without a human or gold label, where its out-of-fold predictions (or, once curators have answered "
+        "enough of a source's faces, those answers) reach the target precision; a source whose precision "
+        "is unmeasured gets unverified labels, kept out of dataset versions.",
     )
     def _pseudo(
         context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoLabelConfig
@@ -84,6 +86,8 @@ def _pseudo_asset(task: str):
                 "labels_per_class": MetadataValue.json(r.per_label),
                 "thresholds": MetadataValue.json(r.thresholds_json()),
                 "no_pseudo_labels_target_not_met": MetadataValue.json(r.unmet),
+                "calibration_per_source": MetadataValue.json(r.per_source),
+                "unverified_sources": MetadataValue.json(r.unverified),
                 "settings": MetadataValue.path(str(r.folder / "settings.json")),
             }
         )

@@ -13,6 +13,17 @@ GROUP = "labeling"
 class LabelStudioPushConfig(Config):
     queue: str = Field("", description="only this review_queue queue (empty: every queued face)")
     predictions: bool = Field(True, description="pre-fill each task with the queue model's prediction")
+    overlap: int = Field(
+        0, description="give each task to this many annotators (0: as the project has it, a new project 1)"
+    )
+
+
+class LabelStudioPullConfig(Config):
+    consensus: str = Field(
+        "majority",
+        description="when several annotators answered a face: `majority` (more than half give one value) or "
+        "`unanimous` (all do); a face without it gets no human label from them and is queued for review",
+    )
 
 
 @asset(
@@ -35,7 +46,14 @@ def label_studio_tasks(
     wh = warehouse.get()
     rows = queued_faces(wh, config.queue or None)
     predictions = queue_predictions(wh, rows) if config.predictions else {}
-    report = push_faces(wh, rows, predictions, client=labelstudio.client(), title=labelstudio.project_title)
+    report = push_faces(
+        wh,
+        rows,
+        predictions,
+        client=labelstudio.client(),
+        title=labelstudio.project_title,
+        overlap=config.overlap or None,
+    )
     context.log.info(report.summary())
     total = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [report.project_id])
     return MaterializeResult(
@@ -59,15 +77,27 @@ def label_studio_tasks(
     "(annotator labelstudio:<user id>; AUs only when the curator answered them: ticked AUs present, the "
     "others absent). An annotation outside the project's label config is a reject (source labelstudio), no "
     "label. An updated annotation supersedes the earlier labels; skipped tasks add nothing; requested by "
-    "`label_studio_sensor` when the project's annotations change.",
+    "`label_studio_sensor` when the project's annotations change. Faces several annotators answered take "
+    "their consensus (annotator labelstudio:consensus); those without one are queued for review (reason "
+    "disagreement). Metadata: the agreement per AU and emotion (labeling.labelstudio.agreement), also "
+    "written to <home>/reports/labelstudio/agreement/.",
 )
 def label_studio_annotations(
-    context: AssetExecutionContext, warehouse: WarehouseResource, labelstudio: LabelStudioResource
+    context: AssetExecutionContext,
+    config: LabelStudioPullConfig,
+    warehouse: WarehouseResource,
+    labelstudio: LabelStudioResource,
 ) -> MaterializeResult:
+    from labeling.labelstudio.agreement import write_report
     from labeling.labelstudio.sync import pull_annotations
 
-    report = pull_annotations(warehouse.get(), client=labelstudio.client(), title=labelstudio.project_title)
+    wh = warehouse.get()
+    report = pull_annotations(
+        wh, client=labelstudio.client(), title=labelstudio.project_title, consensus=config.consensus
+    )
     context.log.info(report.summary())
+    agreement = write_report(wh, config.consensus)
+    consensus = report.consensus
     return MaterializeResult(
         metadata={
             "project_id": MetadataValue.int(report.project_id),
@@ -80,5 +110,11 @@ def label_studio_annotations(
             "au_labels_added": MetadataValue.int(report.au_added),
             "au_labels_updated": MetadataValue.int(report.au_updated),
             "human_emotions": MetadataValue.json(report.emotions),
+            "faces_several_annotators": MetadataValue.int(consensus.faces if consensus else 0),
+            "faces_in_consensus": MetadataValue.int(consensus.agreed if consensus else 0),
+            "faces_in_disagreement": MetadataValue.int(consensus.disagreements if consensus else 0),
+            "agreement": MetadataValue.md("\n".join(agreement.lines())),
+            "agreement_by_item": MetadataValue.json({r.item: r.as_dict() for r in agreement.rows}),
+            "agreement_report": MetadataValue.path(str(agreement.files["markdown"])),
         }
     )

@@ -5,6 +5,7 @@ models.pipeline (the same functions `ferlab train` / `ferlab evaluate` use)."""
 
 from pathlib import Path
 
+import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -20,8 +21,14 @@ from assets.config import SettingsConfig, config_fields, settings_config, settin
 from assets.metadata import report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
+from labeling.curation.active import active_learning_simulation
 from labeling.curation.experiment import pseudo_label_experiment
-from labeling.curation.settings import PseudoExperimentSettings
+from labeling.curation.semisupervised import ARMS, semi_supervised_experiment
+from labeling.curation.settings import (
+    ActiveLearningSettings,
+    PseudoExperimentSettings,
+    SemiSupervisedSettings,
+)
 from models.compact import DistillationSettings, compare_compact, distill, quantize_int8, why_no_student
 from models.pipeline import (
     ModelRun,
@@ -102,6 +109,12 @@ LossComparisonConfig = settings_config(
 
 PseudoExperimentConfig = settings_config(
     AUTrainingSettings, "PseudoExperimentConfig", **config_fields(PseudoExperimentSettings)
+)
+ActiveLearningConfig = settings_config(
+    AUTrainingSettings, "ActiveLearningConfig", **config_fields(ActiveLearningSettings)
+)
+SemiSupervisedConfig = settings_config(
+    AUTrainingSettings, "SemiSupervisedConfig", **config_fields(SemiSupervisedSettings)
 )
 
 
@@ -253,6 +266,88 @@ def au_pseudo_label_experiment(
                 {arm: {k: round(v, 4) for k, v in f1.items()} for arm, f1 in result.per_au_f1.items()}
             ),
             "pseudo_labeled_faces_per_fold": MetadataValue.json([a["faces"] for a in result.pseudo_per_fold]),
+            **report_metadata(result.report["markdown"]),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "markdown"},
+    pool=TRAINING_POOL,
+)
+def au_semi_supervised_experiment(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: SemiSupervisedConfig
+) -> MaterializeResult:
+    """Fewer human labels for the same AU model? Per subject-exclusive fold, split and label
+    budget: the labeled people's gold only, + the pseudo labels of a teacher trained on them for
+    the other training people (gold hidden), and every person's gold (the ceiling)."""
+    experiment = settings_of(config, SemiSupervisedSettings)
+    result = semi_supervised_experiment(
+        warehouse.get(),
+        context.partition_key,
+        config.settings(),
+        experiment,
+        on_trial=lambda t: context.log.info(
+            f"{t.fraction:.0%} labeled, split {t.split}, fold {t.fold}: done ({len(t.labeled_groups)} people)"
+        ),
+    )
+    budgets = pa.table(
+        {
+            "labeled": [f"{r['fraction']:.0%}" for r in result.table],
+            **{arm: [round(r[arm], 4) for r in result.table] for arm in ARMS},
+            "gap_closed": [round(r["gap_closed"], 4) for r in result.table],
+            "paired_gain": [round(r["paired_gain"], 4) for r in result.table],
+            "paired_spread": [round(r["paired_spread"], 4) for r in result.table],
+        }
+    )
+    return MaterializeResult(
+        metadata={
+            "experiment_id": MetadataValue.text(result.experiment_id),
+            "metric": MetadataValue.text(result.metric),
+            "budgets": table_metadata(budgets),
+            "trials": MetadataValue.int(len(result.trials)),
+            **report_metadata(result.report["markdown"]),
+        }
+    )
+
+
+@asset(
+    group_name=GROUP,
+    deps=[dataset_version],
+    partitions_def=dataset_versions,
+    kinds={"pytorch", "markdown"},
+    pool=TRAINING_POOL,
+)
+def au_active_learning_simulation(
+    context: AssetExecutionContext, warehouse: WarehouseResource, config: ActiveLearningConfig
+) -> MaterializeResult:
+    """Does the review queue spend a curator's labels well? A simulated curator answers the frames
+    each strategy (the review queue, uncertainty, random) picks with their gold labels; the AU
+    model is retrained each round and scored on held-out people."""
+    result = active_learning_simulation(
+        warehouse.get(),
+        context.partition_key,
+        config.settings(),
+        settings_of(config, ActiveLearningSettings),
+        on_round=lambda r: context.log.info(f"{r.strategy} seed {r.seed} fold {r.fold}: {r.labels} labels"),
+    )
+    curves = pa.table(
+        {
+            "strategy": list(result.curves),
+            "labels": [c["labels"][-1] for c in result.curves.values()],
+            result.metric: [round(c["mean"][-1], 4) for c in result.curves.values()],
+            "share_of_random_labels": [
+                None if result.saving.get(n) is None else round(result.saving[n], 3) for n in result.curves
+            ],
+        }
+    )
+    return MaterializeResult(
+        metadata={
+            "experiment_id": MetadataValue.text(result.experiment_id),
+            "final_figures": table_metadata(curves),
             **report_metadata(result.report["markdown"]),
         }
     )

@@ -75,6 +75,17 @@ pseudo_label_experiment_job = define_asset_job(
     selection=AssetSelection.assets("au_pseudo_label_experiment"),
     description="Does pseudo-labeling help? The AU model on gold vs gold + pseudo labels, same folds.",
 )
+semi_supervised_job = define_asset_job(
+    "semi_supervised_job",
+    selection=AssetSelection.assets("au_semi_supervised_experiment"),
+    description="Fewer human labels for the same AU model? Labeled gold vs + pseudo labels vs all gold, "
+    "per label budget and split.",
+)
+active_learning_job = define_asset_job(
+    "active_learning_job",
+    selection=AssetSelection.assets("au_active_learning_simulation"),
+    description="Does the review queue spend a curator's labels well? Active learning, simulated.",
+)
 au_tuning_job = define_asset_job(
     "au_tuning_job",
     selection=AssetSelection.assets("au_tuning"),
@@ -110,6 +121,8 @@ jobs = [
     label_studio_push_job,
     loss_comparison_job,
     pseudo_label_experiment_job,
+    semi_supervised_job,
+    active_learning_job,
     au_tuning_job,
     emotion_tuning_job,
     compact_job,

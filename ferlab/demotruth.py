@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from labeling.detection.autolabel import autolabel, select_images
 from labeling.detection.detectors import load_detector
 from labeling.detection.geometry import iou
@@ -100,6 +102,41 @@ def truth_faces(wh: Warehouse, truth_csv: Path) -> dict[str, TruthFace]:
             t = faces[0]
             out[r["crop_id"]] = TruthFace(r["source"], {au: float(t[f"au{au}"]) for au in aus}, t["identity"])
     return out
+
+
+def curator_au_labels(
+    wh: Warehouse,
+    truth: Mapping[str, TruthFace],
+    crop_ids: Iterable[str],
+    annotator: str = "simulated-curator",
+    threshold: float = DISFA_LABEL_RULE,
+) -> int:
+    """A simulated curator answers the faces `crop_ids` with the truth: a `human` AU label per
+    drawn AU (present at `threshold`, as the DISFA label files count it). Returns rows written."""
+    wanted = [c for c in crop_ids if c in truth]
+    image_of = dict(
+        zip(
+            *wh.sql(
+                "SELECT crop_id, image_id FROM crops WHERE crop_id IN (SELECT unnest($ids))", {"ids": wanted}
+            )
+            .to_pydict()
+            .values()
+        )
+    )
+    rows = [
+        {
+            "image_id": image_of[c],
+            "crop_id": c,
+            "au": au,
+            "intensity": float(v),
+            "present": v >= threshold,
+            "label_source": "human",
+            "annotator": annotator,
+        }
+        for c in wanted
+        for au, v in truth[c].intensities.items()
+    ]
+    return wh.append_labels("au_labels", pa.Table.from_pylist(rows)).added if rows else 0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,6 +23,14 @@ def _as_float(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
             f"expected (N, K) logits and targets, got {tuple(x.shape)} and {tuple(targets.shape)}"
         )
     return x, targets.to(device=x.device, dtype=x.dtype)
+
+
+def positive_weight(targets: np.ndarray) -> np.ndarray:
+    """Per label, negatives / positives among the known (non-NaN) targets: `bce`'s `pos_weight`
+    against AU imbalance (a label with no positive counts one)."""
+    pos = np.nansum(targets, 0)
+    known = (~np.isnan(targets)).sum(0)
+    return (known - pos) / np.maximum(pos, 1)
 
 
 def bce(logits: Tensor, targets: Tensor, pos_weight: Tensor | None = None) -> Tensor:

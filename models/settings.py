@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from models.losses import LOSSES, Criterion, emotion_class_weights
+from models.losses import LOSSES, Criterion, emotion_class_weights, positive_weight
 from models.networks import ARCHITECTURES, BACKBONE_INPUT, DEFAULT_WEIGHTS, NATIVE_INPUT, ModelConfig
 from models.tasks import TASKS, AUTask, Task
 from warehouse.errors import ConfigError
@@ -207,9 +207,7 @@ class AUTrainingSettings(TrainingSettings):
                 f"loss {self.loss} cannot train on faces with unknown AUs (partial pseudo labels); use bce"
             )
         if self.loss == "bce" and self.pos_weight:
-            pos = np.nansum(train_targets, 0)
-            known = (~np.isnan(train_targets)).sum(0)
-            pw = torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32, device=device)
+            pw = torch.tensor(positive_weight(train_targets), dtype=torch.float32, device=device)
             return lambda logits, y: LOSSES["bce"](logits.float(), y, pos_weight=pw)
         loss = LOSSES[self.loss]
         return lambda logits, y: loss(logits.float(), y)

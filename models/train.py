@@ -99,6 +99,25 @@ def predict_logits(
     return torch.cat(out) if out else torch.empty(0)
 
 
+@torch.no_grad()
+def predict_embeddings(
+    model: nn.Module, faces: Faces, idx: np.ndarray, model_config: ModelConfig, device: torch.device
+) -> np.ndarray:
+    """The backbone's pooled features (what the head reads) of faces[idx], in index order.
+
+    Raises:
+        ValueError: the network has no backbone embedding (a from-scratch CNN).
+    """
+    if not isinstance(model, TransferNet):
+        raise ValueError(f"{type(model).__name__} has no backbone embedding")
+    model.eval()
+    out = [
+        model.embed(normalize(x, model_config)).float().cpu()
+        for x, _ in iterate_batches(faces, np.asarray(idx), 128, device)
+    ]
+    return torch.cat(out).numpy() if out else np.empty((0, model.n_features), np.float32)
+
+
 def _augmentation(mc: ModelConfig, tc: TrainingSettings, **fields: Any) -> Augment:
     stats = normalization(mc)
     return Augment(**{"degrade": tc.degrade, "mean": stats and stats[0], "std": stats and stats[1], **fields})

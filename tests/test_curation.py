@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from ferlab.demo import DEMO_AU
-from ferlab.demotruth import DISFA_LABEL_RULE, ingest_demo_sources, score_au_pseudo_labels, truth_faces
+from ferlab.demotruth import (
+    DISFA_LABEL_RULE,
+    curator_au_labels,
+    ingest_demo_sources,
+    score_au_pseudo_labels,
+    truth_faces,
+)
 from labeling.curation.experiment import ARMS, pseudo_label_experiment
 from labeling.curation.pseudo import pseudo_label
 from labeling.curation.review import REASONS, build_review_queue
@@ -146,12 +152,58 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
     _, n_present, _, n_absent = _au_pseudo_precision(wh, home, report)
     assert n_present >= 20 and n_absent >= 100
 
-    # re-running writes nothing new; the production model's pseudo labels reach a new version
+    # re-running writes nothing new
     again = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
     assert again.added == 0 and again.updated == 0 and again.rows == report.rows
     assert (report.folder / "settings.json").is_file() and (report.folder / "report.json").is_file()
-    new = snapshot_dataset_version(wh)
-    assert new.created and new.counts["au_source"].get("pseudo", 0) > 0
+
+    # The cuts were measured on DISFA's people, not on these sources: unverified, shown to
+    # curators, kept out of dataset versions.
+    assert set(report.unverified) == {"fer2013", "scraped"} and "unverified" in report.summary()
+    stored = wh.sql(
+        "SELECT DISTINCT calibration, verified FROM au_labels WHERE label_source = 'pseudo'"
+    ).to_pylist()
+    assert stored == [{"calibration": "out-of-fold", "verified": False}]
+    assert snapshot_dataset_version(wh).counts["au_source"].get("pseudo", 0) == 0
+
+    # A curator answers 60 FER-2013 faces: that source gets cuts of its own, verified; its pseudo
+    # labels reach the next version, the scraped faces' (35 answers short) still do not.
+    truth = truth_faces(wh, home / "truth.csv")
+    fer = sorted(c for c, f in truth.items() if f.source == "fer2013")[:60]
+    assert curator_au_labels(wh, truth, fer) == 60 * len(truth[fer[0]].intensities)
+    snapshot_dataset_version(wh)
+    calibrated = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9, min_verified_faces=50))
+    assert calibrated.per_source["fer2013"] == {
+        "calibration": "human:fer2013:60",
+        "verified": True,
+        "rows": calibrated.per_source["fer2013"]["rows"],
+    }
+    assert calibrated.unverified == ["scraped"] and set(calibrated.source_thresholds) == {"fer2013"}
+    by_source = {
+        r["source"]: r
+        for r in wh.sql(
+            "SELECT i.source, bool_and(a.verified) AS verified, any_value(a.calibration) AS calibration, "
+            "count(*) AS n FROM au_labels a JOIN images i USING (image_id) WHERE a.label_source = 'pseudo' "
+            "GROUP BY 1"
+        ).to_pylist()
+    }
+    assert by_source["fer2013"]["verified"] and by_source["fer2013"]["calibration"] == "human:fer2013:60"
+    assert not by_source["scraped"]["verified"]
+    assert not {
+        r["crop_id"]
+        for r in wh.sql("SELECT crop_id FROM au_labels WHERE label_source = 'pseudo'").to_pylist()
+    } & set(fer)
+    counted = snapshot_dataset_version(wh)
+    assert counted.counts["au_source"].get("pseudo", 0) > 0
+    sources = (
+        wh.sql(
+            "SELECT DISTINCT source FROM dataset_manifest WHERE version = ? AND au_source = 'pseudo'",
+            [counted.version],
+        )
+        .column("source")
+        .to_pylist()
+    )
+    assert sources == ["fer2013"]
 
 
 # The truth counts an AU present as the DISFA label files the model learnt from do: they hold the

@@ -84,8 +84,8 @@ def test_au_intensities_edited_at_the_source(wh):
 def test_a_warehouse_written_before_versioning_reads_and_migrates(tmp_path):
     home = tmp_path / "home"
     wh = Warehouse(home)
-    # A part as the store wrote it before label tables had `recorded_at`, `crop_id`, `threshold`.
-    added = ("recorded_at", "crop_id", "threshold")
+    # A part as the store wrote it before label tables had `recorded_at`, `crop_id`, `threshold`, `calibration`, `verified`.
+    added = ("recorded_at", "crop_id", "threshold", "calibration", "verified")
     old_schema = pa.schema([f for f in EMOTION_LABELS if f.name not in added])
     old = _emotions({"a": "happy", "b": "sad"}).select(old_schema.names).cast(old_schema)
     pq.write_table(old, home / "tables" / "emotion_labels" / "part-old.parquet")

@@ -165,7 +165,13 @@ def test_a_part_written_before_optional_columns_existed_is_kept(wh):
     write stamp) reads them as null; a part without any other column is off the contract."""
     from warehouse.schemas import EMOTION_LABELS
 
-    old = pa.schema([f for f in EMOTION_LABELS if f.name not in ("recorded_at", "crop_id", "threshold")])
+    old = pa.schema(
+        [
+            f
+            for f in EMOTION_LABELS
+            if f.name not in ("recorded_at", "crop_id", "threshold", "calibration", "verified")
+        ]
+    )
     kept = _write_raw_part(wh, "emotion_labels", _labels(["old"]).select(old.names).cast(old), "old")
     no_emotion = wh.conform("emotion_labels", _labels(["bad"])).drop_columns(["emotion"])
     dropped = _write_raw_part(wh, "emotion_labels", no_emotion, "no-emotion")

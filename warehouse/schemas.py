@@ -12,7 +12,10 @@ Tables
   (intensity >= 2 for DISFA), label_source, probability (for model labels), annotator, recorded_at.
   Both label tables: crop_id names the face a label is about; null only for a label a source
   gives a whole single-face image (DISFA, FER-2013 gold, a scraped folder). Pseudo and human
-  labels always name their face. threshold: the probability threshold a pseudo label passed.
+  labels always name their face. threshold: the probability threshold a pseudo label passed;
+  calibration: where that threshold's precision was measured (the model's held-out people, or
+  the human labels of the face's own source); verified: whether that was the face's own source
+  (an unverified pseudo label is shown to curators but stays out of dataset versions).
   Label tables are versioned: a label is identified by its key (image, crop, [au,] source, annotator);
   when a source corrects a label, the new value is a new row and supersedes the old one. The
   views `emotion_labels` / `au_labels` show the newest row per key; `<table>_history` shows all.
@@ -109,6 +112,8 @@ EMOTION_LABELS = pa.schema(
         pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
         pa.field("crop_id", pa.string()),
         pa.field("threshold", pa.float32()),
+        pa.field("calibration", pa.string()),
+        pa.field("verified", pa.bool_()),
     ]
 )
 
@@ -124,6 +129,8 @@ AU_LABELS = pa.schema(
         pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
         pa.field("crop_id", pa.string()),
         pa.field("threshold", pa.float32()),
+        pa.field("calibration", pa.string()),
+        pa.field("verified", pa.bool_()),
     ]
 )
 
@@ -402,17 +409,17 @@ TABLES: dict[str, TableSpec] = {
             "emotion_labels",
             EMOTION_LABELS,
             ("image_id", "crop_id", "label_source", "annotator"),
-            values=("emotion", "confidence", "threshold"),
+            values=("emotion", "confidence", "threshold", "calibration", "verified"),
             stamp="recorded_at",
-            optional=("crop_id", "threshold"),
+            optional=("crop_id", "threshold", "calibration", "verified"),
         ),
         TableSpec(
             "au_labels",
             AU_LABELS,
             ("image_id", "crop_id", "au", "label_source", "annotator"),
-            values=("intensity", "present", "probability", "threshold"),
+            values=("intensity", "present", "probability", "threshold", "calibration", "verified"),
             stamp="recorded_at",
-            optional=("crop_id", "threshold"),
+            optional=("crop_id", "threshold", "calibration", "verified"),
         ),
         TableSpec("rejects", REJECTS, ("reject_id",)),
         TableSpec("near_duplicates", NEAR_DUPLICATES, ("image_id", "duplicate_of")),

@@ -28,6 +28,9 @@ Which label (per crop, per task, and for AUs per AU)
 - The highest label_source wins: human > gold > pseudo > weak (LABEL_SOURCES order).
 - Pseudo labels count only when written by the task's production model (model_promotions):
   an older model's pseudo labels stay stored but no longer reach a version.
+- An unverified pseudo label (`verified` false: its cut's precision was measured on another
+  source's faces, labeling.curation.pseudo.source_cuts) never reaches a version; curators still
+  see it (FiftyOne, the review queue). Rows from before the flag (null) count, as they did.
 - Within one source: the most confident (emotion_labels.confidence, au_labels.probability;
   a label without one ranks after those with one), then the annotator's name, then the value
   (emotion name; for an AU, absent before present). The tables have no time of labeling, so
@@ -139,6 +142,7 @@ def _manifest_sql(include_flagged: bool) -> str:
                 OR (e.crop_id IS NOT NULL AND k.source IN ({one_face})))
             WHERE e.label_source IN ({sources}) AND e.emotion IN ({_sql_list(EMOTIONS)})
               AND {counts_sql("emotion", "e.")}
+              AND (e.label_source <> 'pseudo' OR e.verified IS NOT FALSE)
         ) WHERE pick = 1
     ),
     au_best AS (
@@ -150,6 +154,7 @@ def _manifest_sql(include_flagged: bool) -> str:
                 OR (a.crop_id IS NOT NULL AND k.source IN ({one_face})))
             WHERE a.label_source IN ({sources}) AND a.au IN ({_sql_list(DISFA_AUS)})
               AND {counts_sql("au", "a.")}
+              AND (a.label_source <> 'pseudo' OR a.verified IS NOT FALSE)
         ) WHERE pick = 1
     ),
     au_wide AS (

@@ -13,6 +13,8 @@ ferlab --home DIR train au|emotion --from-settings best_settings.json|run.json [
 ferlab --home DIR tune au|emotion [--version V] [--trials N] [--search lr dropout ...] [training flags]
 ferlab --home DIR compare-losses [--losses bce lsep pr] [AU training flags]
 ferlab --home DIR pseudo-experiment [--target-precision 0.9] [AU training flags]  # gold vs gold + pseudo
+ferlab --home DIR semi-supervised [--label-fractions 0.2 0.4] [--splits 3] [AU training flags]  # labels saved
+ferlab --home DIR active-learning [--strategies queue random] [--rounds 5] [AU training flags]  # simulated
 ferlab --home DIR review [pull]            # FiftyOne App for curators; pull their edits and tags back
 ferlab --home DIR export VERSION [--format coco yolo tables] --out DIR
 ferlab --home DIR export MODEL_ID --int8 [--calibration static|dynamic]
@@ -30,7 +32,7 @@ One module per command group, each with its parsers beside its handlers (`PARSER
 function adding its parser, + `cmd_*`): ingest (ingest, detect, autolabel), analysis (analyze,
 analyze-disfa, face-detector), curation (review, pseudo-label, review-queue), labelstudio, data
 (sql, doctor, weights, dev, version, demo, demo-data), models (export, distill, train, tune,
-compare-losses, pseudo-experiment, evaluate, models, predict); what they share is in common. Heavy
+compare-losses, pseudo-experiment, semi-supervised, active-learning, evaluate, models, predict); what they share is in common. Heavy
 packages (torch, dagster, ultralytics, fiftyone) are imported by the handlers, not here.
 """
 
@@ -74,7 +76,15 @@ Errors are one line on stderr and a non-zero exit (2: bad input or setting, 1: a
 
 # Commands whose flags are generated from settings classes that import torch: their parsers are
 # built in full only when one of them is the command run (else a bare entry for `ferlab --help`).
-TRAINING_COMMANDS = ("train", "tune", "compare-losses", "pseudo-experiment", "distill")
+TRAINING_COMMANDS = (
+    "train",
+    "tune",
+    "compare-losses",
+    "pseudo-experiment",
+    "semi-supervised",
+    "active-learning",
+    "distill",
+)
 
 
 def _add_parsers(sub, group, names: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""`ferlab labelstudio serve | push | pull | status`: Label Studio, its server and its sync."""
+"""`ferlab labelstudio serve | push | pull | status | agreement`: Label Studio, its server, its sync
+and the agreement between its annotators."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def cmd_labelstudio_push(args: argparse.Namespace) -> int:
     wh = open_warehouse(args)
     rows = queued_faces(wh, args.queue)
     predictions = {} if args.no_predictions else queue_predictions(wh, rows)
-    report = push_faces(wh, rows, predictions, client=_labelstudio_client(args))
+    report = push_faces(wh, rows, predictions, client=_labelstudio_client(args), overlap=args.overlap)
     print(report.summary())
     return 0
 
@@ -53,7 +54,21 @@ def cmd_labelstudio_push(args: argparse.Namespace) -> int:
 def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
     from labeling.labelstudio.sync import pull_annotations
 
-    print(pull_annotations(open_warehouse(args), client=_labelstudio_client(args)).summary())
+    report = pull_annotations(
+        open_warehouse(args), client=_labelstudio_client(args), consensus=args.consensus
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_labelstudio_agreement(args: argparse.Namespace) -> int:
+    from labeling.labelstudio.agreement import write_report
+
+    # the report goes under the data root unless --out says where
+    report = write_report(open_warehouse(args, writable=args.out is None), args.consensus, args.out)
+    for line in report.lines():
+        print(line)
+    print(f"report: {report.files['markdown']} (and report.html)")
     return 0
 
 
@@ -93,11 +108,37 @@ def _add_labelstudio(sub) -> None:
     )
     push.add_argument("--queue", help="only this queue (default: every queued face)")
     push.add_argument("--no-predictions", action="store_true", help="push without pre-filled predictions")
+    push.add_argument(
+        "--overlap",
+        type=int,
+        metavar="N",
+        help="give each task to N annotators (applied to the project; default: as the project has it, "
+        "a new project 1)",
+    )
     pull = ls_sub.add_parser(
         "pull",
         help="write submitted annotations as human labels (updated ones supersede; skipped add nothing; AUs "
-        "only when answered); those outside the label config become rejects",
+        "only when answered); those outside the label config become rejects; faces several annotators "
+        "answered take their consensus, those without one are queued (reason disagreement)",
     )
+    agreement = ls_sub.add_parser(
+        "agreement",
+        help="the agreement between annotators per AU and emotion (percent, Cohen's kappa, Krippendorff's "
+        "alpha) over the faces several answered, from the warehouse: report.md / report.html",
+    )
+    agreement.add_argument(
+        "--out", help="the report's folder (default: <home>/reports/labelstudio/agreement)"
+    )
+    agreement.set_defaults(func=cmd_labelstudio_agreement)
+    for parser_ in (pull, agreement):
+        parser_.add_argument(
+            "--consensus",
+            choices=("majority", "unanimous"),
+            default="majority",
+            help="when several annotators answered a face, the value more than half of them (majority) or "
+            "all of them (unanimous) gave wins; without it the face gets no human label from them "
+            "(default: majority)",
+        )
     status = ls_sub.add_parser(
         "status",
         help="check the server and the token; count tasks and annotations; say how the server's tasks differ "

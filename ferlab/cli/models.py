@@ -1,4 +1,5 @@
-"""The models' commands: `ferlab train`, `tune`, `compare-losses`, `pseudo-experiment`, `evaluate`, `models`,
+"""The models' commands: `ferlab train`, `tune`, `compare-losses`, `pseudo-experiment`, `semi-supervised`,
+`active-learning`, `evaluate`, `models`,
 `export`, `distill`, `predict`."""
 
 from __future__ import annotations
@@ -96,6 +97,34 @@ def cmd_pseudo_experiment(args: argparse.Namespace) -> int:
     experiment = settings_from_flags(args, PseudoExperimentSettings)
     wh = open_warehouse(args)
     result = pseudo_label_experiment(wh, _version_or_snapshot(wh, args.version), training, experiment)
+    print(result.summary())
+    print(f"report: {result.report['markdown']}")
+    return 0
+
+
+def cmd_semi_supervised(args: argparse.Namespace) -> int:
+    from labeling.curation.semisupervised import semi_supervised_experiment
+    from labeling.curation.settings import SemiSupervisedSettings
+    from models.settings import AUTrainingSettings
+
+    training = settings_from_flags(args, AUTrainingSettings)
+    experiment = settings_from_flags(args, SemiSupervisedSettings)
+    wh = open_warehouse(args)
+    result = semi_supervised_experiment(wh, _version_or_snapshot(wh, args.version), training, experiment)
+    print(result.summary())
+    print(f"report: {result.report['markdown']}")
+    return 0
+
+
+def cmd_active_learning(args: argparse.Namespace) -> int:
+    from labeling.curation.active import active_learning_simulation
+    from labeling.curation.settings import ActiveLearningSettings
+    from models.settings import AUTrainingSettings
+
+    training = settings_from_flags(args, AUTrainingSettings)
+    simulation = settings_from_flags(args, ActiveLearningSettings)
+    wh = open_warehouse(args)
+    result = active_learning_simulation(wh, _version_or_snapshot(wh, args.version), training, simulation)
     print(result.summary())
     print(f"report: {result.report['markdown']}")
     return 0
@@ -277,6 +306,34 @@ def _add_training_commands(sub, train: argparse.ArgumentParser) -> None:
     add_settings_flags(experiment, PseudoExperimentSettings)
     experiment.set_defaults(func=cmd_pseudo_experiment)
 
+    from labeling.curation.settings import SemiSupervisedSettings
+
+    semi = sub.add_parser(
+        "semi-supervised",
+        help="fewer human labels for the same AU model? labeled gold vs + pseudo labels vs all gold, "
+        "per label budget and split",
+        description=SemiSupervisedSettings.__doc__ + " The flags are the experiment's, then the AU "
+        "training settings (every arm trains with them).",
+    )
+    semi.add_argument("--version", help="dataset version (default: snapshot the current data)")
+    add_settings_flags(semi, SemiSupervisedSettings)
+    add_settings_flags(semi, AUTrainingSettings)
+    semi.set_defaults(func=cmd_semi_supervised)
+
+    from labeling.curation.settings import ActiveLearningSettings
+
+    active = sub.add_parser(
+        "active-learning",
+        help="does the review queue spend a curator's labels well? a simulated curator answers the frames "
+        "each strategy picks; Avg.F1 against labels spent",
+        description=ActiveLearningSettings.__doc__ + " The flags are the simulation's, then the AU training "
+        "settings (retrained every round: keep the budget small, e.g. --finetune-epochs 0).",
+    )
+    active.add_argument("--version", help="dataset version (default: snapshot the current data)")
+    add_settings_flags(active, ActiveLearningSettings)
+    add_settings_flags(active, AUTrainingSettings)
+    active.set_defaults(func=cmd_active_learning)
+
 
 def _add_export(sub) -> None:
     export = sub.add_parser(
@@ -392,7 +449,8 @@ def _add_predict(sub) -> None:
 
 
 def add_parsers(sub, training_flags: bool = True) -> None:
-    """export, distill, train (and with `training_flags` tune, compare-losses, pseudo-experiment; without
+    """export, distill, train (and with `training_flags` tune, compare-losses, pseudo-experiment,
+    semi-supervised, active-learning; without
     them, a bare `distill` and `tune` for `ferlab --help`: their flags import torch), evaluate, models,
     predict."""
     _add_export(sub)

@@ -14,7 +14,16 @@ target cannot be met (with at least `min_support` held-out faces) gets no labels
 neither side gets none, and the report says so. Emotion: per predicted class, one cut on the
 softmax's top probability, chosen the same way (its precision: the top class is the true one).
 
-Each label row carries the probability, the model id (annotator) and the threshold it passed;
+Where the cuts hold (`source_cuts`): out-of-fold predictions measure precision on the model's own
+held-out people (DISFA's for the AU model), not on 48 px FER-2013 crops or small scraped faces. So
+each source's faces are labeled with cuts chosen on that source's own human-labeled faces (the
+Label Studio / FiftyOne answers that came back) once it has `min_verified_faces` of them
+(calibration "human:<source>:<n>", verified); before that with the out-of-fold cuts, verified only
+for the sources of the held-out people. Unverified labels are written (curators see them) but
+never reach a dataset version (warehouse.versions).
+
+Each label row carries the probability, the model id (annotator), the threshold it passed, its
+calibration and whether it is verified;
 label_source "pseudo". Only the production model's pseudo labels count in a dataset version
 (warehouse.precedence). Labels are keyed (image, face, AU, source, model): re-running writes
 nothing new, and a changed probability supersedes the old row.
@@ -31,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labeling.curation.settings import PseudoLabelSettings
@@ -136,6 +146,68 @@ def au_pseudo_targets(prob: np.ndarray, labels: Sequence[str], cuts: dict[str, C
     return out
 
 
+# ---- where the cuts hold ---------------------------------------------------------------------
+OUT_OF_FOLD = "out-of-fold"
+
+
+@dataclass(frozen=True)
+class SourceCuts:
+    """The cuts a source's faces are labeled with, where their precision was measured, and
+    whether that was on faces of the source itself."""
+
+    cuts: dict[str, Cut | None]
+    calibration: str  # "out-of-fold" (the model's held-out people) or "human:<source>:<faces>"
+    verified: bool
+
+
+def held_out_sources(folds: Sequence[FoldPredictions]) -> set[str]:
+    """The sources of the people the model's held-out predictions were made on (groups are
+    "<source>:<id>")."""
+    return {str(g).split(":", 1)[0] for f in folds for g in f.groups}
+
+
+def source_cuts(
+    wh: Warehouse,
+    task: Task,
+    predictor: Predictor,
+    run_folds: Sequence[FoldPredictions],
+    version: str,
+    sources: Sequence[str],
+    settings: PseudoLabelSettings,
+) -> dict[str, SourceCuts]:
+    """Per source of the faces to label: its own cuts, chosen on the model's predictions of the
+    source's human-labeled faces once it has `min_verified_faces` of them (verified); else the
+    out-of-fold cuts, verified only when the model's held-out people came from that source."""
+    out_of_fold = pseudo_thresholds(run_folds, settings.target_precision, settings.min_support)
+    held_out = held_out_sources(run_folds)
+    manifest = read_manifest(wh, version)
+    human = task.select_rows(manifest.filter(pc.equal(manifest[task.source_column], "human")))
+    found: dict[str, SourceCuts] = {}
+    for source in sorted(set(sources)):
+        rows = human.filter(pc.equal(human["source"], source))
+        if rows.num_rows >= settings.min_verified_faces:
+            predicted, _ = face_predictions(wh, predictor, rows, settings.batch_size)
+            index = {c: i for i, c in enumerate(rows["crop_id"].to_pylist())}
+            rows = rows.take(pa.array([index[c] for c in predicted["crop_id"].to_pylist()], pa.int64()))
+            prob = np.stack([predicted[lab].to_numpy(zero_copy_only=False) for lab in predictor.labels], 1)
+            fold = FoldPredictions(
+                0, list(predictor.labels), task.true_labels(task.targets(rows)), prob, None, []
+            )
+            cuts = pseudo_thresholds([fold], settings.target_precision, settings.min_support)
+            found[source] = SourceCuts(cuts, f"human:{source}:{rows.num_rows}", True)
+        else:
+            found[source] = SourceCuts(out_of_fold, OUT_OF_FOLD, source in held_out)
+        log.info(
+            "%s faces: cuts from %s (%s)",
+            source,
+            found[source].calibration,
+            "verified"
+            if found[source].verified
+            else f"unverified: {rows.num_rows} human-labeled faces, {settings.min_verified_faces} needed",
+        )
+    return found
+
+
 # ---- labeling ---------------------------------------------------------------------------------
 @dataclass
 class PseudoLabelReport:
@@ -148,9 +220,18 @@ class PseudoLabelReport:
     added: int
     updated: int
     skipped: int  # unreadable crops (rejects)
-    thresholds: dict[str, Cut | None]
+    thresholds: dict[str, Cut | None]  # the out-of-fold cuts (the model's held-out people)
     per_label: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {present, absent} / {n}
+    # source -> {calibration, verified, rows}: which cuts each source's faces got
+    per_source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # source -> label -> Cut: the cuts chosen on a source's own human-labeled faces
+    source_thresholds: dict[str, dict[str, Cut | None]] = field(default_factory=dict)
     folder: Path | None = None
+
+    @property
+    def unverified(self) -> list[str]:
+        """Sources whose pseudo labels stay out of dataset versions (their precision unmeasured)."""
+        return [s for s, v in self.per_source.items() if not v["verified"]]
 
     @property
     def unmet(self) -> list[str]:
@@ -159,10 +240,16 @@ class PseudoLabelReport:
 
     def summary(self) -> str:
         unmet = f"; no pseudo labels (target not met): {', '.join(self.unmet)}" if self.unmet else ""
+        unverified = (
+            f"; unverified (kept out of dataset versions until curators label enough of them): "
+            f"{', '.join(self.unverified)}"
+            if self.unverified
+            else ""
+        )
         return (
             f"{self.task} pseudo labels by {self.model_id} on {self.dataset_version}: {self.labeled_faces} of "
             f"{self.faces} faces labeled, {self.rows} rows ({self.added} new, {self.updated} updated), "
-            f"{self.skipped} unreadable{unmet}"
+            f"{self.skipped} unreadable{unmet}{unverified}"
         )
 
     def thresholds_json(self) -> dict[str, Any]:
@@ -259,7 +346,6 @@ def pseudo_label(
     model_id = resolve_model(wh, task, settings.model_id)
     version = settings.version or latest_version(wh)
     run = load_run(wh, model_id)
-    cuts = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
     faces = candidate_faces(wh, task, version)
     log.info(
         "%s: %d faces of %s without a human or gold %s label", model_id, faces.num_rows, version, task.name
@@ -275,7 +361,23 @@ def pseudo_label(
                 for cid, path in skipped
             ]
         )
-    rows, per_label = label_rows(predicted, predictor.labels, cuts, model_id)
+    by_source = source_cuts(wh, task, predictor, run.folds, version, faces["source"].to_pylist(), settings)
+    source_of = dict(zip(faces["crop_id"].to_pylist(), faces["source"].to_pylist(), strict=True))
+    predicted_source = np.array([source_of[c] for c in predicted["crop_id"].to_pylist()], dtype=object)
+    parts, per_label, per_source = [], {}, {}
+    for source, where in by_source.items():
+        mine = predicted.filter(pa.array(predicted_source == source, pa.bool_()))
+        part, counts = label_rows(mine, predictor.labels, where.cuts, model_id)
+        n = part.num_rows
+        parts.append(
+            part.append_column("calibration", pa.array([where.calibration] * n, pa.string())).append_column(
+                "verified", pa.array([where.verified] * n, pa.bool_())
+            )
+        )
+        per_source[source] = {"calibration": where.calibration, "verified": where.verified, "rows": n}
+        for label, c in counts.items():
+            per_label[label] = {k: per_label.get(label, {}).get(k, 0) + v for k, v in c.items()}
+    rows = pa.concat_tables(parts) if parts else label_rows(predicted, predictor.labels, {}, model_id)[0]
     written = wh.append_labels(task.label_table, rows)
     report = PseudoLabelReport(
         task=task.name,
@@ -287,14 +389,20 @@ def pseudo_label(
         added=written.added,
         updated=written.updated,
         skipped=len(skipped),
-        thresholds=cuts,
+        thresholds=pseudo_thresholds(run.folds, settings.target_precision, settings.min_support),
         per_label=per_label,
+        per_source=per_source,
+        source_thresholds={s: w.cuts for s, w in by_source.items() if w.calibration != OUT_OF_FOLD},
     )
     folder = wh.home / "pseudo_labels" / task.name / model_id
     settings.save(folder)
     payload = {
-        **{k: v for k, v in asdict(report).items() if k not in ("thresholds", "folder")},
+        **{k: v for k, v in asdict(report).items() if k not in ("thresholds", "source_thresholds", "folder")},
         "thresholds": report.thresholds_json(),
+        "source_thresholds": {
+            src: {k: (asdict(c) if c else None) for k, c in cuts.items()}
+            for src, cuts in report.source_thresholds.items()
+        },
         "unmet": report.unmet,
     }
     atomic_write_bytes(folder / "report.json", json.dumps(payload, indent=1, default=str).encode())

@@ -52,7 +52,14 @@ from warehouse.errors import ConfigError
 from warehouse.versions import read_manifest
 
 log = logging.getLogger(__name__)
-REASONS = ("between_thresholds", "weak_disagrees", "low_detection_score", "likely_mistake", "most_unique")
+REASONS = (
+    "between_thresholds",
+    "weak_disagrees",
+    "low_detection_score",
+    "likely_mistake",
+    "most_unique",
+    "disagreement",
+)
 
 
 @dataclass
@@ -352,11 +359,10 @@ def most_unique(q: ReviewInputs) -> list[Candidate]:
 
 
 # ---- what differs between tasks -----------------------------------------------------------------
-def _au_unsure(q: ReviewInputs, cuts: dict[str, Cut | None], candidate: np.ndarray) -> list[Candidate]:
-    """For some AU with both pseudo-label thresholds the probability is between them (a one-sided
-    AU is not unsure between them: the model cannot call that side at all). Priority: the share of
-    those AUs that are unsure."""
-    labels, prob = q.labels, q.prob
+def au_unsure(prob: np.ndarray, labels: Sequence[str], cuts: dict[str, Cut | None]) -> tuple[np.ndarray, int]:
+    """(faces, AUs) True where an AU with both pseudo-label thresholds has its probability between
+    them, and how many AUs have both (a one-sided AU is not unsure between them: the model cannot
+    call that side at all). A face's `between_thresholds` priority is its row's share of those."""
     two_sided = [
         k for k, lab in enumerate(labels) if cuts.get(lab) and None not in (cuts[lab].lower, cuts[lab].upper)
     ]
@@ -364,10 +370,17 @@ def _au_unsure(q: ReviewInputs, cuts: dict[str, Cut | None], candidate: np.ndarr
     for k in two_sided:
         c = cuts[labels[k]]
         unsure[:, k] = (prob[:, k] > c.lower) & (prob[:, k] < c.upper)
+    return unsure, len(two_sided)
+
+
+def _au_unsure(q: ReviewInputs, cuts: dict[str, Cut | None], candidate: np.ndarray) -> list[Candidate]:
+    """`au_unsure` over the predicted faces. Priority: the share of the two-sided AUs that are unsure."""
+    labels, prob = q.labels, q.prob
+    unsure, two_sided = au_unsure(prob, labels, cuts)
     found: list[Candidate] = []
     for i in np.flatnonzero(unsure.any(1) & candidate):
         detail = ", ".join(f"{labels[k]} {prob[i, k]:.2f}" for k in np.flatnonzero(unsure[i]))
-        found.append((q.rows_at[i], "between_thresholds", unsure[i].sum() / len(two_sided), detail))
+        found.append((q.rows_at[i], "between_thresholds", unsure[i].sum() / two_sided, detail))
     return found
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
@@ -28,6 +28,13 @@ class PseudoLabelSettings(Settings):
     )
     version: str | None = Field(
         None, description="the dataset version whose faces are labeled (unset: the latest)"
+    )
+    min_verified_faces: int = Field(
+        50,
+        ge=1,
+        description="a source's faces get cuts of their own, chosen on its human-labeled faces, once it has "
+        "this many; before that its pseudo labels are unverified (shown to curators, kept out of dataset "
+        "versions) unless the model's held-out people came from that source",
     )
 
 
@@ -70,3 +77,68 @@ class PseudoExperimentSettings(Settings):
     max_unlabeled: int = Field(
         20000, ge=1, description="at most this many faces to pseudo-label (a fixed sample of the rest)"
     )
+
+
+class SemiSupervisedSettings(Settings):
+    """Fewer human labels for the same AU model? Per subject-exclusive fold, split and label budget:
+    the AU model on the labeled people's gold only, on that gold + its pseudo labels of the other
+    training people (their gold hidden), and on every training person's gold (the ceiling)."""
+
+    label_fractions: tuple[float, ...] = Field(
+        (0.2, 0.4),
+        min_length=1,
+        description="label budgets: the share of each fold's training people labeled",
+    )
+    splits: int = Field(3, ge=1, description="seeded choices of the labeled people per budget")
+    targets: Literal["hard", "soft"] = Field(
+        "soft",
+        description="hard: present / absent at the teacher's cuts, unknown between (masked); soft: the "
+        "teacher's probabilities as targets",
+    )
+    smooth_frames: int = Field(
+        9,
+        ge=0,
+        description="average the teacher's probabilities over this many frames of each video; 0/1: off",
+    )
+    person_norm: bool = Field(
+        False,
+        description="shift each video's teacher logits so that its median is the labeled frames' median "
+        "(a person's own bias taken out before the cuts)",
+    )
+    teachers: Literal["single", "cross-fitted"] = Field(
+        "single",
+        description="single: the labeled-gold model teaches; cross-fitted: the mean of models each trained "
+        "on the labeled people but one (at most 3 folds), cuts chosen on the people each never saw",
+    )
+    rounds: int = Field(1, ge=1, description="self-training rounds: each round's student teaches the next")
+    target_precision: float = Field(
+        0.9, gt=0, lt=1, description="hard targets: each side's precision on the teacher's validation frames"
+    )
+    min_support: int = Field(
+        10, ge=1, description="hard targets: validation frames a side needs beyond its threshold"
+    )
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _shares(cls, fractions: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f < 1 for f in fractions):
+            raise ValueError(f"label budgets are shares strictly between 0 and 1, not {list(fractions)}")
+        return tuple(sorted(set(fractions)))
+
+
+class ActiveLearningSettings(Settings):
+    """Does the review queue spend a curator's labels well? Per subject-exclusive fold and seed, a
+    simulated curator answers the frames each strategy picks with their gold labels; the AU model
+    is retrained after each round and scored on the held-out people."""
+
+    strategies: tuple[str, ...] = Field(
+        ("queue", "uncertainty", "random"), min_length=1, description="queue, uncertainty, random"
+    )
+    initial: int = Field(32, ge=2, description="random frames labeled before the first round")
+    per_round: int = Field(32, ge=1, description="frames the curator labels per round")
+    rounds: int = Field(5, ge=1, description="rounds of labeling and retraining")
+    seeds: int = Field(3, ge=1, description="repeats with other initial frames and draws")
+    target_precision: float = Field(0.9, gt=0, lt=1, description="queue: the pseudo-label cuts' precision")
+    min_support: int = Field(3, ge=1, description="queue: validation frames a cut needs beyond it")
+    unique_top: int = Field(8, ge=0, description="queue: the most unique frames queued per round")
+    neighbours: int = Field(3, ge=1, description="queue: uniqueness is the distance to the k-th neighbour")

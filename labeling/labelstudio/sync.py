@@ -12,6 +12,10 @@ The label config (`label_config_xml`) has a single-choice `emotion` over EMOTION
 multiple-choice `aus` over the 12 DISFA AUs and `aus_reviewed`, the curator's confirmation that
 all 12 AUs were looked at (so that the AUs not ticked are absent).
 
+Overlap: `push_faces(..., overlap=N)` (`ferlab labelstudio push --overlap N`) has the project give
+each task to N annotators (Label Studio's `maximum_annotations`, with `overlap_cohort_percentage`
+100: every task); without it the project keeps its setting (a new project: 1).
+
 Push reconciles with the server: `label_studio_tasks` records (project, face, task); each push
 lists the project's tasks by crop_id, so a face with a task there adds nothing (also one pushed by
 a push killed before it recorded it), and a queued face whose task is gone from the server
@@ -30,6 +34,10 @@ emotion-only answer says nothing about the AUs and writes no AU label. Written w
 supersedes the earlier labels and pulling twice adds nothing. Skipped (cancelled) annotations add
 nothing. Everything is fetched and converted before the first write; each table's write is
 atomic, and a pull killed between the two tables is completed by the next.
+Several curators: labels are keyed by annotator, so the answers of several curators on one face
+are all kept. After the labels, the pull writes the panel's consensus from the warehouse's
+answers (labeling.labelstudio.agreement.apply_consensus, rule `majority` or `unanimous`): it
+decides the face's human label, and a face without consensus is queued for review.
 Limit: an emotion cleared in an updated annotation leaves the earlier emotion label standing
 (labels are never deleted); choose another emotion to correct one. Likewise the AU labels of an
 annotation updated to answer the AUs no more (no AU ticked, no confirmation) stay as they were.
@@ -50,8 +58,10 @@ from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 
+from labeling.labelstudio.agreement import DEFAULT_RULE, ConsensusReport, apply_consensus, check_rule
 from warehouse import Warehouse
 from warehouse.errors import ConfigError, FerlabError
+from warehouse.precedence import CONSENSUS_ANNOTATOR, PANEL_PREFIX
 from warehouse.rejects import Reject
 from warehouse.schemas import DISFA_AUS, EMOTIONS
 
@@ -61,7 +71,7 @@ URL_ENV = "LABEL_STUDIO_URL"
 KEY_ENV = "LABEL_STUDIO_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:8089"
 PROJECT_TITLE = "ferlab faces"
-ANNOTATOR_PREFIX = "labelstudio:"
+ANNOTATOR_PREFIX = PANEL_PREFIX  # labelstudio:<user id>
 AU_NAMES: tuple[str, ...] = tuple(f"AU{n}" for n in DISFA_AUS)
 AU_PRESENT_PROBABILITY = 0.5  # a predicted AU is pre-ticked at this probability or above
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
@@ -280,7 +290,8 @@ class LabelStudioClient:
             return self.sdk.projects.get(id=project_id).label_config or ""
 
     def project_counts(self, project_id: int) -> dict[str, Any]:
-        """The project's title and its task, annotation and skipped-annotation counts."""
+        """The project's title, its task, annotation and skipped-annotation counts and its overlap
+        (annotators per task)."""
         with _calls(self.settings, "read the project"):
             p = self.sdk.projects.get(id=project_id)
         return {
@@ -288,7 +299,33 @@ class LabelStudioClient:
             "tasks": p.task_number,
             "annotations": p.total_annotations_number,
             "skipped": p.skipped_annotations_number,
+            "overlap": p.maximum_annotations,
         }
+
+    def set_overlap(self, project_id: int, overlap: int) -> bool:
+        """Have the project give every task to `overlap` annotators (`maximum_annotations`, over
+        all tasks: `overlap_cohort_percentage` 100); returns whether the project changed.
+
+        Raises:
+            ConfigError: overlap under 1.
+        """
+        if overlap < 1:
+            raise ConfigError(f"overlap must be 1 or more annotators per task, not {overlap}")
+        with _calls(self.settings, "read the project"):
+            p = self.sdk.projects.get(id=project_id)
+        if p.maximum_annotations == overlap and (overlap == 1 or p.overlap_cohort_percentage == 100):
+            return False
+        with _calls(self.settings, "set the overlap"):
+            self.sdk.projects.update(
+                id=project_id, maximum_annotations=overlap, overlap_cohort_percentage=100
+            )
+        log.info(
+            "Label Studio project %d: each task to %d annotators (was %s)",
+            project_id,
+            overlap,
+            p.maximum_annotations,
+        )
+        return True
 
     def prediction_results(self, project_id: int) -> dict[int, list[dict[str, Any]]]:
         """Prediction id -> its result, for the project's predictions (what a task was pre-filled with)."""
@@ -418,14 +455,18 @@ def push_faces(
     model_id: str | None = None,
     client: LabelStudioClient | None = None,
     title: str = PROJECT_TITLE,
+    overlap: int | None = None,
 ) -> PushReport:
     """Push the queued faces (`review_queue`-shaped rows: crop_id, image_id, media_path, [model_id])
     as tasks of the face project, each with the model's prediction when `predictions` has one for
     its crop_id (model_version: the row's model_id, else `model_id`). A face with a task of the
     project on the server adds nothing; one recorded as pushed whose task is gone from the server
-    (deleted there) is pushed again. Records each task in `label_studio_tasks`."""
+    (deleted there) is pushed again. Records each task in `label_studio_tasks`. `overlap`: give
+    each task to that many annotators (None: as the project has it)."""
     client = client or LabelStudioClient()
     project_id = client.ensure_project(wh.home, title)
+    if overlap is not None:
+        client.set_overlap(project_id, overlap)
     faces: dict[str, Mapping[str, Any]] = {}
     for row in queue_rows:
         faces.setdefault(str(row["crop_id"]), row)  # a face queued for several reasons: one task
@@ -573,11 +614,13 @@ class ProjectStatus:
     skipped: int
     diff: TaskDiff
     home: str = ""
+    overlap: int = 1  # annotators per task
 
     def lines(self) -> list[str]:
         head = (
             f"project {self.project_id} {self.title!r}: {self.tasks} tasks ({self.recorded} recorded"
             f"{' in ' + self.home if self.home else ''}), {self.annotations} annotations, {self.skipped} skipped"
+            + (f", each task to {self.overlap} annotators" if self.overlap > 1 else "")
         )
         diff = self.diff.lines()
         if not self.diff.differs:
@@ -599,6 +642,7 @@ def project_status(wh: Warehouse, client: LabelStudioClient, project_id: int) ->
         skipped=int(counts["skipped"] or 0),
         diff=diff,
         home=str(wh.home),
+        overlap=int(counts.get("overlap") or 1),
     )
 
 
@@ -846,7 +890,8 @@ class PullReport:
     au_added: int
     au_updated: int
     rejected: int = 0  # annotations that do not fit the label config: a reject each, no label
-    emotions: dict[str, int] = field(default_factory=dict)  # current human emotion per face, by emotion
+    emotions: dict[str, int] = field(default_factory=dict)  # annotators' current emotions, by emotion
+    consensus: ConsensusReport | None = None  # faces answered by several annotators
 
     def summary(self) -> str:
         return (
@@ -859,6 +904,7 @@ class PullReport:
                 if self.rejected
                 else ""
             )
+            + (f"; {self.consensus.summary()}" if self.consensus and self.consensus.faces else "")
         )
 
 
@@ -882,9 +928,12 @@ def pull_annotations(
     client: LabelStudioClient | None = None,
     project_id: int | None = None,
     title: str = PROJECT_TITLE,
+    consensus: str = DEFAULT_RULE,
 ) -> PullReport:
     """Write the project's submitted annotations as `human` labels, those that do not fit its label
-    config as rejects (see the module docstring)."""
+    config as rejects, then the consensus of the faces several annotators answered under rule
+    `consensus` (`majority`, `unanimous`: labeling.labelstudio.agreement); see the module docstring."""
+    check_rule(consensus)
     client = client or LabelStudioClient()
     if project_id is None:
         project_id = client.find_project(title)
@@ -930,9 +979,11 @@ def pull_annotations(
     wh.add_rejects(rejects)
     e = wh.append_labels("emotion_labels", emotion_rows)
     a = wh.append_labels("au_labels", au_rows)
+    agreed = apply_consensus(wh, consensus)
     emotions = wh.sql(
         "SELECT emotion, count(*) AS n FROM emotion_labels WHERE label_source = 'human' "
-        f"AND starts_with(annotator, '{ANNOTATOR_PREFIX}') GROUP BY 1 ORDER BY 1"
+        "AND starts_with(annotator, $panel) AND annotator <> $consensus GROUP BY 1 ORDER BY 1",
+        {"panel": ANNOTATOR_PREFIX, "consensus": CONSENSUS_ANNOTATOR},
     ).to_pylist()
     return PullReport(
         project_id=project_id,
@@ -945,6 +996,7 @@ def pull_annotations(
         au_updated=a.updated,
         rejected=len(rejects),
         emotions={r["emotion"]: int(r["n"]) for r in emotions},
+        consensus=agreed,
     )
 
 
