@@ -59,8 +59,13 @@ test-fast: setup
 
 # Model-quality gates too costly for every run (the AU check on demo seeds 1 and 2; seed 0 is in
 # `make test`): run before a change to the demo data, the AU training settings or the metrics lands.
+# Model-quality gates, then whether the curation loop pays (fewer human labels for the same model:
+# the semi-supervised protocol, active learning simulated, per-source pseudo-label thresholds) on a
+# demo seed the tests do not use; each prints its figures against its baseline (hours on 2 cores).
 quality: setup
 	$(VENV)/bin/pytest -s -m quality
+	$(PY) -m benchmarks.label_savings
+	$(PY) -m benchmarks.source_calibration
 
 bench: setup
 	$(PY) -m benchmarks.fer2013_ingest

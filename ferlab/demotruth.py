@@ -130,6 +130,7 @@ def curator_au_labels(
             "au": au,
             "intensity": float(v),
             "present": v >= threshold,
+            "probability": None,
             "label_source": "human",
             "annotator": annotator,
         }

@@ -157,8 +157,14 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
     assert again.added == 0 and again.updated == 0 and again.rows == report.rows
     assert (report.folder / "settings.json").is_file() and (report.folder / "report.json").is_file()
 
-    # The cuts were measured on DISFA's people, not on these sources: unverified, shown to
-    # curators, kept out of dataset versions.
+
+def test_a_sources_pseudo_labels_stay_out_of_versions_until_curators_answer_it(demo_root, tmp_path):
+    """Issue 23 part 3: the AU cuts were measured on DISFA's people, not on FER-2013 or scraped
+    faces: their pseudo labels are unverified, shown to curators, kept out of dataset versions,
+    until a curator has answered enough of the source's faces to choose its own cuts."""
+    home = demo_root.copy(tmp_path / "home")
+    wh = Warehouse(home)
+    report = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.9))
     assert set(report.unverified) == {"fer2013", "scraped"} and "unverified" in report.summary()
     stored = wh.sql(
         "SELECT DISTINCT calibration, verified FROM au_labels WHERE label_source = 'pseudo'"
@@ -168,7 +174,7 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
 
     # A curator answers 60 FER-2013 faces: that source gets cuts of its own, verified; its pseudo
     # labels reach the next version, the scraped faces' (35 answers short) still do not.
-    truth = truth_faces(wh, home / "truth.csv")
+    truth = truth_faces(wh, home / "sources" / "truth" / "faces.csv")
     fer = sorted(c for c, f in truth.items() if f.source == "fer2013")[:60]
     assert curator_au_labels(wh, truth, fer) == 60 * len(truth[fer[0]].intensities)
     snapshot_dataset_version(wh)
@@ -179,20 +185,15 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
         "rows": calibrated.per_source["fer2013"]["rows"],
     }
     assert calibrated.unverified == ["scraped"] and set(calibrated.source_thresholds) == {"fer2013"}
-    by_source = {
-        r["source"]: r
-        for r in wh.sql(
-            "SELECT i.source, bool_and(a.verified) AS verified, any_value(a.calibration) AS calibration, "
-            "count(*) AS n FROM au_labels a JOIN images i USING (image_id) WHERE a.label_source = 'pseudo' "
-            "GROUP BY 1"
-        ).to_pylist()
-    }
-    assert by_source["fer2013"]["verified"] and by_source["fer2013"]["calibration"] == "human:fer2013:60"
-    assert not by_source["scraped"]["verified"]
-    assert not {
-        r["crop_id"]
-        for r in wh.sql("SELECT crop_id FROM au_labels WHERE label_source = 'pseudo'").to_pylist()
-    } & set(fer)
+    # Stored rows: the new verified FER-2013 labels; the earlier unverified ones stay stored (those
+    # the new cuts no longer give, and the answered faces', whose human labels win) and never count.
+    stored = wh.sql(
+        "SELECT i.source, a.calibration, a.verified FROM au_labels a JOIN images i USING (image_id) "
+        "WHERE a.label_source = 'pseudo' GROUP BY ALL"
+    ).to_pylist()
+    assert {"source": "fer2013", "calibration": "human:fer2013:60", "verified": True} in stored
+    assert all(r["verified"] == (r["calibration"] != "out-of-fold") for r in stored)
+    assert not any(r["verified"] for r in stored if r["source"] == "scraped")
     counted = snapshot_dataset_version(wh)
     assert counted.counts["au_source"].get("pseudo", 0) > 0
     sources = (
@@ -204,6 +205,11 @@ def test_au_pseudo_labels_on_faces_never_trained_on(home):
         .to_pylist()
     )
     assert sources == ["fer2013"]
+    answered = wh.sql(
+        "SELECT DISTINCT au_source FROM dataset_manifest WHERE version = $v AND crop_id IN (SELECT unnest($c))",
+        {"v": counted.version, "c": fer},
+    )
+    assert answered.column("au_source").to_pylist() == ["human"]
 
 
 # The truth counts an AU present as the DISFA label files the model learnt from do: they hold the

@@ -88,46 +88,39 @@ def cmd_compare_losses(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pseudo_experiment(args: argparse.Namespace) -> int:
-    from labeling.curation.experiment import pseudo_label_experiment
-    from labeling.curation.settings import PseudoExperimentSettings
+def _au_experiment(args: argparse.Namespace, run, settings_type) -> int:
+    """An AU experiment over a dataset version: `run(wh, version, AU training settings, its own
+    settings)` from the flags; prints its summary and report."""
     from models.settings import AUTrainingSettings
 
     training = settings_from_flags(args, AUTrainingSettings)
-    experiment = settings_from_flags(args, PseudoExperimentSettings)
+    experiment = settings_from_flags(args, settings_type)
     wh = open_warehouse(args)
-    result = pseudo_label_experiment(wh, _version_or_snapshot(wh, args.version), training, experiment)
+    result = run(wh, _version_or_snapshot(wh, args.version), training, experiment)
     print(result.summary())
     print(f"report: {result.report['markdown']}")
     return 0
+
+
+def cmd_pseudo_experiment(args: argparse.Namespace) -> int:
+    from labeling.curation.experiment import pseudo_label_experiment
+    from labeling.curation.settings import PseudoExperimentSettings
+
+    return _au_experiment(args, pseudo_label_experiment, PseudoExperimentSettings)
 
 
 def cmd_semi_supervised(args: argparse.Namespace) -> int:
     from labeling.curation.semisupervised import semi_supervised_experiment
     from labeling.curation.settings import SemiSupervisedSettings
-    from models.settings import AUTrainingSettings
 
-    training = settings_from_flags(args, AUTrainingSettings)
-    experiment = settings_from_flags(args, SemiSupervisedSettings)
-    wh = open_warehouse(args)
-    result = semi_supervised_experiment(wh, _version_or_snapshot(wh, args.version), training, experiment)
-    print(result.summary())
-    print(f"report: {result.report['markdown']}")
-    return 0
+    return _au_experiment(args, semi_supervised_experiment, SemiSupervisedSettings)
 
 
 def cmd_active_learning(args: argparse.Namespace) -> int:
     from labeling.curation.active import active_learning_simulation
     from labeling.curation.settings import ActiveLearningSettings
-    from models.settings import AUTrainingSettings
 
-    training = settings_from_flags(args, AUTrainingSettings)
-    simulation = settings_from_flags(args, ActiveLearningSettings)
-    wh = open_warehouse(args)
-    result = active_learning_simulation(wh, _version_or_snapshot(wh, args.version), training, simulation)
-    print(result.summary())
-    print(f"report: {result.report['markdown']}")
-    return 0
+    return _au_experiment(args, active_learning_simulation, ActiveLearningSettings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
