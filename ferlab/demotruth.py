@@ -214,11 +214,12 @@ def score_au_pseudo_labels(
     aus: Sequence[int] | None = None,
     threshold: float = AU_PRESENT_THRESHOLD,
 ) -> PseudoScore:
-    """`model_id`'s AU pseudo labels (au_labels, label_source pseudo) on the faces of `truth`
+    """`model_id`'s AU pseudo labels (au_labels, label_source pseudo, not withdrawn) on the faces of `truth`
     (see `truth_faces`), per AU (default: every AU it labeled) and source; an AU truly present
     at intensity >= `threshold` (DISFA_LABEL_RULE: as the DISFA label files round it)."""
     labels = wh.sql(
-        "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ?",
+        "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ? "
+        "AND calibration IS DISTINCT FROM 'withdrawn'",
         [model_id],
     ).to_pylist()
     labels = [r for r in labels if r["crop_id"] in truth]

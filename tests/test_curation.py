@@ -185,14 +185,14 @@ def test_a_sources_pseudo_labels_stay_out_of_versions_until_curators_answer_it(d
         "rows": calibrated.per_source["fer2013"]["rows"],
     }
     assert calibrated.unverified == ["scraped"] and set(calibrated.source_thresholds) == {"fer2013"}
-    # Stored rows: the new verified FER-2013 labels; the earlier unverified ones stay stored (those
-    # the new cuts no longer give, and the answered faces', whose human labels win) and never count.
+    # Stored rows: the new verified FER-2013 labels; the earlier ones the new cuts no longer give are
+    # withdrawn (unverified), the answered faces keep theirs (their human labels win): none counts.
     stored = wh.sql(
         "SELECT i.source, a.calibration, a.verified FROM au_labels a JOIN images i USING (image_id) "
         "WHERE a.label_source = 'pseudo' GROUP BY ALL"
     ).to_pylist()
     assert {"source": "fer2013", "calibration": "human:fer2013:60", "verified": True} in stored
-    assert all(r["verified"] == (r["calibration"] != "out-of-fold") for r in stored)
+    assert all(r["verified"] == r["calibration"].startswith("human:") for r in stored)
     assert not any(r["verified"] for r in stored if r["source"] == "scraped")
     counted = snapshot_dataset_version(wh)
     assert counted.counts["au_source"].get("pseudo", 0) > 0
@@ -210,6 +210,16 @@ def test_a_sources_pseudo_labels_stay_out_of_versions_until_curators_answer_it(d
         {"v": counted.version, "c": fer},
     )
     assert answered.column("au_source").to_pylist() == ["human"]
+
+    # Stricter cuts: the labels they no longer give are withdrawn (unverified), and leave versions.
+    stricter = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.98, min_verified_faces=50))
+    assert stricter.withdrawn > 0 and f"{stricter.withdrawn} withdrawn" in stricter.summary()
+    gone = wh.sql(
+        "SELECT count(*) AS n FROM au_labels WHERE calibration = 'withdrawn' AND verified"
+    ).to_pylist()
+    assert gone[0]["n"] == 0
+    fewer = snapshot_dataset_version(wh).counts["au_source"].get("pseudo", 0)
+    assert fewer < counted.counts["au_source"]["pseudo"]
 
 
 # The truth counts an AU present as the DISFA label files the model learnt from do: they hold the

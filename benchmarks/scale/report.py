@@ -410,9 +410,27 @@ def write_report(records: list[dict], out: Path) -> str:
     return text
 
 
+def merged(records: list[dict], extra: list[dict]) -> list[dict]:
+    """`records` plus the stage rows of `extra` (another run's scale.jsonl) for stages `records`
+    has none of: a stage measured in a run of its own (other sizes, a given student) joins the
+    report of the main run."""
+    have = {r["stage"] for r in stage_rows(records)}
+    return records + [
+        r for r in extra if r.get("kind") in ("stage", "batch", "setup") and r.get("stage") not in have
+    ]
+
+
 def main() -> None:
+    """`python -m benchmarks.scale.report [OUT] [OTHER_RUN_DIR ...]`: the report of OUT's
+    scale.jsonl (default results/), with the stages only the other runs measured added; the
+    merged rows are written back to OUT/scale.jsonl."""
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"
-    print(write_report(load(out / "scale.jsonl"), out))
+    records = load(out / "scale.jsonl")
+    for other in sys.argv[2:]:
+        records = merged(records, load(Path(other) / "scale.jsonl"))
+    if len(sys.argv) > 2:
+        (out / "scale.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(write_report(records, out))
 
 
 if __name__ == "__main__":

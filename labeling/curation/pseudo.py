@@ -53,6 +53,7 @@ from warehouse import Warehouse
 from warehouse.atomic import atomic_path, atomic_write_bytes
 from warehouse.errors import ConfigError
 from warehouse.rejects import Reject
+from warehouse.schemas import TABLES
 from warehouse.versions import list_versions, read_manifest
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ class PseudoLabelReport:
     per_source: dict[str, dict[str, Any]] = field(default_factory=dict)
     # source -> label -> Cut: the cuts chosen on a source's own human-labeled faces
     source_thresholds: dict[str, dict[str, Cut | None]] = field(default_factory=dict)
+    withdrawn: int = 0  # earlier labels of this model the cuts no longer give (now unverified)
     folder: Path | None = None
 
     @property
@@ -249,7 +251,7 @@ class PseudoLabelReport:
         return (
             f"{self.task} pseudo labels by {self.model_id} on {self.dataset_version}: {self.labeled_faces} of "
             f"{self.faces} faces labeled, {self.rows} rows ({self.added} new, {self.updated} updated), "
-            f"{self.skipped} unreadable{unmet}{unverified}"
+            f"{self.skipped} unreadable, {self.withdrawn} withdrawn{unmet}{unverified}"
         )
 
     def thresholds_json(self) -> dict[str, Any]:
@@ -379,6 +381,7 @@ def pseudo_label(
             per_label[label] = {k: per_label.get(label, {}).get(k, 0) + v for k, v in c.items()}
     rows = pa.concat_tables(parts) if parts else label_rows(predicted, predictor.labels, {}, model_id)[0]
     written = wh.append_labels(task.label_table, rows)
+    withdrawn = withdraw_stale(wh, task, model_id, faces, rows)
     report = PseudoLabelReport(
         task=task.name,
         model_id=model_id,
@@ -393,6 +396,7 @@ def pseudo_label(
         per_label=per_label,
         per_source=per_source,
         source_thresholds={s: w.cuts for s, w in by_source.items() if w.calibration != OUT_OF_FOLD},
+        withdrawn=withdrawn,
     )
     folder = wh.home / "pseudo_labels" / task.name / model_id
     settings.save(folder)
@@ -409,6 +413,33 @@ def pseudo_label(
     report.folder = folder
     log.info(report.summary())
     return report
+
+
+WITHDRAWN = "withdrawn"
+
+
+def withdraw_stale(wh: Warehouse, task: Task, model_id: str, faces: pa.Table, rows: pa.Table) -> int:
+    """The model's stored pseudo labels of `faces` that this run's cuts no longer give (a stricter
+    cut, a source calibrated anew) are written again as unverified, calibration "withdrawn": they
+    stay in the history but leave dataset versions. Returns how many were withdrawn."""
+    key = [k for k in TABLES[task.label_table].key if k != "label_source"]
+    stored = wh.sql(
+        f"SELECT * EXCLUDE (recorded_at) FROM {task.label_table} WHERE label_source = 'pseudo' "
+        "AND annotator = $model AND crop_id IN (SELECT unnest($crops)) AND calibration IS DISTINCT FROM $w",
+        {"model": model_id, "crops": faces["crop_id"].to_pylist(), "w": WITHDRAWN},
+    )
+    given = set(zip(*(rows[k].to_pylist() for k in key), strict=True))
+    stale = [
+        i for i, k in enumerate(zip(*(stored[k].to_pylist() for k in key), strict=True)) if k not in given
+    ]
+    if not stale:
+        return 0
+    out = stored.take(pa.array(stale, pa.int64()))
+    out = out.set_column(out.schema.get_field_index("verified"), "verified", pa.array([False] * len(stale)))
+    out = out.set_column(
+        out.schema.get_field_index("calibration"), "calibration", pa.array([WITHDRAWN] * len(stale))
+    )
+    return wh.append_labels(task.label_table, out).updated
 
 
 # ---- label rows, per task -----------------------------------------------------------------------
