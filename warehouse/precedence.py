@@ -26,6 +26,8 @@ from warehouse.store import quote_literal
 
 PANEL_PREFIX = "labelstudio:"  # the annotators of a tool that may give one face to several curators
 CONSENSUS_ANNOTATOR = PANEL_PREFIX + "consensus"  # the panel's outcome on a face (module docstring)
+# per task: its label table and the column holding a consensus row's share of annotators
+PANEL_SHARE = {"emotion": ("emotion_labels", "confidence"), "au": ("au_labels", "probability")}
 
 
 def source_rank_sql(column: str = "label_source") -> str:
@@ -90,7 +92,7 @@ def panel_counts_sql(task: str, alias: str = "") -> str:
     for a panel answer of a face that has a consensus row in the table, and for a consensus row
     whose share of annotators is under the rule's (module docstring); true for any other row."""
     a = alias
-    table, share = ("emotion_labels", "confidence") if task == "emotion" else ("au_labels", "probability")
+    table, share = PANEL_SHARE[task]
     panel, consensus = quote_literal(PANEL_PREFIX), quote_literal(CONSENSUS_ANNOTATOR)
     return (
         f"({a}label_source <> 'human' OR NOT starts_with({a}annotator, {panel}) OR CASE "
