@@ -220,13 +220,17 @@ au_eval_report = _report_asset("au", au_model)
 emotion_eval_report = _report_asset("emotion", emotion_model)
 
 
-@asset(
+# An experiment over one dataset version: launched by hand, trains in the training pool, writes a report.
+experiment_asset = asset(
     group_name=GROUP,
     deps=[dataset_version],
     partitions_def=dataset_versions,
     kinds={"pytorch", "markdown"},
     pool=TRAINING_POOL,
 )
+
+
+@experiment_asset
 def au_loss_comparison(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: LossComparisonConfig
 ) -> MaterializeResult:
@@ -242,13 +246,7 @@ def au_loss_comparison(
     )
 
 
-@asset(
-    group_name=GROUP,
-    deps=[dataset_version],
-    partitions_def=dataset_versions,
-    kinds={"pytorch", "markdown"},
-    pool=TRAINING_POOL,
-)
+@experiment_asset
 def au_pseudo_label_experiment(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoExperimentConfig
 ) -> MaterializeResult:
@@ -271,13 +269,7 @@ def au_pseudo_label_experiment(
     )
 
 
-@asset(
-    group_name=GROUP,
-    deps=[dataset_version],
-    partitions_def=dataset_versions,
-    kinds={"pytorch", "markdown"},
-    pool=TRAINING_POOL,
-)
+@experiment_asset
 def au_semi_supervised_experiment(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: SemiSupervisedConfig
 ) -> MaterializeResult:
@@ -314,13 +306,7 @@ def au_semi_supervised_experiment(
     )
 
 
-@asset(
-    group_name=GROUP,
-    deps=[dataset_version],
-    partitions_def=dataset_versions,
-    kinds={"pytorch", "markdown"},
-    pool=TRAINING_POOL,
-)
+@experiment_asset
 def au_active_learning_simulation(
     context: AssetExecutionContext, warehouse: WarehouseResource, config: ActiveLearningConfig
 ) -> MaterializeResult:
