@@ -142,14 +142,7 @@ def run_variant(home: Path, settings: AUTrainingSettings, truth_csv: Path) -> tu
         "train_s": round(trained),
     }
     for source in (*SOURCES, None):
-        t = score.overall(source)
-        summary[source or "overall"] = {
-            "present_precision": None if t.present_precision is None else round(t.present_precision, 3),
-            "n_present": t.n_present,
-            "absent_precision": None if t.absent_precision is None else round(t.absent_precision, 3),
-            "n_absent": t.n_absent,
-            "coverage": round(t.coverage, 3),
-        }
+        summary[source or "overall"] = score.overall(source).figures()
     t = rounded.overall()
     summary["overall_disfa_rule"] = {
         "present_precision": round(t.present_precision or 0, 3),

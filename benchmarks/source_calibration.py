@@ -62,17 +62,7 @@ def score(wh: Warehouse, truth: dict, model_id: str, faces: set[str]) -> dict[st
     """Per source: precision of present / absent pseudo labels and coverage, on `faces` only."""
     kept = {c: f for c, f in truth.items() if c in faces}
     s = score_au_pseudo_labels(wh, kept, model_id, threshold=DISFA_LABEL_RULE)
-    out = {}
-    for source in (*SOURCES, None):
-        t = s.overall(source)
-        out[source or "both"] = {
-            "present_precision": None if t.present_precision is None else round(t.present_precision, 3),
-            "n_present": t.n_present,
-            "absent_precision": None if t.absent_precision is None else round(t.absent_precision, 3),
-            "n_absent": t.n_absent,
-            "coverage": round(t.coverage, 3),
-        }
-    return out
+    return {source or "both": s.overall(source).figures() for source in (*SOURCES, None)}
 
 
 def _line(name: str, figures: dict[str, dict]) -> None:

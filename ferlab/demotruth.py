@@ -163,6 +163,16 @@ class Tally:
         """Share of the (face, AU) decisions that got a label."""
         return (self.n_present + self.n_absent) / self.faces if self.faces else 0.0
 
+    def figures(self) -> dict[str, float | int | None]:
+        """Precision and count of each side, and coverage, rounded for a benchmark's JSON line."""
+        return {
+            "present_precision": None if self.present_precision is None else round(self.present_precision, 3),
+            "n_present": self.n_present,
+            "absent_precision": None if self.absent_precision is None else round(self.absent_precision, 3),
+            "n_absent": self.n_absent,
+            "coverage": round(self.coverage, 3),
+        }
+
     def add(self, other: Tally) -> None:
         for k in ("faces", "n_present", "true_present", "n_absent", "true_absent"):
             setattr(self, k, getattr(self, k) + getattr(other, k))

@@ -337,16 +337,25 @@ class FoldRun:
     test_idx: np.ndarray
 
 
+def predict_probabilities(
+    model: nn.Module, faces: Faces, idx: np.ndarray, settings: TrainingSettings
+) -> np.ndarray:
+    """The task's probabilities (its output activation) of faces[idx], in index order, as numpy."""
+    logits = predict_logits(
+        model, faces, idx, settings.network(), torch_device(settings.device), amp=settings.amp
+    )
+    return settings.task.probabilities(logits).numpy()
+
+
 def fold_predictions(
     faces: Faces, fold: int, fitted: FitResult, val_idx, test_idx, settings: TrainingSettings
 ) -> FoldPredictions:
     """A fitted model's probabilities on faces[test_idx], with the task's thresholds chosen on
     faces[val_idx] (never on the test faces)."""
-    device, mc, task = torch_device(settings.device), settings.network(), settings.task
+    task = settings.task
 
     def prob(idx: np.ndarray) -> np.ndarray:
-        logits = predict_logits(fitted.model, faces, idx, mc, device, amp=settings.amp)
-        return task.probabilities(logits).numpy()
+        return predict_probabilities(fitted.model, faces, idx, settings)
 
     test_prob = prob(test_idx)
     thresholds = task.thresholds(faces.targets[val_idx], lambda: prob(val_idx))

@@ -87,6 +87,13 @@ def counts_sql(task: str, alias: str = "") -> str:
     )
 
 
+def verified_sql(alias: str = "") -> str:
+    """SQL condition over label rows: false for a pseudo label marked unverified (its cut's
+    precision measured on another source's faces: labeling.curation.pseudo.source_cuts), which
+    curators see but dataset versions leave out; rows from before the flag (null) count."""
+    return f"({alias}label_source <> 'pseudo' OR {alias}verified IS NOT FALSE)"
+
+
 def panel_counts_sql(task: str, alias: str = "") -> str:
     """SQL condition over label rows of `task` ("au", "emotion"; columns prefixed by `alias`): false
     for a panel answer of a face that has a consensus row in the table, and for a consensus row

@@ -67,6 +67,7 @@ from warehouse.precedence import (
     emotion_order_sql,
     rank_source_sql,
     source_rank_sql,
+    verified_sql,
 )
 from warehouse.schemas import AU_COLUMNS, DATASET_MANIFEST, DISFA_AUS, EMOTIONS, LABEL_SOURCES
 from warehouse.store import Warehouse, quote_literal
@@ -142,7 +143,7 @@ def _manifest_sql(include_flagged: bool) -> str:
                 OR (e.crop_id IS NOT NULL AND k.source IN ({one_face})))
             WHERE e.label_source IN ({sources}) AND e.emotion IN ({_sql_list(EMOTIONS)})
               AND {counts_sql("emotion", "e.")}
-              AND (e.label_source <> 'pseudo' OR e.verified IS NOT FALSE)
+              AND {verified_sql("e.")}
         ) WHERE pick = 1
     ),
     au_best AS (
@@ -154,7 +155,7 @@ def _manifest_sql(include_flagged: bool) -> str:
                 OR (a.crop_id IS NOT NULL AND k.source IN ({one_face})))
             WHERE a.label_source IN ({sources}) AND a.au IN ({_sql_list(DISFA_AUS)})
               AND {counts_sql("au", "a.")}
-              AND (a.label_source <> 'pseudo' OR a.verified IS NOT FALSE)
+              AND {verified_sql("a.")}
         ) WHERE pick = 1
     ),
     au_wide AS (

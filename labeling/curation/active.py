@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from labeling.curation.experiment import experiment_id
 from labeling.curation.pseudo import pseudo_thresholds
 from labeling.curation.review import au_unsure, knn_uniqueness
 from labeling.curation.semisupervised import GoldFrames, gold_frames
@@ -44,11 +45,10 @@ from models.evaluation import overall
 from models.predictions import FoldPredictions
 from models.report import evaluate_folds
 from models.settings import AUTrainingSettings
-from models.train import FitResult, fit, fold_predictions, predict_embeddings, predict_logits
+from models.train import FitResult, fit, fold_predictions, predict_embeddings, predict_probabilities
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
 from warehouse.errors import ConfigError
-from warehouse.hashing import stable_id
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,6 @@ class ActiveLearningResult:
         return "\n".join(lines)
 
 
-def experiment_id(version: str, training: AUTrainingSettings, settings: ActiveLearningSettings) -> str:
-    key = json.dumps([training.to_dict(), settings.model_dump(mode="json")], sort_keys=True)
-    return f"au-active-learning-{stable_id(version, key)[:10]}"
-
-
 def active_learning_simulation(
     wh: Warehouse,
     version: str,
@@ -158,7 +153,7 @@ def active_learning_simulation(
     unknown = [name for name in settings.strategies if name not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}: choose from {sorted(STRATEGIES)}")
-    eid = experiment_id(version, training, settings)
+    eid = experiment_id(version, training, settings, kind="au-active-learning")
     frames = gold_frames(wh, version, training)
     groups = frames.faces.groups
     rounds: list[Round] = []
@@ -189,7 +184,6 @@ def _simulate(
     fold: int,
 ):
     faces = frames.faces
-    device, mc = torch_device(training.device), training.network()
     labeled = np.sort(start)
     for r in range(settings.rounds + 1):
         tr, va, _ = validation_split(faces.groups, labeled, seed=training.seed)
@@ -200,26 +194,21 @@ def _simulate(
         if r == settings.rounds:
             break
         candidates = np.setdiff1d(train_all, labeled)
-        pool = _pool(frames, model, candidates, va, predictions.thresholds, training, device, mc)
+        pool = _pool(frames, model, candidates, va, predictions.thresholds, training)
         chosen = candidates[STRATEGIES[name](pool, settings.per_round, rng, settings)]
         labeled = np.union1d(labeled, chosen)  # the curator answers with the gold labels
 
 
-def _pool(frames, model: FitResult, candidates, val_idx, thresholds, training, device, mc) -> Pool:
+def _pool(frames, model: FitResult, candidates, val_idx, thresholds, training) -> Pool:
     faces = frames.faces
-
-    def prob(idx: np.ndarray) -> np.ndarray:
-        return training.task.probabilities(
-            predict_logits(model.model, faces, idx, mc, device, amp=training.amp)
-        ).numpy()
-
-    validation = FoldPredictions(
-        0, faces.labels, faces.targets[val_idx].astype(bool), prob(val_idx), None, []
-    )
+    val_prob = predict_probabilities(model.model, faces, val_idx, training)
+    validation = FoldPredictions(0, faces.labels, faces.targets[val_idx].astype(bool), val_prob, None, [])
     return Pool(
         candidates,
-        prob(candidates),
-        lambda: predict_embeddings(model.model, faces, candidates, mc, device),
+        predict_probabilities(model.model, faces, candidates, training),
+        lambda: predict_embeddings(
+            model.model, faces, candidates, training.network(), torch_device(training.device)
+        ),
         np.asarray(thresholds, np.float64),
         validation,
         list(faces.labels),

@@ -31,16 +31,16 @@ import numpy as np
 from labeling.curation.pseudo import STRONG_SOURCES, Cut, au_pseudo_targets, pseudo_thresholds
 from labeling.curation.settings import PseudoExperimentSettings
 from models.data import Faces, decode_crops, group_kfold, validation_split
-from models.device import torch_device
 from models.evaluation import overall
 from models.predictions import FoldPredictions
 from models.report import au_side_by_side_report, evaluate_folds
 from models.settings import AUTrainingSettings
-from models.train import fit, fold_predictions, predict_logits
+from models.train import fit, fold_predictions, predict_probabilities
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
 from warehouse.errors import ConfigError
 from warehouse.hashing import stable_id
+from warehouse.settings import Settings
 from warehouse.versions import read_manifest
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ class PseudoExperiment:
         )
 
 
-def experiment_id(version: str, training: AUTrainingSettings, settings: PseudoExperimentSettings) -> str:
-    """Same version + same settings -> same id (a re-run replaces its report, never duplicates)."""
+def experiment_id(
+    version: str, training: AUTrainingSettings, settings: Settings, kind: str = "au-pseudo-experiment"
+) -> str:
+    """`<kind>-<hash>`: same version + same settings -> same id (a re-run replaces its report, never
+    duplicates). Every AU experiment of labeling.curation names its report folder so."""
     key = json.dumps([training.to_dict(), settings.model_dump(mode="json")], sort_keys=True)
-    return f"au-pseudo-experiment-{stable_id(version, key)[:10]}"
+    return f"{kind}-{stable_id(version, key)[:10]}"
 
 
 def experiment_faces(
@@ -133,13 +136,6 @@ def experiment_faces(
     return faces, np.arange(n_gold), np.arange(n_gold, len(crop_ids))
 
 
-def _probabilities(model, faces: Faces, idx: np.ndarray, training: AUTrainingSettings) -> np.ndarray:
-    logits = predict_logits(
-        model, faces, idx, training.network(), torch_device(training.device), amp=training.amp
-    )
-    return training.task.probabilities(logits).numpy()
-
-
 def pseudo_label_experiment(
     wh: Warehouse,
     version: str,
@@ -176,12 +172,14 @@ def pseudo_label_experiment(
             fold,
             faces.labels,
             faces.targets[val_idx].astype(bool),
-            _probabilities(teacher.model, faces, val_idx, training),
+            predict_probabilities(teacher.model, faces, val_idx, training),
             None,
             [],
         )
         cuts = pseudo_thresholds([val_fold], settings.target_precision, settings.min_support)
-        pseudo = au_pseudo_targets(_probabilities(teacher.model, faces, pool, training), faces.labels, cuts)
+        pseudo = au_pseudo_targets(
+            predict_probabilities(teacher.model, faces, pool, training), faces.labels, cuts
+        )
         labeled = ~np.isnan(pseudo).all(1)
         student_targets = faces.targets.copy()
         student_targets[pool] = pseudo

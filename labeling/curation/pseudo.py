@@ -172,16 +172,16 @@ def source_cuts(
     task: Task,
     predictor: Predictor,
     run_folds: Sequence[FoldPredictions],
-    version: str,
+    out_of_fold: dict[str, Cut | None],
+    manifest: pa.Table,
     sources: Sequence[str],
     settings: PseudoLabelSettings,
 ) -> dict[str, SourceCuts]:
     """Per source of the faces to label: its own cuts, chosen on the model's predictions of the
-    source's human-labeled faces once it has `min_verified_faces` of them (verified); else the
-    out-of-fold cuts, verified only when the model's held-out people came from that source."""
-    out_of_fold = pseudo_thresholds(run_folds, settings.target_precision, settings.min_support)
+    source's human-labeled faces of the version (`manifest`) once it has `min_verified_faces` of
+    them (verified); else `out_of_fold` (the cuts of the model's held-out predictions `run_folds`),
+    verified only when the model's held-out people came from that source."""
     held_out = held_out_sources(run_folds)
-    manifest = read_manifest(wh, version)
     human = task.select_rows(manifest.filter(pc.equal(manifest[task.source_column], "human")))
     found: dict[str, SourceCuts] = {}
     for source in sorted(set(sources)):
@@ -258,9 +258,12 @@ class PseudoLabelReport:
         return {k: (asdict(c) if c else None) for k, c in self.thresholds.items()}
 
 
-def candidate_faces(wh: Warehouse, task: str | Task, version: str) -> pa.Table:
-    """The version's usable faces without a human or gold label for `task` (manifest rows)."""
-    manifest = read_manifest(wh, version)
+def candidate_faces(
+    wh: Warehouse, task: str | Task, version: str, manifest: pa.Table | None = None
+) -> pa.Table:
+    """The version's usable faces without a human or gold label for `task` (manifest rows; the
+    version's manifest is read unless given)."""
+    manifest = read_manifest(wh, version) if manifest is None else manifest
     source = manifest.column(get_task(task).source_column).to_pylist()
     keep = [s not in STRONG_SOURCES for s in source]
     return manifest.filter(pa.array(keep, pa.bool_()))
@@ -348,7 +351,9 @@ def pseudo_label(
     model_id = resolve_model(wh, task, settings.model_id)
     version = settings.version or latest_version(wh)
     run = load_run(wh, model_id)
-    faces = candidate_faces(wh, task, version)
+    manifest = read_manifest(wh, version)
+    faces = candidate_faces(wh, task, version, manifest)
+    out_of_fold = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
     log.info(
         "%s: %d faces of %s without a human or gold %s label", model_id, faces.num_rows, version, task.name
     )
@@ -363,7 +368,9 @@ def pseudo_label(
                 for cid, path in skipped
             ]
         )
-    by_source = source_cuts(wh, task, predictor, run.folds, version, faces["source"].to_pylist(), settings)
+    by_source = source_cuts(
+        wh, task, predictor, run.folds, out_of_fold, manifest, faces["source"].to_pylist(), settings
+    )
     source_of = dict(zip(faces["crop_id"].to_pylist(), faces["source"].to_pylist(), strict=True))
     predicted_source = np.array([source_of[c] for c in predicted["crop_id"].to_pylist()], dtype=object)
     parts, per_label, per_source = [], {}, {}
@@ -392,7 +399,7 @@ def pseudo_label(
         added=written.added,
         updated=written.updated,
         skipped=len(skipped),
-        thresholds=pseudo_thresholds(run.folds, settings.target_precision, settings.min_support),
+        thresholds=out_of_fold,
         per_label=per_label,
         per_source=per_source,
         source_thresholds={s: w.cuts for s, w in by_source.items() if w.calibration != OUT_OF_FOLD},

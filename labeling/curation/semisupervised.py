@@ -38,18 +38,19 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 from scipy.ndimage import uniform_filter1d
+from scipy.special import expit, logit
 
+from labeling.curation.experiment import experiment_id
 from labeling.curation.pseudo import au_pseudo_targets, pseudo_thresholds
 from labeling.curation.settings import SemiSupervisedSettings
 from models import render
 from models.data import Faces, group_kfold, load_faces, validation_split
-from models.device import torch_device
 from models.evaluation import Rows, overall
 from models.losses import positive_weight
 from models.predictions import FoldPredictions
 from models.report import evaluate_folds
 from models.settings import AUTrainingSettings
-from models.train import FitResult, fit, fold_predictions, predict_logits
+from models.train import FitResult, fit, fold_predictions, predict_probabilities
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
 from warehouse.errors import ConfigError
@@ -94,12 +95,6 @@ class SemiSupervisedResult:
         return "\n".join(lines)
 
 
-def experiment_id(version: str, training: AUTrainingSettings, settings: SemiSupervisedSettings) -> str:
-    """Same version + same settings -> same id (a re-run replaces its report, never duplicates)."""
-    key = json.dumps([training.to_dict(), settings.model_dump(mode="json")], sort_keys=True)
-    return f"au-semi-supervised-{stable_id(version, key)[:10]}"
-
-
 @dataclass(frozen=True)
 class GoldFrames:
     """The version's gold AU faces and, per face, its place on a video's time axis."""
@@ -129,7 +124,7 @@ class GoldFrames:
         for v in np.unique(videos):
             rows = videos == v
             z[rows] += reference - np.median(z[rows], axis=0)
-        return 1 / (1 + np.exp(-z))
+        return expit(z)
 
 
 def gold_frames(wh: Warehouse, version: str, training: AUTrainingSettings) -> GoldFrames:
@@ -163,13 +158,6 @@ def labeled_people(people: list[str], fraction: float, split: int, fold: int, se
     return ranked[: min(len(ranked), max(2, round(fraction * len(ranked))))]
 
 
-def _probabilities(model, faces: Faces, idx: np.ndarray, training: AUTrainingSettings) -> np.ndarray:
-    logits = predict_logits(
-        model, faces, idx, training.network(), torch_device(training.device), amp=training.amp
-    )
-    return training.task.probabilities(logits).numpy()
-
-
 @dataclass(frozen=True)
 class Teacher:
     """One model that labels the pool: what it trained on (its positive weighting) and the
@@ -195,10 +183,10 @@ def pseudo_targets(
     def raw(t: Teacher, idx: np.ndarray) -> np.ndarray:
         # A pos-weighted BCE teaches odds `pos_weight` times the frequency's: divided back out, the
         # teacher's probabilities are frequencies again (what a soft target must be).
-        z = _logit(_probabilities(t.fit.model, faces, idx, training))
+        z = _logit(predict_probabilities(t.fit.model, faces, idx, training))
         if training.pos_weight:
             z = z - np.log(np.maximum(positive_weight(faces.targets[t.train_idx]), 1e-6))
-        return 1 / (1 + np.exp(-z))
+        return expit(z)
 
     def prob(p: np.ndarray, idx: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
         if reference is not None:
@@ -266,8 +254,8 @@ def label_quality(targets: np.ndarray, hidden_gold: np.ndarray) -> dict[str, flo
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    """logit of probabilities kept off 0 and 1 (a saturated sigmoid would give infinities)."""
+    return logit(np.clip(p, 1e-6, 1 - 1e-6))
 
 
 def semi_supervised_experiment(
@@ -288,7 +276,7 @@ def semi_supervised_experiment(
     settings = settings or SemiSupervisedSettings()
     if training.loss != "bce":
         raise ConfigError(f"loss {training.loss}: the semi-supervised experiment trains with bce")
-    eid = experiment_id(version, training, settings)
+    eid = experiment_id(version, training, settings, kind="au-semi-supervised")
     frames = gold_frames(wh, version, training)
     faces = frames.faces
     k = training.folds
