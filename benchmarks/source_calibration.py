@@ -33,7 +33,7 @@ from ferlab.demotruth import (
     score_au_pseudo_labels,
     truth_faces,
 )
-from labeling.curation.pseudo import pseudo_label
+from labeling.curation.pseudo import PseudoLabelReport, pseudo_label
 from labeling.curation.settings import PseudoLabelSettings
 from models.pipeline import evaluate_model, train_model
 from models.registry import decide_promotion
@@ -58,10 +58,12 @@ def prepare(work: Path, seed: int) -> tuple[Warehouse, Path]:
     return Warehouse(home), Path(done.read_text())
 
 
-def score(wh: Warehouse, truth: dict, model_id: str, faces: set[str]) -> dict[str, dict]:
-    """Per source: precision of present / absent pseudo labels and coverage, on `faces` only."""
+def score(wh: Warehouse, truth: dict, report: PseudoLabelReport, faces: set[str]) -> dict[str, dict]:
+    """Per source: precision of present / absent pseudo labels and coverage (of every AU the model
+    predicts), on `faces` only."""
     kept = {c: f for c, f in truth.items() if c in faces}
-    s = score_au_pseudo_labels(wh, kept, model_id, threshold=DISFA_LABEL_RULE)
+    aus = [int(label.removeprefix("AU")) for label in report.thresholds]
+    s = score_au_pseudo_labels(wh, kept, report.model_id, aus, threshold=DISFA_LABEL_RULE)
     return {source or "both": s.overall(source).figures() for source in (*SOURCES, None)}
 
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         faces = sorted(c for c, f in truth.items() if f.source == source)
         answered[source] = rng.sample(faces, min(args.curator, len(faces) // 2))
     held = {c for c in truth if not any(c in a for a in answered.values())}
-    figures = {"before": score(wh, truth, before.model_id, held)}
+    figures = {"before": score(wh, truth, before, held)}
     for faces in answered.values():
         curator_au_labels(wh, truth, faces)
     snapshot_dataset_version(wh)
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         wh, "au", PseudoLabelSettings(target_precision=args.target_precision, min_verified_faces=least)
     )
     print(after.summary())
-    figures["after"] = score(wh, truth, after.model_id, held)
+    figures["after"] = score(wh, truth, after, held)
     print(
         f"scored on {len(held)} faces no curator answered; answered: "
         + ", ".join(f"{s} {len(a)}" for s, a in answered.items())

@@ -3,7 +3,7 @@ FER-2013 and scraped crops, and AU pseudo labels scored against it: faces no AU 
 (they carry no AU label), so their truth is the only honest measure of the pseudo labels.
 
     truth = truth_faces(wh, sources / "truth" / "faces.csv")
-    score = score_au_pseudo_labels(wh, truth, model_id)
+    score = score_au_pseudo_labels(wh, truth, model_id, aus=[1, 2, 4])
     print(score.table())                      # per AU: present / absent precision, coverage
     score.overall().present_precision         # all AUs, both sources
 
@@ -221,20 +221,20 @@ def score_au_pseudo_labels(
     wh: Warehouse,
     truth: Mapping[str, TruthFace],
     model_id: str,
-    aus: Sequence[int] | None = None,
+    aus: Sequence[int],
     threshold: float = AU_PRESENT_THRESHOLD,
 ) -> PseudoScore:
     """`model_id`'s AU pseudo labels (au_labels, label_source pseudo, not withdrawn) on the faces of `truth`
-    (see `truth_faces`), per AU (default: every AU it labeled) and source; an AU truly present
-    at intensity >= `threshold` (DISFA_LABEL_RULE: as the DISFA label files round it)."""
+    (see `truth_faces`), per AU of `aus` (every AU the model predicts, so that an AU left unlabeled
+    counts against coverage) and source; an AU truly present at intensity >= `threshold`
+    (DISFA_LABEL_RULE: as the DISFA label files round it)."""
     labels = wh.sql(
         "SELECT crop_id, au, present FROM au_labels WHERE label_source = 'pseudo' AND annotator = ? "
         "AND calibration IS DISTINCT FROM 'withdrawn'",
         [model_id],
     ).to_pylist()
     labels = [r for r in labels if r["crop_id"] in truth]
-    aus = sorted({r["au"] for r in labels}) if aus is None else list(aus)
-    score = PseudoScore(model_id, aus)
+    score = PseudoScore(model_id, list(aus))
     n_faces = {s: sum(f.source == s for f in truth.values()) for s in SOURCES}
     for au in aus:
         for s in SOURCES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ class FoldPredictions:
     prob: np.ndarray  # multi-label: (N, K) sigmoid probs ; multi-class: (N, C) softmax probs
     thresholds: np.ndarray | None  # multi-label: (K,) chosen on validation data ; multi-class: None
     groups: list[str]  # held-out subjects / identities of this fold
+    crop_ids: list[str] = field(default_factory=list)  # the faces of the rows (empty in older files)
 
 
 def save_predictions(path: Path, folds: Sequence[FoldPredictions]) -> None:
@@ -36,6 +37,8 @@ def save_predictions(path: Path, folds: Sequence[FoldPredictions]) -> None:
         arrays[f"y_true_{p.fold}"] = p.y_true
         arrays[f"prob_{p.fold}"] = p.prob
         arrays[f"groups_{p.fold}"] = np.array(p.groups)
+        if p.crop_ids:
+            arrays[f"crop_ids_{p.fold}"] = np.array(p.crop_ids)
         if p.thresholds is not None:
             arrays[f"thresholds_{p.fold}"] = p.thresholds
     buf = io.BytesIO()
@@ -60,6 +63,7 @@ def load_predictions(path: Path) -> list[FoldPredictions]:
                 prob=z[f"prob_{f}"],
                 thresholds=z[f"thresholds_{f}"] if f"thresholds_{f}" in z.files else None,
                 groups=[str(g) for g in z[f"groups_{f}"]],
+                crop_ids=[str(c) for c in z[f"crop_ids_{f}"]] if f"crop_ids_{f}" in z.files else [],
             )
             for f in folds
         ]

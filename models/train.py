@@ -366,6 +366,7 @@ def fold_predictions(
         prob=test_prob,
         thresholds=thresholds,
         groups=sorted(set(faces.groups[test_idx].tolist())),
+        crop_ids=[faces.crop_ids[i] for i in test_idx],
     )
 
 

@@ -5,6 +5,7 @@ assets over the same data root."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,16 +22,18 @@ from ferlab.demotruth import (
     truth_faces,
 )
 from labeling.curation.experiment import ARMS, pseudo_label_experiment
-from labeling.curation.pseudo import pseudo_label
+from labeling.curation.pseudo import SourceCuts, pseudo_label, source_cuts
 from labeling.curation.review import REASONS, build_review_queue
 from labeling.curation.settings import PseudoExperimentSettings, PseudoLabelSettings, ReviewSettings
-from models.pipeline import evaluate_model, train_model
+from models.pipeline import evaluate_model, load_run, train_model
 from models.predict import Predictor
+from models.predictions import FoldPredictions
 from models.registry import decide_promotion, production_model
 from models.settings import AUTrainingSettings, EmotionTrainingSettings
+from models.tasks import get_task
 from warehouse import Warehouse
 from warehouse.schemas import AU_PRESENT_THRESHOLD
-from warehouse.versions import snapshot_dataset_version
+from warehouse.versions import read_manifest, snapshot_dataset_version
 
 pytestmark = pytest.mark.slow  # trains models on the session's demo data root
 
@@ -210,6 +213,27 @@ def test_a_sources_pseudo_labels_stay_out_of_versions_until_curators_answer_it(d
         {"v": counted.version, "c": fer},
     )
     assert answered.column("au_source").to_pylist() == ["human"]
+
+    # A model that trained on the answered faces cannot choose their cuts on its own fit: only its
+    # held-out (out-of-fold) predictions of them count, and a face it fitted is left out.
+    run = load_run(wh, calibrated.model_id)
+    predictor = Predictor.load(wh, run.model_id)
+
+    def cuts_if_trained_with(held_out: list[str]) -> SourceCuts:
+        fold = run.folds[0]
+        tested = FoldPredictions(
+            0, fold.labels, np.zeros((len(held_out), len(fold.labels)), bool),
+            np.full((len(held_out), len(fold.labels)), 0.5), None, fold.groups, held_out,
+        )  # fmt: skip
+        retrained = dataclasses.replace(run, dataset_version=counted.version, folds=[tested])
+        manifest = read_manifest(wh, counted.version)
+        settings = PseudoLabelSettings(min_verified_faces=50)
+        return source_cuts(wh, get_task("au"), predictor, retrained, {}, manifest, ["fer2013"], settings)[
+            "fer2013"
+        ]
+
+    assert cuts_if_trained_with(fer[:55]).calibration == "human:fer2013:55"
+    assert not cuts_if_trained_with(fer[:40]).verified  # 40 held out: 10 short
 
     # Stricter cuts: the labels they no longer give are withdrawn (unverified), and leave versions.
     stricter = pseudo_label(wh, "au", PseudoLabelSettings(target_precision=0.98, min_verified_faces=50))

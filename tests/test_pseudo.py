@@ -150,3 +150,49 @@ def test_the_task_type_says_where_its_pseudo_labels_go():
     cuts = {"happy": Cut(lower=None, upper=0.8), "sad": Cut(lower=None, upper=0.7)}
     rows, _ = _label_rows_of(get_task("emotion"))(emotions, ["happy", "sad"], cuts, "emotion-m")
     assert rows.column("crop_id").to_pylist() == ["a"] and rows.column("emotion").to_pylist() == ["happy"]
+
+
+def test_a_source_with_no_labels_gets_typed_empty_rows():
+    """Bug: a source whose cuts give no label made rows of null type, and joining them to the
+    other sources' rows failed (pyarrow: schema at index 1 was different)."""
+    import pyarrow as pa
+
+    from labeling.curation.pseudo import LABEL_ROWS, Cut
+    from models.tasks import AUTask, EmotionTask
+    from warehouse.schemas import TABLES
+
+    predicted = pa.table({"crop_id": ["a"], "image_id": ["i"], "AU1": [0.5], "happy": [0.5]})
+    for task, labels, table in ((AUTask, ["AU1"], "au_labels"), (EmotionTask, ["happy"], "emotion_labels")):
+        labeled, _ = LABEL_ROWS[task](predicted, labels, {labels[0]: Cut(lower=0.1, upper=0.4)}, "m")
+        none, _ = LABEL_ROWS[task](predicted, labels, {labels[0]: None}, "m")
+        assert labeled.num_rows == 1 and none.num_rows == 0 and none.schema == labeled.schema
+        assert all(none.schema.field(c).type == TABLES[table].schema.field(c).type for c in none.column_names)
+        assert pa.concat_tables([none, labeled]).num_rows == 1
+
+
+def test_a_cut_chosen_on_few_faces_must_hold_with_confidence():
+    """`confidence`: the lower Clopper-Pearson bound of a cut's precision must reach the target. Ten
+    right answers out of ten are a measured 1.0 but bound only 0.1 ** (1 / 10) = 0.79 at 90 %."""
+    y = np.ones((10, 1), bool)
+    prob = np.linspace(0.9, 1.0, 10).reshape(-1, 1)
+    assert pseudo_thresholds(_folds(prob, y, ["AU1"], 1), 0.9, 10)["AU1"].upper == pytest.approx(0.9)
+    assert pseudo_thresholds(_folds(prob, y, ["AU1"], 1), 0.9, 10, confidence=0.9) == {"AU1": None}
+    assert pseudo_thresholds(_folds(prob, y, ["AU1"], 1), 0.79, 10, confidence=0.9)["AU1"] is not None
+    # Many faces: the bound nears the measured precision, and the cut nears the point estimate's.
+    rng = np.random.default_rng(3)
+    p = rng.random((4000, 1))
+    t = rng.random((4000, 1)) < p
+    point = pseudo_thresholds(_folds(p, t, ["AU1"]), 0.9, 10)["AU1"]
+    bound = pseudo_thresholds(_folds(p, t, ["AU1"]), 0.9, 10, confidence=0.9)["AU1"]
+    assert point.upper < bound.upper < point.upper + 0.1 and bound.precision_upper >= 0.9
+
+
+def test_fold_predictions_keep_their_faces(tmp_path):
+    from models.predictions import load_predictions, save_predictions
+
+    fold = FoldPredictions(0, ["AU1"], np.zeros((2, 1), bool), np.zeros((2, 1)), None, ["g"], ["c1", "c2"])
+    save_predictions(
+        tmp_path / "p.npz", [fold, FoldPredictions(1, ["AU1"], fold.y_true, fold.prob, None, ["h"])]
+    )
+    back = load_predictions(tmp_path / "p.npz")
+    assert back[0].crop_ids == ["c1", "c2"] and back[1].crop_ids == []  # older files have none

@@ -42,9 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy.stats import beta
 
 from labeling.curation.settings import PseudoLabelSettings
-from models.pipeline import load_run
+from models.pipeline import ModelRun, load_run
 from models.predict import Predictor
 from models.predictions import FoldPredictions
 from models.registry import production_model
@@ -71,19 +72,32 @@ class Cut:
     coverage: float = 0.0  # share of the held-out faces that would get a label
 
 
+def precision_bound(correct: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
+    """The one-sided lower confidence bound on a precision of `correct` right of `n`
+    (Clopper-Pearson); the point estimate at `confidence` 0."""
+    if confidence <= 0:
+        return correct / n
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(beta.ppf(1 - confidence, correct, n - correct + 1))
+
+
 def _best_cut(
-    scores: np.ndarray, correct: np.ndarray, target: float, min_support: int
+    scores: np.ndarray, correct: np.ndarray, target: float, min_support: int, confidence: float = 0.0
 ) -> tuple[float, float, int] | None:
     """Over the faces sorted by `scores` descending: the lowest cut t with precision(correct |
-    score >= t) >= target and at least `min_support` faces; (t, precision, n) or None. Ties at a
-    cut are all in or all out."""
+    score >= t) >= target (its lower bound at `confidence`, so a cut chosen on few faces is not
+    taken on luck) and at least `min_support` faces; (t, precision, n) or None. Ties at a cut are
+    all in or all out."""
     if len(scores) == 0:
         return None
     order = np.argsort(-scores, kind="stable")
     s, c = scores[order], correct[order].astype(np.float64)
-    precision = np.cumsum(c) / np.arange(1, len(s) + 1)
+    n = np.arange(1, len(s) + 1)
+    right = np.cumsum(c)
+    precision = right / n
     last_of_tie = np.r_[s[1:] != s[:-1], True]  # a cut sits after the last face of equal score
-    ok = np.flatnonzero(last_of_tie & (precision >= target) & (np.arange(1, len(s) + 1) >= min_support))
+    passes = precision_bound(right, n, confidence) >= target
+    ok = np.flatnonzero(last_of_tie & passes & (n >= min_support))
     if len(ok) == 0:
         return None
     n = int(ok[-1]) + 1
@@ -91,10 +105,14 @@ def _best_cut(
 
 
 def pseudo_thresholds(
-    folds: Sequence[FoldPredictions], target_precision: float = 0.9, min_support: int = 10
+    folds: Sequence[FoldPredictions],
+    target_precision: float = 0.9,
+    min_support: int = 10,
+    confidence: float = 0.0,
 ) -> dict[str, Cut | None]:
     """Per label, the thresholds of the module docstring from out-of-fold predictions (all folds
-    pooled); None for a label with no side that reaches `target_precision`."""
+    pooled); None for a label with no side that reaches `target_precision` (its lower bound at
+    `confidence`, when > 0)."""
     labels = list(folds[0].labels)
     prob = np.concatenate([f.prob for f in folds])
     y = np.concatenate([f.y_true for f in folds])
@@ -102,9 +120,9 @@ def pseudo_thresholds(
     if y.ndim == 2:  # AUs: multi-label
         for k, label in enumerate(labels):
             p, t = prob[:, k].astype(np.float64), y[:, k].astype(bool)
-            up = _best_cut(p, t, target_precision, min_support)
+            up = _best_cut(p, t, target_precision, min_support, confidence)
             below = p < up[0] if up else np.ones(len(p), bool)
-            low = _best_cut(-p[below], ~t[below], target_precision, min_support)
+            low = _best_cut(-p[below], ~t[below], target_precision, min_support, confidence)
             if up is None and low is None:
                 out[label] = None
                 continue
@@ -120,7 +138,7 @@ def pseudo_thresholds(
     top, pred = prob.max(1).astype(np.float64), prob.argmax(1)
     for k, label in enumerate(labels):
         mine = pred == k
-        up = _best_cut(top[mine], y[mine] == k, target_precision, min_support)
+        up = _best_cut(top[mine], y[mine] == k, target_precision, min_support, confidence)
         out[label] = (
             None
             if up is None
@@ -171,7 +189,7 @@ def source_cuts(
     wh: Warehouse,
     task: Task,
     predictor: Predictor,
-    run_folds: Sequence[FoldPredictions],
+    run: ModelRun,
     out_of_fold: dict[str, Cut | None],
     manifest: pa.Table,
     sources: Sequence[str],
@@ -179,22 +197,38 @@ def source_cuts(
 ) -> dict[str, SourceCuts]:
     """Per source of the faces to label: its own cuts, chosen on the model's predictions of the
     source's human-labeled faces of the version (`manifest`) once it has `min_verified_faces` of
-    them (verified); else `out_of_fold` (the cuts of the model's held-out predictions `run_folds`),
-    verified only when the model's held-out people came from that source."""
-    held_out = held_out_sources(run_folds)
+    them (verified); else `out_of_fold` (the cuts of the model's held-out predictions), verified
+    only when the model's held-out people came from that source.
+
+    The model must not have trained on the faces its cuts are chosen on: a face it was tested on
+    out of fold counts with that prediction, a face labeled after its dataset version is predicted
+    now, and a face it trained on with no held-out prediction is left out."""
+    held_out = held_out_sources(run.folds)
+    held_out_prob = {c: f.prob[i] for f in run.folds for i, c in enumerate(f.crop_ids)}
+    trained = set(task.select_rows(read_manifest(wh, run.dataset_version))["crop_id"].to_pylist())
     human = task.select_rows(manifest.filter(pc.equal(manifest[task.source_column], "human")))
     found: dict[str, SourceCuts] = {}
     for source in sorted(set(sources)):
         rows = human.filter(pc.equal(human["source"], source))
-        if rows.num_rows >= settings.min_verified_faces:
-            predicted, _ = face_predictions(wh, predictor, rows, settings.batch_size)
-            index = {c: i for i, c in enumerate(rows["crop_id"].to_pylist())}
-            rows = rows.take(pa.array([index[c] for c in predicted["crop_id"].to_pylist()], pa.int64()))
-            prob = np.stack([predicted[lab].to_numpy(zero_copy_only=False) for lab in predictor.labels], 1)
+        ids = rows["crop_id"].to_pylist()
+        unseen = rows.filter(pa.array([c not in trained for c in ids], pa.bool_()))
+        predicted, _ = (
+            face_predictions(wh, predictor, unseen, settings.batch_size) if unseen.num_rows else (None, [])
+        )
+        prob_of = dict(held_out_prob)
+        if predicted is not None:
+            fresh = np.stack([predicted[lab].to_numpy(zero_copy_only=False) for lab in predictor.labels], 1)
+            prob_of.update(zip(predicted["crop_id"].to_pylist(), fresh, strict=True))
+        usable = [i for i, c in enumerate(ids) if c in prob_of]
+        if len(usable) >= settings.min_verified_faces:
+            rows = rows.take(pa.array(usable, pa.int64()))
+            prob = np.stack([prob_of[c] for c in rows["crop_id"].to_pylist()])
             fold = FoldPredictions(
                 0, list(predictor.labels), task.true_labels(task.targets(rows)), prob, None, []
             )
-            cuts = pseudo_thresholds([fold], settings.target_precision, settings.min_support)
+            cuts = pseudo_thresholds(
+                [fold], settings.target_precision, settings.min_support, settings.confidence
+            )
             found[source] = SourceCuts(cuts, f"human:{source}:{rows.num_rows}", True)
         else:
             found[source] = SourceCuts(out_of_fold, OUT_OF_FOLD, source in held_out)
@@ -204,7 +238,8 @@ def source_cuts(
             found[source].calibration,
             "verified"
             if found[source].verified
-            else f"unverified: {rows.num_rows} human-labeled faces, {settings.min_verified_faces} needed",
+            else f"unverified: {len(usable)} human-labeled faces the model did not train on, "
+            f"{settings.min_verified_faces} needed",
         )
     return found
 
@@ -353,7 +388,9 @@ def pseudo_label(
     run = load_run(wh, model_id)
     manifest = read_manifest(wh, version)
     faces = candidate_faces(wh, task, version, manifest)
-    out_of_fold = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
+    out_of_fold = pseudo_thresholds(
+        run.folds, settings.target_precision, settings.min_support, settings.confidence
+    )
     log.info(
         "%s: %d faces of %s without a human or gold %s label", model_id, faces.num_rows, version, task.name
     )
@@ -369,7 +406,7 @@ def pseudo_label(
             ]
         )
     by_source = source_cuts(
-        wh, task, predictor, run.folds, out_of_fold, manifest, faces["source"].to_pylist(), settings
+        wh, task, predictor, run, out_of_fold, manifest, faces["source"].to_pylist(), settings
     )
     source_of = dict(zip(faces["crop_id"].to_pylist(), faces["source"].to_pylist(), strict=True))
     predicted_source = np.array([source_of[c] for c in predicted["crop_id"].to_pylist()], dtype=object)
@@ -471,6 +508,12 @@ def _label_rows_of(task: Task) -> LabelRows:
     )
 
 
+def _typed(table: str, columns: dict[str, Any]) -> pa.Table:
+    """`columns` as a table with the label table's types (an empty column has none of its own)."""
+    schema = TABLES[table].schema
+    return pa.table(columns, schema=pa.schema([schema.field(name) for name in columns]))
+
+
 def _au_rows(
     predicted: pa.Table, labels: list[str], cuts: dict[str, Cut | None], model_id: str
 ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
@@ -503,13 +546,14 @@ def _au_rows(
         for k in cols:
             cols[k].extend(part[k])
     n = len(cols["image_id"])
-    return pa.table(
+    return _typed(
+        "au_labels",
         {
             **cols,
             "intensity": pa.nulls(n, pa.float32()),
             "label_source": ["pseudo"] * n,
             "annotator": [model_id] * n,
-        }
+        },
     ), per_label
 
 
@@ -523,7 +567,8 @@ def _emotion_rows(
     per_label = {lab: {"labeled": int((pred[keep] == k).sum())} for k, lab in enumerate(labels)}
     crop_ids = predicted.column("crop_id").to_pylist()
     image_ids = predicted.column("image_id").to_pylist()
-    return pa.table(
+    return _typed(
+        "emotion_labels",
         {
             "image_id": [image_ids[i] for i in keep],
             "crop_id": [crop_ids[i] for i in keep],
@@ -532,7 +577,7 @@ def _emotion_rows(
             "confidence": pa.array([float(top[i]) for i in keep], pa.float32()),
             "annotator": [model_id] * len(keep),
             "threshold": pa.array([float(upper[pred[i]]) for i in keep], pa.float32()),
-        }
+        },
     ), per_label
 
 

@@ -20,6 +20,13 @@ class PseudoLabelSettings(Settings):
     min_support: int = Field(
         10, ge=1, description="a side needs at least this many held-out faces beyond its threshold"
     )
+    confidence: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="a cut must reach target_precision with this confidence (the lower Clopper-Pearson "
+        "bound of its precision; 0: the measured precision), so cuts chosen on a few curated faces hold",
+    )
     batch_size: int = Field(64, ge=1, description="crops per inference batch")
     backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime) or torch")
     device: Device = DEFAULT_DEVICE
