@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from ferlab.cli import main
-from labeling.curation.active import STRATEGIES, Pool, active_learning_simulation, labels_to_reach, savings
+from labeling.curation.active import (
+    STRATEGIES,
+    Pool,
+    active_learning_simulation,
+    labels_to_reach,
+    savings,
+    spread_by_priority,
+)
 from labeling.curation.semisupervised import (
     ARMS,
     CEILING,
@@ -185,7 +192,9 @@ def _pool(prob: list[list[float]], thresholds: list[float], embedding: np.ndarra
     p = np.array(prob, np.float64)
     n, k = p.shape
     val = FoldPredictions(0, [f"AU{i}" for i in range(k)], np.zeros((0, k), bool), np.zeros((0, k)), None, [])
-    return Pool(np.arange(n) + 100, p, lambda: embedding, np.array(thresholds), val, list(val.labels))
+    return Pool(
+        np.arange(n) + 100, lambda: p, lambda: embedding, np.array(thresholds), lambda: val, list(val.labels)
+    )
 
 
 def test_uncertainty_picks_the_frames_nearest_the_thresholds():
@@ -206,6 +215,26 @@ def test_the_queue_strategy_takes_the_review_queues_most_unique_faces_first():
     assert (
         len(set(STRATEGIES["queue"](pool, 4, np.random.default_rng(0), settings).tolist())) == 4
     )  # then random
+
+
+def test_the_diverse_queue_spreads_its_picks_over_the_faces():
+    """Neighbouring frames of one video are near-duplicates: the top of the queue would spend a
+    round on one expression. `spread_by_priority` takes the next face by priority x distance to
+    the faces picked before it."""
+    rng = np.random.default_rng(0)
+    video = np.array([1.0, 0.0, 0.0]) + rng.normal(0, 0.01, (6, 3))  # six frames of one stretch
+    others = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    z = np.vstack([video, others])
+    weight = np.array([1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.5, 0.4])
+    assert spread_by_priority(z, weight, 3).tolist() == [0, 6, 7]
+    assert spread_by_priority(z, weight, 1).tolist() == [0]  # the first by priority alone
+    assert sorted(spread_by_priority(z, weight, 20).tolist()) == list(range(8))  # no face twice
+    pool = _pool([[0.5, 0.5]] * 8, thresholds=[0.5, 0.5], embedding=z)
+    top = ActiveLearningSettings(unique_top=8, neighbours=1, diverse=False)
+    diverse = ActiveLearningSettings(unique_top=8, neighbours=1)
+    plain = STRATEGIES["queue"](pool, 3, np.random.default_rng(0), top).tolist()
+    spread = STRATEGIES["queue"](pool, 3, np.random.default_rng(0), diverse).tolist()
+    assert plain[0] == spread[0] and len(set(spread) & {6, 7}) == 2
 
 
 def test_labels_to_reach_interpolates_between_rounds_and_savings_compare_with_random():

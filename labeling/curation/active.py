@@ -10,10 +10,12 @@ answers them with the gold labels, and the AU model is retrained on every frame 
 (at the training settings' budget) and scored on the fold's held-out people. Strategies
 (`STRATEGIES`):
 
-- `queue`: the review queue's order (`labeling.curation.review`): faces between the pseudo-label
+- `queue`: the review queue's reasons (`labeling.curation.review`): faces between the pseudo-label
   cuts (`between_thresholds`, priority the share of unsure AUs, cuts from the model's validation
-  frames) and the `unique_top` most unique faces in the model's embedding (`most_unique`), highest
-  priority first, as the curator sees them; random frames once the queue runs dry;
+  frames) and the `unique_top` most unique faces in the model's embedding (`most_unique`); with
+  `diverse` (the default) each pick is the face of the highest priority x cosine distance to the
+  faces picked before it (`spread_by_priority`), else the highest priorities first; random frames
+  once the queue runs dry;
 - `uncertainty`: the frames whose AU probabilities sit closest to the model's decision thresholds;
 - `random`: frames drawn at random.
 
@@ -28,6 +30,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +58,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Pool:
-    """What a strategy sees after a round: the model, its probabilities and embeddings of the
-    frames not yet answered, and its thresholds and validation predictions."""
+    """What a strategy sees after a round: the model's probabilities and embeddings of the frames
+    not yet answered, its thresholds and its validation predictions; each computed when a strategy
+    first asks (random sampling asks for none)."""
 
     candidates: np.ndarray  # face indices not yet labeled
-    prob: np.ndarray  # (candidates, K)
-    embedding: Callable[[], np.ndarray]  # (candidates, D), computed when asked
+    probabilities: Callable[[], np.ndarray]  # (candidates, K)
+    embedding: Callable[[], np.ndarray]  # (candidates, D)
     thresholds: np.ndarray  # (K,) the model's decision thresholds
-    validation: FoldPredictions  # the model on its validation frames (for the queue's cuts)
+    validation_predictions: Callable[[], FoldPredictions]  # the model on its validation frames
     labels: list[str]
+
+    @cached_property
+    def prob(self) -> np.ndarray:
+        return self.probabilities()
+
+    @cached_property
+    def validation(self) -> FoldPredictions:  # for the queue's cuts
+        return self.validation_predictions()
 
 
 Strategy = Callable[[Pool, int, np.random.Generator, ActiveLearningSettings], np.ndarray]
@@ -94,7 +106,25 @@ def choose_queue(pool: Pool, k: int, rng: np.random.Generator, s: ActiveLearning
         top = np.argsort(-np.nan_to_num(dist, nan=-1))[: s.unique_top]
         priority[top] = np.maximum(priority[top], dist[top] / max(float(np.nanmax(dist)), 1e-12))
     tie = rng.random(len(priority))  # the queue's ties and the dry queue's fill: no hidden order
-    return np.lexsort((tie, -priority))[:k]
+    if not s.diverse:
+        return np.lexsort((tie, -priority))[:k]
+    return spread_by_priority(pool.embedding(), np.where(priority > 0, priority, 0) + 1e-3 * tie, k)
+
+
+def spread_by_priority(z: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
+    """`k` rows of `z` picked greedily by weight x cosine distance to the nearest row picked so far
+    (the first by weight alone): the queue's priorities, spread over the faces instead of `k`
+    neighbouring frames of one video. One pass over the rows per pick, no all-pairs."""
+    unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    nearest = np.full(len(z), 2.0)  # cosine distance is at most 2
+    picked: list[int] = []
+    for _ in range(min(k, len(z))):
+        score = weight * nearest
+        score[picked] = -np.inf
+        j = int(np.argmax(score))
+        picked.append(j)
+        nearest = np.minimum(nearest, 1 - unit @ unit[j])
+    return np.array(picked, dtype=np.int64)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -201,16 +231,21 @@ def _simulate(
 
 def _pool(frames, model: FitResult, candidates, val_idx, thresholds, training) -> Pool:
     faces = frames.faces
-    val_prob = predict_probabilities(model.model, faces, val_idx, training)
-    validation = FoldPredictions(0, faces.labels, faces.targets[val_idx].astype(bool), val_prob, None, [])
     return Pool(
         candidates,
-        predict_probabilities(model.model, faces, candidates, training),
+        lambda: predict_probabilities(model.model, faces, candidates, training),
         lambda: predict_embeddings(
             model.model, faces, candidates, training.network(), torch_device(training.device)
         ),
         np.asarray(thresholds, np.float64),
-        validation,
+        lambda: FoldPredictions(
+            0,
+            faces.labels,
+            faces.targets[val_idx].astype(bool),
+            predict_probabilities(model.model, faces, val_idx, training),
+            None,
+            [],
+        ),
         list(faces.labels),
     )
 

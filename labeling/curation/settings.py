@@ -21,7 +21,7 @@ class PseudoLabelSettings(Settings):
         10, ge=1, description="a side needs at least this many held-out faces beyond its threshold"
     )
     confidence: float = Field(
-        0.0,
+        0.8,
         ge=0,
         lt=1,
         description="a cut must reach target_precision with this confidence (the lower Clopper-Pearson "
@@ -147,5 +147,12 @@ class ActiveLearningSettings(Settings):
     seeds: int = Field(3, ge=1, description="repeats with other initial frames and draws")
     target_precision: float = Field(0.9, gt=0, lt=1, description="queue: the pseudo-label cuts' precision")
     min_support: int = Field(3, ge=1, description="queue: validation frames a cut needs beyond it")
-    unique_top: int = Field(8, ge=0, description="queue: the most unique frames queued per round")
+    unique_top: int = Field(
+        0, ge=0, description="queue: the most unique frames queued per round (the curves: they cost labels)"
+    )
     neighbours: int = Field(3, ge=1, description="queue: uniqueness is the distance to the k-th neighbour")
+    diverse: bool = Field(
+        True,
+        description="queue: spread each round's picks over the faces (priority x distance to the faces "
+        "picked before it) instead of the top of the queue",
+    )
