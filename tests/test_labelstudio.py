@@ -418,7 +418,7 @@ def ls_server(tmp_path_factory):
         print(f"Label Studio answered /health after {seconds:.0f} s")
         yield Server(home, port, key, log_path, proc)
     finally:
-        stop_server(proc)
+        stop_server(proc, grace=5)  # a server that ignores SIGTERM is killed soon: tests wait on it
         assert key not in log_path.read_text(errors="replace"), "the API key reached the server's log"
 
 
@@ -628,7 +628,7 @@ def test_wrong_token_and_stopped_server_are_clear_errors(ls_server, tmp_path, ca
     err_line = capsys.readouterr().err.strip()
     assert err_line.startswith("error: Label Studio at") and len(err_line.splitlines()) == 1
 
-    stop_server(ls_server.proc)  # the last test of the module: the fixture's stop is then a no-op
+    stop_server(ls_server.proc, grace=5)  # the last test of the module: the fixture's stop is then a no-op
     with pytest.raises(LabelStudioError, match="not reachable at") as down:
         pull_annotations(wh, client=ls_server.client())
     assert "ferlab labelstudio serve" in str(down.value)

@@ -221,7 +221,7 @@ def ls_server(tmp_path_factory):
         print(f"Label Studio answered /health after {seconds:.0f} s")
         yield Server(root / "var", port, key, log_path, proc)
     finally:
-        stop_server(proc)
+        stop_server(proc, grace=5)
 
 
 def _curator(server: Server, name: str) -> tuple[int, str]:
