@@ -57,3 +57,19 @@ def test_the_cli_refuses_a_bad_flag_before_any_work(tmp_path, capsys):
     assert main(["--home", str(tmp_path / "home"), "face-detector", "--epochs", "0"]) != 0
     assert "epochs" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()
+
+
+def test_a_tuple_of_choices_is_a_flag_of_choices(capsys):
+    """Bug: `--strategies` (a tuple of Literal) called the Literal as its type, so every value was
+    refused; now the choices are listed in --help and checked by argparse."""
+    from labeling.curation.settings import ActiveLearningSettings
+
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, ActiveLearningSettings)
+    args = parser.parse_args(["--strategies", "queue", "random"])
+    assert settings_from_flags(args, ActiveLearningSettings).strategies == ("queue", "random")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--strategies", "queue", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="strategies"):
+        ActiveLearningSettings(strategies=("bogus",))

@@ -75,6 +75,8 @@ def _flag_options(annotation: Any, default: Any) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         return {"choices": list(args)}
+    if origin is tuple and get_origin(args[0]) is Literal:
+        return {"nargs": "+", "choices": list(get_args(args[0]))}
     if origin is tuple:
         return {"nargs": "+", "type": args[0], "metavar": args[0].__name__.upper()}
     if origin in (Union, types.UnionType):  # X | None: "none" gives None (the settings' "unset")

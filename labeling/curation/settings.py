@@ -138,7 +138,7 @@ class ActiveLearningSettings(Settings):
     simulated curator answers the frames each strategy picks with their gold labels; the AU model
     is retrained after each round and scored on the held-out people."""
 
-    strategies: tuple[str, ...] = Field(
+    strategies: tuple[Literal["queue", "uncertainty", "random"], ...] = Field(
         ("queue", "uncertainty", "random"), min_length=1, description="queue, uncertainty, random"
     )
     initial: int = Field(32, ge=2, description="random frames labeled before the first round")
