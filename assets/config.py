@@ -4,7 +4,7 @@ declared once, there."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from dagster import Config, ConfigurableResource
 from pydantic import Field, create_model
@@ -15,7 +15,10 @@ from warehouse.settings import Settings
 def _config_field(annotation: Any, default: Any) -> tuple[Any, Any]:
     # Dagster's config schema has lists, not tuples; the settings turn the list back into a tuple.
     if get_origin(annotation) is tuple:
-        return list[get_args(annotation)[0]], list(default)
+        item = get_args(annotation)[0]
+        if get_origin(item) is Literal:  # Dagster resolves no Literal inside a list: the settings check it
+            item = type(get_args(item)[0])
+        return list[item], list(default)
     return annotation, default
 
 

@@ -95,12 +95,14 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
 
 
 @contextlib.contextmanager
-def _dagster_server(command: list[str], port: int, env: dict, log_path: Path) -> Iterator[None]:
+def _dagster_server(
+    command: list[str], port: int, env: dict, log_path: Path, cwd: Path = REPO
+) -> Iterator[None]:
     """A Dagster webserver + daemon started in its own process group; waits (minutes) until it
     answers on `port`, and stops the whole group (by its pid) however the test ends."""
     log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime, closed below
     proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
 
@@ -199,7 +201,8 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path, de
 
     port = _free_port()
     log_path = tmp_path / "dev.log"
-    with _dagster_server([*ferlab, "dev", "--port", str(port)], port, env, log_path):
+    # From a folder outside the repository, as a user types it anywhere (issue 24).
+    with _dagster_server([*ferlab, "dev", "--port", str(port)], port, env, log_path, cwd=tmp_path):
         runs = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["jobName"] for r in runs) == demo_jobs
         assert {r["status"] for r in runs} == {"SUCCESS"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return weights.main([args.action, args.cache] if args.action == "fetch" else ["list"])
 
 
+DEFINITIONS = "dagster_project.definitions"
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """The Dagster UI (webserver + daemon) on 127.0.0.1, over this data root."""
     import shutil
@@ -68,7 +72,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     os.environ["FERLAB_HOME"] = str(home)
     prepare_dagster_home(home)
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
-    cmd = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)]
+    # The definitions by module, from the folder that holds them, not ./workspace.yaml: `ferlab dev`
+    # works from any folder (workspace.yaml stays for a plain `dagster dev` in the repository).
+    spec = importlib.util.find_spec(DEFINITIONS)
+    root = Path(spec.origin).parents[1] if spec and spec.origin else Path.cwd()
+    cmd = [dagster, "dev", "-m", DEFINITIONS, "-d", str(root), "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     os.execv(dagster, cmd)
 
