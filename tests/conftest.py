@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# Servers the tests start are stopped with SIGTERM, which Dagster maps to its SIGINT handler. A
+# pytest started as a shell's background job inherits SIGINT ignored, passes that to every child,
+# and each Dagster server would then ignore SIGTERM until killed a minute later.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _SANDBOX = Path(tempfile.mkdtemp(prefix="ferlab-tests-"))
 for var, sub in {

@@ -96,14 +96,28 @@ def _wait(predicate, timeout: float, what: str, log: Path | None = None):
 
 @contextlib.contextmanager
 def _dagster_server(
-    command: list[str], port: int, env: dict, log_path: Path, cwd: Path = REPO
-) -> Iterator[None]:
+    command: list[str],
+    port: int,
+    env: dict,
+    log_path: Path,
+    cwd: Path = REPO,
+    as_background_job: bool = False,
+) -> Iterator[list[float]]:
     """A Dagster webserver + daemon started in its own process group; waits (minutes) until it
-    answers on `port`, and stops the whole group (by its pid) however the test ends."""
+    answers on `port`, and stops the whole group (by its pid) however the test ends. Yields a list
+    that holds, once stopped, the seconds SIGTERM took. `as_background_job`: started with SIGINT
+    ignored, as a shell's `cmd &` starts it."""
     log = open(log_path, "wb")  # noqa: SIM115 - open for the server's lifetime, closed below
     proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if as_background_job else None,
     )
+    stopped: list[float] = []
     try:
 
         def server_up() -> bool:
@@ -115,14 +129,16 @@ def _dagster_server(
                 return False
 
         _wait(server_up, 600, "the webserver", log_path)
-        yield
+        yield stopped
     finally:
+        started = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        stopped.append(time.monotonic() - started)
         log.close()
 
 
@@ -202,7 +218,10 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path, de
     port = _free_port()
     log_path = tmp_path / "dev.log"
     # From a folder outside the repository, as a user types it anywhere (issue 24).
-    with _dagster_server([*ferlab, "dev", "--port", str(port)], port, env, log_path, cwd=tmp_path):
+    # As a background job (SIGINT ignored): `ferlab dev` must still stop on SIGTERM.
+    with _dagster_server(
+        [*ferlab, "dev", "--port", str(port)], port, env, log_path, cwd=tmp_path, as_background_job=True
+    ) as stopped:
         runs = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["jobName"] for r in runs) == demo_jobs
         assert {r["status"] for r in runs} == {"SUCCESS"}
@@ -217,6 +236,7 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path, de
         _wait(ticks_done, 900, "three ticks of the automation sensor", log_path)
         after = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["runId"] for r in after) == sorted(r["runId"] for r in runs), after
+    assert stopped[0] < 30, f"SIGTERM took {stopped[0]:.0f} s: `ferlab dev` ignored it"
 
 
 def test_sensors_add_new_partitions_once(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import argparse
 import csv
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     root = Path(spec.origin).parents[1] if spec and spec.origin else Path.cwd()
     cmd = [dagster, "dev", "-m", DEFINITIONS, "-d", str(root), "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    # dagster dev stops on SIGTERM by the handler of SIGINT, which a shell's background job (`ferlab
+    # dev &`) inherits ignored: then SIGTERM would be ignored too, and `kill` never stop it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(dagster, cmd)
 
 

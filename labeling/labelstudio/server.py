@@ -445,6 +445,10 @@ def serve(home: str | os.PathLike, port: int = DEFAULT_PORT, api_key: str | None
     env = prepare_server_env(home, api_key if api_key is not None else os.environ.get(KEY_ENV, ""))
     os.umask(PRIVATE_UMASK)
     os.chdir(env["LABEL_STUDIO_BASE_DATA_DIR"])
+    # A shell's background job (`ferlab labelstudio serve &`) inherits SIGINT ignored; the server
+    # would keep ignoring Ctrl-C's signal and stop only on SIGTERM's default action. Start it as
+    # from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execve(command[0], command, env)
 
 
