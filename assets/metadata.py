@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
+from models.evaluation import per_label
+from models.tasks import Task
 from warehouse import Warehouse
 from warehouse.sources.common import IngestReport
 
@@ -101,3 +104,19 @@ def ingest_metadata(wh: Warehouse, report: IngestReport, where: str) -> dict[str
             )
         )
     return metadata
+
+
+def per_label_metadata(task: Task, metrics: Sequence[Mapping[str, Any]]) -> MetadataValue:
+    """The over-all-folds figures of each label as a Dagster table: one row per label in the
+    model's order (AU1, AU2, AU4, ...), the task's columns (`Task.per_label_columns`)."""
+    figures = per_label(metrics, [m for m, _ in task.per_label_columns])
+    table = pa.table(
+        {
+            "label": pa.array(list(figures), pa.string()),
+            **{
+                name: pa.array([round(v[m], 3) if m in v else None for v in figures.values()], pa.float64())
+                for m, name in task.per_label_columns
+            },
+        }
+    )
+    return table_metadata(table, max_rows=table.num_rows)

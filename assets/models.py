@@ -18,7 +18,7 @@ from pydantic import Field
 
 from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
 from assets.config import SettingsConfig, config_fields, settings_config, settings_of
-from assets.metadata import report_metadata, table_metadata
+from assets.metadata import per_label_metadata, report_metadata, table_metadata
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
 from labeling.curation.active import active_learning_simulation
@@ -40,6 +40,7 @@ from models.pipeline import (
     train_model,
 )
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
+from models.tasks import get_task
 from models.tuning import TuningSettings, read_trials, tune
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
@@ -196,16 +197,11 @@ def _report_asset(task: str, upstream):
         model_id = latest_model_id(wh, task, context.partition_key)
         ev = evaluate_model(wh, model_id)
         markdown = Path(ev.report["markdown"])
-        per_label = [
-            r for r in ev.metrics if r["fold"] is None and r["label"] and r["metric"] in ("f1", "precision")
-        ]
         return MaterializeResult(
             metadata={
                 "model_id": MetadataValue.text(model_id),
                 ev.headline_metric: MetadataValue.float(round(ev.headline, 4)),
-                "per_label": MetadataValue.json(
-                    {f"{r['metric']} {r['label']}": round(r["value"], 3) for r in per_label}
-                ),
+                "per_label": per_label_metadata(get_task(task), ev.metrics),
                 **report_metadata(markdown),
                 "report_html": MetadataValue.url(Path(ev.report["html"]).resolve().as_uri()),
                 "dagster/row_count": MetadataValue.int(len(ev.metrics)),

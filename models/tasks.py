@@ -51,6 +51,8 @@ class Task(ABC):
     label_table: ClassVar[str]  # the warehouse table of its labels (human, gold, weak, pseudo)
     source_column: ClassVar[str]  # the dataset-version manifest column naming its label's source
     labelstudio_control: ClassVar[str]  # the Label Studio control (Choices name) of its labels
+    # the eval_metrics metrics of the per-label table (Dagster metadata), as (metric, column name)
+    per_label_columns: ClassVar[tuple[tuple[str, str], ...]]
 
     @property
     @abstractmethod
@@ -128,6 +130,13 @@ class AUTask(Task):
     fold_metric: ClassVar[str] = "avg_f1"
     min_outputs: ClassVar[int] = 1
     baseline_description: ClassVar[str] = "Avg.F1 of calling every AU present"
+    per_label_columns: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("precision_pooled", "precision"),
+        ("recall_pooled", "recall"),
+        ("f1_pooled", "f1"),
+        ("f1_all_present", "f1 always present"),
+        ("f1", "f1 mean over folds"),
+    )
     published_baselines: ClassVar[tuple[render.Baseline, ...]] = (
         ("EAC-Net", 48.5, "DISFA Avg.F1 (8 AUs), as cited by seeds 000/001"),
         ("JAA-Net", 56.0, "DISFA Avg.F1 (8 AUs), as cited by seeds 000/001 ('about 56')"),
@@ -209,6 +218,12 @@ class EmotionTask(Task):
     fold_metric: ClassVar[str] = "accuracy"
     min_outputs: ClassVar[int] = 2
     baseline_description: ClassVar[str] = "accuracy of the majority class"
+    per_label_columns: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "f1"),
+        ("support", "faces"),
+    )
     published_baselines: ClassVar[tuple[render.Baseline, ...]] = (
         (
             "Seed-003 CNN (lowest class)",

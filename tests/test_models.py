@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dagster import TableMetadataValue
 
 from ferlab.demo import DEMO_AU
 from labeling.detection.autolabel import autolabel, select_images
@@ -17,9 +18,10 @@ from models.checkpoint import load_checkpoint
 from models.evaluation import overall, per_au_lines, per_label
 from models.pipeline import check_exports, evaluate_model, latest_model_id, load_run, train_model
 from models.settings import AUTrainingSettings, EmotionTrainingSettings
-from models.tasks import TASKS
+from models.tasks import TASKS, get_task
 from warehouse import Warehouse
 from warehouse.errors import ConfigError
+from warehouse.schemas import EMOTIONS
 from warehouse.sources.disfa import ingest_disfa
 from warehouse.sources.fer2013 import ingest_fer2013
 from warehouse.versions import snapshot_dataset_version
@@ -215,6 +217,16 @@ def test_training_assets_through_dagster(home, version):
     report_meta = train.asset_materializations_for_node("au_eval_report")[0].metadata
     assert 0.0 <= report_meta["avg_f1"].value <= 1.0
     assert Path(report_meta["report"].value).is_file()
+    # per label: a table in the model's AU order (AU2 before AU12), P / R / F1 and the baseline
+    table = report_meta["per_label"]
+    assert isinstance(table, TableMetadataValue)
+    numbers = [int(r.data["label"].removeprefix("AU")) for r in table.records]
+    assert numbers == sorted(numbers) and len(numbers) >= 2
+    columns = {c.name: c.type for c in table.schema.columns}
+    assert columns == {"label": "string", **{n: "float" for _, n in get_task("au").per_label_columns}}
+    assert all(0 <= r.data["f1"] <= 1 and 0 <= r.data["f1 always present"] <= 1 for r in table.records)
+    emotion_table = train.asset_materializations_for_node("emotion_eval_report")[0].metadata["per_label"]
+    assert [r.data["label"] for r in emotion_table.records] == list(EMOTIONS)
 
     compare = defs.resolve_job_def("loss_comparison_job").execute_in_process(
         instance=instance,
