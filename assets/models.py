@@ -35,6 +35,7 @@ from models.pipeline import (
     check_exports,
     compare_losses,
     evaluate_model,
+    held_out_headline,
     latest_model_id,
     load_run,
     train_model,
@@ -131,8 +132,11 @@ def _train(
 
 def _model_metadata(run: ModelRun) -> dict:
     info = run.info
+    headline = held_out_headline(run)
     return {
         "model_id": MetadataValue.text(run.model_id),
+        headline.metric: MetadataValue.float(round(headline.value, 4)),
+        "trivial_baseline": MetadataValue.float(round(headline.baseline, 4)),
         "architecture": MetadataValue.text(info["network"]["architecture"]),
         "backbone_weights": MetadataValue.text(info["weights_source"]),
         "protocol": MetadataValue.text(info["protocol"]),

@@ -222,15 +222,30 @@ class _Scores:
     report: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The figure a model is judged (and promoted) by, on its held-out faces, beside what a model
+    that learned nothing scores there."""
+
+    metric: str
+    value: float
+    baseline: float
+    rows: list[dict[str, Any]]  # every eval_metrics row of the held-out predictions
+
+
+def held_out_headline(run: ModelRun) -> Headline:
+    task = run.settings().task  # with the run's AUs, thresholds and headline
+    rows = evaluate_folds(task, run.folds)
+    return Headline(task.headline, overall(rows, task.headline), task.trivial_baseline(run.folds), rows)
+
+
 def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
     info = run.info
     settings = run.settings()
     task = settings.task  # with the run's AUs, thresholds and headline
     mc = info["network"]
-    rows = evaluate_folds(task, run.folds)
-    metric = task.headline
-    headline = overall(rows, metric)
-    baseline = task.trivial_baseline(run.folds)
+    scored = held_out_headline(run)
+    rows, metric, headline, baseline = scored.rows, scored.metric, scored.value, scored.baseline
     rows.append({"fold": None, "metric": "trivial_baseline", "label": "", "value": baseline})
     summary = {
         "model id": run.model_id,

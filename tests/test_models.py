@@ -216,6 +216,10 @@ def test_training_assets_through_dagster(home, version):
     assert {"au_beats_trivial_baseline", "emotion_beats_trivial_baseline"} <= set(checks)
     report_meta = train.asset_materializations_for_node("au_eval_report")[0].metadata
     assert 0.0 <= report_meta["avg_f1"].value <= 1.0
+    # the model asset shows its headline beside the trivial baseline, as the report asset does
+    model_meta = train.asset_materializations_for_node("au_model")[0].metadata
+    assert model_meta["avg_f1"].value == report_meta["avg_f1"].value
+    assert 0.0 <= model_meta["trivial_baseline"].value <= 1.0
     assert Path(report_meta["report"].value).is_file()
     # per label: a table in the model's AU order (AU2 before AU12), P / R / F1 and the baseline
     table = report_meta["per_label"]
