@@ -68,6 +68,6 @@ def disfa_analysis(
             "emotion_model": MetadataValue.text(r.analysis.emotion_model),
             "table": MetadataValue.path(str(r.path)),
             "preview": table_metadata(r.table),
-            **report_metadata(r.report["markdown"]),
+            **report_metadata(r.report["markdown"], warehouse.root()),
         }
     )

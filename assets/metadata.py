@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +12,7 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 from models.evaluation import per_label
 from models.tasks import Task
 from warehouse import Warehouse
+from warehouse.reports import report_url, served_markdown
 from warehouse.sources.common import IngestReport
 
 PREVIEW_COLUMNS = (
@@ -26,13 +27,21 @@ PREVIEW_COLUMNS = (
 )
 
 
-def report_metadata(markdown: str | Path) -> dict[str, MetadataValue]:
-    """A Markdown report as asset metadata: its path, and its text shown in the UI (cut to what the
-    UI keeps)."""
+def report_metadata(markdown: str | Path, home: str | Path) -> dict[str, MetadataValue]:
+    """A Markdown report under the data root `home` as asset metadata: its path from the root, its
+    HTML beside it as a link to the reports server (`ferlab dev`), and its text shown in the UI,
+    plots included (their links point at the reports server), cut to what the UI keeps."""
     markdown = Path(markdown)
+    relative = PurePosixPath(markdown.resolve().relative_to(Path(home).resolve()).as_posix())
+    html = markdown.with_suffix(".html")
     return {
-        "report": MetadataValue.path(str(markdown)),
-        "summary": MetadataValue.md(markdown.read_text()[:20000]),
+        "report": MetadataValue.path(str(relative)),
+        **(
+            {"report_html": MetadataValue.url(report_url(relative.with_suffix(".html")))}
+            if html.is_file()
+            else {}
+        ),
+        "summary": MetadataValue.md(served_markdown(markdown.read_text(), relative.parent)[:20000]),
     }
 
 

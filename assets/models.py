@@ -206,8 +206,7 @@ def _report_asset(task: str, upstream):
                 "model_id": MetadataValue.text(model_id),
                 ev.headline_metric: MetadataValue.float(round(ev.headline, 4)),
                 "per_label": per_label_metadata(get_task(task), ev.metrics),
-                **report_metadata(markdown),
-                "report_html": MetadataValue.url(Path(ev.report["html"]).resolve().as_uri()),
+                **report_metadata(markdown, wh.home),
                 "dagster/row_count": MetadataValue.int(len(ev.metrics)),
             },
             check_results=[_floor_check(task, model_id, ev)],
@@ -241,7 +240,7 @@ def au_loss_comparison(
         metadata={
             "avg_f1_by_loss": MetadataValue.json({k: round(v, 4) for k, v in result.avg_f1.items()}),
             "model_ids": MetadataValue.json(result.model_ids),
-            **report_metadata(result.report["markdown"]),
+            **report_metadata(result.report["markdown"], warehouse.root()),
         }
     )
 
@@ -264,7 +263,7 @@ def au_pseudo_label_experiment(
                 {arm: {k: round(v, 4) for k, v in f1.items()} for arm, f1 in result.per_au_f1.items()}
             ),
             "pseudo_labeled_faces_per_fold": MetadataValue.json([a["faces"] for a in result.pseudo_per_fold]),
-            **report_metadata(result.report["markdown"]),
+            **report_metadata(result.report["markdown"], warehouse.root()),
         }
     )
 
@@ -301,7 +300,7 @@ def au_semi_supervised_experiment(
             "metric": MetadataValue.text(result.metric),
             "budgets": table_metadata(budgets),
             "trials": MetadataValue.int(len(result.trials)),
-            **report_metadata(result.report["markdown"]),
+            **report_metadata(result.report["markdown"], warehouse.root()),
         }
     )
 
@@ -334,7 +333,7 @@ def au_active_learning_simulation(
         metadata={
             "experiment_id": MetadataValue.text(result.experiment_id),
             "final_figures": table_metadata(curves),
-            **report_metadata(result.report["markdown"]),
+            **report_metadata(result.report["markdown"], warehouse.root()),
         }
     )
 
@@ -376,7 +375,7 @@ def _tuning_asset(task: str, config_type: type[SettingsConfig]):
                 "dagster/row_count": MetadataValue.int(len(result.trials)),
                 "best_settings": MetadataValue.path(str(result.best_settings_path)),
                 "train_best": MetadataValue.text(result.train_command()),
-                **report_metadata(result.report["markdown"]),
+                **report_metadata(result.report["markdown"], warehouse.root()),
             }
         )
 
@@ -431,7 +430,7 @@ def _compact_asset(task: str, upstream):
                 "student": MetadataValue.text(no_student or "distilled"),
                 "held_out": MetadataValue.text(f"{result.n_faces} faces: {result.held_out}"),
                 "table": MetadataValue.json(result.rows),
-                **report_metadata(result.report["markdown"]),
+                **report_metadata(result.report["markdown"], warehouse.root()),
             }
         )
 

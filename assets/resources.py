@@ -36,8 +36,12 @@ class WarehouseResource(ConfigurableResource):
 
     home: str = ""
 
+    def root(self) -> Path:
+        """The data root's folder."""
+        return Path(self.home) if self.home else default_home()
+
     def get(self) -> Warehouse:
-        return Warehouse(self.home or default_home())
+        return Warehouse(self.root())
 
 
 class SourcesResource(ConfigurableResource):

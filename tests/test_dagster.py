@@ -219,9 +219,14 @@ def test_demo_then_dev_lists_the_demo_runs_and_launches_no_training(tmp_path, de
     log_path = tmp_path / "dev.log"
     # From a folder outside the repository, as a user types it anywhere (issue 24).
     # As a background job (SIGINT ignored): `ferlab dev` must still stop on SIGTERM.
-    with _dagster_server(
-        [*ferlab, "dev", "--port", str(port)], port, env, log_path, cwd=tmp_path, as_background_job=True
-    ) as stopped:
+    reports_port = _free_port()
+    command = [*ferlab, "dev", "--port", str(port), "--reports-port", str(reports_port)]
+    with _dagster_server(command, port, env, log_path, cwd=tmp_path, as_background_job=True) as stopped:
+        # the reports, one click from the UI: served beside it, by their path under the data root
+        report = next(home.glob("reports/*/*/report.html"))
+        url = f"http://127.0.0.1:{reports_port}/{report.relative_to(home).as_posix()}"
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and answer.read() == report.read_bytes()
         runs = _graphql(port, ALL_RUNS)["runsOrError"]["results"]
         assert sorted(r["jobName"] for r in runs) == demo_jobs
         assert {r["status"] for r in runs} == {"SUCCESS"}

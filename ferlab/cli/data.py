@@ -7,10 +7,14 @@ import csv
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from ferlab.cli.common import data_home, open_warehouse, write_csv
+from warehouse.reports import DEFAULT_PORT as DEFAULT_REPORTS_PORT
+from warehouse.reports import PORT_ENV as REPORTS_PORT_ENV
+from warehouse.reports import report_url, reports_port
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -78,10 +82,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
     spec = importlib.util.find_spec(DEFINITIONS)
     root = Path(spec.origin).parents[1] if spec and spec.origin else Path.cwd()
     cmd = [dagster, "dev", "-m", DEFINITIONS, "-d", str(root), "-h", "127.0.0.1", "-p", str(args.port)]
-    print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     # dagster dev stops on SIGTERM by the handler of SIGINT, which a shell's background job (`ferlab
     # dev &`) inherits ignored: then SIGTERM would be ignored too, and `kill` never stop it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # The reports, one click from the UI: a child in this process group (stopped with it), which
+    # also stops when Dagster, this process after the exec, is gone. The assets link to this port.
+    os.environ[REPORTS_PORT_ENV] = str(args.reports_port)
+    subprocess.Popen(
+        [sys.executable, "-m", "warehouse.reports", "--home", str(home), "--port", str(args.reports_port)],
+        stdin=subprocess.DEVNULL,
+    )
+    print(
+        f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); "
+        f"reports on {report_url('reports/', args.reports_port)}"
+    )
+    sys.stdout.flush()
     os.execv(dagster, cmd)
 
 
@@ -148,7 +163,13 @@ def _add_weights(sub) -> None:
 
 def _add_dev(sub) -> None:
     dev = sub.add_parser("dev", help="start the Dagster UI (webserver + daemon) on 127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--port", type=int, default=3000, help="the Dagster UI's port")
+    dev.add_argument(
+        "--reports-port",
+        type=int,
+        default=reports_port(),
+        help=f"the reports' port, the one the assets link to (default: ${REPORTS_PORT_ENV} or {DEFAULT_REPORTS_PORT})",
+    )
     dev.set_defaults(func=cmd_dev)
 
 
