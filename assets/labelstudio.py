@@ -2,10 +2,19 @@
 annotations come back as `human` labels. Thin calls into labeling.labelstudio.sync; the sensor that
 polls for new annotations is in dagster_project.sensors."""
 
+from typing import TYPE_CHECKING
+
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from assets.resources import LabelStudioResource, WarehouseResource
+
+# The Label Studio modules load when an asset runs, not with the definitions. No `from __future__
+# import annotations` here: Dagster reads the assets' config annotations as types.
+if TYPE_CHECKING:
+    from labeling.labelstudio.agreement import AgreementReport
+    from labeling.labelstudio.sync import PullReport, PushReport
+    from warehouse import Warehouse
 
 GROUP = "labeling"
 
@@ -55,18 +64,21 @@ def label_studio_tasks(
         overlap=config.overlap or None,
     )
     context.log.info(report.summary())
+    return MaterializeResult(metadata=push_metadata(wh, len(rows), report))
+
+
+def push_metadata(wh: "Warehouse", queued: int, report: "PushReport") -> dict[str, MetadataValue]:
+    """What a push shows in the UI (the asset's, and `ferlab labelstudio push`'s recorded run)."""
     total = wh.sql("SELECT count(*) AS n FROM label_studio_tasks WHERE project_id = ?", [report.project_id])
-    return MaterializeResult(
-        metadata={
-            "project_id": MetadataValue.int(report.project_id),
-            "faces_queued": MetadataValue.int(len(rows)),
-            "tasks_pushed": MetadataValue.int(report.pushed),
-            "with_prediction": MetadataValue.int(report.with_prediction),
-            "already_pushed": MetadataValue.int(report.already),
-            "pushed_again": MetadataValue.int(report.repushed),
-            "tasks_total": MetadataValue.int(int(total.column("n")[0].as_py())),
-        }
-    )
+    return {
+        "project_id": MetadataValue.int(report.project_id),
+        "faces_queued": MetadataValue.int(queued),
+        "tasks_pushed": MetadataValue.int(report.pushed),
+        "with_prediction": MetadataValue.int(report.with_prediction),
+        "already_pushed": MetadataValue.int(report.already),
+        "pushed_again": MetadataValue.int(report.repushed),
+        "tasks_total": MetadataValue.int(int(total.column("n")[0].as_py())),
+    }
 
 
 @asset(
@@ -96,25 +108,27 @@ def label_studio_annotations(
         wh, client=labelstudio.client(), title=labelstudio.project_title, consensus=config.consensus
     )
     context.log.info(report.summary())
-    agreement = write_report(wh, config.consensus)
+    return MaterializeResult(metadata=pull_metadata(report, write_report(wh, config.consensus)))
+
+
+def pull_metadata(report: "PullReport", agreement: "AgreementReport") -> dict[str, MetadataValue]:
+    """What a pull shows in the UI (the asset's, and `ferlab labelstudio pull`'s recorded run)."""
     consensus = report.consensus
-    return MaterializeResult(
-        metadata={
-            "project_id": MetadataValue.int(report.project_id),
-            "annotations": MetadataValue.int(report.annotations),
-            "skipped": MetadataValue.int(report.skipped),
-            "unknown_faces": MetadataValue.int(report.unknown_faces),
-            "rejected": MetadataValue.int(report.rejected),
-            "emotion_labels_added": MetadataValue.int(report.emotion_added),
-            "emotion_labels_updated": MetadataValue.int(report.emotion_updated),
-            "au_labels_added": MetadataValue.int(report.au_added),
-            "au_labels_updated": MetadataValue.int(report.au_updated),
-            "human_emotions": MetadataValue.json(report.emotions),
-            "faces_several_annotators": MetadataValue.int(consensus.faces if consensus else 0),
-            "faces_in_consensus": MetadataValue.int(consensus.agreed if consensus else 0),
-            "faces_in_disagreement": MetadataValue.int(consensus.disagreements if consensus else 0),
-            "agreement": MetadataValue.md("\n".join(agreement.lines())),
-            "agreement_by_item": MetadataValue.json({r.item: r.as_dict() for r in agreement.rows}),
-            "agreement_report": MetadataValue.path(str(agreement.files["markdown"])),
-        }
-    )
+    return {
+        "project_id": MetadataValue.int(report.project_id),
+        "annotations": MetadataValue.int(report.annotations),
+        "skipped": MetadataValue.int(report.skipped),
+        "unknown_faces": MetadataValue.int(report.unknown_faces),
+        "rejected": MetadataValue.int(report.rejected),
+        "emotion_labels_added": MetadataValue.int(report.emotion_added),
+        "emotion_labels_updated": MetadataValue.int(report.emotion_updated),
+        "au_labels_added": MetadataValue.int(report.au_added),
+        "au_labels_updated": MetadataValue.int(report.au_updated),
+        "human_emotions": MetadataValue.json(report.emotions),
+        "faces_several_annotators": MetadataValue.int(consensus.faces if consensus else 0),
+        "faces_in_consensus": MetadataValue.int(consensus.agreed if consensus else 0),
+        "faces_in_disagreement": MetadataValue.int(consensus.disagreements if consensus else 0),
+        "agreement": MetadataValue.md("\n".join(agreement.lines())),
+        "agreement_by_item": MetadataValue.json({r.item: r.as_dict() for r in agreement.rows}),
+        "agreement_report": MetadataValue.path(str(agreement.files["markdown"])),
+    }

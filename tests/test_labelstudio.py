@@ -434,6 +434,16 @@ def _annotate(
     return int(ann.id)
 
 
+def _last_materialization(asset: str):
+    """The newest materialization of `asset` in the Dagster instance ($DAGSTER_HOME: the tests')."""
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+    assert event is not None, f"no materialization of {asset}"
+    return event.asset_materialization
+
+
 @pytest.mark.server
 def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     from ferlab.cli import main
@@ -465,6 +475,9 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.key)
     assert main(["--home", str(ls_server.home), "labelstudio", "push"]) == 0
     assert "0 tasks pushed" in capsys.readouterr().out
+    recorded = _last_materialization("label_studio_tasks")  # the CLI run shows in the Dagster UI
+    assert recorded.description == "ferlab labelstudio push" and recorded.metadata["tasks_pushed"].value == 0
+    assert recorded.metadata["tasks_total"].value == 4
     assert sdk.projects.get(id=report.project_id).task_number == 4 and wh.count("label_studio_tasks") == 4
 
     # Curators: a full label, an emotion only (on a task pre-filled with AU12: the UI submits the
@@ -487,6 +500,9 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     ) == {f"labelstudio:{me}"}
     again_cli = main(["--home", str(ls_server.home), "labelstudio", "pull"])
     assert again_cli == 0 and "+0 ~0, AU labels +0 ~0" in capsys.readouterr().out
+    recorded = _last_materialization("label_studio_annotations")
+    assert recorded.description == "ferlab labelstudio pull"
+    assert recorded.metadata["annotations"].value == 2 and recorded.metadata["au_labels_added"].value == 0
 
     # The human label wins in the next dataset version.
     rows = {r["crop_id"]: r for r in build_manifest(wh).to_pylist()}

@@ -56,6 +56,24 @@ def check_out_file(
     return out
 
 
+def record_materialization(home: Path, asset: str, metadata: dict[str, Any], description: str) -> None:
+    """A CLI run recorded as a materialization of the asset it does the work of, in the data
+    root's Dagster instance (`ferlab dev`'s): the UI shows it as it shows a run's. A failure to
+    record is one warning line; the work itself is done."""
+    from dagster import AssetMaterialization, DagsterInstance
+
+    from ferlab.demo import prepare_dagster_home
+
+    try:
+        prepare_dagster_home(home)
+        with DagsterInstance.get() as instance:
+            instance.report_runless_asset_event(
+                AssetMaterialization(asset_key=asset, metadata=metadata, description=description)
+            )
+    except Exception as exc:  # noqa: BLE001 - the UI misses a run; the work is not undone
+        print(f"warning: not recorded in the Dagster UI as {asset}: {exc}", file=sys.stderr)
+
+
 def write_csv(table) -> None:
     writer = csv.writer(sys.stdout)
     writer.writerow(table.column_names)

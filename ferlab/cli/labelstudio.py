@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ferlab.cli.common import data_home, open_warehouse
+from ferlab.cli.common import data_home, open_warehouse, record_materialization
 
 
 def _labelstudio_client(args: argparse.Namespace):
@@ -41,6 +41,7 @@ def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_labelstudio_push(args: argparse.Namespace) -> int:
+    from assets.labelstudio import push_metadata
     from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
 
     wh = open_warehouse(args)
@@ -48,16 +49,24 @@ def cmd_labelstudio_push(args: argparse.Namespace) -> int:
     predictions = {} if args.no_predictions else queue_predictions(wh, rows)
     report = push_faces(wh, rows, predictions, client=_labelstudio_client(args), overlap=args.overlap)
     print(report.summary())
+    record_materialization(
+        wh.home, "label_studio_tasks", push_metadata(wh, len(rows), report), "ferlab labelstudio push"
+    )
     return 0
 
 
 def cmd_labelstudio_pull(args: argparse.Namespace) -> int:
+    from assets.labelstudio import pull_metadata
+    from labeling.labelstudio.agreement import write_report
     from labeling.labelstudio.sync import pull_annotations
 
-    report = pull_annotations(
-        open_warehouse(args), client=_labelstudio_client(args), consensus=args.consensus
-    )
+    wh = open_warehouse(args)
+    report = pull_annotations(wh, client=_labelstudio_client(args), consensus=args.consensus)
     print(report.summary())
+    agreement = write_report(wh, args.consensus)  # as the asset does
+    record_materialization(
+        wh.home, "label_studio_annotations", pull_metadata(report, agreement), "ferlab labelstudio pull"
+    )
     return 0
 
 
