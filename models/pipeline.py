@@ -41,6 +41,7 @@ from models.train import FoldRun, cross_validate, fit, holdout
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
 from warehouse.hashing import stable_id
+from warehouse.precedence import production_models_sql
 from warehouse.versions import read_manifest
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         "image size": mc["image_size"],
         "protocol": info["protocol"],
         "faces": info["n_faces"],
-        "groups": ", ".join(info["groups"]),
+        "groups": _collapsed(info["groups"]),
         "validation": "; ".join(sorted({f["validation"] for f in info["folds"]})),
         "epochs per fold": ", ".join(str(f["epochs"]) for f in info["folds"]),
         "training seconds": round(info["seconds"], 1),
@@ -271,8 +272,41 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         model=summary,
         folds=run.folds,
         compact=compact,
+        headline=_headline_block(wh, run, scored),
     )
     return _Scores(rows, metric, headline, summary, report)
+
+
+def _headline_block(wh: Warehouse, run: ModelRun, scored: Headline) -> list[tuple[str, str]]:
+    """The report's first block: the figure promotion compares, its trivial baseline, and the
+    production model's figure (as stored when it was evaluated)."""
+    task = run.settings().task
+    production = wh.sql(
+        f"SELECT p.model_id, m.value, r.dataset_version FROM ({production_models_sql()}) p "
+        "LEFT JOIN eval_metrics m ON m.model_id = p.model_id AND m.metric = $metric "
+        "AND m.fold IS NULL AND m.label = '' "
+        "LEFT JOIN model_runs r ON r.model_id = p.model_id WHERE p.task = $task",
+        params={"metric": scored.metric, "task": task.name},
+    ).to_pylist()
+    if not production:
+        now = "none promoted yet"
+    elif production[0]["model_id"] == run.model_id:
+        now = "this model"
+    else:
+        p = production[0]
+        figure = "not evaluated" if p["value"] is None else f"{p['value']:.3f}"
+        now = f"{figure} ({p['model_id']}, on {p['dataset_version']})"
+    return [
+        (f"{task.headline_name} ({scored.metric}), the figure promotion compares", f"**{scored.value:.3f}**"),
+        (f"Trivial baseline: {task.baseline_description}", f"{scored.baseline:.3f}"),
+        (f"Production {task.name} model", now),
+    ]
+
+
+def _collapsed(items: Sequence[str], shown: int = 8) -> str:
+    """A long list as its first `shown` items and the count."""
+    head = ", ".join(items[:shown])
+    return head + (f", ... ({len(items)} in all)" if len(items) > shown else "")
 
 
 def write_model_report(wh: Warehouse, run: ModelRun) -> dict[str, Any]:

@@ -236,8 +236,16 @@ def _weights_source(model: dict) -> str:
     return "not stated"
 
 
-def header(doc: Doc, title: str, task: str, dataset_version: str, model: dict) -> None:
-    """Title, task, dataset version, backbone weights, time; then the model summary as given."""
+def header(
+    doc: Doc,
+    title: str,
+    task: str,
+    dataset_version: str,
+    model: dict,
+    headline: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Title, task, dataset version, backbone weights, time; the headline block (the figure that
+    decides, first: `headline` rows of name and value); then the model summary as given."""
     doc.h(1, title)
     weights = _weights_source(model)
     doc.ul(
@@ -248,6 +256,9 @@ def header(doc: Doc, title: str, task: str, dataset_version: str, model: dict) -
             f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         ]
     )
+    if headline:
+        doc.h(2, "Headline")
+        doc.table(["", "Value"], [[name, value] for name, value in headline])
     if model:
         doc.h(2, "Model")
         doc.table(

@@ -49,8 +49,12 @@ def write_report(
     baselines: bool = True,
     on_published_data: bool = False,
     compact: dict[str, Any] | None = None,
+    headline: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into `out_dir`, replacing it whole.
+
+    `headline`: the block shown first, under the title (name, value): the figure promotion
+    compares, its trivial baseline, the production model's figure.
 
     `model` is a summary dict (architecture, loss, weights_source, epochs, ...), shown as given.
     `on_published_data` says the run is on DISFA / FER-2013 itself; otherwise the published
@@ -65,7 +69,7 @@ def write_report(
     task = get_task(task)
     r = Rows(evaluate_folds(task, folds))
     doc = render.Doc([])
-    render.header(doc, title, task.name, dataset_version, model)
+    render.header(doc, title, task.name, dataset_version, model, headline)
     plots: render.Plots = {}
     task.report_sections(doc, folds, r, plots)
     render.folds_section(doc, folds, r)

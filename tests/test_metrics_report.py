@@ -250,6 +250,25 @@ def test_au_report_files_numbers_and_atomic_rewrite(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["au-v1"]  # no temp folders left
 
 
+def test_the_headline_block_comes_first(tmp_path):
+    """Issue 24: the figure that decides (promotion's), its baseline and the production model's
+    figure, before the model's settings and the per-label tables."""
+    block = [
+        ("Avg.F1 (avg_f1_pooled), the figure promotion compares", "**0.733**"),
+        ("Trivial baseline", "0.41"),
+    ]
+    md = write_report(
+        tmp_path / "r", task="au", title="AU", dataset_version="v1", model={"loss": "bce"}, folds=_au_folds(),
+        headline=block,
+    )["markdown"].read_text()  # fmt: skip
+    assert md.index("## Headline") < md.index("## Model") < md.index("## Folds")
+    assert "| Avg.F1 (avg_f1_pooled), the figure promotion compares | **0.733** |" in md
+    no_block = write_report(
+        tmp_path / "s", task="au", title="AU", dataset_version="v1", model={}, folds=_au_folds()
+    )["markdown"].read_text()
+    assert "## Headline" not in no_block
+
+
 def test_emotion_report(tmp_path):
     folds = _emotion_folds()
     paths = write_report(

@@ -220,7 +220,10 @@ def test_training_assets_through_dagster(home, version):
     model_meta = train.asset_materializations_for_node("au_model")[0].metadata
     assert model_meta["avg_f1"].value == report_meta["avg_f1"].value
     assert 0.0 <= model_meta["trivial_baseline"].value <= 1.0
-    assert Path(report_meta["report"].value).is_file()
+    report_md = (home / report_meta["report"].value).read_text()  # the path is under the data root
+    assert report_md.index("## Headline") < report_md.index("## Model")
+    shown = float(report_md.split("the figure promotion compares | **", 1)[1].split("**", 1)[0])
+    assert shown == pytest.approx(report_meta["avg_f1"].value, abs=1e-3)
     # per label: a table in the model's AU order (AU2 before AU12), P / R / F1 and the baseline
     table = report_meta["per_label"]
     assert isinstance(table, TableMetadataValue)
