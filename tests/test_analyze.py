@@ -511,3 +511,23 @@ def test_ctrl_c_ends_a_camera_run_between_frames_not_halfway_through_a_batch():
     assert signal.getsignal(signal.SIGINT) is before
     with _ctrl_c_ends(camera=False) as stop:
         assert signal.getsignal(signal.SIGINT) is before and not stop.is_set()
+
+
+def test_the_video_overlay_names_the_aus_and_their_pattern_and_stays_in_the_frame():
+    """Issue 24: AUs by FACS name, the emotion their pattern names drawn, the text whole inside
+    the frame when the face touches its top or right edge."""
+    from labeling.analysis.analyze import face_lines, label_origin
+
+    face = {"track_id": 3, "emotion": "happy", "p": 0.91, "aus_on": [6, 12], "emotion_from_aus": "happy"}
+    assert face_lines(face) == [
+        "#3 happy 0.91",
+        "AUs: 6 cheek raiser, 12 lip corner puller",
+        "AU pattern: happy",
+    ]
+    none = {**face, "track_id": None, "aus_on": [], "emotion_from_aus": ""}
+    assert face_lines(none)[1:] == ["AUs: none present", "AU pattern: -"]
+    frame = (640, 360)
+    assert label_origin((100, 200, 180, 280), (150, 54), frame) == (100, 144)  # above the box
+    assert label_origin((100, 5, 180, 80), (150, 54), frame) == (100, 7)  # at the top: inside it
+    assert label_origin((600, 5, 639, 80), (150, 54), frame) == (490, 7)  # at the right: pulled in
+    assert label_origin((0, 340, 40, 359), (150, 54), frame) == (0, 284)  # at the bottom: pulled up

@@ -83,6 +83,21 @@ SOURCES: tuple[str, ...] = ("disfa", "fer2013", "scraped")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DISFA_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 SEED_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)  # the 8 DISFA AUs of seed 000 (its Avg.F1)
+# FACS names of the DISFA AUs (Ekman & Friesen's Facial Action Coding System), for people reading them
+FACS_NAMES: dict[int, str] = {
+    1: "inner brow raiser",
+    2: "outer brow raiser",
+    4: "brow lowerer",
+    5: "upper lid raiser",
+    6: "cheek raiser",
+    9: "nose wrinkler",
+    12: "lip corner puller",
+    15: "lip corner depressor",
+    17: "chin raiser",
+    20: "lip stretcher",
+    25: "lips part",
+    26: "jaw drop",
+}
 AU_PRESENT_THRESHOLD = 2  # seed 000 on DISFA: an AU is present when its intensity is >= 2
 
 IMAGES = pa.schema(

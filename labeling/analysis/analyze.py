@@ -46,7 +46,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,7 @@ from labeling.student.face_detector import resolve_detector as resolve_student_o
 from warehouse.atomic import atomic_path, atomic_write_bytes
 from warehouse.errors import InputError
 from warehouse.rejects import Reject
+from warehouse.schemas import FACS_NAMES
 from warehouse.sources.common import progress
 from warehouse.store import Warehouse
 from warehouse.video import decode_frames_skipping, open_video
@@ -392,11 +393,39 @@ class _Averager:
 
 
 def _color(track_id: int | None) -> tuple[int, int, int]:
+    """A light colour per track (light on the dark text panel, distinct between tracks)."""
     if track_id is None:
-        return (160, 160, 160)
+        return (220, 220, 220)
     hue = (track_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    bgr = cv2.cvtColor(np.uint8([[[hue, 140, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
     return tuple(int(v) for v in bgr)
+
+
+FONT, FONT_SCALE, LINE_HEIGHT, TEXT_PAD = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 16, 3
+
+
+def face_lines(face: Mapping[str, Any]) -> list[str]:
+    """The annotated video's text for a face: track, emotion and its probability; the present AUs
+    by number and FACS name; the emotion their pattern names (`emotion_from_aus`)."""
+    tid = "-" if face["track_id"] is None else str(face["track_id"])
+    aus = ", ".join(f"{n} {FACS_NAMES.get(n, '')}".strip() for n in face["aus_on"]) or "none present"
+    return [
+        f"#{tid} {face['emotion']} {face['p']:.2f}",
+        f"AUs: {aus}",
+        f"AU pattern: {face['emotion_from_aus'] or '-'}",
+    ]
+
+
+def label_origin(
+    box: tuple[int, int, int, int], size: tuple[int, int], frame: tuple[int, int]
+) -> tuple[int, int]:
+    """Top-left corner of a text panel of `size` (w, h) for a face's `box`: above the box when it
+    fits in the frame, else inside it under its top edge; always whole inside the frame."""
+    x1, y1, _, _ = box
+    w, h = size
+    fw, fh = frame
+    y = y1 - h - 2 if y1 - h - 2 >= 0 else y1 + 2
+    return max(0, min(x1, fw - w)), max(0, min(y, fh - h))
 
 
 STALE_AFTER_S = 24 * 3600  # a pid may be reused: a temporary untouched this long is stale regardless
@@ -461,13 +490,17 @@ class AnnotatedVideo:
             color = _color(f["track_id"])
             x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
             cv2.rectangle(out, (x1, y1), (x2, y2), color, 2)
-            tid = "-" if f["track_id"] is None else str(f["track_id"])
-            lines = [f"#{tid} {f['emotion']} {f['p']:.2f}", f"AUs {f['aus'] or '-'}"]
-            above = y1 - 6 - 14 * (len(lines) - 1) >= 12  # else inside the box, under its top
+            lines = face_lines(f)
+            sizes = [cv2.getTextSize(t, FONT, FONT_SCALE, 1)[0] for t in lines]
+            width = max(w for w, _ in sizes) + 2 * TEXT_PAD
+            height = LINE_HEIGHT * len(lines) + 2 * TEXT_PAD
+            x, y = label_origin((x1, y1, x2, y2), (width, height), (out.shape[1], out.shape[0]))
+            # a dark panel under the text: legible on any background, the track's colour on it
+            panel = out[y : y + height, x : x + width]
+            panel[:] = (panel * 0.35).astype(out.dtype)
             for k, text in enumerate(lines):
-                y = y1 - 6 - 14 * (len(lines) - 1 - k) if above else y1 + 16 + 14 * k
-                cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-                cv2.putText(out, text, (x1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+                baseline = y + TEXT_PAD + LINE_HEIGHT * (k + 1) - 4
+                cv2.putText(out, text, (x + TEXT_PAD, baseline), FONT, FONT_SCALE, color, 1, cv2.LINE_AA)
         if (out.shape[1], out.shape[0]) != self.size:
             out = cv2.resize(out, self.size, interpolation=cv2.INTER_AREA)
         self._writer.write(out)
@@ -707,7 +740,8 @@ class VideoAnalysis:
             "track_id": tid,
             "emotion": label,
             "p": float(pe[top]),
-            "aus": " ".join(map(str, on)),
+            "aus_on": on,
+            "emotion_from_aus": c["emotion_from_aus"][-1],
         }
 
     def _result(self, seconds: float, written: Path | None) -> AnalysisResult:
