@@ -18,8 +18,9 @@ Where the cuts hold (`source_cuts`): out-of-fold predictions measure precision o
 held-out people (DISFA's for the AU model), not on 48 px FER-2013 crops or small scraped faces. So
 each source's faces are labeled with cuts chosen on that source's own human-labeled faces (the
 Label Studio / FiftyOne answers that came back) once it has `min_verified_faces` of them
-(calibration "human:<source>:<n>", verified); before that with the out-of-fold cuts, verified only
-for the sources of the held-out people. Unverified labels are written (curators see them) but
+(calibration "human:<source>:<n>", verified; a cut must reach the target at the lower bound of its
+precision, `confidence`, since a few answers overstate it); before that with the out-of-fold cuts,
+verified only for the sources of the held-out people. Unverified labels are written (curators see them) but
 never reach a dataset version (warehouse.versions).
 
 Each label row carries the probability, the model id (annotator), the threshold it passed, its
@@ -388,9 +389,7 @@ def pseudo_label(
     run = load_run(wh, model_id)
     manifest = read_manifest(wh, version)
     faces = candidate_faces(wh, task, version, manifest)
-    out_of_fold = pseudo_thresholds(
-        run.folds, settings.target_precision, settings.min_support, settings.confidence
-    )
+    out_of_fold = pseudo_thresholds(run.folds, settings.target_precision, settings.min_support)
     log.info(
         "%s: %d faces of %s without a human or gold %s label", model_id, faces.num_rows, version, task.name
     )

@@ -24,8 +24,9 @@ class PseudoLabelSettings(Settings):
         0.8,
         ge=0,
         lt=1,
-        description="a cut must reach target_precision with this confidence (the lower Clopper-Pearson "
-        "bound of its precision; 0: the measured precision), so cuts chosen on a few curated faces hold",
+        description="a source's own cuts, chosen on its curated faces, must reach target_precision with this "
+        "confidence (the lower Clopper-Pearson bound of their precision; 0: the measured precision), so cuts "
+        "chosen on a few answers hold; the out-of-fold cuts, on the model's held-out faces, use the measured one",
     )
     batch_size: int = Field(64, ge=1, description="crops per inference batch")
     backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime) or torch")
