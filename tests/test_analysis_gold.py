@@ -167,7 +167,7 @@ def test_the_asset_through_its_job(home):
     assert 0 < rows <= 20 and meta["frames"].value == 20
     assert meta["gold_not_analyzed"].value == 32 - 10  # odd frames past 20
     assert sorted(meta["f1"].value) == sorted(f"au{n}" for n in GOLD_AUS)
-    assert Path(meta["report"].value).is_file() and "| AU |" in meta["summary"].value
+    assert (home / meta["report"].value).is_file() and "| AU |" in meta["summary"].value  # under the root
     table = pq.read_table(meta["table"].value)
     assert table.num_rows == rows and max(table["frame"].to_pylist()) <= 20
     assert Path(meta["table"].value) == home / "analysis" / "disfa" / SUBJECT / "frames.parquet"
