@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from models import render
 from models.checkpoint import export_onnx, load_checkpoint, onnx_predict, save_checkpoint
 from models.data import load_faces, validation_split
 from models.evaluation import overall
@@ -37,6 +38,7 @@ from models.networks import WithProbabilities, normalize
 from models.predictions import FoldPredictions, load_predictions, save_predictions
 from models.report import compare_losses_report, evaluate_folds, write_report
 from models.settings import AUTrainingSettings, TrainingSettings, settings_from_dict
+from models.tasks import Task
 from models.train import FoldRun, cross_validate, fit, holdout
 from warehouse import Warehouse
 from warehouse.atomic import atomic_write_bytes
@@ -256,7 +258,7 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         "image size": mc["image_size"],
         "protocol": info["protocol"],
         "faces": info["n_faces"],
-        "groups": _collapsed(info["groups"]),
+        "groups": render.collapsed(info["groups"]),
         "validation": "; ".join(sorted({f["validation"] for f in info["folds"]})),
         "epochs per fold": ", ".join(str(f["epochs"]) for f in info["folds"]),
         "training seconds": round(info["seconds"], 1),
@@ -272,15 +274,14 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         model=summary,
         folds=run.folds,
         compact=compact,
-        headline=_headline_block(wh, run, scored),
+        headline=_headline_block(wh, run.model_id, task, scored),
     )
     return _Scores(rows, metric, headline, summary, report)
 
 
-def _headline_block(wh: Warehouse, run: ModelRun, scored: Headline) -> list[tuple[str, str]]:
+def _headline_block(wh: Warehouse, model_id: str, task: Task, scored: Headline) -> list[tuple[str, str]]:
     """The report's first block: the figure promotion compares, its trivial baseline, and the
     production model's figure (as stored when it was evaluated)."""
-    task = run.settings().task
     production = wh.sql(
         f"SELECT p.model_id, m.value, r.dataset_version FROM ({production_models_sql()}) p "
         "LEFT JOIN eval_metrics m ON m.model_id = p.model_id AND m.metric = $metric "
@@ -290,7 +291,7 @@ def _headline_block(wh: Warehouse, run: ModelRun, scored: Headline) -> list[tupl
     ).to_pylist()
     if not production:
         now = "none promoted yet"
-    elif production[0]["model_id"] == run.model_id:
+    elif production[0]["model_id"] == model_id:
         now = "this model"
     else:
         p = production[0]
@@ -301,12 +302,6 @@ def _headline_block(wh: Warehouse, run: ModelRun, scored: Headline) -> list[tupl
         (f"Trivial baseline: {task.baseline_description}", f"{scored.baseline:.3f}"),
         (f"Production {task.name} model", now),
     ]
-
-
-def _collapsed(items: Sequence[str], shown: int = 8) -> str:
-    """A long list as its first `shown` items and the count."""
-    head = ", ".join(items[:shown])
-    return head + (f", ... ({len(items)} in all)" if len(items) > shown else "")
 
 
 def write_model_report(wh: Warehouse, run: ModelRun) -> dict[str, Any]:

@@ -267,15 +267,18 @@ def header(
         )
 
 
+def collapsed(items: Sequence[object], shown: int = 8) -> str:
+    """A long list as its first `shown` items and the count."""
+    head = ", ".join(map(str, items[:shown]))
+    return head + (f", ... ({len(items)} in all)" if len(items) > shown else "")
+
+
 def folds_section(doc: Doc, folds: Sequence[FoldPredictions], r: Rows) -> None:
     """One row per fold: its samples and held-out groups."""
     doc.h(2, "Folds (held-out identities)")
     rows = []
     for f in folds:
-        groups = ", ".join(map(str, f.groups[:8])) + (
-            f", ... ({len(f.groups)} in all)" if len(f.groups) > 8 else ""
-        )
-        rows.append([str(f.fold), str(int(r("n_samples", fold=f.fold))), groups or "-"])
+        rows.append([str(f.fold), str(int(r("n_samples", fold=f.fold))), collapsed(f.groups) or "-"])
     doc.table(["Fold", "Samples", "Held-out groups"], rows)
 
 

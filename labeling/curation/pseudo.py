@@ -213,17 +213,15 @@ def source_cuts(
         rows = human.filter(pc.equal(human["source"], source))
         ids = rows["crop_id"].to_pylist()
         unseen = rows.filter(pa.array([c not in trained for c in ids], pa.bool_()))
-        predicted, _ = (
-            face_predictions(wh, predictor, unseen, settings.batch_size) if unseen.num_rows else (None, [])
-        )
-        prob_of = dict(held_out_prob)
-        if predicted is not None:
-            fresh = np.stack([predicted[lab].to_numpy(zero_copy_only=False) for lab in predictor.labels], 1)
-            prob_of.update(zip(predicted["crop_id"].to_pylist(), fresh, strict=True))
-        usable = [i for i, c in enumerate(ids) if c in prob_of]
+        fresh: dict[str, np.ndarray] = {}
+        if unseen.num_rows:
+            predicted, _ = face_predictions(wh, predictor, unseen, settings.batch_size)
+            prob = np.stack([predicted[lab].to_numpy(zero_copy_only=False) for lab in predictor.labels], 1)
+            fresh = dict(zip(predicted["crop_id"].to_pylist(), prob, strict=True))
+        usable = [i for i, c in enumerate(ids) if c in fresh or c in held_out_prob]
         if len(usable) >= settings.min_verified_faces:
             rows = rows.take(pa.array(usable, pa.int64()))
-            prob = np.stack([prob_of[c] for c in rows["crop_id"].to_pylist()])
+            prob = np.stack([fresh.get(c, held_out_prob.get(c)) for c in rows["crop_id"].to_pylist()])
             fold = FoldPredictions(
                 0, list(predictor.labels), task.true_labels(task.targets(rows)), prob, None, []
             )
