@@ -87,3 +87,18 @@ def test_the_server_answers_with_reports_and_nothing_else(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_taken_port_is_one_line(tmp_path, capsys):
+    from warehouse.reports import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as stopped:
+            main(["--home", str(tmp_path), "--port", str(port)])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot serve the reports on 127.0.0.1:{port}") and "--reports-port" in err
+    assert len(err.splitlines()) == 1

@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -97,7 +98,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", required=True, help="the data root")
     parser.add_argument("--port", type=int, default=reports_port())
     args = parser.parse_args(argv)
-    serve_while_parent_lives(args.home, args.port)
+    try:
+        serve_while_parent_lives(args.home, args.port)
+    except OSError as exc:  # the port is taken: the UI runs on, its report links do not answer
+        print(
+            f"error: cannot serve the reports on 127.0.0.1:{args.port} ({exc.strerror}); "
+            f"pass `ferlab dev --reports-port N` or set ${PORT_ENV}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
