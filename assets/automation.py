@@ -28,3 +28,15 @@ WEEKLY_SNAPSHOT = (
 # One training at a time: the limit of this pool is set in the instance's dagster.yaml
 # (`concurrency: pools: default_limit`, written by `ferlab.demo.prepare_dagster_home`).
 TRAINING_POOL = "training"
+# On Kubernetes (k8s_job_executor, deploy/k8s) a training step's pod asks for a GPU and tolerates
+# the GPU nodes' taint; elsewhere the tag is ignored and training takes a GPU when there is one.
+TRAINING_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "1"}}
+        },
+        "pod_spec_config": {
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        },
+    }
+}

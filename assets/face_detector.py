@@ -15,7 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.automation import TRAINING_POOL
+from assets.automation import TRAINING_POOL, TRAINING_STEP_TAGS
 from assets.config import settings_config
 from assets.ingest import disfa_frames, scraped_images
 from assets.resources import WarehouseResource
@@ -36,6 +36,7 @@ FaceDetectorConfig = settings_config(
     deps=[disfa_frames, scraped_images],
     kinds={"pytorch", "onnx"},
     pool=TRAINING_POOL,
+    op_tags=TRAINING_STEP_TAGS,
     check_specs=[
         AssetCheckSpec("weights_load", asset="face_detector", blocking=True),
         # Not blocking: the student is installed by the time its score is known, so failing here

@@ -16,7 +16,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.automation import FOLLOW_UPSTREAM, TRAIN_NEW_VERSION, TRAINING_POOL, WEEKLY_SNAPSHOT
+from assets.automation import (
+    FOLLOW_UPSTREAM,
+    TRAIN_NEW_VERSION,
+    TRAINING_POOL,
+    TRAINING_STEP_TAGS,
+    WEEKLY_SNAPSHOT,
+)
 from assets.config import SettingsConfig, config_fields, settings_config, settings_of
 from assets.metadata import per_label_metadata, report_metadata, table_metadata
 from assets.partitions import dataset_versions
@@ -162,6 +168,7 @@ def _model_asset(task: str):
         kinds={"pytorch", "onnx"},
         automation_condition=TRAIN_NEW_VERSION,
         pool=TRAINING_POOL,
+        op_tags=TRAINING_STEP_TAGS,
         check_specs=[_export_check_spec(task)],
     )
 
@@ -226,6 +233,7 @@ experiment_asset = asset(
     partitions_def=dataset_versions,
     kinds={"pytorch", "markdown"},
     pool=TRAINING_POOL,
+    op_tags=TRAINING_STEP_TAGS,
 )
 
 
@@ -356,6 +364,7 @@ def _tuning_asset(task: str, config_type: type[SettingsConfig]):
         partitions_def=dataset_versions,
         kinds={"pytorch", "parquet", "markdown"},
         pool=TRAINING_POOL,
+        op_tags=TRAINING_STEP_TAGS,
         description=f"Seed 004's Bayesian hyper-parameter search of the {task} model (Optuna TPE + median "
         "pruner, 10 trials by default) minimising the validation loss, never on the test split: the trials "
         "table, the best configuration as settings JSON (`ferlab train "
@@ -409,6 +418,7 @@ def _compact_asset(task: str, upstream):
         partitions_def=dataset_versions,
         kinds={"onnx", "pytorch", "markdown"},
         pool=TRAINING_POOL,
+        op_tags=TRAINING_STEP_TAGS,
         description=f"Seed 004's compact versions of the latest {task} model of the dataset version: "
         "model.int8.onnx (ONNX Runtime static quantization calibrated on the version's training faces), "
         "the alpha-0.25 student distilled at temperature 2, and a table of size, CPU latency (batch 1 "

@@ -102,3 +102,23 @@ def test_a_taken_port_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot serve the reports on 127.0.0.1:{port}") and "--reports-port" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_cluster_links_reports_at_its_own_address(tmp_path, monkeypatch):
+    """Behind a Service or an Ingress the links use $FERLAB_REPORTS_URL, and the server listens
+    on the address it is given."""
+    monkeypatch.setenv("FERLAB_REPORTS_URL", "https://reports.example.org/")
+    assert (
+        report_url("reports/v-1/a b/report.html")
+        == "https://reports.example.org/reports/v-1/a%20b/report.html"
+    )
+    _report(tmp_path)
+    port = _free_port()
+    server = reports_server(tmp_path, port, host="0.0.0.0")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{port}/reports/v-1/au-model/report.html"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.read() == b"<h1>AU model</h1>"
+    finally:
+        server.shutdown()

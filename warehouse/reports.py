@@ -9,6 +9,9 @@ process made the report, and stays right when the data root is copied or moved:
     report_url("reports/v-1/au-x/report.html")  # http://127.0.0.1:3001/reports/v-1/au-x/report.html
 
     python -m warehouse.reports --home var --port 3001      # what `ferlab dev` starts
+
+On a cluster the server listens on the pod's address (`--host 0.0.0.0`) behind a Service, and
+$FERLAB_REPORTS_URL (e.g. https://reports.ferlab.example.org) is the base of every report link.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from urllib.parse import quote, unquote, urlsplit
 log = logging.getLogger(__name__)
 
 PORT_ENV = "FERLAB_REPORTS_PORT"
+URL_ENV = "FERLAB_REPORTS_URL"  # where people reach the server, when not on this machine
 DEFAULT_PORT = 3001  # beside Dagster's 3000
 SERVED = ("reports", "analysis")  # the data root's folders that are served; nothing else
 
@@ -39,8 +43,11 @@ def reports_port() -> int:
 
 def report_url(relative: str | PurePosixPath, port: int | None = None) -> str:
     """The URL of a file under the data root (`relative`: its path from the root) on the reports
-    server."""
-    return f"http://127.0.0.1:{port or reports_port()}/{quote(str(PurePosixPath(relative)))}"
+    server: under $FERLAB_REPORTS_URL when set (and no `port` is given), else on 127.0.0.1."""
+    base = os.environ.get(URL_ENV, "").rstrip("/")
+    if not base or port:
+        base = f"http://127.0.0.1:{port or reports_port()}"
+    return f"{base}/{quote(str(PurePosixPath(relative)))}"
 
 
 _IMAGE = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
@@ -74,16 +81,17 @@ class _ReportsHandler(SimpleHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def reports_server(home: str | os.PathLike, port: int) -> ThreadingHTTPServer:
-    """The server of the module docstring on 127.0.0.1:`port` (not started: `serve_forever`)."""
+def reports_server(home: str | os.PathLike, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """The server of the module docstring on `host`:`port` (not started: `serve_forever`)."""
     handler = functools.partial(_ReportsHandler, directory=str(Path(home).resolve()))
-    return ThreadingHTTPServer(("127.0.0.1", port), handler)
+    return ThreadingHTTPServer((host, port), handler)
 
 
-def serve_while_parent_lives(home: str | os.PathLike, port: int) -> None:
+def serve_while_parent_lives(home: str | os.PathLike, port: int, host: str = "127.0.0.1") -> None:
     """Serve until the process that started this one is gone (`ferlab dev` execs Dagster, which
-    this process outlives otherwise when Dagster is stopped alone)."""
-    server = reports_server(home, port)
+    this process outlives otherwise when Dagster is stopped alone); a container's first process,
+    whose parent is outside it, serves until stopped."""
+    server = reports_server(home, port, host)
     parent = os.getppid()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -94,15 +102,18 @@ def serve_while_parent_lives(home: str | os.PathLike, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Serve a data root's reports on 127.0.0.1.")
+    parser = argparse.ArgumentParser(description="Serve a data root's reports and analysis folders.")
     parser.add_argument("--home", required=True, help="the data root")
     parser.add_argument("--port", type=int, default=reports_port())
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container behind a Service)"
+    )
     args = parser.parse_args(argv)
     try:
-        serve_while_parent_lives(args.home, args.port)
+        serve_while_parent_lives(args.home, args.port, args.host)
     except OSError as exc:  # the port is taken: the UI runs on, its report links do not answer
         print(
-            f"error: cannot serve the reports on 127.0.0.1:{args.port} ({exc.strerror}); "
+            f"error: cannot serve the reports on {args.host}:{args.port} ({exc.strerror}); "
             f"pass `ferlab dev --reports-port N` or set ${PORT_ENV}",
             file=sys.stderr,
         )
