@@ -4,9 +4,9 @@ functions `ferlab models`, `ferlab pseudo-label` and `ferlab review-queue` use).
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets.automation import FOLLOW_UPSTREAM, TRAINING_POOL
+from assets.automation import FOLLOW_UPSTREAM, TRAINING_POOL, TRAINING_STEP_TAGS
 from assets.config import settings_config
-from assets.metadata import table_metadata
+from assets.metadata import report_metadata, table_metadata
 from assets.models import GROUP as MODELS_GROUP
 from assets.partitions import dataset_versions
 from assets.resources import WarehouseResource
@@ -30,6 +30,7 @@ def _promotion_asset(task: str):
         kinds={"duckdb"},
         automation_condition=FOLLOW_UPSTREAM,
         pool=TRAINING_POOL,  # may train the production model's settings on this version
+        op_tags=TRAINING_STEP_TAGS,
         description=f"Promote the version's latest {task} model if it beats the production model on the same "
         "held-out evaluation; the decision and both figures go to `model_promotions`.",
     )
@@ -72,9 +73,11 @@ def _pseudo_asset(task: str):
     def _pseudo(
         context: AssetExecutionContext, warehouse: WarehouseResource, config: PseudoLabelConfig
     ) -> MaterializeResult:
-        r = pseudo_label(warehouse.get(), task, config.settings())
+        wh = warehouse.get()
+        r = pseudo_label(wh, task, config.settings())
         return MaterializeResult(
             metadata={
+                **report_metadata(r.report["markdown"], wh.home),
                 "model_id": MetadataValue.text(r.model_id),
                 "dataset_version": MetadataValue.text(r.dataset_version),
                 "faces": MetadataValue.int(r.faces),
@@ -124,5 +127,7 @@ def review_queue(
         metadata[f"{task}_queue"] = MetadataValue.text(r.queue)
         metadata[f"{task}_by_reason"] = MetadataValue.json({k: r.by_reason[k] for k in REASONS})
         metadata[f"{task}_preview"] = table_metadata(queue_table(wh, r.queue, limit=20), max_rows=20)
+        # one report per task: its keys get the task's prefix, as the other keys here
+        metadata.update({f"{task}_{k}": v for k, v in report_metadata(r.report["markdown"], wh.home).items()})
     metadata["dagster/row_count"] = MetadataValue.int(total)
     return MaterializeResult(metadata=metadata)

@@ -589,12 +589,19 @@ def _notes(run: ModelRun, data: CompactData, threads: int | None) -> list[str]:
 
 
 def _report(run: ModelRun, table: list[dict[str, Any]], notes: list[str]) -> render.Doc:
-    doc = render.Doc([])
+    doc = render.Doc(
+        [],
+        kind="compact models",
+        summary="; ".join(
+            f"{r['variant']} {r['size_mb']:.1f} MB, {r['metric']} {render.pct(r['value'])} %" for r in table
+        ),
+    )
     doc.h(1, f"Compact models of {run.model_id}")
     doc.ul(
         [
             f"Dataset version: {run.dataset_version}",
             f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            render.SCALE_NOTE,
         ]
     )
     render.compact_section(doc, 2, notes, table)

@@ -184,7 +184,7 @@ def validation_split(
         n_val = max(1, round(len(ranked) * fraction))
         val_groups = set(ranked[:n_val])
         is_val = np.array([g in val_groups for g in groups[train_idx]])
-        how = f"held-out groups {sorted(str(g) for g in val_groups)}"
+        how = "held-out groups " + ", ".join(sorted(str(g) for g in val_groups))
     else:
         rng = np.random.default_rng(seed)
         is_val = rng.random(len(train_idx)) < fraction

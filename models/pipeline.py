@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,13 +260,14 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         "protocol": info["protocol"],
         "faces": info["n_faces"],
         "groups": render.collapsed(info["groups"]),
-        "validation": "; ".join(sorted({f["validation"] for f in info["folds"]})),
+        "validation": _validation(info["folds"]),
         "epochs per fold": ", ".join(str(f["epochs"]) for f in info["folds"]),
         "training seconds": round(info["seconds"], 1),
-        "trivial baseline": f"{baseline:.3f} ({task.baseline_description} on the same held-out faces)",
+        "trivial baseline": f"{render.pct(baseline)} % ({task.baseline_description} on the same held-out faces)",
     }
     compact_file = run.directory / COMPACT_TABLE
     compact = json.loads(compact_file.read_text()) if compact_file.is_file() else None
+    block = _headline_block(wh, run.model_id, task, scored)
     report = write_report(
         wh.home / "reports" / run.dataset_version / run.model_id,
         task=task,
@@ -274,14 +276,32 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
         model=summary,
         folds=run.folds,
         compact=compact,
-        headline=_headline_block(wh, run.model_id, task, scored),
+        headline=block,
+        summary=f"{task.headline_name} {render.pct(scored.value)} % ({scored.metric}; trivial baseline "
+        f"{render.pct(scored.baseline)} %); production model: {block[-1][1]}",
     )
     return _Scores(rows, metric, headline, summary, report)
 
 
+def _validation(folds: list[dict[str, Any]]) -> str:
+    """How each fold chose its validation faces, as text: "fold 0: held-out groups a, b; ..."
+    (once when every fold says the same). Runs stored before the groups were written as text
+    hold a Python list in the description: its brackets and quotes are dropped."""
+    said = {
+        f.get("fold", i): _LIST_REPR.sub(lambda m: m.group(1).replace("'", ""), str(f["validation"]))
+        for i, f in enumerate(folds)
+    }
+    if len(set(said.values())) == 1:
+        return next(iter(said.values()))
+    return "; ".join(f"fold {k}: {v}" for k, v in said.items())
+
+
+_LIST_REPR = re.compile(r"\[([^\]]*)\]")
+
+
 def _headline_block(wh: Warehouse, model_id: str, task: Task, scored: Headline) -> list[tuple[str, str]]:
-    """The report's first block: the figure promotion compares, its trivial baseline, and the
-    production model's figure (as stored when it was evaluated)."""
+    """The report's first block, in %: the figure promotion compares, its trivial baseline, and
+    the production model's figure (as stored when it was evaluated)."""
     production = wh.sql(
         f"SELECT p.model_id, m.value, r.dataset_version FROM ({production_models_sql()}) p "
         "LEFT JOIN eval_metrics m ON m.model_id = p.model_id AND m.metric = $metric "
@@ -295,11 +315,14 @@ def _headline_block(wh: Warehouse, model_id: str, task: Task, scored: Headline) 
         now = "this model"
     else:
         p = production[0]
-        figure = "not evaluated" if p["value"] is None else f"{p['value']:.3f}"
+        figure = "not evaluated" if p["value"] is None else f"{render.pct(p['value'])} %"
         now = f"{figure} ({p['model_id']}, on {p['dataset_version']})"
     return [
-        (f"{task.headline_name} ({scored.metric}), the figure promotion compares", f"**{scored.value:.3f}**"),
-        (f"Trivial baseline: {task.baseline_description}", f"{scored.baseline:.3f}"),
+        (
+            f"{task.headline_name} ({scored.metric}, %), the figure promotion compares",
+            f"**{render.pct(scored.value)}**",
+        ),
+        (f"Trivial baseline (%): {task.baseline_description}", render.pct(scored.baseline)),
         (f"Production {task.name} model", now),
     ]
 

@@ -50,11 +50,15 @@ def write_report(
     on_published_data: bool = False,
     compact: dict[str, Any] | None = None,
     headline: Sequence[tuple[str, str]] = (),
+    summary: str = "",
 ) -> dict[str, Path]:
-    """Write report.md, report.html and the PNG plots into `out_dir`, replacing it whole.
+    """Write report.md, report.html and the PNG plots into `out_dir`, replacing it whole. Every
+    score is shown in % (`models.render`'s scale), without a spread where there is one fold.
 
-    `headline`: the block shown first, under the title (name, value): the figure promotion
-    compares, its trivial baseline, the production model's figure.
+    `headline`: the block shown first, under the title (name, value; scores in %): the figure
+    promotion compares, its trivial baseline, the production model's figure. `summary`: the
+    report's line on the version's index page (unset: the headline block, else the headline
+    metric).
 
     `model` is a summary dict (architecture, loss, weights_source, epochs, ...), shown as given.
     `on_published_data` says the run is on DISFA / FER-2013 itself; otherwise the published
@@ -68,8 +72,10 @@ def write_report(
     """
     task = get_task(task)
     r = Rows(evaluate_folds(task, folds))
-    doc = render.Doc([])
+    doc = render.Doc([], kind="model", summary=summary)
     render.header(doc, title, task.name, dataset_version, model, headline)
+    if not doc.summary:
+        doc.summary = f"{task.headline_name} ({task.headline}): {render.pct(r(task.headline))} %"
     plots: render.Plots = {}
     task.report_sections(doc, folds, r, plots)
     render.folds_section(doc, folds, r)
@@ -143,7 +149,11 @@ def au_side_by_side_report(
     labels = list(next(iter(results.values()))[0].labels)
     if any(list(folds[0].labels) != labels for folds in results.values()):
         raise ValueError(f"every {column.lower()} must be evaluated on the same labels")
-    doc = render.Doc([])
+    doc = render.Doc(
+        [],  # its kind comes from the folder's name: a loss comparison or an experiment
+        summary=f"{au.headline_name} %: "
+        + ", ".join(f"{name} {render.spread(rs[name], 'avg_f1')}" for name in arms),
+    )
     doc.h(1, title)
     doc.ul(
         [
@@ -151,6 +161,7 @@ def au_side_by_side_report(
             f"Task: au ({about})",
             f"Generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             *notes,
+            render.SCALE_NOTE,
         ]
     )
     splits = {
@@ -159,32 +170,38 @@ def au_side_by_side_report(
     }
     if len({json.dumps(s) for s in splits.values()}) > 1:
         doc.p(f"Warning: the {column.lower()}s were not evaluated on the same held-out groups.", bold=True)
-    doc.h(2, f"Avg.F1 per {column.lower()}")
+    doc.h(2, f"Avg.F1 per {column.lower()} (%)")
     fold_ids = sorted({k for r in rs.values() for k in r.folds})
+    how = render.over_folds(len(fold_ids))
+    several = len(fold_ids) > 1
     doc.table(
-        [column] + [f"fold {k}" for k in fold_ids] + ["mean ± std", "pooled"],
+        [column] + [f"fold {k} (%)" for k in fold_ids] + ([f"{how} (%)"] if several else []) + ["pooled (%)"],
         [
             [name]
-            + [render.fmt(rs[name]("avg_f1", fold=k)) if k in rs[name].folds else "-" for k in fold_ids]
-            + [rs[name].pm("avg_f1"), render.fmt(rs[name]("avg_f1_pooled"))]
+            + [render.pct(rs[name]("avg_f1", fold=k)) if k in rs[name].folds else "-" for k in fold_ids]
+            + ([render.spread(rs[name], "avg_f1")] if several else [])
+            + [render.pct(rs[name]("avg_f1_pooled"))]
             for name in arms
         ],
     )
-    doc.h(2, "Per-AU F1 (mean ± std over folds)")
+    doc.h(2, f"Per-AU F1, % ({how})")
     doc.table(
-        ["AU"] + arms,
-        [[lab] + [rs[name].pm("f1", lab) for name in arms] for lab in labels]
-        + [["Avg.F1"] + [rs[name].pm("avg_f1") for name in arms]],
+        ["AU"] + [f"{name} (%)" for name in arms],
+        [[lab] + [render.spread(rs[name], "f1", lab) for name in arms] for lab in labels]
+        + [["Avg.F1"] + [render.spread(rs[name], "avg_f1") for name in arms]],
     )
     plot = f"f1_by_{column.lower().replace(' ', '_')}.png"
-    doc.img(plot, f"per-AU F1 per {column.lower()}, mean over folds with std error bars")
-    doc.h(2, "Per-AU F1 and average precision (all folds pooled)")
+    doc.img(
+        plot,
+        f"per-AU F1 in % per {column.lower()}" + (", mean over folds with std error bars" if several else ""),
+    )
+    doc.h(2, "Per-AU F1 and average precision, % (all folds pooled)")
     doc.table(
-        ["AU"] + [f"{name} F1" for name in arms] + [f"{name} AP" for name in arms],
+        ["AU"] + [f"{name} F1 (%)" for name in arms] + [f"{name} AP (%)" for name in arms],
         [
             [lab]
-            + [render.fmt(rs[name]("f1_pooled", lab)) for name in arms]
-            + [render.fmt(rs[name]("ap_pooled", lab)) for name in arms]
+            + [render.pct(rs[name]("f1_pooled", lab)) for name in arms]
+            + [render.pct(rs[name]("ap_pooled", lab)) for name in arms]
             for lab in labels
         ],
     )
@@ -199,5 +216,5 @@ def au_side_by_side_report(
         name: ([rs[name]("f1", lab) for lab in labels], [rs[name]("f1_std", lab) for lab in labels])
         for name in arms
     }
-    plots = {plot: lambda path: render.plot_bars(path, labels, series, "F1")}
+    plots = {plot: lambda path: render.plot_bars(path, labels, series, "F1 (%)", scale=100)}
     return render.write_folder(Path(out_dir), doc, title, plots)

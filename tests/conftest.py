@@ -320,3 +320,64 @@ def dataset_name():
     yield name
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
+
+
+def hand_made_production_model(
+    wh,
+    task: str,
+    model_id: str,
+    probabilities: dict[str, dict[str, float]],
+    decided_at=None,
+) -> str:
+    """A promoted model of `task` as training, evaluation and a prediction run leave it, without
+    weights: run.json, out-of-fold predictions that separate every label perfectly (AUs: 0.9 on
+    the positives, 0.1 on the negatives, so the cuts are 0.9 / 0.1; emotions: 0.8 on the true
+    class, so each class's cut is 0.8), a prediction cache holding `probabilities` (crop_id ->
+    label -> probability; image_id "I-<crop_id>") and the promotion."""
+    import datetime as dt
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from models.pipeline import model_dir
+    from models.predictions import FoldPredictions, save_predictions
+    from models.tasks import get_task
+    from warehouse.schemas import TABLES
+
+    labels = get_task(task).labels
+    out = model_dir(wh, task, model_id)
+    out.mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"dataset_version": "v-0000000000000000"}))
+    n = 14 * len(labels)
+    if task == "au":
+        y = (np.arange(n)[:, None] + np.arange(len(labels))) % 2 == 0
+        prob = np.where(y, 0.9, 0.1)
+    else:
+        y = np.arange(n) % len(labels)
+        prob = np.full((n, len(labels)), 0.2 / (len(labels) - 1))
+        prob[np.arange(n), y] = 0.8
+    save_predictions(out / "predictions.npz", [FoldPredictions(0, labels, y, prob, None, ["g"])])
+    ids = sorted(probabilities)
+    cache = pa.table(
+        {
+            "crop_id": ids,
+            "image_id": [f"I-{c}" for c in ids],
+            **{lab: pa.array([probabilities[c].get(lab, 0.0) for c in ids], pa.float32()) for lab in labels},
+        }
+    )
+    (wh.home / "predictions").mkdir(exist_ok=True)
+    pa.parquet.write_table(cache, wh.home / "predictions" / f"{model_id}-0123456789abcdef.parquet")
+    row = dict(
+        task=task,
+        model_id=model_id,
+        promoted=True,
+        metric="m",
+        value=1.0,
+        dataset_version="v-0000000000000000",
+        reason="test",
+        decided_at=decided_at or dt.datetime.now(dt.UTC),
+    )
+    schema = TABLES["model_promotions"].schema
+    wh.append("model_promotions", pa.table({f.name: [row.get(f.name)] for f in schema}, schema=schema))
+    return model_id

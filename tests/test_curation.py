@@ -316,7 +316,10 @@ def test_cli_and_dagster_reach_the_same_code(home, tmp_path, capsys):
     meta = result.asset_materializations_for_node("au_pseudo_labels")[0].metadata
     assert meta["model_id"].value == production_model(Warehouse(home), "au")
     assert "thresholds" in meta and "no_pseudo_labels_target_not_met" in meta
-    assert result.asset_materializations_for_node("review_queue")[0].metadata["dagster/row_count"].value >= 0
+    assert meta["report"].value.startswith("reports/") and "report_html" in meta  # the report, one click away
+    queue_meta = result.asset_materializations_for_node("review_queue")[0].metadata
+    assert queue_meta["dagster/row_count"].value >= 0
+    assert queue_meta["au_report"].value.startswith("reports/") and "au_summary" in queue_meta
 
 
 def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
@@ -333,7 +336,7 @@ def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
     assert all(np.array_equal(a.y_true, b.y_true) for a, b in zip(gold, both))
     assert sum(a["faces"] for a in result.pseudo_per_fold) > 0
     md = result.report["markdown"].read_text()
-    assert "gold + pseudo" in md and f"{result.scores['gold']:.3f}" in md
+    assert "gold + pseudo" in md and f"gold {100 * result.scores['gold']:.1f}" in md  # in %, as the tables
     saved = json.loads((result.folder / "result.json").read_text())
     assert saved["scores"] == pytest.approx(result.scores) and saved["metric"] == tiny.headline
     assert PseudoExperimentSettings.load(result.folder) == settings

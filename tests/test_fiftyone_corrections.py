@@ -244,7 +244,71 @@ def test_sync_shows_faces_pseudo_labels_and_the_review_queue(filled, dataset_nam
     assert REVIEW_VIEW in ds.list_saved_views()
     queue = ds.load_saved_view(REVIEW_VIEW)
     assert [p.face_emotions.crop_id for p in queue] == ["c-S2-1", "c-F1-0"]  # by priority
-    assert queue.values("face_emotions.review_reason") == ["uncertain", "uncertain"]
+    assert queue.values("face_emotions.review_reasons") == [["uncertain"], ["uncertain"]]
+
+
+def test_a_queued_patch_shows_what_the_models_think_and_why_it_waits(filled, dataset_name):
+    """The review view's patches carry the production models' view of each face (every
+    probability, the top class, the AUs by the model's call with their FACS names), every reason
+    the face waits for with its detail, and each reason has a view of its own."""
+    import fiftyone as fo
+
+    from labeling.fiftyone.sync import review_view_name
+    from tests.conftest import hand_made_production_model
+
+    wh = filled
+    later = T0 + dt.timedelta(days=1)
+    hand_made_production_model(
+        wh, "emotion", "emotion-m", {"c-S2-1": {"sad": 0.55, "angry": 0.3}, "c-F1-0": {"happy": 0.9}}, later
+    )
+    hand_made_production_model(wh, "au", "au-m", {"c-S2-1": {"AU12": 0.95, "AU4": 0.5, "AU1": 0.02}}, later)
+    wh.append(
+        "review_queue",
+        _table(
+            "review_queue",
+            [
+                dict(
+                    queue=q,
+                    crop_id="c-S2-1",
+                    image_id="S2",
+                    media_path="m",
+                    reason=r,
+                    priority=p,
+                    detail=d,
+                    queued_at=T0,
+                )  # fmt: skip
+                for q, r, p, d in (
+                    ("emotion:emotion-m", "weak_disagrees", 0.25, "weak angry 0.30, model sad 0.55"),
+                    ("au:au-m", "between_thresholds", 0.1, "AU4 0.50"),
+                )
+            ],
+        ),
+    )
+    sync_fiftyone(wh, dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    queue = ds.load_saved_view(REVIEW_VIEW)
+    face = next(p.face_emotions for p in queue if p.face_emotions.crop_id == "c-S2-1")
+    assert face.review_priority == pytest.approx(0.7)
+    assert face.review_reasons == ["between_thresholds", "uncertain", "weak_disagrees"]
+    assert face.review_detail == (
+        "uncertain (model-b); weak_disagrees (emotion): weak angry 0.30, model sad 0.55; "
+        "between_thresholds (au): AU4 0.50"
+    )
+    assert (face.model_emotion, face.model_emotion_call, face.emotion_model) == ("sad", "unsure", "emotion-m")
+    assert face.model_emotion_p == pytest.approx(0.55) and face.p_angry == pytest.approx(0.3)
+    assert face.aus_present == ["AU12 lip corner puller"] and face.aus_unsure == ["AU4 brow lowerer"]
+    assert "AU1 inner brow raiser" in face.aus_absent and face.p_AU12 == pytest.approx(0.95)
+    f1 = next(p.face_emotions for p in queue if p.face_emotions.crop_id == "c-F1-0")
+    assert (f1.model_emotion, f1.model_emotion_call) == ("happy", "present")
+    assert getattr(f1, "aus_present", None) is None  # the AU model never predicted this face
+    # a view per reason, each with only the faces waiting for it
+    assert [p.face_emotions.crop_id for p in ds.load_saved_view(review_view_name("weak_disagrees"))] == [
+        "c-S2-1"
+    ]
+    assert len(ds.load_saved_view(review_view_name("most_unique"))) == 0
+    # the sidebar's filters work on the declared fields
+    schema = ds.get_field_schema(flat=True)
+    assert {"face_emotions.detections.p_AU12", "face_emotions.detections.aus_unsure"} <= set(schema)
 
 
 def test_edit_and_reject_come_back_and_the_next_version_honours_them(filled, dataset_name):

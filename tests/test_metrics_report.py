@@ -233,13 +233,13 @@ def test_au_report_files_numbers_and_atomic_rewrite(tmp_path):
     md = paths["markdown"].read_text()
     rows = evaluate_folds("au", folds)
     avg, std = _value(rows, "avg_f1"), _value(rows, "avg_f1_std")
-    assert f"{avg:.3f} ± {std:.3f}" in md
-    assert f"{_value(rows, 'recall', 'AU12', 1):.3f}" in md
+    assert f"{100 * avg:.1f} ± {100 * std:.1f}" in md  # every score in %
+    assert f"{100 * _value(rows, 'recall', 'AU12', 1):.1f}" in md
     assert "v1" in md and "ImageNet (packaged)" in md
     assert NOT_COMPARABLE in md
     assert "EAC-Net" in md and "48.5" in md and "ME-GraphAU" in md and "63.1" in md
     html = paths["html"].read_text()
-    assert f"{avg:.3f}" in html
+    assert f"{100 * avg:.1f}" in html
     for name in re.findall(r'<img src="([^"]+)"', html):
         assert "/" not in name and (out / name).is_file()  # relative, beside the HTML
 
@@ -282,8 +282,8 @@ def test_emotion_report(tmp_path):
     assert [p.name for p in paths["plots"]] == ["confusion_matrix.png"]
     md = paths["markdown"].read_text()
     rows = evaluate_folds("emotion", folds)
-    assert f"{_value(rows, 'accuracy'):.3f} ± {_value(rows, 'accuracy_std'):.3f}" in md
-    assert f"{_value(rows, 'mean_precision'):.3f}" in md  # Table 1's Average column
+    assert f"{100 * _value(rows, 'accuracy'):.1f} ± {100 * _value(rows, 'accuracy_std'):.1f}" in md
+    assert f"{100 * _value(rows, 'mean_precision'):.1f}" in md  # Table 1's Average column
     assert "| Fold | angry | disgust |" in md
     assert "Backbone weights: random init" in md
     folds1 = folds[:1]
@@ -325,8 +325,8 @@ def test_compare_losses_report(tmp_path):
     assert [p.name for p in paths["plots"]] == ["f1_by_loss.png"] and paths["plots"][0].is_file()
     for name, folds in results.items():
         rows = evaluate_folds("au", folds)
-        assert f"{_value(rows, 'avg_f1'):.3f} ± {_value(rows, 'avg_f1_std'):.3f}" in md
-        assert f"{_value(rows, 'f1', 'AU4'):.3f} ± {_value(rows, 'f1_std', 'AU4'):.3f}" in md
+        assert f"{100 * _value(rows, 'avg_f1'):.1f} ± {100 * _value(rows, 'avg_f1_std'):.1f}" in md
+        assert f"{100 * _value(rows, 'f1', 'AU4'):.1f} ± {100 * _value(rows, 'f1_std', 'AU4'):.1f}" in md
         assert name in md
     assert "v3" in md and NOT_COMPARABLE in md
     assert "not evaluated on the same held-out groups" not in md

@@ -93,7 +93,7 @@ def check_au_model_learns_every_au_on_held_out_people(home: Path, run, seed: int
         assert figures["folds_without_positives"] == 0, label  # the demo shows every AU to enough people
         assert figures["f1_pooled"] >= figures["f1_all_present"], label
     report = Path(ev.report["markdown"]).read_text()
-    assert f"{ev.headline:.3f}" in report and "not comparable" in report
+    assert f"**{100 * ev.headline:.1f}**" in report and "not comparable" in report  # in %, as every score
     stored = wh.sql(
         "SELECT value FROM eval_metrics WHERE model_id = ? AND metric = 'avg_f1_pooled' "
         "AND fold IS NULL AND label = ''",
@@ -223,7 +223,7 @@ def test_training_assets_through_dagster(home, version):
     report_md = (home / report_meta["report"].value).read_text()  # the path is under the data root
     assert report_md.index("## Headline") < report_md.index("## Model")
     shown = float(report_md.split("the figure promotion compares | **", 1)[1].split("**", 1)[0])
-    assert shown == pytest.approx(report_meta["avg_f1"].value, abs=1e-3)
+    assert shown / 100 == pytest.approx(report_meta["avg_f1"].value, abs=1e-3)  # the report is in %
     # per label: a table in the model's AU order (AU2 before AU12), P / R / F1 and the baseline
     table = report_meta["per_label"]
     assert isinstance(table, TableMetadataValue)

@@ -57,8 +57,10 @@ def test_au_thresholds_match_brute_force_and_reach_the_target(seed):
         assert cut.lower == (None if low is None else pytest.approx(low))
         if cut.upper is not None:
             assert t[p >= cut.upper].mean() >= 0.9 and cut.precision_upper >= 0.9
+            assert cut.support_upper == (p >= cut.upper).sum()  # what the report's support column says
         if cut.lower is not None:
             assert (~t[p <= cut.lower]).mean() >= 0.9 and cut.lower < (cut.upper or 2)
+            assert cut.support_lower == (p <= cut.lower).sum()
 
 
 def test_a_label_the_model_cannot_tell_gets_no_thresholds():

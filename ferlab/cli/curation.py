@@ -45,6 +45,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
             f"  {label:>9}: absent <= {low}, present >= {up}, held-out coverage {cut.coverage:.2f}; "
             f"labeled {report.per_label.get(label)}"
         )
+    print(f"report: {report.report['html']}")
     return 0
 
 
@@ -55,6 +56,7 @@ def cmd_review_queue(args: argparse.Namespace) -> int:
     wh = open_warehouse(args)
     report = build_review_queue(wh, args.task, settings)
     print(report.summary())
+    print(f"report: {report.report['html']}")
     if args.show:
         write_csv(queue_table(wh, report.queue, limit=args.show))
     return 0

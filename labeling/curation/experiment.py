@@ -33,6 +33,7 @@ from labeling.curation.settings import PseudoExperimentSettings
 from models.data import Faces, decode_crops, group_kfold, validation_split
 from models.evaluation import overall
 from models.predictions import FoldPredictions
+from models.render import pct
 from models.report import au_side_by_side_report, evaluate_folds
 from models.settings import AUTrainingSettings
 from models.train import fit, fold_predictions, predict_probabilities
@@ -227,7 +228,7 @@ def _write(
         f"Pseudo labels per fold from that fold's gold model, thresholds at precision "
         f"{settings.target_precision} on its validation people: "
         + "; ".join(f"fold {a['fold']}: {a['faces']} faces" for a in added),
-        f"Headline ({task.headline}): gold {scores[ARMS[0]]:.3f}, gold + pseudo {scores[ARMS[1]]:.3f}",
+        f"Headline ({task.headline}, %): gold {pct(scores[ARMS[0]])}, gold + pseudo {pct(scores[ARMS[1]])}",
     ]
     report = au_side_by_side_report(
         folder,

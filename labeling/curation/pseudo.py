@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.stats import beta
 
+from labeling.curation.reports import write_pseudo_report
 from labeling.curation.settings import PseudoLabelSettings
 from models.pipeline import ModelRun, load_run
 from models.predict import Predictor
@@ -71,6 +72,8 @@ class Cut:
     precision_lower: float | None = None
     precision_upper: float | None = None
     coverage: float = 0.0  # share of the held-out faces that would get a label
+    support_lower: int = 0  # held-out faces at or below `lower` (what its precision is measured on)
+    support_upper: int = 0  # held-out faces at or above `upper`
 
 
 def precision_bound(correct: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
@@ -134,6 +137,8 @@ def pseudo_thresholds(
                 precision_lower=low[1] if low else None,
                 precision_upper=up[1] if up else None,
                 coverage=float(np.mean(covered)),
+                support_lower=low[2] if low else 0,
+                support_upper=up[2] if up else 0,
             )
         return out
     top, pred = prob.max(1).astype(np.float64), prob.argmax(1)
@@ -143,7 +148,13 @@ def pseudo_thresholds(
         out[label] = (
             None
             if up is None
-            else Cut(lower=None, upper=up[0], precision_upper=up[1], coverage=up[2] / max(len(top), 1))
+            else Cut(
+                lower=None,
+                upper=up[0],
+                precision_upper=up[1],
+                coverage=up[2] / max(len(top), 1),
+                support_upper=up[2],
+            )
         )
     return out
 
@@ -263,6 +274,7 @@ class PseudoLabelReport:
     source_thresholds: dict[str, dict[str, Cut | None]] = field(default_factory=dict)
     withdrawn: int = 0  # earlier labels of this model the cuts no longer give (now unverified)
     folder: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)  # the report's files (markdown, html)
 
     @property
     def unverified(self) -> list[str]:
@@ -372,8 +384,10 @@ def pseudo_label(
 ) -> PseudoLabelReport:
     """Label the faces of the module docstring; write the task's label table's rows
     (`Task.label_table`: au_labels / emotion_labels), the unreadable crops as rejects, and the
-    settings + thresholds + report beside the model's predictions in
-    `<home>/pseudo_labels/<task>/<model_id>/`. Progress goes to this module's logger.
+    settings + thresholds + report.json beside the model's predictions in
+    `<home>/pseudo_labels/<task>/<model_id>/`; the report a reader opens (cuts, precision,
+    coverage per label and source) to `reports/<version>/pseudo-<task>-<model_id>/`
+    (`labeling.curation.reports`). Progress goes to this module's logger.
 
     Raises:
         LookupError: no dataset version, or no production model for the task (and none given).
@@ -442,7 +456,11 @@ def pseudo_label(
     folder = wh.home / "pseudo_labels" / task.name / model_id
     settings.save(folder)
     payload = {
-        **{k: v for k, v in asdict(report).items() if k not in ("thresholds", "source_thresholds", "folder")},
+        **{
+            k: v
+            for k, v in asdict(report).items()
+            if k not in ("thresholds", "source_thresholds", "folder", "report")
+        },
         "thresholds": report.thresholds_json(),
         "source_thresholds": {
             src: {k: (asdict(c) if c else None) for k, c in cuts.items()}
@@ -452,7 +470,8 @@ def pseudo_label(
     }
     atomic_write_bytes(folder / "report.json", json.dumps(payload, indent=1, default=str).encode())
     report.folder = folder
-    log.info(report.summary())
+    report.report = write_pseudo_report(wh.home, report, settings)
+    log.info("%s; report %s", report.summary(), report.report["html"])
     return report
 
 

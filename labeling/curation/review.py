@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,8 @@ from labeling.curation.pseudo import (
     pseudo_thresholds,
     resolve_model,
 )
-from labeling.curation.settings import ReviewSettings
+from labeling.curation.reports import write_review_report
+from labeling.curation.settings import REVIEW_REASONS, ReviewSettings
 from models.pipeline import load_run
 from models.predict import Predictor
 from models.tasks import AUTask, EmotionTask, Task, get_task
@@ -52,14 +54,7 @@ from warehouse.errors import ConfigError
 from warehouse.versions import read_manifest
 
 log = logging.getLogger(__name__)
-REASONS = (
-    "between_thresholds",
-    "weak_disagrees",
-    "low_detection_score",
-    "likely_mistake",
-    "most_unique",
-    "disagreement",
-)
+REASONS = REVIEW_REASONS
 
 
 @dataclass
@@ -71,6 +66,7 @@ class ReviewReport:
     by_reason: dict[str, int]
     added: int
     notes: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)  # the report's files (markdown, html)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in self.by_reason.items())
@@ -243,8 +239,9 @@ def build_review_queue(
     wh: Warehouse, task: str | Task, settings: ReviewSettings | None = None
 ) -> ReviewReport:
     """Queue the version's faces for the reasons of the module docstring (rows keyed by queue,
-    face and reason: building the same queue again adds nothing). The summary goes to this
-    module's logger.
+    face and reason: building the same queue again adds nothing), and write the report of this
+    build's rows (per reason, priorities, top examples) to `reports/<version>/review-<queue>/`
+    (`labeling.curation.reports`). The summary goes to this module's logger.
 
     Raises:
         LookupError: no dataset version, or no production model for the task (and none given).
@@ -271,10 +268,12 @@ def build_review_queue(
         *low_detection_score(inputs),
         *most_unique(inputs),
     ]
-    added = wh.append("review_queue", _queue_rows(queue, model_id, faces, found))
+    rows = _queue_rows(queue, model_id, faces, found)
+    added = wh.append("review_queue", rows)
     by_reason = {r: sum(1 for _, reason, _, _ in found if reason == r) for r in REASONS}
     report = ReviewReport(queue, model_id, version, faces.num_rows, by_reason, added, inputs.notes)
-    log.info(report.summary())
+    report.report = write_review_report(wh.home, report, rows, REASONS, s)
+    log.info("%s; report %s", report.summary(), report.report["html"])
     return report
 
 

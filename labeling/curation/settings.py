@@ -10,6 +10,16 @@ from pydantic import Field, field_validator
 
 from warehouse.settings import DEFAULT_DEVICE, Device, Settings
 
+# Why the review queue holds a face (labeling.curation.review says what each means).
+REVIEW_REASONS: tuple[str, ...] = (
+    "between_thresholds",
+    "weak_disagrees",
+    "low_detection_score",
+    "likely_mistake",
+    "most_unique",
+    "disagreement",
+)
+
 
 class PseudoLabelSettings(Settings):
     """How the production model pseudo-labels faces."""

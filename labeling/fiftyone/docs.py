@@ -12,8 +12,11 @@ labels (the only face of its crop set, or the largest face of a one-face source,
 dataset versions), the image's labels; whether a curator excluded it (`exclusions`, tags `reject` /
 `relabel` from the exclusion's reason); its pending place in `review_queue` (the highest
 priority among queue rows not yet answered by a human label of the face written after the
-row was queued). `ferlab_label` / `ferlab_tags` repeat what was synced, so that
-labeling.fiftyone.corrections can tell a curator's edit from the synced value.
+row was queued), with every reason it waits for and their details; and the production models'
+view of the face (labeling.curation.model_view: every emotion's and AU's probability and the
+model's call, read from the models' prediction caches, so no model runs here). `ferlab_label` /
+`ferlab_tags` repeat what was synced, so that labeling.fiftyone.corrections can tell a curator's
+edit from the synced value.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from labeling.curation.model_view import named, production_views
 from labeling.detection.geometry import crop_squares
 from warehouse.precedence import au_order_sql, counts_sql, emotion_order_sql
 from warehouse.store import Warehouse, quote_literal
 from warehouse.versions import ONE_FACE_SOURCES
 
 # Bump when the conversion below changes: every sample's digest changes and it is rewritten.
-FORMAT = 2
+FORMAT = 3
 SCALARS = ("image_id", "source", "subject", "video_id", "split", "batch", "frame_index")
 DOCS = ("metadata", "ground_truth", "aus", "detections", "face_crops", "face_emotions", "predictions")
 # The curator's tags ferlab reads back (labeling.fiftyone.corrections) and shows for exclusions.
@@ -125,11 +129,24 @@ class FaceRow(NamedTuple):
     excluded: bool
     tags: list[str]
     priority: float | None
-    reason: str | None
+    reasons: list[str] | None
+    detail: str | None
+
+
+class ViewRow(NamedTuple):
+    """A production model's view of a crop (labeling.curation.model_view.ModelView), as plain values."""
+
+    crop_id: str
+    task: str
+    model_id: str
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    states: tuple[str, ...]
 
 
 class PredictionRow(NamedTuple):
-    """A production model's pseudo label of a crop (_predictions_sql); `annotator` is the model."""
+    """A production model's pseudo label of a crop (_predictions_sql); `annotator` is the model.
+    AUs: only those labelled present (the absent ones are in the faces' model views)."""
 
     crop_id: str
     kind: str
@@ -162,12 +179,13 @@ class WarehouseImage:
     crops: list[CropRow] | None = None
     faces: list[FaceRow] | None = None  # per crop: its emotion label, exclusion and review state
     predictions: list[PredictionRow] | None = None  # the production models' pseudo labels, per crop
+    views: list[ViewRow] | None = None  # the production models' view of each crop
     digest: str = ""
 
     def seal(self) -> None:
         gt = None if self.ground_truth is None else tuple(self.ground_truth)
         parts = (FORMAT, self.filepath, self.scalars, self.size, gt, _plain(self.aus))
-        more = map(_plain, (self.detections, self.crops, self.faces, self.predictions))
+        more = map(_plain, (self.detections, self.crops, self.faces, self.predictions, self.views))
         self.digest = hashlib.sha1(repr((parts, *more)).encode()).hexdigest()
 
 
@@ -233,6 +251,8 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
             predictions[r["image_id"]].append(_named(PredictionRow, r))
     for image_id, found in faces.items():
         images[image_id].faces = found
+    for image_id, found in _view_rows(wh, faces).items():
+        images[image_id].views = found
     for image_id, found in predictions.items():
         images[image_id].predictions = found
     for image_id, found in aus.items():
@@ -244,6 +264,25 @@ def read_warehouse(wh: Warehouse, sources: Sequence[str] | None = None) -> dict[
     for im in images.values():
         im.seal()
     return images
+
+
+def _view_rows(wh: Warehouse, faces: dict[str, list[FaceRow]]) -> dict[str, list[ViewRow]]:
+    """image_id -> the production models' views of its faces (those the models predicted)."""
+    image_of = {f.crop_id: image_id for image_id, found in faces.items() for f in found}
+    out: dict[str, list[ViewRow]] = defaultdict(list)
+    for crop_id, by_task in sorted(production_views(wh, image_of).items()):
+        for task, v in sorted(by_task.items()):
+            out[image_of[crop_id]].append(
+                ViewRow(
+                    crop_id,
+                    task,
+                    v.model_id,
+                    tuple(c.label for c in v.calls),
+                    tuple(c.probability for c in v.calls),
+                    tuple(c.state for c in v.calls),
+                )
+            )
+    return out
 
 
 def _faces_sql(in_scope: str) -> str:
@@ -280,20 +319,25 @@ def _faces_sql(in_scope: str) -> str:
         SELECT crop_id, recorded_at FROM au_labels WHERE label_source = 'human' AND crop_id IS NOT NULL
     ),
     queued AS (
-        SELECT q.crop_id, max(q.priority) AS priority, string_agg(DISTINCT q.reason, ',' ORDER BY q.reason) AS reason
+        SELECT q.crop_id, max(q.priority) AS priority, list_sort(list_distinct(list(q.reason))) AS reasons,
+            -- each reason's detail, naming its queue's task ("au:<model>" -> au): both queues may
+            -- queue a face for one reason
+            string_agg(q.reason || ' (' || split_part(q.queue, ':', 1) || ')' || coalesce(': ' || q.detail, ''),
+                '; ' ORDER BY q.priority DESC, q.reason) AS detail
         FROM review_queue q
         WHERE NOT EXISTS (SELECT 1 FROM answered a WHERE a.crop_id = q.crop_id AND a.recorded_at >= q.queued_at)
         GROUP BY q.crop_id
     )
     SELECT f.image_id, f.crop_id, f.x1, f.y1, f.x2, f.y2, f.width, f.height, e.emotion, e.label_source,
         e.confidence, e.threshold, e.annotator, x.crop_id IS NOT NULL AS excluded,
-        coalesce(x.tags, []) AS tags, q.priority, q.reason
+        coalesce(x.tags, []) AS tags, q.priority, q.reasons, q.detail
     FROM f LEFT JOIN emo e USING (crop_id) LEFT JOIN excl x USING (crop_id) LEFT JOIN queued q USING (crop_id)
     ORDER BY f.image_id, f.crop_id"""
 
 
 def _predictions_sql(in_scope: str) -> str:
-    """The pseudo labels of the production models that name a face of an image in scope."""
+    """The pseudo labels of the production models that name a face of an image in scope: the
+    emotions and the AUs present (drawn as chips; an absent AU is not one)."""
     return f"""
     SELECT image_id, crop_id, 'emotion' AS kind, emotion AS label, confidence AS probability, threshold,
         true AS present, annotator
@@ -301,7 +345,8 @@ def _predictions_sql(in_scope: str) -> str:
         AND {counts_sql("emotion")}
     UNION ALL
     SELECT image_id, crop_id, 'au', 'AU' || au, probability, threshold, present, annotator
-    FROM au_labels WHERE label_source = 'pseudo' AND crop_id IS NOT NULL AND {in_scope} AND {counts_sql("au")}
+    FROM au_labels WHERE label_source = 'pseudo' AND present AND crop_id IS NOT NULL AND {in_scope}
+        AND {counts_sql("au")}
     ORDER BY image_id, crop_id, kind, label"""
 
 
@@ -336,6 +381,43 @@ def _crop_square(x1, y1, x2, y2, w, h, margin) -> list[float]:
     (cx,), (cy,), (side,) = crop_squares(np.array([[x1, y1, x2, y2]]), margin)
     half = float(side) / 2
     return relative_box(cx - half, cy - half, cx + half, cy + half, w, h)
+
+
+def view_fields(task: str, labels: Sequence[str]) -> dict[str, str]:
+    """The face attributes a model view of `task` sets (name -> "str" | "float" | "list"), so the
+    dataset can declare them: `p_<label>` per label, and the model's calls."""
+    calls = (
+        {
+            "model_emotion": "str",
+            "model_emotion_p": "float",
+            "model_emotion_call": "str",
+            "emotion_model": "str",
+        }
+        if task == "emotion"
+        else {"aus_present": "list", "aus_unsure": "list", "aus_absent": "list", "au_model": "str"}
+    )
+    return {**calls, **{f"p_{lab}": "float" for lab in labels}}
+
+
+def _view_fields(v: ViewRow) -> dict[str, Any]:
+    """A face's attributes from one model view: every label's probability (`p_happy`, `p_AU12`),
+    and the calls: the top emotion with its call, or the AUs present / unsure / absent by name."""
+    out: dict[str, Any] = {f"p_{lab}": p for lab, p in zip(v.labels, v.probabilities, strict=True)}
+    if v.task == "emotion":
+        top = max(range(len(v.labels)), key=lambda k: v.probabilities[k])
+        out.update(
+            model_emotion=v.labels[top],
+            model_emotion_p=v.probabilities[top],
+            model_emotion_call=v.states[top],
+            emotion_model=v.model_id,
+        )
+    else:
+        for state in ("present", "unsure", "absent"):
+            out[f"aus_{state}"] = [
+                named(lab) for lab, s in zip(v.labels, v.states, strict=True) if s == state
+            ]
+        out["au_model"] = v.model_id
+    return out
 
 
 def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
@@ -418,6 +500,9 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
         }
     faces = None
     if im.faces:
+        views = defaultdict(dict)
+        for v in im.views or ():
+            views[v.crop_id].update(_view_fields(v))
         faces = {
             "_cls": "Detections",
             "detections": [
@@ -434,9 +519,11 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
                     threshold=f.threshold,
                     excluded=f.excluded,
                     review_priority=f.priority,
-                    review_reason=f.reason,
+                    review_reasons=list(f.reasons) if f.reasons else None,
+                    review_detail=f.detail,
                     ferlab_label=f.emotion,
                     ferlab_tags=list(f.tags),
+                    **views[f.crop_id],
                 )
                 for f in im.faces
             ],

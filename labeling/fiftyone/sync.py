@@ -25,19 +25,29 @@ warehouse: one sample per row of `images`, keyed by image_id.
                   label = the face's emotion by the same precedence (None when it has none),
                   confidence, label_source, annotator, threshold of that label; crop_id;
                   excluded (a curator's exclusion holds), tags `reject` / `relabel` when an
-                  exclusion with that reason holds; review_priority / review_reason while the
-                  face waits in `review_queue`; ferlab_label / ferlab_tags: what ferlab synced
+                  exclusion with that reason holds; while the face waits in `review_queue`:
+                  review_priority, review_reasons (every reason it waits for) and review_detail
+                  (each reason, its queue's task and its detail, e.g. "weak_disagrees (emotion):
+                  weak happy 0.10, model sad 0.80");
+                  the production models' view of the face (labeling.curation.model_view), where
+                  they predicted it: p_<label> (every emotion's and AU's probability: p_happy,
+                  p_AU12), model_emotion / model_emotion_p / model_emotion_call (the top class
+                  and whether the model calls it at its pseudo-label cut: present | unsure),
+                  aus_present / aus_unsure / aus_absent (the AUs by the model's call, with
+                  their FACS names: "AU12 lip corner puller"), emotion_model / au_model;
+                  ferlab_label / ferlab_tags: what ferlab synced
                   (do not edit: they tell a curator's edit from the synced value). Curators
                   edit a face's emotion here (its label) and tag a face `reject` / `relabel`;
                   labeling.fiftyone.corrections brings both back to the warehouse.
-    predictions   fo.Classifications: the production models' pseudo labels of each face
-                  (label "happy" / "AU12", confidence = the model's probability, threshold,
-                  present, kind emotion|au, model, crop_id)
+    predictions   fo.Classifications: the production models' pseudo labels of each face, the
+                  emotions and the AUs present (label "happy" / "AU12", confidence = the
+                  model's probability, threshold, present, kind emotion|au, model, crop_id)
     ferlab_tags   (sample) the sample tags `reject` / `relabel` the last pull saw
     warehouse_hash  a digest of all of the above, to find what changed
 
 The saved view `review_queue` shows the faces waiting in `review_queue` as patches, highest
-priority first (`dataset.load_saved_view("review_queue")`).
+priority first (`dataset.load_saved_view("review_queue")`), and `review_queue: <reason>` those
+waiting for one reason (`review_view_name(reason)`).
 
 Crops are a patches field, not a second dataset: in FiftyOne a per-object view is
 `to_patches(field)`, which gives one patch per crop with its quality attributes in the
@@ -88,6 +98,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labeling.curation.settings import REVIEW_REASONS
 from labeling.fiftyone.docs import (
     CURATOR_TAGS,
     DOCS,
@@ -96,9 +107,10 @@ from labeling.fiftyone.docs import (
     WarehouseImage,
     documents,
     read_warehouse,
+    view_fields,
 )
 from warehouse.errors import ConfigError
-from warehouse.schemas import EMOTIONS, SOURCES
+from warehouse.schemas import DISFA_AUS, EMOTIONS, SOURCES
 from warehouse.store import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -413,11 +425,17 @@ def _declare_schema(ds) -> None:
         "threshold": fo.FloatField,
         "excluded": fo.BooleanField,
         "review_priority": fo.FloatField,
-        "review_reason": fo.StringField,
+        "review_detail": fo.StringField,
         "ferlab_label": fo.StringField,
     }
+    kinds = {"str": fo.StringField, "float": fo.FloatField}
+    for task, labels in (("emotion", EMOTIONS), ("au", [f"AU{n}" for n in DISFA_AUS])):
+        face_attrs |= {k: kinds[t] for k, t in view_fields(task, labels).items() if t != "list"}
+    lists = ["ferlab_tags", "review_reasons"] + [
+        k for task in ("emotion", "au") for k, t in view_fields(task, []).items() if t == "list"
+    ]
     fields += [(f"face_emotions.detections.{k}", t, {}) for k, t in face_attrs.items()]
-    fields.append(("face_emotions.detections.ferlab_tags", fo.ListField, {"subfield": fo.StringField}))
+    fields += [(f"face_emotions.detections.{k}", fo.ListField, {"subfield": fo.StringField}) for k in lists]
     prediction_attrs = {
         "crop_id": fo.StringField,
         "kind": fo.StringField,
@@ -493,22 +511,32 @@ def _open_dataset(name: str, home: str):
     return ds
 
 
+def review_view_name(reason: str | None = None) -> str:
+    """The saved view of the faces waiting in review_queue (for `reason`, or for any)."""
+    return REVIEW_VIEW if reason is None else f"{REVIEW_VIEW}: {reason}"
+
+
 def _save_review_view(ds) -> None:
-    """The saved view REVIEW_VIEW: the faces waiting in review_queue, as patches, highest
-    priority first. Its stages filter on the field, so it follows every later sync."""
+    """The saved views REVIEW_VIEW (the faces waiting in review_queue, as patches, highest
+    priority first) and one per reason. Their stages filter on the fields, so they follow every
+    later sync."""
     from fiftyone import ViewField as F
 
-    view = (
-        ds.filter_labels("face_emotions", F("review_priority").exists(), only_matches=True)
-        .to_patches("face_emotions")
-        .sort_by("face_emotions.review_priority", reverse=True)
-    )
-    ds.save_view(
-        REVIEW_VIEW,
-        view,
-        description="Faces waiting in ferlab's review_queue, highest priority first",
-        overwrite=True,
-    )
+    waiting = F("review_priority").exists()
+    for reason in (None, *REVIEW_REASONS):
+        match = waiting if reason is None else waiting & F("review_reasons").contains(reason)
+        view = (
+            ds.filter_labels("face_emotions", match, only_matches=True)
+            .to_patches("face_emotions")
+            .sort_by("face_emotions.review_priority", reverse=True)
+        )
+        ds.save_view(
+            review_view_name(reason),
+            view,
+            description=f"Faces waiting in ferlab's review_queue{f' for {reason}' if reason else ''}, "
+            "highest priority first",
+            overwrite=True,
+        )
 
 
 _FACE_PATHS = ("crop_id", "label", "tags", "ferlab_label", "ferlab_tags")
