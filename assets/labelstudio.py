@@ -1,5 +1,5 @@
-"""Label Studio: queued faces go out as tasks with the model's prediction pre-filled, curators'
-annotations come back as `human` labels. Thin calls into labeling.labelstudio.sync; the sensor that
+"""Label Studio: queued faces go out as tasks with both production models' calls pre-filled and
+their probabilities shown, curators' annotations come back as `human` labels. Thin calls into labeling.labelstudio.sync; the sensor that
 polls for new annotations is in dagster_project.sensors."""
 
 from typing import TYPE_CHECKING
@@ -21,7 +21,11 @@ GROUP = "labeling"
 
 class LabelStudioPushConfig(Config):
     queue: str = Field("", description="only this review_queue queue (empty: every queued face)")
-    predictions: bool = Field(True, description="pre-fill each task with the queue model's prediction")
+    predictions: bool = Field(
+        True,
+        description="pre-fill each task with the emotion and AU production models' calls and show their "
+        "probabilities (false: neither)",
+    )
     overlap: int = Field(
         0, description="give each task to this many annotators (0: as the project has it, a new project 1)"
     )
@@ -40,9 +44,11 @@ class LabelStudioPullConfig(Config):
     kinds={"labelstudio"},
     deps=["review_queue"],
     description="Every face of the `review_queue` table as a task of the Label Studio face project (an "
-    "emotion, the AUs present), pre-filled with the queue model's output on the face "
-    "(labeling.labelstudio.sync.queue_predictions); a face with a task on the server is not pushed again, "
-    "one whose task was deleted there is. Rows: `label_studio_tasks`.",
+    "emotion, the AUs present), whichever queue queued it: its queues, reasons, priority, weak label and "
+    "source as Data Manager columns; both production models' calls pre-filled and every label's probability "
+    "and call in the labeling view, the uncertain ones marked as asked (labeling.labelstudio.sync.queue_views); "
+    "a face with a task on the server is not pushed again, one whose task was deleted there is. Rows: "
+    "`label_studio_tasks`.",
 )
 def label_studio_tasks(
     context: AssetExecutionContext,
@@ -50,15 +56,15 @@ def label_studio_tasks(
     warehouse: WarehouseResource,
     labelstudio: LabelStudioResource,
 ) -> MaterializeResult:
-    from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
+    from labeling.labelstudio.sync import push_faces, queue_views, queued_faces
 
     wh = warehouse.get()
     rows = queued_faces(wh, config.queue or None)
-    predictions = queue_predictions(wh, rows) if config.predictions else {}
+    views = queue_views(wh, rows) if config.predictions else {}
     report = push_faces(
         wh,
         rows,
-        predictions,
+        views,
         client=labelstudio.client(),
         title=labelstudio.project_title,
         overlap=config.overlap or None,

@@ -89,6 +89,20 @@ def fill_queue(wh: Warehouse, n: int, model_id: str = "emo-model-1") -> list[str
     return [c["crop_id"] for c in tables["crops"]]
 
 
+def _views() -> dict:
+    """Hand-made views of a face by both models: sad for sure, AU1 present, AU4 unsure."""
+    from labeling.curation.model_view import LabelCall, ModelView
+    from labeling.labelstudio.sync import AU_NAMES
+    from warehouse.schemas import EMOTIONS
+
+    emotion = tuple(
+        LabelCall(e, 0.9 if e == "sad" else 0.01, "present" if e == "sad" else "absent") for e in EMOTIONS
+    )
+    states = {"AU1": (0.95, "present"), "AU4": (0.5, "unsure")}
+    aus = tuple(LabelCall(a, *states.get(a, (0.02, "absent"))) for a in AU_NAMES)
+    return {"emotion": ModelView("emotion", "emotion-bench", emotion), "au": ModelView("au", "au-bench", aus)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,9 +143,7 @@ def main() -> None:
             wh = Warehouse(root / "var")
             crops = fill_queue(wh, args.tasks)
             rows = queued_faces(wh)
-            predictions = {
-                c: {"emotion": {"sad": 0.6, "happy": 0.4}, "aus": {"AU1": 0.7, "AU4": 0.6}} for c in crops
-            }
+            predictions = {c: _views() for c in crops}  # both models' views, as queue_views gives them
 
             t = time.perf_counter()
             pushed = push_faces(wh, rows, predictions, client=client)

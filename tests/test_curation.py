@@ -342,20 +342,25 @@ def test_pseudo_label_experiment_trains_both_arms_on_the_same_folds(home):
     assert PseudoExperimentSettings.load(result.folder) == settings
 
 
-def test_label_studio_prefill_is_the_queue_models_output(home):
-    """Queued faces are pre-filled with the model's probabilities of every label (also the AUs
-    between the pseudo-label thresholds, which have no stored label), as Predictor gives them."""
-    from labeling.labelstudio.sync import prediction_for, queue_predictions, queued_faces
+def test_label_studio_prefill_is_the_production_models_output(home):
+    """Queued faces carry both production models' view, whichever queue queued them: every
+    label's probability (also the AUs between the pseudo-label thresholds, which have no stored
+    label), as Predictor gives them, and one prediction naming both models."""
+    from labeling.labelstudio.sync import prediction_for, queue_views, queued_faces, task_data
 
     wh = Warehouse(home)
     build_review_queue(wh, "au", ReviewSettings(queue="prefill", unique_top=5))
     rows = queued_faces(wh, "prefill")
-    preds = queue_predictions(wh, rows)
-    model_id = production_model(wh, "au")
-    assert rows and set(preds) == {r["crop_id"] for r in rows}
-    predictor = Predictor.load(wh, model_id)
+    views = queue_views(wh, rows)
+    au_model, emotion_model = production_model(wh, "au"), production_model(wh, "emotion")
+    assert rows and set(views) == {r["crop_id"] for r in rows}
+    assert all(set(v) == {"emotion", "au"} for v in views.values())  # an AU queue's faces: both models
+    predictor = Predictor.load(wh, au_model)
     direct = predictor.predict([r["media_path"] for r in rows[:5]])
     for r, p in zip(rows[:5], direct):
-        assert preds[r["crop_id"]]["aus"] == pytest.approx(dict(zip(predictor.labels, p.tolist())), abs=1e-5)
-    made = prediction_for(preds[rows[0]["crop_id"]], model_id)
-    assert made["model_version"] == model_id and made["result"][0]["from_name"] == "aus"
+        expected = dict(zip(predictor.labels, p.tolist()))
+        assert views[r["crop_id"]]["au"].probabilities() == pytest.approx(expected, abs=1e-4)
+    made = [m for m in (prediction_for(views[r["crop_id"]]) for r in rows) if m]
+    assert made and {m["model_version"] for m in made} == {f"{emotion_model} + {au_model}"}
+    data = task_data(rows[0], views[rows[0]["crop_id"]])
+    assert data["queue"] == "prefill" and len(data["model_emotions"]) == 7

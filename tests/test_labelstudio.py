@@ -5,6 +5,7 @@ would, pull, and find the human labels winning in the next dataset version."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -13,26 +14,34 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet in the conftest helper)
 import pytest
 
 from benchmarks.labelstudio_roundtrip import fill_queue
+from labeling.curation.model_view import LabelCall, ModelView
 from labeling.labelstudio.sync import (
     AU_NAMES,
+    AU_TABLES,
     LabelStudioClient,
     LabelStudioError,
     LabelStudioSettings,
     check_annotation,
     config_controls,
     diff_tasks,
+    is_ferlab_config,
     label_config_xml,
     label_tables,
     labels_from_annotation,
     prediction_for,
-    predictions_for,
     pull_annotations,
     push_faces,
+    queue_tab,
+    queue_views,
     queued_faces,
+    stored_views,
+    task_data,
 )
+from tests.conftest import hand_made_production_model
 from warehouse import Warehouse
 from warehouse.errors import ConfigError
 from warehouse.schemas import DISFA_AUS, EMOTIONS, TABLES
@@ -45,33 +54,202 @@ def _table(name: str, rows: list[dict]) -> pa.Table:
 
 
 # ---- no server -------------------------------------------------------------------------------------
+# The label config of ferlab's earlier versions (bare AU codes, no models' tables): a project made
+# with it is brought up to date by ensure_project.
+OLD_CONFIG = (
+    '<View>\n  <Image name="image" value="$image"/>\n  <Header value="Emotion"/>\n'
+    '  <Choices name="emotion" toName="image" choice="single" showInline="true">\n'
+    + "".join(f'    <Choice value="{e}"/>\n' for e in EMOTIONS)
+    + '  </Choices>\n  <Header value="Action Units present"/>\n'
+    '  <Choices name="aus" toName="image" choice="multiple" showInline="true">\n'
+    + "".join(f'    <Choice value="AU{n}"/>\n' for n in DISFA_AUS)
+    + "  </Choices>\n"
+    '  <Choices name="aus_reviewed" toName="image" choice="multiple" showInline="true">\n'
+    '    <Choice value="AUs reviewed"/>\n  </Choices>\n</View>\n'
+)
+
+
 def test_label_config():
     root = ET.fromstring(label_config_xml())
-    image = root.find("Image")
+    image = root.find(".//Image")
     assert image.get("name") == "image" and image.get("value") == "$image"
     choices = {c.get("name"): c for c in root.iter("Choices")}
     assert choices["emotion"].get("choice") == "single" and choices["aus"].get("choice") == "multiple"
     assert [c.get("value") for c in choices["emotion"]] == list(EMOTIONS)
-    assert [c.get("value") for c in choices["aus"]] == [f"AU{n}" for n in DISFA_AUS]
+    # The AU choices show their FACS names and store the bare code (the alias)
+    assert [c.get("alias") for c in choices["aus"]] == [f"AU{n}" for n in DISFA_AUS]
+    assert [c.get("value") for c in choices["aus"]][:3] == [
+        "AU1 inner brow raiser",
+        "AU2 outer brow raiser",
+        "AU4 brow lowerer",
+    ]
     assert [c.get("value") for c in choices["aus_reviewed"]] == ["AUs reviewed"]
     controls = config_controls(label_config_xml())
     assert set(controls) == {"emotion", "aus", "aus_reviewed"} and controls["aus"].multiple
     assert not controls["emotion"].multiple and controls["emotion"].values == set(EMOTIONS)
+    assert controls["aus"].values == set(AU_NAMES)  # the stored values: the aliases
     with pytest.raises(ConfigError, match="not valid XML"):
         config_controls("<View><Choices", "the label config of project 3")
     assert AU_NAMES[0] == "AU1" and AU_NAMES[-1] == "AU26" and len(AU_NAMES) == 12
 
 
-def test_prediction_prefill():
-    p = prediction_for(
-        {"emotion": {"sad": 0.7, "happy": 0.3}, "aus": {"AU1": 0.9, "AU4": 0.5, "AU12": 0.1}}, "m1"
+def test_labeling_view_puts_the_choices_beside_the_face():
+    """Two columns: the crop (a fixed width) and what is asked on the left; the choices and the
+    models' tables on the right."""
+    root = ET.fromstring(label_config_xml())
+    assert "display: flex" in root.get("style")
+    left, right = root.findall("View")
+    assert "max-width: 300px" in left.get("style") and left.find("Image").get("maxWidth") == "300px"
+    assert left.find("Text").get("value") == "$asked"
+    assert [c.get("name") for c in right.iter("Choices")] == ["emotion", "aus", "aus_reviewed"]
+    tables = [(t.get("name"), t.get("value")) for t in right.iter("Table")]
+    assert tables == [(n, f"${n}") for n in ("model_emotions", "model_aus_upper", "model_aus_lower")]
+    assert sorted(f"AU{n}" for _, _, numbers in AU_TABLES for n in numbers) == sorted(AU_NAMES)
+    assert all(len(numbers) <= 10 for _, _, numbers in AU_TABLES)  # Label Studio pages tables at 10 rows
+    assert root.find("Style").text.strip().startswith(".ferlab-models")
+    assert is_ferlab_config(label_config_xml()) and is_ferlab_config(OLD_CONFIG)
+
+
+def test_only_ferlabs_own_configs_are_replaced():
+    before_the_confirmation = OLD_CONFIG.split('  <Choices name="aus_reviewed"')[0] + "</View>\n"
+    assert is_ferlab_config(before_the_confirmation)
+    edited = [
+        OLD_CONFIG.replace("</View>", '<TextArea name="note" toName="image"/></View>'),  # a control added
+        OLD_CONFIG.replace('<Choice value="sad"/>', '<Choice value="sad"/><Choice value="contempt"/>'),
+        OLD_CONFIG.replace('<Choices name="aus"', '<Choices name="action_units"'),
+        OLD_CONFIG.replace("<Image ", "<Video "),
+        "<View><Choices",
+    ]
+    assert not any(is_ferlab_config(c) for c in edited)
+
+
+class _Projects:
+    """Stands in for the SDK's projects in `_ensure_label_config`: holds a label config, refuses
+    updates (as the server does with a config it finds invalid)."""
+
+    def __init__(self, config: str):
+        self.config, self.updates = config, []
+
+    def get(self, id):
+        return type("Project", (), {"label_config": self.config})()
+
+    def update(self, id, **fields):
+        from label_studio_sdk.core.api_error import ApiError
+
+        self.updates.append(fields)
+        raise ApiError(status_code=400, body={"detail": "Validation error"})
+
+
+def test_a_config_the_server_refuses_or_someone_edited_is_left_alone(caplog):
+    client = LabelStudioClient(LabelStudioSettings(url="http://127.0.0.1:1", api_key="k"))
+    client.sdk = type("SDK", (), {})()
+    client.sdk.projects = _Projects(OLD_CONFIG)
+    with caplog.at_level("WARNING"):
+        assert client._ensure_label_config(3) is False
+    assert len(client.sdk.projects.updates) == 1 and "keeps its label config" in caplog.text
+    assert "HTTP 400" in caplog.text
+    client.sdk.projects = _Projects(
+        OLD_CONFIG.replace("</View>", '<TextArea name="note" toName="image"/></View>')
     )
-    assert p["model_version"] == "m1" and p["score"] == pytest.approx(0.7)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert client._ensure_label_config(3) is False
+    assert client.sdk.projects.updates == [] and "edited on the server" in caplog.text
+    client.sdk.projects = _Projects(label_config_xml())
+    assert client._ensure_label_config(3) is False and client.sdk.projects.updates == []  # up to date
+
+
+def _views(
+    emotion: dict[str, tuple[float, str]] | None = None, aus: dict[str, tuple[float, str]] | None = None
+):
+    """Hand-made model views of a face: label -> (probability, call); AUs left out are absent at 0.01."""
+    out = {}
+    if emotion is not None:
+        calls = [LabelCall(e, *emotion.get(e, (0.01, "absent"))) for e in EMOTIONS]
+        out["emotion"] = ModelView("emotion", "emotion-m1", tuple(calls))
+    if aus is not None:
+        out["au"] = ModelView(
+            "au", "au-m2", tuple(LabelCall(a, *aus.get(a, (0.01, "absent"))) for a in AU_NAMES)
+        )
+    return out
+
+
+def test_prediction_prefills_both_models_calls():
+    views = _views(
+        {"sad": (0.9, "present"), "happy": (0.05, "absent")},
+        {"AU1": (0.95, "present"), "AU4": (0.5, "unsure"), "AU12": (0.97, "present")},
+    )
+    p = prediction_for(views)
+    assert p["model_version"] == "emotion-m1 + au-m2"
     by_name = {r["from_name"]: r["value"]["choices"] for r in p["result"]}
-    assert by_name == {"emotion": ["sad"], "aus": ["AU1", "AU4"]}
-    only_aus = prediction_for({"aus": {"AU1": 0.9, "AU2": 0.2}}, "m2")
-    assert only_aus["score"] == pytest.approx(0.85) and len(only_aus["result"]) == 1
-    assert prediction_for({}, "m") is None
+    assert by_name == {"emotion": ["sad"], "aus": ["AU1", "AU12"]}  # AU4 (unsure) is not ticked
+    assert 0.9 < p["score"] < 1
+    # An emotion the model cannot call is not pre-filled; the AUs still are.
+    unsure = prediction_for(_views({"sad": (0.5, "unsure")}, {"AU6": (0.93, "present")}), "v")
+    assert unsure["model_version"] == "v" and [r["from_name"] for r in unsure["result"]] == ["aus"]
+    assert prediction_for(_views(aus={"AU4": (0.5, "unsure")})) is None  # nothing called present
+    assert prediction_for({}) is None
+
+
+def test_task_data_readable_columns_first_and_the_models_tables():
+    row = {
+        "crop_id": "c1",
+        "image_id": "i1",
+        "media_path": "media/ab/c1.jpg",
+        "priority": 0.8333333,
+        "queues": ["au:au-m2", "emotion:emotion-m1"],
+        "reasons": ["between_thresholds", "weak_disagrees"],
+        "details": ["between_thresholds: AU4 0.50", "weak_disagrees: happy"],
+        "weak_label": "happy",
+        "source": "scraped",
+    }
+    views = _views(
+        {"sad": (0.55, "unsure"), "happy": (0.3, "absent")},
+        {"AU1": (0.95, "present"), "AU4": (0.5, "unsure"), "AU12": (0.02, "absent")},
+    )
+    data = task_data(row, views)
+    assert list(data)[:5] == ["queue", "reasons", "priority", "weak_label", "source"]
+    assert list(data)[-2:] == ["crop_id", "image_id"]
+    assert data["queue"] == "au:au-m2, emotion:emotion-m1" and data["priority"] == 0.833
+    assert data["reasons"] == "between_thresholds, weak_disagrees" and data["weak_label"] == "happy"
+    assert data["detail"] == "between_thresholds: AU4 0.50; weak_disagrees: happy"
+    assert data["image"] == "/data/local-files/?d=media/ab/c1.jpg" and data["models"] == "emotion-m1 + au-m2"
+    assert (
+        data["asked"]
+        == "Asked, the models are unsure: the emotion (best guess sad 0.55); AU4 brow lowerer (0.50)"
+    )
+    emotions = data["model_emotions"]
+    assert [r["emotion"] for r in emotions][:2] == ["sad", "happy"] and len(
+        emotions
+    ) == 7  # most probable first
+    assert emotions[0] == {"emotion": "sad", "p": "0.55", "call": "UNSURE — asked"}
+    upper, lower = data["model_aus_upper"], data["model_aus_lower"]
+    assert len(upper) + len(lower) == 12 and upper[0] == {
+        "upper face AU": "AU1 inner brow raiser",
+        "p": "0.95",
+        "call": "present (pre-ticked)",
+    }
+    assert upper[2] == {"upper face AU": "AU4 brow lowerer", "p": "0.50", "call": "UNSURE — asked"}
+    assert {"lower face AU": "AU12 lip corner puller", "p": "0.02", "call": "absent"} in lower
+    json.dumps(data)  # what the import sends
+    only_au1 = task_data(row, {"au": ModelView("au", "au-m2", (LabelCall("AU1", 0.95, "present"),))})
+    assert only_au1["model_aus_upper"][1] == {
+        "upper face AU": "AU2 outer brow raiser",
+        "p": "—",
+        "call": "not predicted",
+    }
+    assert only_au1["model_emotions"] == [] and only_au1["models"] == "au-m2"
+    bare = task_data(row)  # no model: empty tables, and the curator is told
+    assert bare["model_emotions"] == [] and bare["model_aus_upper"] == [] and bare["models"] == ""
+    assert bare["asked"].startswith("No model view")
+
+
+def test_queue_tab_shows_the_readable_columns():
+    tab = queue_tab()
+    hidden = set(tab["hiddenColumns"]["explore"])
+    assert {"tasks:data.crop_id", "tasks:data.image_id", "tasks:data.model_emotions"} <= hidden
+    assert not hidden & {f"tasks:data.{k}" for k in ("queue", "reasons", "priority", "weak_label", "source")}
+    assert tab["ordering"] == ["-tasks:data.priority"] and tab["title"] == "ferlab queue"
 
 
 def test_settings_never_show_the_key(monkeypatch):
@@ -334,30 +512,91 @@ def test_push_again_a_face_whose_task_was_deleted(wh):
     assert wh.count("label_studio_tasks") == 3
 
 
-def test_queue_and_stored_predictions(wh):
+def test_queued_faces_say_why_they_are_queued(wh):
     crops = fill_queue(wh, 3)
     rows = queued_faces(wh)
     assert [r["crop_id"] for r in rows] == crops  # highest priority first
-    pseudo = [
-        {"image_id": rows[0]["image_id"], "crop_id": crops[0], "emotion": "fear", "label_source": "pseudo"}
-        | {"confidence": 0.6, "annotator": "emo-model-1"}
-    ]
+    # crop 1 is queued again by the AU queue, with a higher priority and a detail
+    again = dict(wh.sql("SELECT * FROM review_queue WHERE crop_id = ?", [crops[1]]).to_pylist()[0])
+    again.update(queue="au:au-m2", reason="between_thresholds", priority=9.0, detail="AU4 0.50")
+    wh.append("review_queue", _table("review_queue", [again]))
+    rows = {r["crop_id"]: r for r in queued_faces(wh)}
+    face = rows[crops[1]]
+    assert face["queues"] == ["au:au-m2", "q1"] and face["reasons"] == ["between_thresholds", "uncertain"]
+    assert face["details"] == ["between_thresholds: AU4 0.50", "uncertain"] and face["priority"] == 9.0
+    assert face["source"] == "scraped" and face["weak_label"] == "happy"  # the image's folder label
+    assert [r["crop_id"] for r in queued_faces(wh, "au:au-m2")] == [crops[1]]
+    data = task_data(face)
+    assert (data["queue"], data["reasons"], data["weak_label"]) == (
+        "au:au-m2, q1",
+        "between_thresholds, uncertain",
+        "happy",
+    )
+
+
+def _production_models(wh, crops: list[str]) -> None:
+    """Hand-made production models (tests.conftest): cuts 0.8 (emotion) and 0.1 / 0.9 (AUs); crop 0
+    happy for sure with AU1 and AU12 present and AU4 unsure, crop 1 unsure of its emotion (sad
+    0.5) with AU6 present, the others neutral for sure, no AU present."""
+    emotions = {c: {"neutral": 0.9} for c in crops}
+    aus = {c: {} for c in crops}
+    emotions[crops[0]], aus[crops[0]] = {"happy": 0.97}, {"AU1": 0.95, "AU4": 0.5, "AU12": 0.98}
+    emotions[crops[1]], aus[crops[1]] = {"sad": 0.5, "fear": 0.3}, {"AU6": 0.93}
+    hand_made_production_model(wh, "emotion", "emotion-hand1", emotions)
+    hand_made_production_model(wh, "au", "au-hand2", aus)
+
+
+def test_queue_views_are_both_production_models(wh):
+    crops = fill_queue(wh, 3)
+    rows = queued_faces(wh)
+    assert queue_views(wh, rows) == {}  # no production model yet: no view
+    _production_models(wh, crops)
+    views = queue_views(wh, rows)  # every face is in the caches: no model runs
+    assert set(views) == set(crops) and all(set(v) == {"emotion", "au"} for v in views.values())
+    first = views[crops[0]]
+    assert [c.label for c in first["au"].with_state("present")] == ["AU1", "AU12"]
+    assert [c.label for c in first["au"].with_state("unsure")] == ["AU4"]
+    assert first["emotion"].top.label == "happy" and first["emotion"].top.state == "present"
+    made = prediction_for(first)
+    assert made["model_version"] == "emotion-hand1 + au-hand2"
+    assert {r["from_name"]: r["value"]["choices"] for r in made["result"]} == {
+        "emotion": ["happy"],
+        "aus": ["AU1", "AU12"],
+    }
+    second = prediction_for(views[crops[1]])  # the emotion is asked: only the AUs are pre-filled
+    assert [(r["from_name"], r["value"]["choices"]) for r in second["result"]] == [("aus", ["AU6"])]
+
+
+def test_stored_pseudo_labels_stand_in_when_the_models_files_are_gone(wh):
+    import shutil
+
+    from models.tasks import get_task
+
+    crops = fill_queue(wh, 2)
+    _production_models(wh, crops)
+    image = {r["crop_id"]: r["image_id"] for r in queued_faces(wh)}
+    common = {"image_id": image[crops[0]], "crop_id": crops[0], "label_source": "pseudo"}
+    pseudo = [common | {"emotion": "happy", "confidence": 0.97, "annotator": "emotion-hand1"}]
     wh.append("emotion_labels", _table("emotion_labels", pseudo))
     au = [
-        {
-            "image_id": rows[0]["image_id"],
-            "crop_id": crops[0],
-            "au": 12,
-            "present": True,
-            "label_source": "pseudo",
-        }
-        | {"probability": 0.8, "annotator": "emo-model-1"}
+        common | {"au": 1, "present": True, "probability": 0.95, "annotator": "au-hand2"},
+        common | {"au": 26, "present": False, "probability": 0.02, "annotator": "au-hand2"},
+        common | {"au": 12, "present": True, "probability": 0.9, "annotator": "another-model"},
     ]
     wh.append("au_labels", _table("au_labels", au))
-    assert predictions_for(wh, crops, "emo-model-1") == {
-        crops[0]: {"emotion": {"fear": 0.6}, "aus": {"AU12": 0.8}}
-    }
-    assert predictions_for(wh, crops, "another-model") == {}
+    shutil.rmtree(wh.home / "models")  # the models' files are gone; their promotions stand
+    views = queue_views(wh, queued_faces(wh))
+    assert set(views) == {crops[0]}  # crop 1 has no pseudo label
+    emotion, aus = views[crops[0]]["emotion"], views[crops[0]]["au"]
+    assert [(c.label, c.probability, c.state) for c in emotion.calls] == [("happy", 0.97, "present")]
+    states = {c.label: c.state for c in aus.calls}
+    assert states["AU1"] == "present" and states["AU26"] == "absent" and states["AU12"] == "unsure"
+    assert set(states) == set(get_task("au").labels) and aus.model_id == "au-hand2"
+    data = task_data(queued_faces(wh)[0], views[crops[0]])
+    assert {"upper face AU": "AU2 outer brow raiser", "p": "?", "call": "UNSURE — asked"} in data[
+        "model_aus_upper"
+    ]
+    assert stored_views(wh, crops, "emotion", "another-model") == {}
 
 
 # ---- against the real server -------------------------------------------------------------------------
@@ -450,19 +689,58 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
 
     wh = Warehouse(ls_server.home)
     crops = fill_queue(wh, 4)
-    preds = {
-        crops[0]: {"emotion": {"surprise": 0.9}, "aus": {"AU1": 0.8, "AU2": 0.7, "AU26": 0.6}},
-        crops[1]: {"aus": {"AU12": 0.9, "AU4": 0.1}},
-    }
-    report = push_faces(wh, queued_faces(wh), preds, client=ls_server.client())
-    assert (report.pushed, report.with_prediction, report.recorded) == (4, 2, 4)
+    _production_models(wh, crops)  # both models' views of every queued face, whatever its queue
+    views = queue_views(wh, queued_faces(wh))
+    report = push_faces(wh, queued_faces(wh), views, client=ls_server.client())
+    assert (report.pushed, report.with_prediction, report.recorded) == (4, 4, 4)
     task_of = {r["crop_id"]: r["task_id"] for r in wh.read("label_studio_tasks").to_pylist()}
     assert set(task_of) == set(crops)
     sdk = ls_server.client().sdk
     task = sdk.tasks.get(id=str(task_of[crops[0]]))
-    assert task.data["crop_id"] == crops[0]
-    pred = sdk.predictions.list(task=task_of[crops[0]])[0]
-    assert pred.model_version == "emo-model-1" and pred.score == pytest.approx(0.9)
+    # The Data Manager's columns: the readable ones first; crop_id (pull reads it) kept
+    assert list(task.data)[:6] == ["queue", "reasons", "priority", "weak_label", "source", "asked"]
+    assert (task.data["queue"], task.data["reasons"], task.data["weak_label"], task.data["source"]) == (
+        "q1",
+        "uncertain",
+        "happy",
+        "scraped",
+    )
+    assert task.data["priority"] == 4.0 and task.data["crop_id"] == crops[0]
+    assert task.data["asked"] == "Asked, the models are unsure: AU4 brow lowerer (0.50)"
+    # The labeling view's tables: every label's probability and the model's call
+    assert {"upper face AU": "AU4 brow lowerer", "p": "0.50", "call": "UNSURE — asked"} in task.data[
+        "model_aus_upper"
+    ]
+    assert task.data["model_emotions"][0] == {"emotion": "happy", "p": "0.97", "call": "present (pre-filled)"}
+    assert len(task.data["model_emotions"]) == 7
+    assert len(task.data["model_aus_upper"]) + len(task.data["model_aus_lower"]) == 12  # the choices' AUs
+    assert {"lower face AU": "AU15 lip corner depressor", "p": "—", "call": "not predicted"} in task.data[
+        "model_aus_lower"
+    ]  # AU models predict the seed's 8 AUs
+    # One prediction, both models' calls: the AUs called present pre-ticked, AU4 (unsure) not
+    [pred] = sdk.predictions.list(task=task_of[crops[0]])
+    assert pred.model_version == "emotion-hand1 + au-hand2" and 0.9 < pred.score < 1
+    assert {r["from_name"]: r["value"]["choices"] for r in pred.result} == {
+        "emotion": ["happy"],
+        "aus": ["AU1", "AU12"],
+    }
+    [asked] = sdk.predictions.list(task=task_of[crops[1]])  # its emotion is asked: AUs only
+    assert [(r["from_name"], r["value"]["choices"]) for r in asked.result] == [("aus", ["AU6"])]
+    project = sdk.projects.get(id=report.project_id)  # the labeling stream pre-fills this version
+    assert project.model_version == "emotion-hand1 + au-hand2"
+    # The server takes ferlab's label config (its validation refuses a broken one) and the tab
+    sdk.projects.validate_label_config(id=report.project_id, label_config=label_config_xml())
+    from label_studio_sdk.core.api_error import ApiError
+
+    with pytest.raises(ApiError):
+        sdk.projects.validate_label_config(
+            id=report.project_id,
+            label_config=label_config_xml().replace('toName="image"', 'toName="face"', 1),
+        )
+    assert project.label_config.strip() == label_config_xml().strip()
+    assert [(v.data or {}).get("title") for v in sdk.views.list(project=report.project_id)] == [
+        "ferlab queue"
+    ]
     # The crop is served by Label Studio, byte for byte.
     req = urllib.request.Request(
         ls_server.url + task.data["image"], headers={"Authorization": f"Token {ls_server.key}"}
@@ -480,12 +758,12 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
     assert recorded.metadata["tasks_total"].value == 4
     assert sdk.projects.get(id=report.project_id).task_number == 4 and wh.count("label_studio_tasks") == 4
 
-    # Curators: a full label, an emotion only (on a task pre-filled with AU12: the UI submits the
+    # Curators: a full label (the AU choices store their bare codes, the alias: what the UI submits
+    # for "AU4 brow lowerer"), an emotion only (on a task pre-filled with AU6: the UI submits the
     # prefill's AU ticks with it), a skip, and values the label config does not have (the server
     # takes them).
     first = _annotate(ls_server, task_of[crops[0]], "sad", ["AU1", "AU4", "AU15"], reviewed=True)
-    prefill = sdk.predictions.list(task=task_of[crops[1]])[0]
-    _annotate(ls_server, task_of[crops[1]], "neutral", ["AU12"], parent_prediction=int(prefill.id))
+    _annotate(ls_server, task_of[crops[1]], "neutral", ["AU6"], parent_prediction=int(asked.id))
     _annotate(ls_server, task_of[crops[2]], cancelled=True)
     _annotate(ls_server, task_of[crops[3]], "rage", ["AU99"])
     pulled = pull_annotations(wh, client=ls_server.client())
@@ -557,21 +835,43 @@ def test_push_annotate_pull_round_trip(ls_server, monkeypatch, capsys):
 
 
 @pytest.mark.server
-def test_push_killed_before_recording_imports_nothing_twice(ls_server):
+def test_push_killed_before_recording_imports_nothing_twice(ls_server, tmp_path):
     wh = Warehouse(ls_server.home)
     client, title = ls_server.client(), "ferlab faces (killed push)"
     rows = queued_faces(wh)
-    # Made with the label config of before the AU confirmation: ensure_project brings it up to date.
-    old_config = label_config_xml().split('  <Choices name="aus_reviewed"')[0] + "</View>\n"
+    # A project made by an earlier ferlab (bare AU codes, no models' tables, no AU confirmation),
+    # answered already: ensure_project brings its label config up to date, the answers stay valid.
+    old_config = OLD_CONFIG.split('  <Choices name="aus_reviewed"')[0] + "</View>\n"
     assert set(config_controls(old_config)) == {"emotion", "aus"}
     made = client.sdk.projects.create(title=title, label_config=old_config)
-    project_id = client.ensure_project(wh.home, title)
-    assert project_id == made.id and "aus_reviewed" in config_controls(client.label_config(project_id))
-    # A push that imported two faces and died before writing label_studio_tasks:
-    client.import_tasks(project_id, [{"data": {"image": "x", "crop_id": r["crop_id"]}} for r in rows[:2]])
+    # A push that imported two faces (as the earlier ferlab did) and died before writing
+    # label_studio_tasks; a curator answered the first with the bare codes of the old choices.
+    client.import_tasks(
+        made.id,
+        [{"data": {"image": "x", "crop_id": r["crop_id"], "image_id": r["image_id"]}} for r in rows[:2]],
+    )
+    old_task = client.tasks_by_crop(made.id)[rows[0]["crop_id"]]
+    _annotate(ls_server, old_task, "fear", ["AU4", "AU26"])
     report = push_faces(wh, rows, client=client, title=title)
+    assert report.project_id == made.id
     assert (report.pushed, report.already, report.recorded) == (len(rows) - 2, 2, len(rows))
-    assert client.sdk.projects.get(id=project_id).task_number == len(rows)
+    assert client.sdk.projects.get(id=made.id).task_number == len(rows)
+    config = client.label_config(made.id)
+    assert config.strip() == label_config_xml().strip() and "aus_reviewed" in config_controls(config)
+    assert [(v.data or {}).get("title") for v in client.sdk.views.list(project=made.id)] == ["ferlab queue"]
+    # The old answer, exported under the new config, fits it and reads "AU4" as before.
+    [exported] = [t for t in client.export_annotated(made.id) if t["id"] == old_task]
+    answer = exported["annotations"][0]
+    assert check_annotation(answer, config_controls(config)) is None
+    assert labels_from_annotation(rows[0]["crop_id"], answer).aus_present == {"AU4", "AU26"}
+    other = Warehouse(tmp_path / "other")  # the same faces in another data root: pull records AU4
+    fill_queue(other, 2)
+    pulled = pull_annotations(other, client=client, project_id=made.id)
+    assert (pulled.annotations, pulled.au_added, pulled.rejected) == (1, 12, 0)
+    present = other.sql("SELECT au FROM au_labels WHERE label_source = 'human' AND present ORDER BY au")
+    assert present.column(0).to_pylist() == [4, 26]
+    assert client.ensure_project(wh.home, title) == made.id  # up to date: nothing to change
+    assert client.label_config(made.id).strip() == label_config_xml().strip()
 
 
 @pytest.mark.server

@@ -42,12 +42,12 @@ def cmd_labelstudio_serve(args: argparse.Namespace) -> int:
 
 def cmd_labelstudio_push(args: argparse.Namespace) -> int:
     from assets.labelstudio import push_metadata
-    from labeling.labelstudio.sync import push_faces, queue_predictions, queued_faces
+    from labeling.labelstudio.sync import push_faces, queue_views, queued_faces
 
     wh = open_warehouse(args)
     rows = queued_faces(wh, args.queue)
-    predictions = {} if args.no_predictions else queue_predictions(wh, rows)
-    report = push_faces(wh, rows, predictions, client=_labelstudio_client(args), overlap=args.overlap)
+    views = {} if args.no_predictions else queue_views(wh, rows)
+    report = push_faces(wh, rows, views, client=_labelstudio_client(args), overlap=args.overlap)
     print(report.summary())
     record_materialization(
         wh.home, "label_studio_tasks", push_metadata(wh, len(rows), report), "ferlab labelstudio push"
@@ -112,11 +112,16 @@ def _add_labelstudio(sub) -> None:
     serve.set_defaults(func=cmd_labelstudio_serve)
     push = ls_sub.add_parser(
         "push",
-        help="push the review_queue's faces as tasks (prediction pre-filled); a face with a task on the server "
-        "adds nothing, one whose task was deleted there is pushed again",
+        help="push the review_queue's faces as tasks (both production models' calls pre-filled, their "
+        "probabilities shown; queue, reasons, priority, weak label and source as columns); a face with a task "
+        "on the server adds nothing, one whose task was deleted there is pushed again",
     )
     push.add_argument("--queue", help="only this queue (default: every queued face)")
-    push.add_argument("--no-predictions", action="store_true", help="push without pre-filled predictions")
+    push.add_argument(
+        "--no-predictions",
+        action="store_true",
+        help="push without the models' views (nothing pre-filled, no probabilities)",
+    )
     push.add_argument(
         "--overlap",
         type=int,

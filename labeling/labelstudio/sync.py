@@ -1,16 +1,37 @@
-"""Label Studio as the curators' labeling tool: push queued faces as tasks (with the model's
-prediction pre-filled), pull submitted annotations back as `human` labels of those faces.
+"""Label Studio as the curators' labeling tool: push queued faces as tasks (both production
+models' calls pre-filled, their probabilities shown), pull submitted annotations back as `human`
+labels of those faces.
 
 The server (`labeling.labelstudio.server`, `ferlab labelstudio serve`) runs from its own
 virtualenv; this module only talks to it over HTTP through `label_studio_sdk` 2.x. Where it is:
 $LABEL_STUDIO_URL (default http://127.0.0.1:8089); the token: $LABEL_STUDIO_API_KEY (the
 server's admin token, a legacy `Token`). The key never appears in a repr, a log or an error.
 
-One project (`PROJECT_TITLE`) holds face tasks: `data` = {image, crop_id, image_id}, where image
-is the crop served by Label Studio from the data root (`/data/local-files/?d=media/ab/<sha>.jpg`).
-The label config (`label_config_xml`) has a single-choice `emotion` over EMOTIONS, a
-multiple-choice `aus` over the 12 DISFA AUs and `aus_reviewed`, the curator's confirmation that
-all 12 AUs were looked at (so that the AUs not ticked are absent).
+One project (`PROJECT_TITLE`) holds face tasks. A task's `data` (`task_data`; its keys are the
+Data Manager's columns, the readable ones first): queue, reasons, priority, weak_label, source
+(from `queued_faces`: every review_queue row of the face, the image's source, the weak labels of
+the face or its image), asked (what the models are unsure of: the curator's question), detail (the
+queue's "reason: detail" lines), models (the two model ids); then image (the crop, served by Label
+Studio from the data root: `/data/local-files/?d=media/ab/<sha>.jpg`), the models' tables
+model_emotions, model_aus_upper, model_aus_lower (`model_tables`: each label's probability and the
+model's call: present, absent or UNSURE — asked), and crop_id, image_id (pull reads crop_id).
+The models' views come from `queue_views` (labeling.curation.model_view.production_views: the
+emotion and AU production models, whichever queue queued the face, at the pseudo-label cuts;
+their stored pseudo labels where a model's files are gone). One prediction per task
+(`prediction_for`) pre-fills both models' calls: the emotion the emotion model calls present, the
+AUs the AU model calls present; an unsure emotion or AU is not pre-filled, the tables mark it.
+Its model_version names both models ("emotion-… + au-…"), and each push makes it the project's
+(Label Studio pre-fills only the project's model_version in the labeling stream).
+
+The label config (`label_config_xml`), two columns: the crop (300 px) and the `asked` line on the
+left; on the right a single-choice `emotion` over EMOTIONS, a multiple-choice `aus` over the 12
+DISFA AUs shown with their FACS names and stored as bare codes (`<Choice value="AU4 brow lowerer"
+alias="AU4"/>`: results and exports hold "AU4"), `aus_reviewed` (the curator's confirmation that
+all 12 AUs were looked at, so that the AUs not ticked are absent) and the models' tables (Table
+tags; the AUs split upper / lower face, as a Table shows 10 rows a page). `ensure_project` gives a
+project with one of ferlab's earlier configs (`is_ferlab_config`) the current one, and a new or
+so updated project a Data Manager tab (`queue_tab`: the readable columns, highest priority
+first). Annotations made under an earlier config stay valid: its AU values were the same codes.
 
 Overlap: `push_faces(..., overlap=N)` (`ferlab labelstudio push --overlap N`) has the project give
 each task to N annotators (Label Studio's `maximum_annotations`, with `overlap_cohort_percentage`
@@ -41,6 +62,8 @@ decides the face's human label, and a face without consensus is queued for revie
 Limit: an emotion cleared in an updated annotation leaves the earlier emotion label standing
 (labels are never deleted); choose another emotion to correct one. Likewise the AU labels of an
 annotation updated to answer the AUs no more (no AU ticked, no confirmation) stay as they were.
+Tasks pushed by an earlier ferlab keep their data: under the current config their tables are
+empty and nothing is marked asked (they are not pushed again while they exist).
 """
 
 from __future__ import annotations
@@ -49,6 +72,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
@@ -58,6 +82,7 @@ from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 
+from labeling.curation.model_view import LabelCall, ModelView, named
 from labeling.labelstudio.agreement import DEFAULT_RULE, ConsensusReport, apply_consensus, check_rule
 from warehouse import Warehouse
 from warehouse.errors import ConfigError, FerlabError
@@ -73,7 +98,6 @@ DEFAULT_URL = "http://127.0.0.1:8089"
 PROJECT_TITLE = "ferlab faces"
 ANNOTATOR_PREFIX = PANEL_PREFIX  # labelstudio:<user id>
 AU_NAMES: tuple[str, ...] = tuple(f"AU{n}" for n in DISFA_AUS)
-AU_PRESENT_PROBABILITY = 0.5  # a predicted AU is pre-ticked at this probability or above
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 IMPORT_BATCH = 1000  # tasks per import request (Label Studio takes up to 250K / 200 MB per request)
 AU_REVIEWED_CHOICE = "AUs reviewed"  # the curator's confirmation: the AUs not ticked are absent
@@ -122,26 +146,65 @@ def reviewed_control(au_control: str) -> str:
     return f"{au_control}_reviewed"
 
 
+IMAGE_WIDTH_PX = 300  # the face's column in the labeling view (crops are 224 px)
+TABLES_CLASS = "ferlab-models"  # the models' tables: compact rows, so that 12 AUs fit beside the choices
+TABLE_CSS = f".{TABLES_CLASS} th, .{TABLES_CLASS} td {{ padding: 2px 8px !important; font-size: 13px; }}"
+EMOTION_TABLE = "model_emotions"  # task data / Table tag: the emotion model's probability of every emotion
+# task data / Table tags: the AU model's probability and call of the upper-face and lower-face AUs
+# (FACS's split; two tables, as Label Studio's Table shows 10 rows a page)
+AU_TABLES: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    ("model_aus_upper", "upper face AU", (1, 2, 4, 5, 6)),
+    ("model_aus_lower", "lower face AU", (9, 12, 15, 17, 20, 25, 26)),
+)
+ASKED = "asked"  # task data / Text tag: what the models are unsure of, i.e. what the curator is asked
+UNSURE = "UNSURE — asked"  # a table's call of a label the model cannot call: the curator's question
+
+
+def au_choice_value(au: str) -> str:
+    """What an AU choice shows: the code and its FACS name ("AU4 brow lowerer"); results store the
+    bare code (the choice's alias)."""
+    return named(au)
+
+
 def label_config_xml() -> str:
-    """The project's labeling interface: the face crop, one emotion, any of the 12 DISFA AUs and
-    the confirmation that the AUs were reviewed (without it, an answer says nothing of the AUs
-    not ticked)."""
+    """The project's labeling interface, two columns: the face crop and what the models are unsure
+    of (`$asked`) on the left; on the right one emotion, any of the 12 DISFA AUs (shown with their
+    FACS names, stored as "AU4": the choice's alias), the confirmation that the AUs were reviewed
+    (without it, an answer says nothing of the AUs not ticked) and the two models' views as tables
+    (`$model_emotions`, `$model_aus_upper`, `$model_aus_lower`: each label's probability and the
+    model's call), in rows kept compact by a Style so that the view fits a 1600 x 1100 screen."""
     emotion_control, au_control = _controls()
-    emotions = "\n".join(f"    <Choice value={quoteattr(e)}/>" for e in EMOTIONS)
-    aus = "\n".join(f"    <Choice value={quoteattr(a)}/>" for a in AU_NAMES)
+    emotions = "\n".join(f"      <Choice value={quoteattr(e)}/>" for e in EMOTIONS)
+    aus = "\n".join(
+        f"      <Choice value={quoteattr(au_choice_value(a))} alias={quoteattr(a)}/>" for a in AU_NAMES
+    )
     reviewed = reviewed_control(au_control)
     hint = "tick once all 12 AUs are checked: the AUs not ticked are then recorded as absent"
+    width = f"{IMAGE_WIDTH_PX}px"
     return (
-        "<View>\n"
-        '  <Image name="image" value="$image"/>\n'
-        '  <Header value="Emotion"/>\n'
-        f'  <Choices name={quoteattr(emotion_control)} toName="image" choice="single" showInline="true">\n'
-        f"{emotions}\n  </Choices>\n"
-        '  <Header value="Action Units present"/>\n'
-        f'  <Choices name={quoteattr(au_control)} toName="image" choice="multiple" showInline="true">\n'
-        f"{aus}\n  </Choices>\n"
-        f'  <Choices name={quoteattr(reviewed)} toName="image" choice="multiple" showInline="true">\n'
-        f"    <Choice value={quoteattr(AU_REVIEWED_CHOICE)} hint={quoteattr(hint)}/>\n  </Choices>\n"
+        '<View style="display: flex; gap: 24px; align-items: flex-start;">\n'
+        f"  <Style>{TABLE_CSS}</Style>\n"
+        f'  <View style="flex: 0 0 {width}; max-width: {width};">\n'
+        f'    <Image name="image" value="$image" width="{width}" maxWidth="{width}"/>\n'
+        f'    <Text name="{ASKED}" value="${ASKED}"/>\n'
+        "  </View>\n"
+        '  <View style="flex: 1 1 0; min-width: 0;">\n'
+        '    <Header value="Emotion" size="4"/>\n'
+        f'    <Choices name={quoteattr(emotion_control)} toName="image" choice="single" showInline="true">\n'
+        f"{emotions}\n    </Choices>\n"
+        '    <Header value="Action Units present" size="4"/>\n'
+        f'    <Choices name={quoteattr(au_control)} toName="image" choice="multiple" showInline="true">\n'
+        f"{aus}\n    </Choices>\n"
+        f'    <Choices name={quoteattr(reviewed)} toName="image" choice="multiple" showInline="true">\n'
+        f"      <Choice value={quoteattr(AU_REVIEWED_CHOICE)} hint={quoteattr(hint)}/>\n    </Choices>\n"
+        '    <Header value="What the models say (p: probability)" size="5"/>\n'
+        f'    <View className="{TABLES_CLASS}" style="display: flex; gap: 16px; align-items: flex-start;">\n'
+        f'      <View style="flex: 0 0 250px;"><Table name="{EMOTION_TABLE}" value="${EMOTION_TABLE}"/></View>\n'
+        '      <View style="flex: 1 1 0; min-width: 0;">\n'
+        + "".join(f'        <Table name="{name}" value="${name}"/>\n' for name, _, _ in AU_TABLES)
+        + "      </View>\n"
+        "    </View>\n"
+        "  </View>\n"
         "</View>\n"
     )
 
@@ -179,6 +242,97 @@ def config_controls(label_config: str, where: str = "the label config") -> dict[
             values = frozenset(c.get("alias") or c.get("value") or "" for c in tag.iter("Choice"))
         out[name] = Control(name, to_name, multiple=tag.get("choice") == "multiple", values=values)
     return out
+
+
+FERLAB_TAGS = frozenset({"View", "Style", "Image", "Text", "Header", "Choices", "Choice", "Table"})
+
+
+def _controls_or_none(label_config: str) -> dict[str, Control]:
+    try:
+        return config_controls(label_config)
+    except ConfigError:
+        return {}
+
+
+def is_ferlab_config(label_config: str) -> bool:
+    """Whether a label config is one ferlab made (this version's or an earlier one), which it may
+    replace: only the tags ferlab uses, its emotion and AU controls (the AU confirmation optional)
+    and no choice that is not one of ferlab's labels. Anything else was edited on the server."""
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError:
+        return False
+    if any(tag.tag not in FERLAB_TAGS for tag in root.iter()):
+        return False
+    emotion_control, au_control = _controls()
+    known = {
+        emotion_control: frozenset(EMOTIONS),
+        au_control: frozenset(AU_NAMES),
+        reviewed_control(au_control): frozenset({AU_REVIEWED_CHOICE}),
+    }
+    controls = config_controls(label_config)
+    if not {emotion_control, au_control} <= set(controls) <= set(known):
+        return False
+    return all(c.values is not None and c.values <= known[name] for name, c in controls.items())
+
+
+QUEUE_TAB = "ferlab queue"  # the Data Manager tab ferlab makes
+# Label Studio's own columns that its default tab hides (1.23), and the prediction's model version
+_HIDDEN_BUILTIN = (
+    "inner_id",
+    "annotations_results",
+    "annotations_ids",
+    "predictions_score",
+    "predictions_model_versions",  # the task data's `models` says it
+    "predictions_results",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "updated_by",
+    "avg_lead_time",
+    "draft_exists",
+)
+
+
+# narrower than Label Studio's default width, so that the readable columns fit a 1600 px screen
+_COLUMN_WIDTHS = {
+    "completed_at": 110,
+    "annotators": 110,
+    "data.image": 100,
+    f"data.{ASKED}": 230,
+    "data.queue": 120,
+    "data.reasons": 150,
+    "data.priority": 80,
+    "data.weak_label": 100,
+    "data.source": 90,
+}
+
+
+def queue_tab() -> dict[str, Any]:
+    """The Data Manager tab of the face project (`QUEUE_TAB`): the task data's readable columns
+    (queue, reasons, priority, weak label, source, asked, detail, models) beside the crop, the
+    highest priority first; the face's ids and the models' tables hidden (the labeling view shows
+    the tables). Beside the labeling view only the crop."""
+    builtin = [f"tasks:{c}" for c in _HIDDEN_BUILTIN]
+    unreadable = [
+        f"tasks:data.{k}" for k in ("crop_id", "image_id", EMOTION_TABLE, *(n for n, _, _ in AU_TABLES))
+    ]
+    readable = [f"tasks:data.{k}" for k in ("queue", "reasons", "priority", "weak_label", "source", ASKED)]
+    readable += ["tasks:data.detail", "tasks:data.models"]
+    labeling = ["tasks:id", "tasks:completed_at", "tasks:cancelled_annotations", "tasks:total_predictions"]
+    labeling += ["tasks:annotators"]
+    return {
+        "title": QUEUE_TAB,
+        "type": "list",
+        "target": "tasks",
+        "hiddenColumns": {
+            "explore": builtin + unreadable,
+            "labeling": builtin + unreadable + readable + labeling,
+        },
+        "ordering": ["-tasks:data.priority"],
+        "columnsWidth": {f"tasks:{k}": w for k, w in _COLUMN_WIDTHS.items()},
+    }
 
 
 def image_url(media_path: str) -> str:
@@ -243,12 +397,12 @@ class LabelStudioClient:
         return None
 
     def ensure_project(self, home: str | os.PathLike, title: str = PROJECT_TITLE) -> int:
-        """The id of the face project (created with `label_config_xml()` when missing; a project
-        made before the AU confirmation gets it), with a local-files storage over `<home>/media`
-        so its crops are served."""
+        """The id of the face project (created with `label_config_xml()` when missing; one with an
+        earlier ferlab label config gets the current one: `_ensure_label_config`), with a
+        local-files storage over `<home>/media` so its crops are served."""
         project_id = self.find_project(title)
         if project_id is not None:
-            self._ensure_au_confirmation(project_id)
+            changed = self._ensure_label_config(project_id)
         else:
             with _calls(self.settings, "create the project"):
                 project = self.sdk.projects.create(
@@ -257,32 +411,68 @@ class LabelStudioClient:
                     description="Face crops queued by ferlab: the emotion and the Action Units present.",
                     show_skip_button=True,
                 )
-            project_id = int(project.id)
+            project_id, changed = int(project.id), True
+        if changed:
+            self._ensure_queue_tab(project_id)
         self._ensure_local_storage(project_id, os.path.join(os.path.abspath(home), "media"))
         return project_id
 
-    def _ensure_au_confirmation(self, project_id: int) -> None:
-        """Give a project with ferlab's earlier label config (emotion + AUs, no confirmation) the
-        current one; Label Studio keeps its annotations, which stay valid. A config someone changed
-        otherwise is left as it is."""
-        emotion_control, au_control = _controls()
-        controls = config_controls(self.label_config(project_id), f"the label config of project {project_id}")
-        if reviewed_control(au_control) in controls:
-            return
-        if set(controls) == {emotion_control, au_control}:
-            with _calls(self.settings, "update the label config"):
-                self.sdk.projects.update(id=project_id, label_config=label_config_xml())
-            log.info(
-                "Label Studio project %d: label config given the %r confirmation",
-                project_id,
-                AU_REVIEWED_CHOICE,
-            )
-        else:
+    def _ensure_label_config(self, project_id: int) -> bool:
+        """Give a project with one of ferlab's earlier label configs (bare AU codes, no AU
+        confirmation, no models' tables, ...) the current one; returns whether it changed. Label
+        Studio keeps the annotations, which stay valid: the AU choices store the same codes (their
+        alias). A config edited on the server otherwise (`is_ferlab_config`), or one the server
+        refuses to replace, is left as it is (logged)."""
+        config = self.label_config(project_id)
+        current = label_config_xml()
+        if config.strip() == current.strip():
+            return False
+        if not is_ferlab_config(config):
+            _, au_control = _controls()
             log.warning(
-                "Label Studio project %d has no %r control: only ticked AUs count as an AU answer",
+                "Label Studio project %d has a label config edited on the server: left as it is, without "
+                "ferlab's current labeling view%s",
                 project_id,
-                reviewed_control(au_control),
+                ""
+                if reviewed_control(au_control) in _controls_or_none(config)
+                else f" (no {reviewed_control(au_control)!r} control: only ticked AUs count as an AU answer)",
             )
+            return False
+        try:
+            with _calls(self.settings, "update the label config"):
+                self.sdk.projects.update(id=project_id, label_config=current)
+        except LabelStudioError as exc:
+            log.warning("Label Studio project %d keeps its label config: %s", project_id, exc)
+            return False
+        log.info("Label Studio project %d: label config updated to ferlab's current one", project_id)
+        return True
+
+    def _ensure_queue_tab(self, project_id: int) -> None:
+        """Give the project's Data Manager the tab `QUEUE_TAB` (when it has none of that title):
+        the readable columns (queue, reasons, priority, weak label, source, what is asked), the
+        highest priority first; the ids and the models' tables hidden. Made with the project or
+        when ferlab updates its label config, so a tab a curator deleted stays deleted."""
+        with _calls(self.settings, "list the Data Manager tabs"):
+            if any((v.data or {}).get("title") == QUEUE_TAB for v in self.sdk.views.list(project=project_id)):
+                return
+        with _calls(self.settings, "make the Data Manager tab"):
+            self.sdk.views.create(project=project_id, data=queue_tab())
+
+    def set_model_version(self, project_id: int, version: str) -> bool:
+        """Have the project pre-fill tasks with the predictions of `version` (Label Studio's labeling
+        stream shows only the project's model_version; it takes the first one imported); returns
+        whether it changed. Tasks pushed with other models keep their predictions, shown in the
+        task's predictions list."""
+        with _calls(self.settings, "read the project"):
+            before = self.sdk.projects.get(id=project_id).model_version
+        if before == version:
+            return False
+        with _calls(self.settings, "set the model version"):
+            self.sdk.projects.update(id=project_id, model_version=version)
+        log.info(
+            "Label Studio project %d: tasks pre-filled by %s (was %r)", project_id, version, before or ""
+        )
+        return True
 
     def label_config(self, project_id: int) -> str:
         """The project's label config as the server holds it (what its annotations are checked against)."""
@@ -419,50 +609,150 @@ class PushReport:
         )
 
 
-def prediction_for(
-    prediction: Mapping[str, Mapping[str, float]], model_version: str
-) -> dict[str, Any] | None:
-    """A Label Studio prediction from {"emotion": {name: prob}, "aus": {"AU1": prob}} (either may be
-    missing): the most probable emotion, the AUs at AU_PRESENT_PROBABILITY or above ticked; score =
-    the emotion's probability, else the AUs' mean certainty (max(p, 1 - p))."""
+def _p(probability: float) -> str:
+    """A probability as the tables show it ("0.62"; "?" when unknown)."""
+    return "?" if math.isnan(probability) else f"{probability:.2f}"
+
+
+def model_tables(views: Mapping[str, ModelView]) -> dict[str, list[dict[str, str]]]:
+    """The task data of the labeling view's tables (Label Studio's Table tag shows a list of rows,
+    their keys as columns): the emotion model's probability of every emotion, most probable first,
+    with its call; the AU model's probability of every AU with its call (present: pre-ticked,
+    absent, UNSURE: asked; "not predicted" for an AU the model has no output for), in the choices'
+    order, upper-face and lower-face AUs apart (`AU_TABLES`). A missing model gives empty tables."""
+    out: dict[str, list[dict[str, str]]] = {EMOTION_TABLE: [], **{name: [] for name, _, _ in AU_TABLES}}
+    emotion = views.get("emotion")
+    if emotion is not None:
+        calls = sorted(emotion.calls, key=lambda c: -c.probability if not math.isnan(c.probability) else 1.0)
+        for c in calls:
+            mark = {"present": "present (pre-filled)", "unsure": UNSURE}.get(c.state, "")
+            out[EMOTION_TABLE].append({"emotion": c.label, "p": _p(c.probability), "call": mark})
+    au = views.get("au")
+    if au is not None:
+        by_label = {c.label: c for c in au.calls}
+        for name, title, numbers in AU_TABLES:
+            for label in (f"AU{n}" for n in numbers):
+                c = by_label.get(label)
+                if c is None:  # an AU the model does not predict (AU models predict the seed's 8)
+                    out[name].append({title: au_choice_value(label), "p": "—", "call": "not predicted"})
+                    continue
+                mark = {"present": "present (pre-ticked)", "absent": "absent", "unsure": UNSURE}[c.state]
+                out[name].append({title: au_choice_value(label), "p": _p(c.probability), "call": mark})
+    return out
+
+
+def asked_line(views: Mapping[str, ModelView]) -> str:
+    """What the models are unsure of, i.e. what the curator is asked (the `asked` column and the
+    line under the face): the emotion when the emotion model cannot call it, the AUs between the
+    AU model's thresholds."""
+    parts = []
+    emotion = views.get("emotion")
+    if emotion is not None and emotion.with_state("unsure"):
+        top = emotion.with_state("unsure")[0]
+        parts.append(f"the emotion (best guess {top.label} {_p(top.probability)})")
+    au = views.get("au")
+    if au is not None:
+        unsure = [c for c in au.calls if c.state == "unsure" and c.label in AU_NAMES]
+        parts.extend(f"{au_choice_value(c.label)} ({_p(c.probability)})" for c in unsure)
+    if parts:
+        return "Asked, the models are unsure: " + "; ".join(parts)
+    if not views:
+        return "No model view of this face: label it from the picture"
+    return "The models are sure of every label they have: check their calls"
+
+
+def models_version(views: Iterable[Mapping[str, ModelView]]) -> str:
+    """The prediction's model_version: the emotion and AU models' ids ("emotion-… + au-…")."""
+    ids: dict[str, set[str]] = {}
+    for by_task in views:
+        for task, view in by_task.items():
+            ids.setdefault(task, set()).add(view.model_id)
+    return " + ".join(m for task in ("emotion", "au") for m in sorted(ids.get(task, ())))
+
+
+def prediction_for(views: Mapping[str, ModelView], model_version: str | None = None) -> dict[str, Any] | None:
+    """One Label Studio prediction from both models' views of a face ({"emotion": ModelView, "au":
+    ModelView}, either may be missing): the emotion the emotion model calls present, the AUs the
+    AU model calls present (an unsure AU is not ticked: the tables mark it). model_version: both
+    models' ids (`models_version`) unless given; score: the mean certainty, the emotion's top
+    probability and each AU's max(p, 1 - p). None when neither model calls anything."""
     emotion_control, au_control = _controls()
     result: list[dict[str, Any]] = []
-    emotions = {k: float(v) for k, v in (prediction.get(emotion_control) or {}).items() if k in EMOTIONS}
-    aus = {k: float(v) for k, v in (prediction.get(au_control) or {}).items() if k in AU_NAMES}
-    score = None
-    if emotions:
-        top = max(sorted(emotions), key=lambda e: emotions[e])
-        score = emotions[top]
-        result.append(_choices(emotion_control, [top]))
-    if aus:
-        ticked = [a for a in AU_NAMES if aus.get(a, 0.0) >= AU_PRESENT_PROBABILITY]
-        result.append(_choices(au_control, ticked))
-        if score is None:
-            score = sum(max(p, 1 - p) for p in aus.values()) / len(aus)
+    certainty: list[float] = []
+    emotion = views.get("emotion")
+    if emotion is not None:
+        called = [c.label for c in emotion.with_state("present") if c.label in EMOTIONS]
+        if called:
+            result.append(_choices(emotion_control, called[:1]))
+        if not math.isnan(emotion.top.probability):
+            certainty.append(emotion.top.probability)
+    au = views.get("au")
+    if au is not None:
+        present = {c.label for c in au.with_state("present")}
+        ticked = [a for a in AU_NAMES if a in present]
+        if ticked:
+            result.append(_choices(au_control, ticked))
+        certainty.extend(
+            max(c.probability, 1 - c.probability) for c in au.calls if not math.isnan(c.probability)
+        )
     if not result:
         return None
-    return {"model_version": model_version, "score": round(float(score), 6), "result": result}
+    version = model_version or models_version([views])
+    score = sum(certainty) / len(certainty) if certainty else None
+    return {"model_version": version, "score": None if score is None else round(score, 6), "result": result}
 
 
 def _choices(name: str, values: list[str]) -> dict[str, Any]:
     return {"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": values}}
 
 
+def _joined(values: Any, sep: str = ", ") -> str:
+    """A list of a `queued_faces` row as one column ("" for none); a string as it is."""
+    if values is None:
+        return ""
+    if isinstance(values, str):
+        return values
+    return sep.join(str(v) for v in values if v)
+
+
+def task_data(row: Mapping[str, Any], views: Mapping[str, ModelView] | None = None) -> dict[str, Any]:
+    """A face's task `data`: first the Data Manager's readable columns (queue, reasons, priority,
+    weak label, source, what the curator is asked, the queue's details, the models), then what
+    the labeling view shows (the crop, the two models' tables) and the face's ids (pull reads
+    crop_id). `row`: a `queued_faces` row (a bare review_queue row does too)."""
+    views = views or {}
+    return {
+        "queue": _joined(row.get("queues") or row.get("queue")),
+        "reasons": _joined(row.get("reasons") or row.get("reason")),
+        "priority": round(float(row.get("priority") or 0.0), 3),
+        "weak_label": _joined(row.get("weak_label")),
+        "source": _joined(row.get("source")),
+        ASKED: asked_line(views),
+        "detail": _joined(row.get("details") or row.get("detail"), "; "),
+        "models": models_version([views]),
+        "image": image_url(str(row["media_path"])),
+        **model_tables(views),
+        "crop_id": str(row["crop_id"]),
+        "image_id": row.get("image_id"),
+    }
+
+
 def push_faces(
     wh: Warehouse,
     queue_rows: Iterable[Mapping[str, Any]],
-    predictions: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
-    model_id: str | None = None,
+    views: Mapping[str, Mapping[str, ModelView]] | None = None,
     client: LabelStudioClient | None = None,
     title: str = PROJECT_TITLE,
     overlap: int | None = None,
 ) -> PushReport:
-    """Push the queued faces (`review_queue`-shaped rows: crop_id, image_id, media_path, [model_id])
-    as tasks of the face project, each with the model's prediction when `predictions` has one for
-    its crop_id (model_version: the row's model_id, else `model_id`). A face with a task of the
-    project on the server adds nothing; one recorded as pushed whose task is gone from the server
-    (deleted there) is pushed again. Records each task in `label_studio_tasks`. `overlap`: give
-    each task to that many annotators (None: as the project has it)."""
+    """Push the queued faces (`queued_faces` rows; bare review_queue rows do too) as tasks of the
+    face project: `task_data` (the readable columns, the crop, the models' tables) and, where
+    `views` (crop_id -> {"emotion": ModelView, "au": ModelView}: `queue_views`) calls something,
+    one prediction pre-filling both models' calls (`prediction_for`; the project's model_version
+    is set to this push's, so that the labeling stream pre-fills these tasks). A face with a task
+    of the project on the server adds nothing; one recorded as pushed whose task is gone from the
+    server (deleted there) is pushed again. Records each task in `label_studio_tasks`. `overlap`:
+    give each task to that many annotators (None: as the project has it)."""
     client = client or LabelStudioClient()
     project_id = client.ensure_project(wh.home, title)
     if overlap is not None:
@@ -486,25 +776,29 @@ def push_faces(
                 project_id,
                 repushed,
             )
+        views = views or {}
+        version = models_version(views.get(c) or {} for c in new)
         tasks = []
         for crop_id in new:
-            row = faces[crop_id]
-            task: dict[str, Any] = {
-                "data": {
-                    "image": image_url(str(row["media_path"])),
-                    "crop_id": crop_id,
-                    "image_id": row["image_id"],
-                }
-            }
-            pred = (predictions or {}).get(crop_id)
-            version = row.get("model_id") or model_id or "unknown"
-            made = prediction_for(pred, str(version)) if pred else None
+            by_task = views.get(crop_id) or {}
+            task: dict[str, Any] = {"data": task_data(faces[crop_id], by_task)}
+            made = prediction_for(by_task, version) if by_task else None
             if made:
                 task["predictions"] = [made]
                 report["with_prediction"] += 1
             tasks.append(task)
         if tasks:
             report["pushed"] = client.import_tasks(project_id, tasks)
+            if report["with_prediction"]:  # Label Studio takes a model version its predictions have
+                try:
+                    client.set_model_version(project_id, version)
+                except LabelStudioError as exc:  # the tasks are there: say why they are not pre-filled
+                    log.warning(
+                        "Label Studio project %d: the labeling stream may not pre-fill %s: %s",
+                        project_id,
+                        version,
+                        exc,
+                    )
             on_server = client.tasks_by_crop(project_id)
         missing = [c for c in new if c not in on_server]
         if missing:
@@ -646,93 +940,87 @@ def project_status(wh: Warehouse, client: LabelStudioClient, project_id: int) ->
     )
 
 
-def queue_predictions(
-    wh: Warehouse, rows: Iterable[Mapping[str, Any]], batch_size: int = 64
-) -> dict[str, dict[str, dict[str, float]]]:
-    """What pre-fills the tasks of queued faces (`queued_faces` rows): each face's queue model run on
-    it (`model_predictions`), or that model's stored pseudo labels (`predictions_for`) where its
-    files are gone or the row names no model."""
-    by_model: dict[str | None, list[str]] = {}
-    for r in rows:
-        by_model.setdefault(r.get("model_id"), []).append(str(r["crop_id"]))
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for model, ids in by_model.items():
-        try:
-            out.update(model_predictions(wh, ids, model, batch_size) if model else predictions_for(wh, ids))
-        except FileNotFoundError:
-            out.update(predictions_for(wh, ids, model))
-    return out
+def queue_views(
+    wh: Warehouse, rows: Iterable[Mapping[str, Any]], predict: bool = True, batch_size: int = 64
+) -> dict[str, dict[str, ModelView]]:
+    """Both production models' views of the queued faces (`queued_faces` rows), whichever queue
+    queued them: crop_id -> {"emotion": ModelView, "au": ModelView}
+    (`labeling.curation.model_view.production_views`). Read from the models' prediction caches
+    (the review queue ran them); the faces a cache lacks are predicted when `predict`; where a
+    model's files are gone, its stored pseudo labels of the face stand in (`stored_views`). A task
+    without a production model gives no view."""
+    from labeling.curation.model_view import production_models, production_views
+
+    ids = sorted({str(r["crop_id"]) for r in rows})
+    models = production_models(wh)
+    if not ids or not models:
+        if ids:
+            log.info("no production model: %d faces are pushed without the models' views", len(ids))
+        return {}
+    views = production_views(wh, ids)
+    todo = [c for c in ids if not set(models) <= set(views.get(c, {}))]
+    if predict and todo:
+        for crop_id, by_task in production_views(wh, todo, predict=True, batch_size=batch_size).items():
+            views.setdefault(crop_id, {}).update(by_task)
+    for task, model in models.items():
+        missing = [c for c in ids if task not in views.get(c, {})]
+        stored = stored_views(wh, missing, task, model.model_id) if missing else {}
+        for crop_id, view in stored.items():
+            views.setdefault(crop_id, {})[task] = view
+        if len(missing) > len(stored):
+            log.warning(
+                "%s: no prediction and no stored pseudo label of %d queued faces (e.g. %s)",
+                model.model_id,
+                len(missing) - len(stored),
+                next(c for c in missing if c not in stored),
+            )
+    return views
 
 
-def model_predictions(
-    wh: Warehouse, crop_ids: Iterable[str], model_id: str, batch_size: int = 64
-) -> dict[str, dict[str, dict[str, float]]]:
-    """The model's output on these faces, as {crop_id: {"emotion": {every class: probability}} or
-    {"aus": {"AU1": probability, ...}}}: every label, also those between the pseudo-label thresholds
-    (the faces a curator is asked about). Through `labeling.curation.pseudo.face_predictions`, so a face the
-    pseudo-labeler or the review queue already ran is read from the model's cache. Unreadable crops
-    are left out.
+def stored_views(wh: Warehouse, crop_ids: Iterable[str], task: str, model_id: str) -> dict[str, ModelView]:
+    """The model's stored `pseudo` labels of these faces as its views (the fallback of `queue_views`
+    when the model's files are gone; withdrawn labels left out). An emotion pseudo label is the
+    model's present call, with its confidence (the other emotions are not stored); an AU's label
+    is its present or absent call with its probability, and an AU of the task (`AUTask.labels`)
+    without one was between the thresholds: unsure, probability unknown (NaN). Faces without
+    pseudo labels are left out."""
+    ids = sorted(set(crop_ids))
+    if not ids:
+        return {}
+    from labeling.curation.pseudo import WITHDRAWN  # loads torch: when a model's files are gone only
 
-    Raises:
-        FileNotFoundError: no such model, or its files are missing.
-    """
-    from labeling.curation.pseudo import face_predictions
-    from models.predict import Predictor
+    params = {"ids": ids, "model": model_id, "withdrawn": WITHDRAWN}
+    where = (
+        "label_source = 'pseudo' AND annotator = $model AND list_contains($ids, crop_id) "
+        "AND calibration IS DISTINCT FROM $withdrawn"
+    )
+    out: dict[str, ModelView] = {}
+    if task == "emotion":
+        rows = wh.sql(
+            f"SELECT crop_id, emotion, confidence FROM emotion_labels WHERE {where} "
+            "ORDER BY crop_id, confidence DESC NULLS LAST",
+            params,
+        )
+        for r in rows.to_pylist():
+            if r["crop_id"] not in out and r["emotion"] in EMOTIONS:
+                p = float("nan") if r["confidence"] is None else round(float(r["confidence"]), 4)
+                out[r["crop_id"]] = ModelView("emotion", model_id, (LabelCall(r["emotion"], p, "present"),))
+        return out
+    rows = wh.sql(f"SELECT crop_id, au, present, probability FROM au_labels WHERE {where}", params)
+    stored: dict[str, dict[str, LabelCall]] = {}
+    for r in rows.to_pylist():
+        name = f"AU{r['au']}"
+        p = float("nan") if r["probability"] is None else round(float(r["probability"]), 4)
+        stored.setdefault(r["crop_id"], {})[name] = LabelCall(
+            name, p, "present" if r["present"] else "absent"
+        )
     from models.tasks import get_task
 
-    ids = sorted(set(crop_ids))
-    if not ids:
-        return {}
-    predictor = Predictor.load(wh, model_id)
-    faces = wh.sql(
-        "SELECT crop_id, image_id, media_path, gray_media_path FROM crops WHERE list_contains($ids, crop_id) "
-        "ORDER BY crop_id",
-        {"ids": ids},
-    )
-    table, _ = face_predictions(wh, predictor, faces, batch_size)
-    key = get_task(predictor.task).labelstudio_control
-    columns = {lab: table.column(lab).to_pylist() for lab in predictor.labels}
-    return {
-        crop_id: {key: {lab: round(float(columns[lab][i]), 6) for lab in predictor.labels}}
-        for i, crop_id in enumerate(table.column("crop_id").to_pylist())
-    }
-
-
-def predictions_for(
-    wh: Warehouse, crop_ids: Iterable[str], model_id: str | None = None
-) -> dict[str, dict[str, dict[str, float]]]:
-    """The stored `pseudo` labels of these faces (of `model_id` when given: the pseudo labels'
-    annotator is the model id), as {crop_id: {"emotion": {name: confidence}, "aus": {"AU1":
-    probability, ...}}}: the fallback of `queue_predictions` when the model's files are gone. Emotion
-    pseudo labels store only the winning emotion and its confidence. Faces without pseudo labels are
-    left out."""
-    ids = sorted(set(crop_ids))
-    if not ids:
-        return {}
-    emotion_control, au_control = _controls()
-    by_model = " AND annotator = $model" if model_id else ""
-    params: dict[str, Any] = {"ids": ids, **({"model": model_id} if model_id else {})}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    emotions = wh.sql(
-        "SELECT crop_id, emotion, confidence FROM emotion_labels WHERE label_source = 'pseudo' "
-        f"AND list_contains($ids, crop_id){by_model} ORDER BY crop_id, confidence DESC NULLS LAST",
-        params,
-    )
-    for r in emotions.to_pylist():
-        if r["confidence"] is not None:
-            out.setdefault(r["crop_id"], {}).setdefault(emotion_control, {}).setdefault(
-                r["emotion"], round(float(r["confidence"]), 6)
-            )
-    aus = wh.sql(
-        "SELECT crop_id, au, probability FROM au_labels WHERE label_source = 'pseudo' "
-        f"AND list_contains($ids, crop_id){by_model} AND probability IS NOT NULL ORDER BY crop_id, au",
-        params,
-    )
-    for r in aus.to_pylist():
-        if f"AU{r['au']}" in AU_NAMES:
-            out.setdefault(r["crop_id"], {}).setdefault(au_control, {})[f"AU{r['au']}"] = round(
-                float(r["probability"]), 6
-            )
+    predicted = [a for a in AU_NAMES if a in get_task("au").labels]  # what the model's run would say
+    for crop_id, calls in stored.items():
+        labels = [a for a in AU_NAMES if a in calls or a in predicted]
+        every = tuple(calls.get(a) or LabelCall(a, float("nan"), "unsure") for a in labels)
+        out[crop_id] = ModelView("au", model_id, every)
     return out
 
 
@@ -1030,13 +1318,24 @@ def _images_of(wh: Warehouse, crop_ids: list[str]) -> dict[str, str]:
 
 
 def queued_faces(wh: Warehouse, queue: str | None = None) -> list[dict[str, Any]]:
-    """The review_queue's faces (optionally of one queue), highest priority first, one row per face."""
+    """The review_queue's faces (optionally of one queue), highest priority first, one row per face:
+    crop_id, image_id, media_path, model_id and priority (of its highest-priority row), its queues
+    and reasons (sorted lists), details ("reason: detail", highest priority first), the image's
+    source and the face's weak label(s) (emotion_labels rows of label_source weak of the face or
+    its image, e.g. a scraped folder's emotion; None without one)."""
     where = "WHERE queue = $queue" if queue else ""
     rows = wh.sql(
-        "SELECT crop_id, any_value(image_id ORDER BY priority DESC) AS image_id, "
+        "WITH q AS (SELECT crop_id, any_value(image_id ORDER BY priority DESC) AS image_id, "
         "any_value(media_path ORDER BY priority DESC) AS media_path, "
-        "any_value(model_id ORDER BY priority DESC) AS model_id, max(priority) AS priority "
-        f"FROM review_queue {where} GROUP BY crop_id ORDER BY priority DESC, crop_id",
+        "any_value(model_id ORDER BY priority DESC) AS model_id, max(priority) AS priority, "
+        "list_sort(list(DISTINCT queue)) AS queues, list_sort(list(DISTINCT reason)) AS reasons, "
+        "list(reason || coalesce(': ' || detail, '') ORDER BY priority DESC, reason) AS details "
+        f"FROM review_queue {where} GROUP BY crop_id), "
+        "w AS (SELECT q.crop_id, string_agg(DISTINCT e.emotion, ', ' ORDER BY e.emotion) AS weak_label "
+        "FROM q JOIN emotion_labels e ON e.label_source = 'weak' "
+        "AND (e.crop_id = q.crop_id OR (e.crop_id IS NULL AND e.image_id = q.image_id)) GROUP BY q.crop_id) "
+        "SELECT q.*, i.source, w.weak_label FROM q LEFT JOIN images i ON i.image_id = q.image_id "
+        "LEFT JOIN w ON w.crop_id = q.crop_id ORDER BY q.priority DESC, q.crop_id",
         {"queue": queue} if queue else None,
     )
     return rows.to_pylist()
