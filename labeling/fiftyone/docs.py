@@ -420,6 +420,11 @@ def _view_fields(v: ViewRow) -> dict[str, Any]:
     return out
 
 
+def _calls_first(fields: dict[str, Any]) -> dict[str, Any]:
+    """A face's model-view attributes, the calls before the probabilities."""
+    return dict(sorted(fields.items(), key=lambda kv: kv[0].startswith("p_")))
+
+
 def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
     """The stored form of the sample's embedded documents (DOCS), by field; `home` is the
     data root the crop paths are made absolute with."""
@@ -500,8 +505,8 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
         }
     faces = None
     if im.faces:
-        views = defaultdict(dict)
-        for v in im.views or ():
+        views: dict[str, dict[str, Any]] = defaultdict(dict)
+        for v in sorted(im.views or (), key=lambda v: v.task != "emotion"):
             views[v.crop_id].update(_view_fields(v))
         faces = {
             "_cls": "Detections",
@@ -513,17 +518,19 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
                     label=f.emotion,
                     bounding_box=relative_box(f.x1, f.y1, f.x2, f.y2, f.width, f.height),
                     confidence=f.confidence,
+                    # why the face waits and what the models think first: the App's tooltip
+                    # lists a label's attributes in this order
+                    review_priority=f.priority,
+                    review_reasons=list(f.reasons) if f.reasons else None,
+                    review_detail=f.detail,
+                    **_calls_first(views[f.crop_id]),
                     crop_id=f.crop_id,
                     label_source=f.label_source,
                     annotator=f.annotator,
                     threshold=f.threshold,
                     excluded=f.excluded,
-                    review_priority=f.priority,
-                    review_reasons=list(f.reasons) if f.reasons else None,
-                    review_detail=f.detail,
                     ferlab_label=f.emotion,
                     ferlab_tags=list(f.tags),
-                    **views[f.crop_id],
                 )
                 for f in im.faces
             ],
