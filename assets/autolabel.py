@@ -23,6 +23,7 @@ from assets.partitions import disfa_subjects, scraped_batches
 from assets.resources import DetectorResource, WarehouseResource
 from labeling.detection.autolabel import autolabel, select_images
 from warehouse import Warehouse
+from warehouse.placement import where_running
 from warehouse.store import quote_literal as sql_literal
 
 GROUP = "autolabel"
@@ -67,10 +68,15 @@ def _faces_assets(
         model = detector.load(wh.home)
         report = autolabel(wh, images, model, settings)
         context.log.info(report.summary())
+        # which machine (host, process, dask worker) labeled this partition: several machines
+        ran_on = {"ran_on": MetadataValue.json(where_running())}
         yield MaterializeResult(
-            asset_key=f"{source}_detections", metadata=_detection_metadata(wh, where, report, model.name)
+            asset_key=f"{source}_detections",
+            metadata={**_detection_metadata(wh, where, report, model.name), **ran_on},
         )
-        yield MaterializeResult(asset_key=f"{source}_crops", metadata=_crop_metadata(wh, where, report))
+        yield MaterializeResult(
+            asset_key=f"{source}_crops", metadata={**_crop_metadata(wh, where, report), **ran_on}
+        )
 
     return _assets
 

@@ -12,6 +12,7 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 from models.evaluation import per_label
 from models.tasks import Task
 from warehouse import Warehouse
+from warehouse.placement import where_running
 from warehouse.reports import report_url, served_markdown
 from warehouse.sources.common import IngestReport
 
@@ -30,15 +31,27 @@ PREVIEW_COLUMNS = (
 def report_metadata(markdown: str | Path, home: str | Path) -> dict[str, MetadataValue]:
     """A Markdown report under the data root `home` as asset metadata: its path from the root, its
     HTML beside it as a link to the reports server (`ferlab dev`), and its text shown in the UI,
-    plots included (their links point at the reports server), cut to what the UI keeps."""
+    plots included (their links point at the reports server), cut to what the UI keeps; a report
+    of a dataset version also links the version's index of reports."""
     markdown = Path(markdown)
     relative = PurePosixPath(markdown.resolve().relative_to(Path(home).resolve()).as_posix())
     html = markdown.with_suffix(".html")
+    # reports/<version>/<report>/report.md: the version's index page lists its other reports
+    index = (
+        relative.parents[1] / "index.html"
+        if relative.parts[0] == "reports" and len(relative.parts) > 3
+        else None
+    )
     return {
         "report": MetadataValue.path(str(relative)),
         **(
             {"report_html": MetadataValue.url(report_url(relative.with_suffix(".html")))}
             if html.is_file()
+            else {}
+        ),
+        **(
+            {"version_reports": MetadataValue.url(report_url(index))}
+            if index and (Path(home) / index).is_file()
             else {}
         ),
         "summary": MetadataValue.md(served_markdown(markdown.read_text(), relative.parent)[:20000]),
@@ -96,6 +109,7 @@ def ingest_metadata(wh: Warehouse, report: IngestReport, where: str) -> dict[str
         "rejects_by_reason": MetadataValue.json(reasons),
         "preview": table_metadata(preview),
         "data_root": MetadataValue.path(str(wh.home)),
+        "ran_on": MetadataValue.json(where_running()),  # host, process, dask worker
     }
     if emotions.num_rows:
         metadata["emotion_distribution"] = table_metadata(emotions, max_rows=20)

@@ -6,18 +6,22 @@ hyper-parameter searches; per DISFA subject, the analysis of its video against i
 
 from dagster import AssetSelection, define_asset_job
 
+from dagster_project.executors import ferlab_executor
+
 # A crashed run worker is retried as a run, at most twice (`run_retries` in dagster.yaml turns
 # this on; ingestion is idempotent, so a retry adds only what the crashed run had not).
 INGEST_RUN_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 
 
 def _ingest_job(source: str, images: str, description: str):
-    """The source's images asset and the detections + crops made from them."""
+    """The source's images asset and the detections + crops made from them. With
+    `$FERLAB_DASK_SCHEDULER` set, their steps run on the dask cluster's workers (executors.py)."""
     return define_asset_job(
         f"{source}_ingest_job",
         selection=AssetSelection.assets(images, f"{source}_detections", f"{source}_crops"),
         tags=INGEST_RUN_TAGS,
         description=description,
+        executor_def=ferlab_executor,
     )
 
 

@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from ferlab.runstorage import POSTGRES_STORAGE_YAML, check_postgres, postgres_url
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The demo's training budget (a few minutes on 2 CPU cores): smaller inputs, a few fine-tuning epochs
 # at a higher learning rate than the seeds' 1e-5. `ferlab train` and the assets default to the seeds'.
@@ -55,11 +57,15 @@ python_logs:
 )
 # What earlier versions wrote: replaced, since it is ours; a dagster.yaml a user wrote is kept.
 OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _DAGSTER_YAML_BEFORE_LOGS)
+# With $FERLAB_DAGSTER_POSTGRES_URL set: the same, runs and events in PostgreSQL (ferlab.runstorage).
+DAGSTER_YAML_POSTGRES = DAGSTER_YAML + POSTGRES_STORAGE_YAML
 
 
 def prepare_dagster_home(home: Path) -> Path:
     """DAGSTER_HOME: the environment's, else <data root>/dagster, with ferlab's dagster.yaml
     (telemetry off, one training at a time, run retries, the library's logs in the run log) unless one of the user's is there.
+    Runs, events and schedules go to SQLite files there, or to PostgreSQL when
+    `$FERLAB_DAGSTER_POSTGRES_URL` is set (checked first; the file names the variable, never the URL).
     FiftyOne's database and Ultralytics' settings also default to folders of the data root, so
     nothing is written under $HOME.
 
@@ -67,7 +73,8 @@ def prepare_dagster_home(home: Path) -> Path:
         home: the data root.
 
     Returns the DAGSTER_HOME folder, also set in the environment.
-    Raises OSError when the folder or its dagster.yaml cannot be written."""
+    Raises OSError when the folder or its dagster.yaml cannot be written, ConfigError when the
+    PostgreSQL server of `$FERLAB_DAGSTER_POSTGRES_URL` does not answer."""
     # The root's own FiftyOne database, served by its own mongod (labeling.fiftyone.sync); a
     # FIFTYONE_DATABASE_DIR of another data root is refused there, not silently shared.
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str((home / "fiftyone").resolve()))
@@ -77,8 +84,17 @@ def prepare_dagster_home(home: Path) -> Path:
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
-    if not config.exists() or config.read_text() in OLD_DAGSTER_YAMLS:
-        config.write_text(DAGSTER_YAML)
+    url = postgres_url()
+    wanted = DAGSTER_YAML_POSTGRES if url else DAGSTER_YAML
+    if not config.exists() or config.read_text() in (*OLD_DAGSTER_YAMLS, DAGSTER_YAML, DAGSTER_YAML_POSTGRES):
+        if url:
+            check_postgres(url, dagster_home)
+        if not config.exists() or config.read_text() != wanted:
+            from warehouse.atomic import atomic_write_bytes
+
+            atomic_write_bytes(
+                config, wanted.encode()
+            )  # a process opening the instance sees one or the other
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home
 

@@ -45,6 +45,10 @@ def test_report_metadata_links_by_the_path_under_the_data_root(tmp_path, monkeyp
     summary = meta["summary"].value
     assert "](http://127.0.0.1:3999/reports/v-1/au-model/per_au.png)" in summary  # the plot renders
     assert "](https://example.org/a.png)" in summary  # other links as they were
+    assert "version_reports" not in meta  # no index page yet
+    (tmp_path / "var" / "reports" / "v-1" / "index.html").write_text("<ul></ul>")
+    meta = report_metadata(markdown, tmp_path / "var")
+    assert meta["version_reports"] == MetadataValue.url("http://127.0.0.1:3999/reports/v-1/index.html")
     # the same report in a copied data root gives the same metadata
     copy = tmp_path / "elsewhere" / "root"
     copy.parent.mkdir()

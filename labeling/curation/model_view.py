@@ -22,7 +22,7 @@ every face the review queue or the pseudo-labeler ran), so reading views runs no
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 State = Literal["present", "absent", "unsure"]
 STATES: tuple[State, ...] = ("present", "absent", "unsure")
-TASKS: tuple[str, ...] = ("emotion", "au")
 
 
 def label_name(label: str) -> str:
@@ -81,6 +80,11 @@ class ModelView:
     calls: tuple[LabelCall, ...]
 
     @property
+    def multi_label(self) -> bool:
+        """Each label called on its own (AUs), or one class of several (emotions)."""
+        return CALL_RULES[self.task].multi_label
+
+    @property
     def top(self) -> LabelCall:
         return max(self.calls, key=lambda c: c.probability)
 
@@ -116,6 +120,21 @@ def emotion_states(prob: np.ndarray, labels: list[str], cuts: Mapping[str, Cut |
     sure = prob[rows, top] >= upper[top]
     state[rows, top] = np.where(sure, STATES.index("present"), STATES.index("unsure"))
     return state
+
+
+@dataclass(frozen=True)
+class CallRule:
+    """How a task's model calls its labels: `states` gives (faces, labels) STATES indices."""
+
+    states: Callable[[np.ndarray, list[str], Mapping[str, Cut | None]], np.ndarray]
+    multi_label: bool  # each label on its own (AUs), or the one class of several (emotions)
+
+
+# By task name: reading views must not import the task types (models.tasks loads torch).
+CALL_RULES: dict[str, CallRule] = {
+    "au": CallRule(au_states, multi_label=True),
+    "emotion": CallRule(emotion_states, multi_label=False),
+}
 
 
 def _upper(cut: Cut | None) -> float:
@@ -189,7 +208,7 @@ class ProductionModel:
         if not table.num_rows or not labels:
             return {}
         prob = np.stack([table.column(lab).to_numpy(zero_copy_only=False) for lab in labels], 1).astype(float)
-        states = (au_states if self.task == "au" else emotion_states)(prob, labels, self.cuts)
+        states = CALL_RULES[self.task].states(prob, labels, self.cuts)
         out = {}
         for i, crop_id in enumerate(table.column("crop_id").to_pylist()):
             calls = tuple(
@@ -206,7 +225,7 @@ def production_models(wh: Warehouse, settings: ReviewSettings | None = None) -> 
 
     s = settings or ReviewSettings()
     out = {}
-    for task in TASKS:
+    for task in CALL_RULES:
         model_id = production_model(wh, task)
         if model_id:
             out[task] = ProductionModel(wh, task, model_id, s.target_precision, s.min_support)

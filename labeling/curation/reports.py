@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from labeling.curation.model_view import CALL_RULES
 from models import render
 from models.render import Doc, Link, pct
 
@@ -99,7 +100,7 @@ def pseudo_doc(report: PseudoLabelReport, settings: PseudoLabelSettings | None =
     label the out-of-fold cuts, the precision each side reached, its support, and the labels given
     on the candidate faces; then per source the cuts it got and those chosen on its own
     human-labeled faces."""
-    two_sided = report.task == "au"
+    two_sided = CALL_RULES[report.task].multi_label  # each AU has a cut on either side
     labels = list(report.thresholds)
     noun, plural = ("AU", "AUs") if two_sided else ("Class", "Classes")
     coverage = _share(report.labeled_faces, report.faces)

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from labeling.curation.model_view import named, production_views
+from labeling.curation.model_view import CALL_RULES, named, production_views
 from labeling.detection.geometry import crop_squares
 from warehouse.precedence import au_order_sql, counts_sql, emotion_order_sql
 from warehouse.store import Warehouse, quote_literal
@@ -383,27 +383,34 @@ def _crop_square(x1, y1, x2, y2, w, h, margin) -> list[float]:
     return relative_box(cx - half, cy - half, cx + half, cy + half, w, h)
 
 
-def view_fields(task: str, labels: Sequence[str]) -> dict[str, str]:
-    """The face attributes a model view of `task` sets (name -> "str" | "float" | "list"), so the
-    dataset can declare them: `p_<label>` per label, and the model's calls."""
+def view_fields(multi_label: bool, labels: Sequence[str]) -> dict[str, str]:
+    """The face attributes a model view sets (name -> "str" | "float" | "list"), so the dataset can
+    declare them: `p_<label>` per label, and the model's calls: the top class of a one-of-several
+    task (emotions), the labels by call of a multi-label one (AUs)."""
     calls = (
-        {
+        {"aus_present": "list", "aus_unsure": "list", "aus_absent": "list", "au_model": "str"}
+        if multi_label
+        else {
             "model_emotion": "str",
             "model_emotion_p": "float",
             "model_emotion_call": "str",
             "emotion_model": "str",
         }
-        if task == "emotion"
-        else {"aus_present": "list", "aus_unsure": "list", "aus_absent": "list", "au_model": "str"}
     )
     return {**calls, **{f"p_{lab}": "float" for lab in labels}}
 
 
 def _view_fields(v: ViewRow) -> dict[str, Any]:
     """A face's attributes from one model view: every label's probability (`p_happy`, `p_AU12`),
-    and the calls: the top emotion with its call, or the AUs present / unsure / absent by name."""
+    and the calls: the AUs present / unsure / absent by name, or the top emotion with its call."""
     out: dict[str, Any] = {f"p_{lab}": p for lab, p in zip(v.labels, v.probabilities, strict=True)}
-    if v.task == "emotion":
+    if CALL_RULES[v.task].multi_label:
+        for state in ("present", "unsure", "absent"):
+            out[f"aus_{state}"] = [
+                named(lab) for lab, s in zip(v.labels, v.states, strict=True) if s == state
+            ]
+        out["au_model"] = v.model_id
+    else:
         top = max(range(len(v.labels)), key=lambda k: v.probabilities[k])
         out.update(
             model_emotion=v.labels[top],
@@ -411,12 +418,6 @@ def _view_fields(v: ViewRow) -> dict[str, Any]:
             model_emotion_call=v.states[top],
             emotion_model=v.model_id,
         )
-    else:
-        for state in ("present", "unsure", "absent"):
-            out[f"aus_{state}"] = [
-                named(lab) for lab, s in zip(v.labels, v.states, strict=True) if s == state
-            ]
-        out["au_model"] = v.model_id
     return out
 
 
@@ -506,7 +507,7 @@ def documents(image_id: str, im: WarehouseImage, home: str) -> dict[str, Any]:
     faces = None
     if im.faces:
         views: dict[str, dict[str, Any]] = defaultdict(dict)
-        for v in sorted(im.views or (), key=lambda v: v.task != "emotion"):
+        for v in sorted(im.views or (), key=lambda v: CALL_RULES[v.task].multi_label):  # emotion first
             views[v.crop_id].update(_view_fields(v))
         faces = {
             "_cls": "Detections",

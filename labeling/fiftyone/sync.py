@@ -429,10 +429,10 @@ def _declare_schema(ds) -> None:
         "ferlab_label": fo.StringField,
     }
     kinds = {"str": fo.StringField, "float": fo.FloatField}
-    for task, labels in (("emotion", EMOTIONS), ("au", [f"AU{n}" for n in DISFA_AUS])):
-        face_attrs |= {k: kinds[t] for k, t in view_fields(task, labels).items() if t != "list"}
+    for multi_label, labels in ((False, EMOTIONS), (True, [f"AU{n}" for n in DISFA_AUS])):
+        face_attrs |= {k: kinds[t] for k, t in view_fields(multi_label, labels).items() if t != "list"}
     lists = ["ferlab_tags", "review_reasons"] + [
-        k for task in ("emotion", "au") for k, t in view_fields(task, []).items() if t == "list"
+        k for multi_label in (False, True) for k, t in view_fields(multi_label, []).items() if t == "list"
     ]
     fields += [(f"face_emotions.detections.{k}", t, {}) for k, t in face_attrs.items()]
     fields += [(f"face_emotions.detections.{k}", fo.ListField, {"subfield": fo.StringField}) for k in lists]

@@ -994,18 +994,28 @@ def stored_views(wh: Warehouse, crop_ids: Iterable[str], task: str, model_id: st
         "label_source = 'pseudo' AND annotator = $model AND list_contains($ids, crop_id) "
         "AND calibration IS DISTINCT FROM $withdrawn"
     )
+    return STORED_VIEWS[task](wh, where, params, model_id)
+
+
+def _stored_emotion_views(
+    wh: Warehouse, where: str, params: dict[str, Any], model_id: str
+) -> dict[str, ModelView]:
     out: dict[str, ModelView] = {}
-    if task == "emotion":
-        rows = wh.sql(
-            f"SELECT crop_id, emotion, confidence FROM emotion_labels WHERE {where} "
-            "ORDER BY crop_id, confidence DESC NULLS LAST",
-            params,
-        )
-        for r in rows.to_pylist():
-            if r["crop_id"] not in out and r["emotion"] in EMOTIONS:
-                p = float("nan") if r["confidence"] is None else round(float(r["confidence"]), 4)
-                out[r["crop_id"]] = ModelView("emotion", model_id, (LabelCall(r["emotion"], p, "present"),))
-        return out
+    rows = wh.sql(
+        f"SELECT crop_id, emotion, confidence FROM emotion_labels WHERE {where} "
+        "ORDER BY crop_id, confidence DESC NULLS LAST",
+        params,
+    )
+    for r in rows.to_pylist():
+        if r["crop_id"] not in out and r["emotion"] in EMOTIONS:
+            p = float("nan") if r["confidence"] is None else round(float(r["confidence"]), 4)
+            out[r["crop_id"]] = ModelView("emotion", model_id, (LabelCall(r["emotion"], p, "present"),))
+    return out
+
+
+def _stored_au_views(
+    wh: Warehouse, where: str, params: dict[str, Any], model_id: str
+) -> dict[str, ModelView]:
     rows = wh.sql(f"SELECT crop_id, au, present, probability FROM au_labels WHERE {where}", params)
     stored: dict[str, dict[str, LabelCall]] = {}
     for r in rows.to_pylist():
@@ -1017,11 +1027,16 @@ def stored_views(wh: Warehouse, crop_ids: Iterable[str], task: str, model_id: st
     from models.tasks import get_task
 
     predicted = [a for a in AU_NAMES if a in get_task("au").labels]  # what the model's run would say
+    out: dict[str, ModelView] = {}
     for crop_id, calls in stored.items():
         labels = [a for a in AU_NAMES if a in calls or a in predicted]
         every = tuple(calls.get(a) or LabelCall(a, float("nan"), "unsure") for a in labels)
         out[crop_id] = ModelView("au", model_id, every)
     return out
+
+
+# How each task's pseudo labels read back as a view: the tables differ.
+STORED_VIEWS = {"emotion": _stored_emotion_views, "au": _stored_au_views}
 
 
 # ---- pull --------------------------------------------------------------------------------------------
