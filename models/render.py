@@ -480,6 +480,23 @@ def _write_index(folder: Path, doc: Doc, title: str) -> Path:
     return folder / f"{INDEX}.html"
 
 
+def _reports_table(doc: Doc, entries: list[tuple[str, Entry]]) -> None:
+    """One row per report (its folder relative to the index page, its entry), linked."""
+    doc.table(
+        ["Report", "Kind", "Headline", "Written"],
+        [
+            [
+                Link(e.title, f"{path}/report.html", md_href=f"{path}/report.md"),
+                e.kind,
+                e.summary or "-",
+                _short_time(e.generated),
+            ]
+            for path, e in entries
+        ],
+        text=True,
+    )
+
+
 def write_version_index(home: Path, version: str) -> Path:
     """`<home>/reports/<version>/index.html` (+ index.md): every report folder of the version with
     its kind, one-line summary and when it was written; then the top index (`write_reports_index`).
@@ -497,19 +514,7 @@ def write_version_index(home: Path, version: str) -> Path:
         doc.h(1, f"Reports of dataset version {version}")
         doc.links([Link("All dataset versions", f"../{INDEX}.html", md_href=f"../{INDEX}.md")])
         doc.p(f"{len(entries)} report(s); scores in the reports are in %.")
-        doc.table(
-            ["Report", "Kind", "Headline", "Written"],
-            [
-                [
-                    Link(e.title, f"{e.name}/report.html", md_href=f"{e.name}/report.md"),
-                    e.kind,
-                    e.summary or "-",
-                    _short_time(e.generated),
-                ]
-                for e in entries
-            ],
-            text=True,
-        )
+        _reports_table(doc, [(e.name, e) for e in entries])
         page = _write_index(folder, doc, f"Reports of {version}")
         _write_top_index(Path(home))
     return page
@@ -582,19 +587,7 @@ def _write_top_index(home: Path) -> Path:
     )
     if others:
         doc.h(2, "Not tied to a dataset version")
-        doc.table(
-            ["Report", "Kind", "Headline", "Written"],
-            [
-                [
-                    Link(e.title, f"{path}/report.html", md_href=f"{path}/report.md"),
-                    e.kind,
-                    e.summary or "-",
-                    _short_time(e.generated),
-                ]
-                for path, e in others
-            ],
-            text=True,
-        )
+        _reports_table(doc, others)
     return _write_index(reports, doc, "Reports")
 
 
