@@ -44,11 +44,13 @@ from models.pipeline import (
     held_out_headline,
     latest_model_id,
     load_run,
+    report_folder,
     train_model,
 )
 from models.settings import AUTrainingSettings, EmotionTrainingSettings, TrainingSettings
 from models.tasks import get_task
 from models.tuning import TuningSettings, read_trials, tune
+from warehouse.reports import report_url
 from warehouse.store import quote_literal as sql_literal
 from warehouse.versions import snapshot_dataset_version
 
@@ -132,13 +134,15 @@ def _train(
     settings = config.settings()
     run = train_model(warehouse.get(), context.partition_key, settings)
     return MaterializeResult(
-        metadata=_model_metadata(run), check_results=[_export_check(settings.task.name, run)]
+        metadata=_model_metadata(run, warehouse.root()),
+        check_results=[_export_check(settings.task.name, run)],
     )
 
 
-def _model_metadata(run: ModelRun) -> dict:
+def _model_metadata(run: ModelRun, home: Path) -> dict:
     info = run.info
     headline = held_out_headline(run)
+    report = report_folder(run)
     return {
         "model_id": MetadataValue.text(run.model_id),
         headline.metric: MetadataValue.float(round(headline.value, 4)),
@@ -152,9 +156,17 @@ def _model_metadata(run: ModelRun) -> dict:
         "best_val_loss_per_fold": MetadataValue.json(
             {str(f["fold"]): round(f["best_val_loss"], 4) for f in info["folds"]}
         ),
-        "checkpoint": MetadataValue.path(str(run.checkpoint)),
-        "onnx": MetadataValue.path(str(run.onnx)),
+        # the report the model's <task>_eval_report asset writes (it follows this asset)
+        "report_html": MetadataValue.url(report_url(report / "report.html")),
+        "version_reports": MetadataValue.url(report_url(report.parent / "index.html")),
+        "checkpoint": MetadataValue.path(_under(run.checkpoint, home)),
+        "onnx": MetadataValue.path(_under(run.onnx, home)),
     }
+
+
+def _under(path: Path, home: Path) -> str:
+    """A path under the data root as it is relative to the root: a copied root keeps its links."""
+    return Path(path).resolve().relative_to(Path(home).resolve()).as_posix()
 
 
 def _model_asset(task: str):

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -181,6 +181,11 @@ def latest_model_id(wh: Warehouse, task: str, version: str) -> str:
     return path.read_text().strip()
 
 
+def report_folder(run: ModelRun) -> PurePosixPath:
+    """Where the model's evaluation report goes, relative to the data root."""
+    return PurePosixPath("reports", run.dataset_version, run.model_id)
+
+
 def load_run(wh: Warehouse, model_id: str) -> ModelRun:
     """A trained model's files and run.json (`ModelRun.settings()` gives its settings back).
 
@@ -269,7 +274,7 @@ def _score_and_report(wh: Warehouse, run: ModelRun) -> _Scores:
     compact = json.loads(compact_file.read_text()) if compact_file.is_file() else None
     block = _headline_block(wh, run.model_id, task, scored)
     report = write_report(
-        wh.home / "reports" / run.dataset_version / run.model_id,
+        wh.home / report_folder(run),
         task=task,
         title=f"{task.name.upper()} model {run.model_id}",
         dataset_version=run.dataset_version,

@@ -220,6 +220,9 @@ def test_training_assets_through_dagster(home, version):
     model_meta = train.asset_materializations_for_node("au_model")[0].metadata
     assert model_meta["avg_f1"].value == report_meta["avg_f1"].value
     assert 0.0 <= model_meta["trivial_baseline"].value <= 1.0
+    # the model links its report (the report asset's) and its files by their paths under the root
+    assert model_meta["report_html"].value == report_meta["report_html"].value
+    assert model_meta["onnx"].value.startswith("models/au/")
     report_md = (home / report_meta["report"].value).read_text()  # the path is under the data root
     assert report_md.index("## Headline") < report_md.index("## Model")
     shown = float(report_md.split("the figure promotion compares | **", 1)[1].split("**", 1)[0])

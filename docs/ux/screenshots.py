@@ -89,7 +89,8 @@ def _report_shot_name(folder: str) -> str:
 
 
 def dagster_and_reports(browser, home: Path, out: Path, env: dict[str, str], logs: Path) -> None:
-    port, reports = _free_port(), _free_port()
+    # the reports port the metadata's links name (the demo's default): the summaries' plots load
+    port, reports = _free_port(), int(env.get("FERLAB_REPORTS_PORT") or 3001)
     ferlab = _ferlab(home)
     command = [*ferlab, "dev", "--port", str(port), "--reports-port", str(reports)]
     with _server(command, f"http://127.0.0.1:{port}/server_info", logs / "dev.log", env):
@@ -98,10 +99,24 @@ def dagster_and_reports(browser, home: Path, out: Path, env: dict[str, str], log
         with contextlib.suppress(Exception):  # the UI's first-visit newsletter dialog
             page.get_by_role("button", name="Skip").click(timeout=5000)
         page.wait_for_timeout(3000)
-        _shot(page, out, "dagster_au_model", full_page=True)
+        _shot(page, out, "dagster_au_model")
+        # the report links and the per-label table, below the fold of the metadata table
+        page.fill("input[placeholder='Filter metadata keys']", "report")
+        page.wait_for_timeout(1500)
+        _shot(page, out, "dagster_au_model_links")
         page.goto(f"http://127.0.0.1:{port}/assets/au_eval_report", wait_until="networkidle")
         page.wait_for_timeout(3000)
-        _shot(page, out, "dagster_au_eval_report", full_page=True)
+        _shot(page, out, "dagster_au_eval_report")
+        page.fill("input[placeholder='Filter metadata keys']", "summary")  # the report, plots rendered
+        page.wait_for_timeout(1500)
+        page.get_by_text("[Show Markdown]").click()
+        page.wait_for_timeout(2000)
+        page.mouse.move(WIDTH / 2, HEIGHT / 2)
+        page.mouse.wheel(0, -20000)  # the dialog opens scrolled to its button: back to its top
+        page.wait_for_timeout(500)
+        page.mouse.wheel(0, 900)  # past the headline, to the first plot
+        page.wait_for_timeout(3000)
+        _shot(page, out, "dagster_au_eval_report_summary")
         # a CLI push (the Label Studio step, run first) is a materialization of its asset
         page.goto(f"http://127.0.0.1:{port}/assets/label_studio_tasks", wait_until="networkidle")
         page.wait_for_timeout(3000)
@@ -130,9 +145,16 @@ def fiftyone(browser, home: Path, out: Path, env: dict[str, str], logs: Path) ->
         _shot(page, out, "fiftyone_review_queue")
         page.mouse.click(395, 250)  # the first patch of the grid opens in the modal
         page.wait_for_timeout(6000)
+        page.mouse.click(1545, 494)  # the sidebar's face_emotions entry: its attributes' values
+        page.wait_for_timeout(3000)
         page.mouse.move(600, 600)  # over the face: the tooltip lists the face's attributes
         page.wait_for_timeout(2000)
         _shot(page, out, "fiftyone_patch")
+        page.goto(
+            f"http://127.0.0.1:{port}/datasets/ferlab?view=review-queue-weak-disagrees", wait_until="load"
+        )
+        page.wait_for_timeout(10000)
+        _shot(page, out, "fiftyone_review_queue_weak_disagrees")
         page.close()
 
 
