@@ -23,6 +23,7 @@ import html
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -133,8 +134,14 @@ def _md_cell(value: object) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
 def _html_cell(value: object) -> str:
-    return value.html() if isinstance(value, Link) else html.escape(plain(value))
+    """A cell as HTML: a link, else escaped text whose Markdown bold (`**x**`) is bold."""
+    if isinstance(value, Link):
+        return value.html()
+    return _BOLD.sub(r"<b>\1</b>", html.escape(plain(value)))
 
 
 @dataclass

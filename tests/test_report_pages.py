@@ -367,3 +367,12 @@ def test_the_reports_server_opens_on_the_index_pages(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_bold_figure_is_bold_in_html_not_asterisks():
+    from models.render import Doc
+
+    doc = Doc([])
+    doc.table(["Figure", "Value"], [["Avg.F1 (%)", "**69.8**"]])
+    assert "<b>69.8</b>" in doc.html("t") and "**" not in doc.html("t")
+    assert "**69.8**" in doc.markdown()
