@@ -230,3 +230,20 @@ def test_a_writable_open_moves_a_file_standing_where_the_tables_folder_belongs(w
     assert [r["source_uri"] for r in rejects] == [str(wh.tables_dir)]
     assert "moved to quarantine/tables.not-a-folder-" in rejects[0]["detail"]
     assert wh.append("emotion_labels", _labels(["a"])) == 1
+
+
+def test_processes_opening_one_data_root_at_once_do_not_trip_on_each_others_write_probe(tmp_path):
+    """Three runs of a fresh data root opened it at once (the dask test): each wrote and removed the
+    same probe file, and one found it gone ("No such file or directory: .write-probe.tmp")."""
+    import multiprocessing
+
+    Warehouse(tmp_path / "home")  # the tables made once; the opens below race on the probe only
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        opened = pool.map(_open_many_times, [str(tmp_path / "home")] * 4)
+    assert opened == [30] * 4
+
+
+def _open_many_times(home: str) -> int:
+    for _ in range(30):
+        Warehouse(home)
+    return 30

@@ -45,7 +45,7 @@ def is_stale_tmp(path: str | Path) -> bool:
     return False
 
 
-def _tmp_name(name: str) -> str:
+def tmp_name(name: str) -> str:
     """The temp name beside a target named `name`: unique per process, thread and call, a
     dot-name that no table glob or media lookup matches, and what `is_stale_tmp` reads."""
     return f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_counter)}{TMP_SUFFIX}"
@@ -59,7 +59,7 @@ def atomic_path(target: str | Path, durable: bool = True) -> Iterator[Path]:
     the media store skips it for tens of thousands of small content-addressed files."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = target.with_name(_tmp_name(target.name))
+    tmp_path = target.with_name(tmp_name(target.name))
     try:
         yield tmp_path
         if durable:
@@ -81,7 +81,7 @@ def atomic_write_small(target: str, data: bytes) -> None:
     no Path objects, no folder creation (the target's folder must exist) and no unlink after the
     rename; for a file of a few KB that overhead outweighs the write."""
     folder, _, name = target.rpartition(os.sep)
-    tmp = f"{folder}{os.sep}{_tmp_name(name)}"
+    tmp = f"{folder}{os.sep}{tmp_name(name)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:

@@ -63,7 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.atomic import TMP_SUFFIX, atomic_path, atomic_write_bytes, is_stale_tmp
+from warehouse.atomic import TMP_SUFFIX, atomic_path, atomic_write_bytes, is_stale_tmp, tmp_name
 from warehouse.errors import StorageError, describe_os_error
 from warehouse.hashing import sha256_bytes, stable_id
 from warehouse.rejects import Reject, rejects_table
@@ -234,7 +234,9 @@ class Warehouse:
             raise storage_error(exc, self.home) from exc
 
     def _probe_writable(self) -> None:
-        probe = self.home / f".write-probe{TMP_SUFFIX}"
+        # one probe per process, thread and call: processes opening the root at once (several
+        # runs, several machines) must not remove each other's
+        probe = self.home / tmp_name("write-probe")
         probe.write_bytes(b"")
         probe.unlink()
 
